@@ -1,0 +1,79 @@
+"""Block allocation table arithmetic and validation, ploop-format.md §2.
+
+Pure helpers in the spirit of qemu's `bat_entry_off`/`bat2sect`: they take numbers or arrays and
+return numbers or arrays; the volume layer does the reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ploopfs.errors import CorruptImageError
+from ploopfs.format.header import HEADER_SIZE, Header
+
+ENTRY_SIZE = 4
+BAT_RESERVED = 0xFFFFFFFF  # never valid on disk (§2.3)
+
+
+def bat_entry_off(index: int) -> int:
+    """File byte offset of the BAT slot of virtual cluster `index` (§2.1)."""
+    return HEADER_SIZE + ENTRY_SIZE * index
+
+
+def entry_to_offset(entry: int, header: Header) -> int:
+    """File byte offset of a non-zero entry: sectors in v1, clusters in v2 (§2.2, §11 trap 1)."""
+    return entry * header.entry_unit
+
+
+def offset_to_entry(offset: int, header: Header) -> int:
+    return offset // header.entry_unit
+
+
+def decode_entries(raw: bytes | bytearray | memoryview) -> np.ndarray:
+    """Little-endian u32 BAT slots as a numpy array (a view, no copy)."""
+    return np.frombuffer(raw, dtype="<u4")
+
+
+@dataclass(frozen=True)
+class BadEntry:
+    index: int  # virtual cluster (slot index)
+    entry: int
+    reason: str
+
+
+def find_bad_entries(index: np.ndarray, entries: np.ndarray, header: Header,
+                     file_size: int, limit: int = 1) -> list[BadEntry]:
+    """Entries that cannot be read: reserved value, pointing into header/BAT clusters, or whose
+    cluster ends past EOF (§2.3, §2.8). `index`/`entries` hold only non-zero slots.
+
+    v1 entries that are not cluster-aligned are readable (qemu reads them) and are left to
+    `check` (§2.2, §11 trap 21)."""
+    if entries.size == 0:
+        return []
+    offs = entries.astype(np.uint64) * np.uint64(header.entry_unit)
+    data_start = np.uint64(header.bat_clusters * header.cluster_size)
+    end = offs + np.uint64(header.cluster_size)
+    bad_mask = (entries == BAT_RESERVED) | (offs < data_start) | (end > np.uint64(file_size))
+    bad = np.flatnonzero(bad_mask)[:limit]
+    out = []
+    for i in bad.tolist():
+        e = int(entries[i])
+        off = int(offs[i])
+        if e == BAT_RESERVED:
+            reason = "reserved value 0xffffffff (§2.3)"
+        elif off < int(data_start):
+            reason = (f"points into the header/BAT area (cluster at byte {off}, data starts at "
+                      f"{int(data_start)})")
+        else:
+            reason = (f"points past end of file (cluster at byte {off}..{off + header.cluster_size}"
+                      f", file is {file_size} bytes)")
+        out.append(BadEntry(int(index[i]), e, reason))
+    return out
+
+
+def raise_bad_entry(bad: BadEntry, where: str) -> None:
+    raise CorruptImageError(
+        f"BAT entry for virtual cluster {bad.index} = {bad.entry}: {bad.reason}",
+        where, offset=bat_entry_off(bad.index))

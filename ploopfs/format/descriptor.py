@@ -1,0 +1,317 @@
+"""DiskDescriptor.xml: parse (safely) and write, ploop-format.md §5.
+
+Pure: bytes in, a Descriptor out; a Descriptor in, bytes out. Paths in <File> are returned as
+written; resolving them against the filesystem is the volume layer's job (§5.6).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from ploopfs.errors import BadChainError, BadDescriptorError
+from ploopfs.format.header import NONE_GUID, TOP_GUID
+
+MAX_DESCRIPTOR_BYTES = 4 << 20  # real descriptors are a few KiB; a cap stops memory attacks
+TEMPORARY_MARKERS = ("Temporary", "TemporaryZero", "TemporaryZeroSwap")
+_GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def norm_guid(text: str | None, where: str = "", element: str = "GUID") -> str:
+    """Canonical form `{lowercase}`; GUIDs compare case-insensitively, braces optional (§11 trap 11)."""
+    s = (text or "").strip().lower()
+    if s.startswith("{") and s.endswith("}"):
+        s = s[1:-1]
+    if not _GUID_RE.match(s):
+        raise BadDescriptorError(f"invalid GUID {text!r}", where, element=element)
+    return "{" + s + "}"
+
+
+def bare_guid(guid: str) -> str:
+    """Lowercase, no braces: the form used in mount paths."""
+    return guid.strip("{}").lower()
+
+
+def parse_number(text: str | None, where: str, element: str) -> int:
+    """Numbers as ploop reads them, strtoul(…, 0): 0x… hex, a leading 0 octal (§5.3)."""
+    s = (text or "").strip()
+    try:
+        if s.lower().startswith("0x"):
+            v = int(s[2:], 16)
+        elif len(s) > 1 and s.startswith("0"):
+            v = int(s[1:], 8)
+        else:
+            v = int(s, 10)
+    except ValueError:
+        raise BadDescriptorError(f"not a number: {text!r}", where, element=element) from None
+    if v < 0:
+        raise BadDescriptorError(f"negative number {text!r}", where, element=element)
+    return v
+
+
+@dataclass
+class ImageEntry:
+    guid: str
+    file: str  # as written in <File>
+    type: str  # as written in <Type>; informational only (§3, §11 trap 10)
+
+
+@dataclass
+class Shot:
+    guid: str
+    parent: str
+    temporary: str | None = None  # marker element name, if any
+
+
+@dataclass
+class Descriptor:
+    root_name: str = "Virtuozzo_disk_image"
+    disk_size: int = 0  # sectors
+    cylinders: int = 0
+    heads: int = 0
+    sectors: int = 0  # CHS sectors per track (NOT the cluster size, §11 trap 2)
+    blocksize: int = 0  # cluster size in sectors
+    preallocated: bool = False
+    max_delta_size: int = 0
+    encryption_keyid: str | None = None
+    volume_parent: str | None = None  # <StorageData><Volume><Parent> (§5.7)
+    images: list[ImageEntry] = field(default_factory=list)
+    shots: list[Shot] = field(default_factory=list)
+    top_guid: str = TOP_GUID
+    warnings: list[str] = field(default_factory=list)
+
+    # ---- tree queries -----------------------------------------------------------------------
+    def image(self, guid: str) -> ImageEntry:
+        g = norm_guid(guid, element="--snapshot")
+        for im in self.images:
+            if im.guid == g:
+                return im
+        raise KeyError(g)
+
+    def shot(self, guid: str) -> Shot:
+        for s in self.shots:
+            if s.guid == guid:
+                return s
+        raise KeyError(guid)
+
+    def children(self, guid: str) -> list[str]:
+        return [s.guid for s in self.shots if s.parent == guid]
+
+    def roots(self) -> list[str]:
+        return [s.guid for s in self.shots if s.parent == NONE_GUID]
+
+    def chain(self, guid: str | None = None) -> list[ImageEntry]:
+        """Images from the base (level 0) up to `guid` (default: the top), following ParentGUID
+        (§5.3: XML order means nothing)."""
+        g = self.top_guid if guid is None else norm_guid(guid, element="--snapshot")
+        out: list[ImageEntry] = []
+        seen: set[str] = set()
+        while g != NONE_GUID:
+            if g in seen:
+                raise BadChainError(f"cycle in the snapshot tree at {g}", element="ParentGUID")
+            seen.add(g)
+            out.append(self.image(g))
+            g = self.shot(g).parent
+        out.reverse()
+        return out
+
+
+def _text(el: etree._Element | None) -> str | None:
+    return None if el is None else (el.text or "")
+
+
+def _child(parent: etree._Element, name: str, where: str, path: str) -> etree._Element:
+    el = parent.find(name)
+    if el is None:
+        raise BadDescriptorError("required element missing", where, element=f"{path}/{name}")
+    return el
+
+
+def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descriptor:
+    """Parse and validate. Entities, DTDs and network access are refused (the file may come from
+    an untrusted backup); so is anything larger than MAX_DESCRIPTOR_BYTES."""
+    if len(data) > MAX_DESCRIPTOR_BYTES:
+        raise BadDescriptorError(
+            f"descriptor is {len(data)} bytes, larger than the {MAX_DESCRIPTOR_BYTES} byte cap", where)
+    if b"<!DOCTYPE" in data.upper() or b"<!ENTITY" in data.upper():
+        raise BadDescriptorError("DTD or entity declarations are not allowed", where,
+                                 element="!DOCTYPE")
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                             dtd_validation=False, huge_tree=False, remove_pis=True)
+    try:
+        root = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as e:
+        line = f" line {e.lineno}" if getattr(e, "lineno", None) else ""
+        raise BadDescriptorError(f"malformed XML{line}: {e.msg}", where) from None
+    if root is None:
+        raise BadDescriptorError("empty document", where)
+
+    d = Descriptor(root_name=str(root.tag))
+    # The root element's name is not checked by ploop (§5.2); both names appear in the wild.
+    if d.root_name not in ("Virtuozzo_disk_image", "Parallels_disk_image"):
+        d.warnings.append(f"unexpected root element <{d.root_name}>")
+
+    params = _child(root, "Disk_Parameters", where, d.root_name)
+
+    def num(parent: etree._Element, name: str, path: str) -> int:
+        el = parent.find(name)
+        return 0 if el is None else parse_number(el.text, where, f"{path}/{name}")
+
+    d.disk_size = num(params, "Disk_size", "Disk_Parameters")
+    d.max_delta_size = num(params, "Max_delta_size", "Disk_Parameters")
+    d.cylinders = num(params, "Cylinders", "Disk_Parameters")
+    d.heads = num(params, "Heads", "Disk_Parameters")
+    d.sectors = num(params, "Sectors", "Disk_Parameters")
+    keyid = params.find("Encryption/KeyId")
+    if keyid is not None and (keyid.text or "").strip():
+        d.encryption_keyid = keyid.text.strip()
+
+    sdata = _child(root, "StorageData", where, d.root_name)
+    vol_parent = sdata.find("Volume/Parent")
+    if vol_parent is not None:
+        d.volume_parent = (vol_parent.text or "").strip()
+    storages = sdata.findall("Storage")
+    if not storages:
+        raise BadDescriptorError("required element missing", where, element="StorageData/Storage")
+    if len(storages) > 1:
+        raise BadDescriptorError("several <Storage> elements (split disks) are not supported",
+                                 where, element="StorageData/Storage")
+    storage = storages[0]
+    d.blocksize = num(storage, "Blocksize", "Storage")
+    d.preallocated = num(storage, "Preallocated", "Storage") == 1
+    for i, im in enumerate(storage.findall("Image")):
+        path = f"Storage/Image[{i + 1}]"
+        guid = norm_guid(_text(_child(im, "GUID", where, path)), where, f"{path}/GUID")
+        f = (_text(_child(im, "File", where, path)) or "").strip()
+        if not f:
+            raise BadDescriptorError("empty file name", where, element=f"{path}/File")
+        typ = (_text(im.find("Type")) or "Compressed").strip()
+        d.images.append(ImageEntry(guid, f, typ))
+    if not d.images:
+        raise BadDescriptorError("no images", where, element="Storage/Image")
+
+    snaps = _child(root, "Snapshots", where, d.root_name)
+    for i, sh in enumerate(snaps.findall("Shot")):
+        path = f"Snapshots/Shot[{i + 1}]"
+        guid = norm_guid(_text(_child(sh, "GUID", where, path)), where, f"{path}/GUID")
+        parent = norm_guid(_text(_child(sh, "ParentGUID", where, path)), where,
+                           f"{path}/ParentGUID")
+        marker = next((m for m in TEMPORARY_MARKERS if sh.find(m) is not None), None)
+        d.shots.append(Shot(guid, parent, marker))
+    top_el = snaps.find("TopGUID")
+    # An element with no children is falsy in ElementTree/lxml: test `is None` (§11 trap 9).
+    top_text = _text(top_el)
+    _resolve_top(d, top_text if top_text and top_text.strip() else None, where)
+    _validate_tree(d, where)
+    return d
+
+
+def _resolve_top(d: Descriptor, top_text: str | None, where: str) -> None:
+    """TopGUID rules of validate_disk_descriptor (§5.3, §5.4)."""
+    image_guids = {im.guid for im in d.images}
+    shot_guids = {s.guid for s in d.shots}
+    # Compatibility: one image more than Shots and an unlisted magic-GUID image gets a root Shot.
+    if len(d.images) != len(d.shots) and TOP_GUID in image_guids and TOP_GUID not in shot_guids:
+        d.shots.append(Shot(TOP_GUID, NONE_GUID))
+        d.warnings.append("no <Shot> for the top image; assumed a base (ploop compatibility rule)")
+    if top_text is not None:
+        d.top_guid = norm_guid(top_text, where, "Snapshots/TopGUID")
+    elif any(s.guid == TOP_GUID for s in d.shots):
+        d.top_guid = TOP_GUID
+    else:
+        raise BadChainError("no <TopGUID> and no image with the top GUID " + TOP_GUID, where,
+                            element="Snapshots/TopGUID")
+
+
+def _validate_tree(d: Descriptor, where: str) -> None:
+    seen: set[str] = set()
+    for im in d.images:
+        if im.guid in seen:
+            raise BadChainError(f"GUID {im.guid} is used by two images", where,
+                                element="Storage/Image/GUID")
+        seen.add(im.guid)
+    shot_by_guid: dict[str, Shot] = {}
+    for s in d.shots:
+        if s.guid in shot_by_guid:
+            raise BadChainError(f"GUID {s.guid} has two <Shot> elements", where,
+                                element="Snapshots/Shot/GUID")
+        if s.guid not in seen:
+            raise BadChainError(f"<Shot> {s.guid} has no <Image>", where,
+                                element="Snapshots/Shot/GUID")
+        shot_by_guid[s.guid] = s
+    for im in d.images:
+        if im.guid not in shot_by_guid:
+            raise BadChainError(f"image {im.guid} has no <Shot>", where, element="Snapshots/Shot")
+    for s in d.shots:
+        if s.parent != NONE_GUID and s.parent not in shot_by_guid:
+            raise BadChainError(f"<Shot> {s.guid} has unknown parent {s.parent}", where,
+                                element="Snapshots/Shot/ParentGUID")
+    roots = d.roots()
+    if not roots:
+        raise BadChainError("no base image (no <Shot> with parent " + NONE_GUID + ")", where,
+                            element="Snapshots/Shot/ParentGUID")
+    if len(roots) > 1:
+        raise BadChainError(f"several base images: {', '.join(roots)}", where,
+                            element="Snapshots/Shot/ParentGUID")
+    # Every shot must reach the root: this finds cycles not attached to it.
+    for s in d.shots:
+        g, steps = s.guid, 0
+        while g != NONE_GUID:
+            steps += 1
+            if steps > len(d.shots):
+                raise BadChainError(f"cycle in the snapshot tree through {s.guid}", where,
+                                    element="Snapshots/Shot/ParentGUID")
+            g = shot_by_guid[g].parent
+    if d.top_guid not in shot_by_guid:
+        raise BadChainError(f"TopGUID {d.top_guid} is not an image of this disk", where,
+                            element="Snapshots/TopGUID")
+    if shot_by_guid[d.top_guid].temporary:
+        d.warnings.append(f"top snapshot {d.top_guid} is marked <{shot_by_guid[d.top_guid].temporary}>"
+                          " (ploop refuses to use such a disk until it is merged)")
+
+
+def render_descriptor(d: Descriptor) -> bytes:
+    """XML as ploop's store_diskdescriptor writes it, obeying its parser's quirks (§5.1, §5.3):
+    Images and Shots last in their parents, TopGUID first, numbers never zero-padded, one Storage,
+    no attributes."""
+    root = etree.Element(d.root_name)
+    params = etree.SubElement(root, "Disk_Parameters")
+
+    def add(parent: etree._Element, name: str, value: object) -> etree._Element:
+        el = etree.SubElement(parent, name)
+        el.text = str(value)
+        return el
+
+    add(params, "Disk_size", d.disk_size)
+    if d.max_delta_size:
+        add(params, "Max_delta_size", d.max_delta_size)
+    add(params, "Cylinders", d.cylinders)
+    add(params, "Heads", d.heads)
+    add(params, "Sectors", d.sectors)
+    add(params, "Padding", 0)
+    if d.encryption_keyid:
+        add(etree.SubElement(params, "Encryption"), "KeyId", d.encryption_keyid)
+    sdata = etree.SubElement(root, "StorageData")
+    storage = etree.SubElement(sdata, "Storage")
+    add(storage, "Start", 0)
+    add(storage, "End", d.disk_size)
+    add(storage, "Blocksize", d.blocksize)
+    if d.preallocated:
+        add(storage, "Preallocated", 1)
+    for im in d.images:
+        el = etree.SubElement(storage, "Image")
+        add(el, "GUID", im.guid)
+        add(el, "Type", im.type)
+        add(el, "File", im.file)
+    snaps = etree.SubElement(root, "Snapshots")
+    add(snaps, "TopGUID", d.top_guid)
+    for s in d.shots:
+        el = etree.SubElement(snaps, "Shot")
+        add(el, "GUID", s.guid)
+        add(el, "ParentGUID", s.parent)
+        if s.temporary:
+            etree.SubElement(el, s.temporary)
+    body = etree.tostring(root, pretty_print=True, encoding="utf-8")
+    return b'<?xml version="1.0"?>\n' + body

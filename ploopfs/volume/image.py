@@ -1,0 +1,186 @@
+"""One image file of a chain: a ploop v1/v2 delta or a raw ("Plain") base, opened read-only."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+import numpy as np
+
+from ploopfs.errors import BadImageError, CorruptImageError, NotFoundError, SourceIOError
+from ploopfs.format.bat import bat_entry_off, decode_entries, find_bad_entries, raise_bad_entry
+from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, parse_header, sniff
+
+# BAT is scanned in chunks of this many bytes: bounded memory for 64 TiB disks (256 MiB BATs).
+BAT_CHUNK = 8 << 20
+
+
+def open_readonly(path: str) -> int:
+    """Open a source file read-only; refuse FIFOs, sockets and character devices (they could
+    hang a reader or are not disks). Sources are never opened for writing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise NotFoundError("image file does not exist", path) from None
+    except IsADirectoryError:
+        raise BadImageError("is a directory, not an image file", path) from None
+    except OSError as e:
+        raise SourceIOError(f"cannot open: {e.strerror}", path) from None
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        os.close(fd)
+        raise BadImageError("not a regular file or block device", path)
+    # O_NONBLOCK was only there so that opening a FIFO cannot hang; reads must block normally.
+    os.set_blocking(fd, True)
+    return fd
+
+
+def file_size(fd: int) -> int:
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    return st.st_size
+
+
+def pread_exact(fd: int, length: int, offset: int, path: str) -> bytes:
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as e:
+        raise SourceIOError(f"read of {length} bytes failed: {e.strerror}", path,
+                            offset=offset) from None
+    return data
+
+
+@dataclass
+class Mapping:
+    """The non-zero BAT slots of one image: virtual cluster numbers (sorted) and the file byte
+    offsets of their clusters."""
+
+    vclusters: np.ndarray  # int64
+    offsets: np.ndarray  # int64, file byte offsets
+
+
+class Image:
+    """An opened image file. `header` is None for a raw file."""
+
+    def __init__(self, path: str, fd: int, kind: ImageKind, header: Header | None,
+                 size: int, cluster_size: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.kind = kind
+        self.header = header
+        self.file_size = size
+        self.cluster_size = cluster_size
+        self._mapping: Mapping | None = None
+
+    @classmethod
+    def open(cls, path: str, *, raw_cluster_size: int | None = None,
+             allow_raw: bool = True) -> Image:
+        fd = open_readonly(path)
+        try:
+            size = file_size(fd)
+            head = pread_exact(fd, HEADER_SIZE, 0, path)
+            kind = sniff(head)
+            if kind is ImageKind.RAW:
+                if not allow_raw:
+                    raise BadImageError(
+                        f"not a ploop image (signature {head[:16]!r}); only the base of a chain "
+                        "may be raw (§0)", path, offset=0)
+                if head[:4] == b"QFI\xfb":
+                    raise BadImageError("this is a qcow2 image (VZ9 qcow2 mode), not ploop", path)
+                if not raw_cluster_size:
+                    raise BadImageError(
+                        f"not a ploop image (signature {head[:16]!r}); to read it as a raw disk "
+                        "give --cluster-size", path, offset=0)
+                return cls(path, fd, kind, None, size, raw_cluster_size)
+            hdr = parse_header(head, path)
+            img = cls(path, fd, kind, hdr, size, hdr.cluster_size)
+            bat_end = HEADER_SIZE + 4 * hdr.bat_entries
+            if size < bat_end:
+                raise CorruptImageError(
+                    f"file is {size} bytes but its BAT of {hdr.bat_entries} entries ends at byte "
+                    f"{bat_end} (truncated image?)", path, offset=size)
+            return img
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def is_raw(self) -> bool:
+        return self.header is None
+
+    @property
+    def virtual_size(self) -> int:
+        """Bytes of virtual disk this image describes. ploop counts whole clusters,
+        m_Size * C (lib/delta_read.c read_size_from_image); qemu uses m_SizeInSectors, which
+        differs only for sizes that are not a whole number of clusters (docs/formats.md).
+        A raw file covers ceil(st_size/512) sectors (§3)."""
+        if self.header is None:
+            return -(-self.file_size // SECTOR) * SECTOR
+        return self.header.bat_entries * self.header.cluster_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # -- BAT -----------------------------------------------------------------------------------
+    def mapping(self) -> Mapping:
+        """Read and validate the BAT once: strict, the first entry that cannot be read (past EOF,
+        into the header, reserved value) raises CorruptImageError naming its byte offset."""
+        if self._mapping is None:
+            self._mapping = self._read_mapping()
+        return self._mapping
+
+    def _read_mapping(self) -> Mapping:
+        hdr = self.header
+        if hdr is None:
+            return Mapping(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        idx_parts: list[np.ndarray] = []
+        off_parts: list[np.ndarray] = []
+        start = bat_entry_off(0)
+        end = bat_entry_off(hdr.bat_entries)
+        pos = start
+        while pos < end:
+            # Skip holes in a sparse BAT: a hole reads as zeros, i.e. unallocated entries.
+            data_pos = self._seek_data(pos)
+            if data_pos >= end:
+                break
+            if data_pos > pos:
+                pos = data_pos - (data_pos - start) % 4
+            n = min(BAT_CHUNK, end - pos)
+            raw = pread_exact(self.fd, n, pos, self.path)
+            if len(raw) != n:
+                raise CorruptImageError(f"BAT truncated: read {len(raw)} of {n} bytes", self.path,
+                                        offset=pos + len(raw))
+            entries = decode_entries(raw)
+            nz = np.flatnonzero(entries)
+            if nz.size:
+                first = (pos - start) // 4
+                vclu = nz.astype(np.int64) + first
+                vals = entries[nz]
+                bad = find_bad_entries(vclu, vals, hdr, self.file_size)
+                if bad:
+                    raise_bad_entry(bad[0], self.path)
+                idx_parts.append(vclu)
+                off_parts.append(vals.astype(np.int64) * hdr.entry_unit)
+            pos += n
+        if not idx_parts:
+            return Mapping(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return Mapping(np.concatenate(idx_parts), np.concatenate(off_parts))
+
+    def _seek_data(self, pos: int) -> int:
+        try:
+            return os.lseek(self.fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data after pos
+                return 1 << 62
+            return pos  # SEEK_DATA unsupported here: read everything
+
+    def read_bat_slots(self, first: int, count: int) -> np.ndarray:
+        """Raw u32 slots [first, first+count), for reports (no validation)."""
+        raw = pread_exact(self.fd, 4 * count, bat_entry_off(first), self.path)
+        return decode_entries(raw[: len(raw) // 4 * 4]).copy()

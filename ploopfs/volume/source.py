@@ -1,0 +1,223 @@
+"""Opening a SOURCE: a DiskDescriptor.xml, the folder holding one, a single ploop image file, or a
+raw file given a cluster size. Resolves image paths safely and builds volumes per snapshot."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ploopfs.errors import (
+    BadChainError,
+    BadDescriptorError,
+    BadImageError,
+    NotFoundError,
+    UnsafePathError,
+    UnsupportedError,
+)
+from ploopfs.format.descriptor import (
+    MAX_DESCRIPTOR_BYTES,
+    Descriptor,
+    ImageEntry,
+    Shot,
+    norm_guid,
+    parse_descriptor,
+)
+from ploopfs.format.header import NONE_GUID, SECTOR, TOP_GUID, ImageKind, chs_geometry, sniff
+from ploopfs.volume.image import Image, open_readonly, pread_exact
+from ploopfs.volume.volume import Volume
+
+DESCRIPTOR_NAME = "DiskDescriptor.xml"
+
+
+@dataclass
+class OpenOptions:
+    cluster_size: int | None = None  # bytes; for raw files (and raw bases without <Blocksize>)
+    allow_outside_paths: bool = False
+
+
+@dataclass
+class Disk:
+    """An opened SOURCE. Image files are opened lazily and read-only, once each."""
+
+    source: str
+    descriptor: Descriptor
+    descriptor_path: str | None  # None when the source is a bare image file
+    paths: dict[str, str]  # GUID -> resolved file path
+    options: OpenOptions
+    warnings: list[str] = field(default_factory=list)
+    _images: dict[str, Image] = field(default_factory=dict)
+
+    @property
+    def top_guid(self) -> str:
+        return self.descriptor.top_guid
+
+    def image(self, guid: str, *, level: int) -> Image:
+        if guid not in self._images:
+            bs = self.descriptor.blocksize * SECTOR or self.options.cluster_size
+            self._images[guid] = Image.open(self.paths[guid], raw_cluster_size=bs,
+                                            allow_raw=level == 0)
+        return self._images[guid]
+
+    def chain(self, snapshot: str | None = None) -> list[ImageEntry]:
+        d = self.descriptor
+        if snapshot is not None:
+            try:
+                g = norm_guid(snapshot, self.source, "--snapshot")
+            except BadDescriptorError:
+                raise NotFoundError(f"{snapshot!r} is not a snapshot GUID", self.source) from None
+            if all(im.guid != g for im in d.images):
+                raise NotFoundError(f"unknown snapshot {g}", self.source, element="Snapshots")
+            snapshot = g
+        return d.chain(snapshot)
+
+    def volume(self, snapshot: str | None = None) -> Volume:
+        """The virtual disk as seen from `snapshot` (default: the top)."""
+        entries = self.chain(snapshot)
+        images = [self.image(e.guid, level=i) for i, e in enumerate(entries)]
+        top = images[-1]
+        ploop_imgs = [(e, im) for e, im in zip(entries, images, strict=True) if not im.is_raw]
+        desc_bs = self.descriptor.blocksize
+        for e, im in ploop_imgs:
+            assert im.header is not None
+            if desc_bs and im.header.cluster_sectors != desc_bs:
+                raise BadChainError(
+                    f"cluster size {im.header.cluster_sectors} sectors differs from the "
+                    f"descriptor's <Blocksize> {desc_bs} (§4.2)", im.path, offset=0x1C)
+            first = ploop_imgs[0][1].header
+            assert first is not None
+            if im.header.cluster_sectors != first.cluster_sectors:
+                raise BadChainError(
+                    f"cluster size {im.header.cluster_sectors} sectors differs from "
+                    f"{first.cluster_sectors} in {ploop_imgs[0][1].path} (§4.2)", im.path,
+                    offset=0x1C)
+            if im.header.version != first.version:
+                raise BadChainError(
+                    f"format v{im.header.version} mixed with v{first.version} of "
+                    f"{ploop_imgs[0][1].path} in one chain (§4.2)", im.path, offset=0)
+        cluster = ploop_imgs[0][1].cluster_size if ploop_imgs else images[0].cluster_size
+        if top.is_raw:
+            size = self.descriptor.disk_size * SECTOR or top.virtual_size
+        else:
+            size = top.virtual_size
+            for _e, im in ploop_imgs[:-1]:
+                if im.virtual_size > size:
+                    self._warn(f"{im.path}: lower delta is larger ({im.virtual_size} bytes) than "
+                               f"the top ({size}); the excess is not part of the disk (§1.4)")
+        dsize = self.descriptor.disk_size * SECTOR
+        if self.descriptor_path and dsize and dsize != size and snapshot is None:
+            self._warn(f"{self.descriptor_path}: <Disk_size> is {dsize} bytes but the top image "
+                       f"describes {size}; using the image's size")
+        return Volume(images, size, cluster)
+
+    def _warn(self, msg: str) -> None:
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+
+    def close(self) -> None:
+        for im in self._images.values():
+            im.close()
+        self._images.clear()
+
+    def __enter__(self) -> Disk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_source(source: str | os.PathLike[str], options: OpenOptions | None = None) -> Disk:
+    opts = options or OpenOptions()
+    src = os.fspath(source)
+    try:
+        st = os.stat(src)
+    except FileNotFoundError:
+        raise NotFoundError("no such file or folder", src) from None
+    except OSError as e:
+        raise NotFoundError(f"cannot access: {e.strerror}", src) from None
+    if os.path.isdir(src):
+        dd = os.path.join(src, DESCRIPTOR_NAME)
+        if not os.path.exists(dd):
+            raise NotFoundError(
+                f"no {DESCRIPTOR_NAME} in this folder (give an image file instead, or rebuild "
+                "the descriptor)", src)
+        return _open_descriptor(dd, opts)
+    del st
+    fd = open_readonly(src)
+    try:
+        head = pread_exact(fd, 64, 0, src)
+    finally:
+        os.close(fd)
+    if head.lstrip()[:1] == b"<" or src.lower().endswith(".xml"):
+        return _open_descriptor(src, opts)
+    kind = sniff(head)
+    if head[:4] == b"QFI\xfb":
+        raise UnsupportedError("qcow2 image (VZ9 qcow2 mode) is not a ploop image", src)
+    if kind is ImageKind.RAW and not opts.cluster_size:
+        raise BadImageError(
+            f"not a ploop image or descriptor (first bytes {head[:16]!r}); to read a raw disk "
+            "give --cluster-size", src, offset=0)
+    return _single_image(src, kind, opts)
+
+
+def _single_image(path: str, kind: ImageKind, opts: OpenOptions) -> Disk:
+    d = Descriptor()
+    d.images.append(ImageEntry(TOP_GUID, os.path.basename(path),
+                               "Plain" if kind is ImageKind.RAW else "Compressed"))
+    d.shots.append(Shot(TOP_GUID, NONE_GUID))
+    d.top_guid = TOP_GUID
+    disk = Disk(path, d, None, {TOP_GUID: path}, opts)
+    im = disk.image(TOP_GUID, level=0)
+    d.blocksize = im.cluster_size // SECTOR
+    d.disk_size = im.virtual_size // SECTOR
+    d.cylinders, d.heads, d.sectors = chs_geometry(d.disk_size)
+    if d.cylinders and d.heads:
+        d.sectors = d.disk_size // (d.cylinders * d.heads)
+    return disk
+
+
+def _open_descriptor(path: str, opts: OpenOptions) -> Disk:
+    fd = open_readonly(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_DESCRIPTOR_BYTES:
+            raise BadDescriptorError(
+                f"descriptor is {size} bytes, larger than the {MAX_DESCRIPTOR_BYTES} byte cap", path)
+        data = pread_exact(fd, size, 0, path)
+    finally:
+        os.close(fd)
+    desc = parse_descriptor(data, path)
+    disk = Disk(path, desc, path, {}, opts)
+    disk.warnings.extend(f"{path}: {w}" for w in desc.warnings)
+    if desc.volume_parent is not None:
+        raise UnsupportedError("descriptors with a <Volume> parent are not supported yet", path,
+                               element="StorageData/Volume")
+    folder = os.path.dirname(os.path.abspath(path))
+    for i, im in enumerate(desc.images):
+        disk.paths[im.guid] = resolve_image_path(folder, im.file, opts.allow_outside_paths,
+                                                 disk.warnings, path, f"Storage/Image[{i + 1}]/File")
+    return disk
+
+
+def resolve_image_path(folder: str, file: str, allow_outside: bool, warnings: list[str],
+                       descriptor: str, element: str) -> str:
+    """§5.6: relative to the descriptor's folder; absolute as is. Unless allowed, the real path
+    (symlinks resolved) must stay inside the folder, so a descriptor cannot make us read
+    /etc/shadow. A moved backup with stale absolute paths falls back to folder/basename."""
+    real_folder = os.path.realpath(folder)
+    candidate = os.path.normpath(os.path.join(folder, file))
+    real = os.path.realpath(candidate)
+    inside = os.path.commonpath([real, real_folder]) == real_folder
+    if os.path.isabs(file) and (not os.path.exists(candidate) or not (inside or allow_outside)):
+        local = os.path.join(folder, os.path.basename(file))
+        if os.path.basename(file) and os.path.exists(local):
+            warnings.append(f"{descriptor}: <File> {file!r} used as {local!r} (same name, "
+                            "descriptor's folder)")
+            candidate, real = local, os.path.realpath(local)
+            inside = os.path.commonpath([real, real_folder]) == real_folder
+    if not inside and not allow_outside:
+        raise UnsafePathError(
+            f"image path {file!r} leads outside the descriptor's folder (to {real}); pass "
+            "--allow-outside-paths if you trust this descriptor", descriptor, element=element)
+    if not os.path.exists(candidate):
+        raise NotFoundError(f"image file {file!r} does not exist", descriptor, element=element)
+    return candidate

@@ -1,0 +1,121 @@
+"""The virtual disk of one snapshot: a chain of images, its block map, and exact reads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ploopfs.errors import CorruptImageError, SourceIOError
+from ploopfs.volume.blockmap import BlockMap
+from ploopfs.volume.image import Image
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of the virtual disk: `length` bytes at virtual `voffset`, served from `level`'s
+    file at `offset`, or zeros (`level` is None). `raw_fill` marks a raw base read that may run
+    past the end of that file; the rest is zeros (§4.1 rule 3)."""
+
+    voffset: int
+    length: int
+    level: int | None
+    offset: int
+    raw_fill: bool = False
+
+
+class Volume:
+    def __init__(self, images: Sequence[Image], size: int, cluster_size: int) -> None:
+        """`images[0]` is the base, `images[-1]` the top. `size` is the virtual disk size."""
+        self.images = list(images)
+        self.size = size
+        self.cluster_size = cluster_size
+        nclusters = -(-size // cluster_size)
+        self.map = BlockMap([im.mapping() for im in self.images], nclusters, cluster_size)
+        self.raw_base = self.images[0].is_raw
+        self._fds = [im.fd for im in self.images]
+
+    # -- planning ------------------------------------------------------------------------------
+    def segments(self, offset: int, length: int) -> Iterator[Segment]:
+        """Where each byte of [offset, offset+length) comes from, clipped to the disk size,
+        adjacent pieces of one extent or one hole merged."""
+        end = min(offset + length, self.size)
+        pos = offset
+        c = self.cluster_size
+        m = self.map
+        while pos < end:
+            v = pos // c
+            i = m.find(v)
+            if i >= 0:
+                ext_end = m.a_vend[i] * c
+                n = min(end, ext_end) - pos
+                yield Segment(pos, n, m.a_level[i],
+                              m.a_offset[i] + pos - m.a_vstart[i] * c)
+            else:
+                nxt = -i - 1
+                hole_end = m.a_vstart[nxt] * c if nxt < len(m) else self.size
+                n = min(end, hole_end) - pos
+                if self.raw_base:
+                    yield Segment(pos, n, 0, pos, raw_fill=True)
+                else:
+                    yield Segment(pos, n, None, 0)
+            pos += n
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(self, offset: int, length: int) -> bytearray:
+        """Exactly the bytes of the virtual disk at [offset, offset+length), short only at the
+        end of the disk."""
+        end = min(offset + length, self.size)
+        buf = bytearray(max(0, end - offset))
+        if buf:
+            self.readinto(memoryview(buf), offset)
+        return buf
+
+    def readinto(self, view: memoryview, offset: int) -> int:
+        """Fill `view` (zero-initialised by the caller where holes may occur) from `offset`;
+        returns the byte count (less than len(view) only past the end of the disk)."""
+        total = min(len(view), max(0, self.size - offset))
+        for seg in self.segments(offset, total):
+            if seg.level is None:
+                continue
+            dst = view[seg.voffset - offset: seg.voffset - offset + seg.length]
+            self._pread_into(seg.level, dst, seg.offset, allow_short=seg.raw_fill)
+        return total
+
+    def zero_fill_readinto(self, view: memoryview, offset: int) -> int:
+        """Like readinto, but writes zeros into holes itself (for reused buffers)."""
+        total = min(len(view), max(0, self.size - offset))
+        for seg in self.segments(offset, total):
+            dst = view[seg.voffset - offset: seg.voffset - offset + seg.length]
+            if seg.level is None:
+                dst[:] = bytes(seg.length)
+            else:
+                self._pread_into(seg.level, dst, seg.offset, allow_short=seg.raw_fill,
+                                 zero_rest=True)
+        return total
+
+    def _pread_into(self, level: int, dst: memoryview, offset: int, *, allow_short: bool,
+                    zero_rest: bool = False) -> None:
+        fd = self._fds[level]
+        got = 0
+        want = len(dst)
+        while got < want:
+            try:
+                n = os.preadv(fd, [dst[got:]], offset + got)
+            except OSError as e:
+                raise SourceIOError(f"read failed: {e.strerror}", self.images[level].path,
+                                    offset=offset + got) from None
+            if n == 0:
+                break
+            got += n
+        if got < want:
+            if not allow_short:
+                raise CorruptImageError(
+                    f"cluster data ends early: read {got} of {want} bytes (file shrank?)",
+                    self.images[level].path, offset=offset + got)
+            if zero_rest:
+                dst[got:] = bytes(want - got)
+
+    def close(self) -> None:
+        for im in self.images:
+            im.close()
