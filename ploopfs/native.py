@@ -1,0 +1,65 @@
+"""Typed wrappers around the C helpers in ``ploopfs._native`` (built from native/ by cffi)."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from ploopfs._native import ffi, lib
+
+# Any C-contiguous object exporting the buffer protocol is accepted (bytes, bytearray,
+# memoryview, mmap, array.array, numpy arrays); collections.abc.Buffer needs Python 3.12.
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+__all__ = ["Buffer", "count_nonzero_u32", "ffi", "first_nonzero", "is_zero", "lib", "version"]
+
+
+def _view(buf: Buffer) -> memoryview:
+    """A flat byte view of any bytes-like object; ValueError unless it is C-contiguous."""
+    mv = memoryview(buf)
+    if not mv.c_contiguous:
+        raise ValueError("buffer must be C-contiguous")
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+def version() -> int:
+    """ABI version of the compiled module."""
+    return int(lib.pf_version())
+
+
+def first_nonzero(buf: Buffer) -> int:
+    """Index of the first non-zero byte of ``buf``, or ``len(buf)`` if every byte is zero."""
+    mv = _view(buf)
+    n = mv.nbytes
+    if n == 0:
+        return 0
+    return int(lib.pf_first_nonzero(ffi.from_buffer("unsigned char[]", mv), n))
+
+
+def is_zero(buf: Buffer) -> bool:
+    """True if every byte of ``buf`` is zero (an empty buffer is zero)."""
+    mv = _view(buf)
+    n = mv.nbytes
+    return n == 0 or lib.pf_first_nonzero(ffi.from_buffer("unsigned char[]", mv), n) == n
+
+
+def count_nonzero_u32(buf: Buffer) -> int:
+    """Number of non-zero 32-bit entries in ``buf`` (native byte order does not matter).
+
+    ``len(buf)`` in bytes must be a multiple of 4, else ValueError.
+    """
+    mv = _view(buf)
+    n = mv.nbytes
+    if n % 4:
+        raise ValueError(f"buffer length {n} is not a multiple of 4")
+    if n == 0:
+        return 0
+    # The C side loads uint32_t directly; a from_buffer pointer may be unaligned (e.g. a
+    # memoryview slice at an odd offset), so copy to an aligned cdata array in that case.
+    ptr = ffi.from_buffer("unsigned char[]", mv)
+    if int(ffi.cast("uintptr_t", ptr)) % 4:
+        aligned = ffi.new("uint32_t[]", n // 4)
+        ffi.memmove(aligned, mv, n)
+        return int(lib.pf_count_nonzero_u32(aligned, n // 4))
+    return int(lib.pf_count_nonzero_u32(ffi.cast("const uint32_t *", ptr), n // 4))
