@@ -11,6 +11,7 @@ import numpy as np
 
 from ploopfs.errors import BadImageError, CorruptImageError, NotFoundError, SourceIOError
 from ploopfs.format.bat import bat_entry_off, decode_entries, find_bad_entries, raise_bad_entry
+from ploopfs.format.extension import FormatExtension, parse_extension
 from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, parse_header, sniff
 
 # BAT is scanned in chunks of this many bytes: bounded memory for 64 TiB disks (256 MiB BATs).
@@ -184,3 +185,23 @@ class Image:
         """Raw u32 slots [first, first+count), for reports (no validation)."""
         raw = pread_exact(self.fd, 4 * count, bat_entry_off(first), self.path)
         return decode_entries(raw[: len(raw) // 4 * 4]).copy()
+
+    # -- format extension (§6) ---------------------------------------------------------------
+    def extension(self) -> FormatExtension | None:
+        """The Format Extension, if the header points at one. ploop trusts it only when
+        m_DiskInUse is "v2.1" (§6.1); callers can tell from `header.in_use`."""
+        hdr = self.header
+        if hdr is None or hdr.ext_offset == 0:
+            return None
+        off = hdr.ext_offset * SECTOR
+        c = hdr.cluster_size
+        if off + c > self.file_size:
+            raise CorruptImageError(f"format extension at byte {off} lies past the end of file",
+                                    self.path, offset=0x38)
+        return parse_extension(pread_exact(self.fd, c, off, self.path), c, self.path, off)
+
+    def read_cluster_at(self, offset: int) -> bytes:
+        data = pread_exact(self.fd, self.cluster_size, offset, self.path)
+        if len(data) != self.cluster_size:
+            raise CorruptImageError("cluster ends past end of file", self.path, offset=offset)
+        return data

@@ -1,0 +1,5 @@
+import sys
+
+from ploopfs.cli import main
+
+sys.exit(main())

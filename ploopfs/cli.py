@@ -1,0 +1,204 @@
+"""Command line front end. Knows argument parsing and presentation; everything else is in the
+services and volume layers. Errors become one line on stderr and a documented exit code
+(docs/cli.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ploopfs import __version__
+from ploopfs.errors import ExitCode, PloopfsError, SourceIOError, UsageError
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.I)
+
+
+def parse_size(text: str) -> int:
+    """`512`, `64K`, `1M`, `1MiB` → bytes (binary units)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512, 64K, 1M)")
+    n = int(m.group(1)) << (10 * " kmgt".index(m.group(2).lower() or " "))
+    return n
+
+
+def cluster_size_arg(text: str) -> int:
+    n = parse_size(text)
+    if n <= 0 or n % 512:
+        raise argparse.ArgumentTypeError(f"cluster size {text!r} must be a positive multiple of 512")
+    return n
+
+
+def _source_args(p: argparse.ArgumentParser, snapshot: bool = True) -> None:
+    p.add_argument("source", metavar="SOURCE",
+                   help="DiskDescriptor.xml, the folder holding it, a ploop image file, or a raw "
+                        "file (with --cluster-size)")
+    if snapshot:
+        p.add_argument("-s", "--snapshot", metavar="GUID",
+                       help="snapshot to read (default: the top); braces and case do not matter")
+    p.add_argument("--cluster-size", type=cluster_size_arg, metavar="SIZE",
+                   help="cluster size for a raw file source (e.g. 1M)")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="let <File> paths of the descriptor lead outside its folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ploopfs",
+        description="Read OpenVZ/Virtuozzo ploop disks (DiskDescriptor.xml + images) without the "
+                    "OpenVZ kernel. Sources are only ever opened read-only.",
+        epilog="Exit codes are listed in docs/cli.md.")
+    parser.add_argument("--version", action="version", version=f"ploopfs {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="disk size, images, headers, snapshot tree, partitions",
+                       description="Describe a ploop disk: every image and header field, the "
+                                   "snapshot tree, the partition table and filesystems inside.")
+    _source_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("snapshots", help="the snapshot tree (like `ploop snapshot-list`)",
+                       description="List the snapshots of a descriptor as a tree; * marks the top.")
+    _source_args(p, snapshot=False)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_snapshots)
+
+    p = sub.add_parser("export", help="flatten a snapshot to a raw file or a new ploop disk",
+                       description="Write the virtual disk of a snapshot as a sparse raw file "
+                                   "(OUTPUT '-' streams to stdout) or as a new single-image v2 "
+                                   "ploop disk in the folder OUTPUT.")
+    _source_args(p)
+    p.add_argument("output", metavar="OUTPUT", help="file (raw), '-' (raw to stdout) or folder")
+    p.add_argument("-f", "--format", choices=("raw", "ploop"), default="raw",
+                   help="output format (default: raw)")
+    p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _open(args: argparse.Namespace):  # noqa: ANN202 - returns a Disk
+    from ploopfs.volume.source import OpenOptions, open_source
+
+    return open_source(args.source, OpenOptions(cluster_size=args.cluster_size,
+                                                allow_outside_paths=args.allow_outside_paths))
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def _warn(lines: Sequence[str]) -> None:
+    for w in lines:
+        print(f"ploopfs: warning: {w}", file=sys.stderr)
+
+
+@contextmanager
+def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on a terminal (stderr), nothing otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=__import__("rich.console").console.Console(stderr=True),
+                  transient=True) as prog:
+        task = prog.add_task(label, total=total)
+        yield lambda done: prog.update(task, completed=done)
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    from ploopfs.services.info import disk_info, format_info
+
+    with _open(args) as disk:
+        info = disk_info(disk, args.snapshot)
+    if args.json:
+        _print_json(info)
+    else:
+        print(format_info(info))
+    return 0
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    from ploopfs.services.info import format_snapshot_list, snapshot_tree
+
+    with _open(args) as disk:
+        shots = snapshot_tree(disk.descriptor, disk.paths)
+        _warn(disk.warnings)
+    if args.json:
+        _print_json({"top_guid": disk.descriptor.top_guid, "snapshots": shots})
+    else:
+        print(format_snapshot_list(shots))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ploopfs.services.export import export_ploop, export_raw, export_work
+
+    if args.format == "ploop" and args.output == "-":
+        raise UsageError("--format ploop writes a folder; '-' is only for raw output")
+    with _open(args) as disk:
+        vol = disk.volume(args.snapshot)
+        total = vol.size if args.output == "-" else export_work(vol)
+        with progress_bar(total, "export", not args.no_progress) as prog:
+            fn = export_raw if args.format == "raw" else export_ploop
+            report = fn(disk, args.output, args.snapshot, prog)
+        _warn(disk.warnings)
+    if args.json:
+        _print_json(report.to_json())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help/--version exit 0, usage errors exit 2
+        return int(e.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return ExitCode.USAGE
+    try:
+        return args.func(args)
+    except PloopfsError as e:
+        print(f"ploopfs: {e.message()}", file=sys.stderr)
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        print("ploopfs: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # stdout closed early (e.g. `| head`): not an error worth a message
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        return ExitCode.OUTPUT
+    except OSError as e:
+        err = SourceIOError(e.strerror or str(e), e.filename)
+        print(f"ploopfs: {err.message()}", file=sys.stderr)
+        return int(err.exit_code)
+    except Exception as e:  # a bug: one line, details on request
+        if args.debug:
+            raise
+        print(f"ploopfs: internal error: {type(e).__name__}: {e} (run with --debug for details)",
+              file=sys.stderr)
+        return ExitCode.INTERNAL

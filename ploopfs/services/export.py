@@ -1,0 +1,162 @@
+"""`ploopfs export`: flatten a snapshot to a raw file (sparse) or to a new single-image v2 ploop
+disk. Never writes to a source."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import BinaryIO
+
+from ploopfs.errors import OutputError
+from ploopfs.native import is_zero
+from ploopfs.volume.source import Disk
+from ploopfs.volume.volume import Volume
+from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descriptor
+
+Progress = Callable[[int], None]  # called with bytes done so far
+CHUNK = 4 << 20
+
+
+@dataclass
+class ExportReport:
+    output: str
+    format: str
+    snapshot: str
+    size_bytes: int
+    data_bytes_written: int
+    zero_bytes_skipped: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _refuse_source(disk: Disk, out: str) -> None:
+    """The output must not be (or be inside the chain of) a source file."""
+    real = os.path.realpath(out)
+    for p in [*disk.paths.values(), disk.descriptor_path or ""]:
+        if p and os.path.realpath(p) == real:
+            raise OutputError("output is one of the source files; refusing to write", out)
+
+
+def _chunks(vol: Volume) -> list[tuple[int, int]]:
+    """Ranges worth reading: data of the merged map, or the whole disk over a raw base."""
+    c = vol.cluster_size
+    if vol.raw_base:
+        return [(0, vol.size)]
+    return [(e.vstart * c, min(e.count * c, vol.size - e.vstart * c)) for e in vol.map.extents()]
+
+
+def export_work(vol: Volume) -> int:
+    """Bytes an export will read (for progress bars)."""
+    return sum(length for _, length in _chunks(vol))
+
+
+def export_raw(disk: Disk, out: str, snapshot: str | None = None,
+               progress: Progress | None = None) -> ExportReport:
+    vol = disk.volume(snapshot)
+    guid = disk.chain(snapshot)[-1].guid
+    report = ExportReport(out, "raw", guid, vol.size, 0, 0)
+    if out == "-":
+        _stream(vol, sys.stdout.buffer, report, progress)
+        return report
+    _refuse_source(disk, out)
+    try:
+        if os.path.exists(out) and not stat.S_ISREG(os.stat(out).st_mode):
+            raise OutputError("exists and is not a regular file", out)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        raise OutputError("already exists; refusing to overwrite", out) from None
+    except OSError as e:
+        raise OutputError(f"cannot create: {e.strerror}", out) from None
+    buf = bytearray(CHUNK)
+    done = 0
+    try:
+        for start, length in _chunks(vol):
+            pos = start
+            while pos < start + length:
+                n = min(CHUNK, start + length - pos)
+                view = memoryview(buf)[:n]
+                vol.zero_fill_readinto(view, pos)
+                if is_zero(view):  # keep the output sparse
+                    report.zero_bytes_skipped += n
+                else:
+                    _pwrite_all(fd, view, pos, out)
+                    report.data_bytes_written += n
+                pos += n
+                done += n
+                if progress:
+                    progress(done)
+        os.ftruncate(fd, vol.size)
+        os.fsync(fd)
+    except OSError as e:
+        raise OutputError(f"write failed: {e.strerror}", out) from None
+    finally:
+        os.close(fd)
+    return report
+
+
+def _pwrite_all(fd: int, view: memoryview, off: int, out: str) -> None:
+    while view:
+        n = os.pwrite(fd, view, off)
+        if n <= 0:
+            raise OutputError("short write", out, offset=off)
+        view, off = view[n:], off + n
+
+
+def _stream(vol: Volume, f: BinaryIO, report: ExportReport, progress: Progress | None) -> None:
+    buf = bytearray(CHUNK)
+    pos = 0
+    try:
+        while pos < vol.size:
+            n = min(CHUNK, vol.size - pos)
+            view = memoryview(buf)[:n]
+            vol.zero_fill_readinto(view, pos)
+            f.write(view)
+            report.data_bytes_written += n
+            pos += n
+            if progress:
+                progress(pos)
+        f.flush()
+    except BrokenPipeError:
+        raise OutputError("output pipe closed", "-") from None
+
+
+def export_ploop(disk: Disk, outdir: str, snapshot: str | None = None,
+                 progress: Progress | None = None, image_name: str = "root.hds") -> ExportReport:
+    """A new ploop disk in `outdir`: one v2 image holding every non-zero cluster, in virtual
+    order, and its DiskDescriptor.xml."""
+    vol = disk.volume(snapshot)
+    guid = disk.chain(snapshot)[-1].guid
+    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
+        raise OutputError("exists and is not an empty folder", outdir)
+    _refuse_source(disk, outdir)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create folder: {e.strerror}", outdir) from None
+    c = vol.cluster_size
+    report = ExportReport(outdir, "ploop", guid, vol.size, 0, 0)
+    img_path = os.path.join(outdir, image_name)
+    buf = bytearray(c)
+    done = 0
+    with ImageWriter.create(img_path, vol.size, c, 2) as w:
+        for start, length in _chunks(vol):
+            for vc in range(start // c, -(-(start + length) // c)):
+                view = memoryview(buf)
+                n = vol.zero_fill_readinto(view, vc * c)
+                if n < c:
+                    view[n:] = bytes(c - n)
+                if is_zero(view):
+                    report.zero_bytes_skipped += c
+                else:
+                    w.write_cluster(vc, view)
+                    report.data_bytes_written += c
+                done += c
+                if progress:
+                    progress(min(done, vol.size))
+    write_descriptor(os.path.join(outdir, "DiskDescriptor.xml"),
+                     chain_descriptor([image_name], vol.size, c))
+    return report

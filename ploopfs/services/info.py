@@ -1,0 +1,208 @@
+"""`ploopfs info` and `ploopfs snapshots`: what a ploop disk holds, as plain data."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ploopfs.errors import PloopfsError
+from ploopfs.format.descriptor import Descriptor
+from ploopfs.format.header import DISK_CLOSED_V21, NONE_GUID, Header
+from ploopfs.services.partitions import inspect_disk
+from ploopfs.volume.source import Disk
+
+
+def header_json(h: Header) -> dict[str, Any]:
+    return {
+        "signature": h.signature.decode("ascii"),
+        "version": h.version,
+        "m_Type": h.type,
+        "m_Heads": h.heads,
+        "m_Cylinders": h.cylinders,
+        "m_Sectors": h.cluster_sectors,
+        "m_Size": h.bat_entries,
+        "m_SizeInSectors": h.size_sectors,
+        "m_DiskInUse": f"{h.in_use:#010x}",
+        "m_DiskInUse_meaning": h.in_use_name(),
+        "m_FirstBlockOffset": h.first_block_offset,
+        "m_Flags": h.flags,
+        "m_FormatExtensionOffset": h.ext_offset,
+    }
+
+
+def snapshot_tree(d: Descriptor, paths: dict[str, str]) -> list[dict[str, Any]]:
+    """Shots in tree order (depth first from the root), each with depth and children."""
+    out: list[dict[str, Any]] = []
+    by_guid = {s.guid: s for s in d.shots}
+    files = {im.guid: im.file for im in d.images}
+    active = {e.guid for e in d.chain()}
+
+    def walk(g: str, depth: int) -> None:
+        s = by_guid[g]
+        out.append({
+            "guid": g, "parent": s.parent, "file": files[g], "path": paths.get(g),
+            "current": g == d.top_guid, "in_top_chain": g in active, "depth": depth,
+            "temporary": s.temporary, "children": d.children(g),
+        })
+        for c in d.children(g):
+            walk(c, depth + 1)
+
+    for r in d.roots():
+        walk(r, 0)
+    return out
+
+
+def disk_info(disk: Disk, snapshot: str | None = None) -> dict[str, Any]:
+    d = disk.descriptor
+    vol = disk.volume(snapshot)
+    chain = disk.chain(snapshot)
+    levels = {e.guid: i for i, e in enumerate(chain)}
+    per_level = vol.map.clusters_per_level(len(chain))
+    images: list[dict[str, Any]] = []
+    for im_entry in d.images:
+        path = disk.paths[im_entry.guid]
+        entry: dict[str, Any] = {"guid": im_entry.guid, "file": im_entry.file, "path": path,
+                                 "xml_type": im_entry.type, "level": levels.get(im_entry.guid)}
+        try:
+            level = levels.get(im_entry.guid, 1)
+            im = disk.image(im_entry.guid, level=level)
+            entry["kind"] = im.kind.value
+            entry["file_size"] = im.file_size
+            entry["mtime"] = os.fstat(im.fd).st_mtime
+            if im.header is not None:
+                h = im.header
+                entry["header"] = header_json(h)
+                entry["cluster_size"] = h.cluster_size
+                entry["virtual_size"] = im.virtual_size
+                entry["dirty"] = h.dirty
+                entry["allocated_clusters"] = int(im.mapping().vclusters.size)
+                entry["bat_clusters"] = h.bat_clusters
+                ext = im.extension()
+                if ext is not None:
+                    entry["format_extension"] = {
+                        "trusted": h.in_use == DISK_CLOSED_V21, "md5_ok": ext.md5_ok,
+                        "dirty_bitmaps": [
+                            {"id": b.id, "size_sectors": b.size_sectors,
+                             "granularity_sectors": b.granularity, "l1_entries": len(b.l1)}
+                            for b in ext.bitmaps],
+                        "unknown_elements": [f"{m:#018x}" for m, _ in ext.unknown],
+                    }
+            else:
+                entry["cluster_size"] = im.cluster_size
+                entry["virtual_size"] = im.virtual_size
+                entry["dirty"] = False
+            if im_entry.guid in levels:
+                entry["clusters_served"] = per_level[levels[im_entry.guid]]
+        except PloopfsError as e:  # images off the selected chain are reported, not fatal
+            entry["error"] = e.message()
+        images.append(entry)
+
+    table = inspect_disk(vol.read, vol.size)
+    top_hdr = vol.images[-1].header
+    info: dict[str, Any] = {
+        "source": disk.source,
+        "descriptor": disk.descriptor_path,
+        "snapshot": chain[-1].guid,
+        "disk": {
+            "size_bytes": vol.size,
+            "size_sectors": vol.size // 512,
+            "descriptor_disk_size_sectors": d.disk_size,
+            "cluster_size": vol.cluster_size,
+            "version": top_hdr.version if top_hdr else None,
+            "raw_base": vol.raw_base,
+            "chain_depth": len(chain),
+            "mapped_clusters": vol.map.mapped_clusters,
+            "extents": len(vol.map),
+            "dirty": any(im.header is not None and im.header.dirty for im in vol.images),
+            "encryption_keyid": d.encryption_keyid,
+        },
+        "images": images,
+        "snapshots": snapshot_tree(d, disk.paths),
+        "top_guid": d.top_guid,
+        "partitions": table.to_json(),
+        "warnings": list(disk.warnings),
+    }
+    if d.encryption_keyid or table.luks:
+        where = f"LUKS {table.luks}" if table.luks else "descriptor <KeyId>"
+        info["warnings"].append(
+            f"LUKS-encrypted ploop disk ({where}, KeyId={d.encryption_keyid or '?'}); the key is "
+            "required to read the filesystem (§9)")
+    return info
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def format_info(info: dict[str, Any]) -> str:
+    d = info["disk"]
+    lines = [
+        f"source:        {info['source']}",
+        f"snapshot:      {info['snapshot']}" + (" (top)" if info["snapshot"] == info["top_guid"]
+                                                else ""),
+        f"disk size:     {_size(d['size_bytes'])} ({d['size_bytes']} bytes, "
+        f"{d['size_sectors']} sectors)",
+        f"cluster size:  {_size(d['cluster_size'])} ({d['cluster_size'] // 512} sectors)",
+        f"format:        " + (f"ploop v{d['version']}" if d["version"] else "raw")
+        + (" on a raw base" if d["raw_base"] and d["version"] else ""),
+        f"chain depth:   {d['chain_depth']}, {d['mapped_clusters']} clusters mapped in "
+        f"{d['extents']} extents" + (", DIRTY (in use)" if d["dirty"] else ""),
+        "",
+        "images:",
+    ]
+    for im in info["images"]:
+        lvl = "-" if im["level"] is None else str(im["level"])
+        if "error" in im:
+            lines.append(f"  [{lvl}] {im['guid']}  {im['file']}  ERROR: {im['error']}")
+            continue
+        extra = ""
+        if "header" in im:
+            h = im["header"]
+            extra = (f"v{h['version']}, {im['allocated_clusters']} clusters allocated, "
+                     f"in-use {h['m_DiskInUse']} ({h['m_DiskInUse_meaning']}), flags "
+                     f"{h['m_Flags']:#x}")
+            if "format_extension" in im:
+                fe = im["format_extension"]
+                extra += (f", format extension ({len(fe['dirty_bitmaps'])} CBT bitmaps, md5 "
+                          f"{'ok' if fe['md5_ok'] else 'BAD'})")
+        lines.append(f"  [{lvl}] {im['guid']}  {im['file']}  {im['kind']}  "
+                     f"{_size(im['file_size'])}  {extra}")
+    lines += ["", "snapshots:"]
+    lines += format_tree(info["snapshots"])
+    pt = info["partitions"]
+    lines += ["", f"partition table: {pt['scheme']}"
+              + (f" ({pt['sector_size']}-byte sectors)" if pt["scheme"] == "gpt" else "")]
+    for p in pt["partitions"]:
+        lines.append(f"  part{p['number']}: start {p['start']}, size {_size(p['size'])}, "
+                     f"fs {p['fs'] or 'unknown'}" + (f" label {p['fs_label']!r}"
+                                                     if p["fs_label"] else ""))
+    if pt["whole_disk_fs"]:
+        lines.append(f"  whole disk: fs {pt['whole_disk_fs']}")
+    for prob in pt["problems"]:
+        lines.append(f"  problem: {prob}")
+    for w in info["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def format_tree(shots: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for s in shots:
+        mark = "*" if s["current"] else " "
+        temp = f" <{s['temporary']}>" if s["temporary"] else ""
+        lines.append(f"  {mark} {'    ' * s['depth']}{s['guid']}  {s['file']}{temp}")
+    return lines
+
+
+def format_snapshot_list(shots: list[dict[str, Any]]) -> str:
+    """Columns like `ploop snapshot-list`: PARENT_UUID, C (current), UUID, FNAME."""
+    lines = [f"{'PARENT_UUID':<38} C {'UUID':<38} FNAME"]
+    for s in shots:
+        parent = s["parent"] if s["parent"] != NONE_GUID else NONE_GUID
+        lines.append(f"{parent:<38} {'*' if s['current'] else ' '} {s['guid']:<38} "
+                     f"{s['path'] or s['file']}")
+    return "\n".join(lines + ["", "tree:"] + format_tree(shots))

@@ -1,0 +1,162 @@
+"""What is inside a virtual disk: partition table (GPT or MBR), a filesystem guess per
+partition, LUKS (ploop-format.md §8, §9). Reads through any `read(offset, length)` callable."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+Reader = Callable[[int, int], bytes | bytearray]
+
+GPT_SIG = b"EFI PART"
+LUKS_MAGIC = b"LUKS\xba\xbe"
+
+
+@dataclass
+class Partition:
+    number: int  # 1-based, as the kernel numbers them (partN)
+    start: int  # bytes
+    size: int  # bytes
+    type: str  # GPT type GUID or MBR type byte as hex
+    name: str = ""
+    uuid: str = ""
+    fs: str | None = None
+    fs_label: str | None = None
+
+
+@dataclass
+class PartitionTable:
+    scheme: str  # "gpt", "mbr" or "none"
+    sector_size: int = 512
+    partitions: list[Partition] = field(default_factory=list)
+    whole_disk_fs: str | None = None  # a filesystem at offset 0 (ploop init -P, §8.1)
+    luks: str | None = None  # "whole-disk" (layout V2) or "partition 1" (layout V1) (§9)
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _guid_le(b: bytes) -> str:
+    return str(uuid.UUID(bytes_le=bytes(b)))
+
+
+def detect_fs(read: Reader, start: int, size: int) -> tuple[str | None, str | None]:
+    """(type, label) from well-known superblock magics; (None, None) when unknown."""
+    if size <= 0:
+        return None, None
+    head = bytes(read(start, min(size, 0x11000)))
+    if head[:6] == LUKS_MAGIC:
+        return "luks", None
+    if len(head) >= 0x478 and head[0x438:0x43A] == b"\x53\xef":
+        compat, incompat = struct.unpack_from("<II", head, 0x45C)
+        ro_compat = struct.unpack_from("<I", head, 0x464)[0]
+        label = head[0x478:0x488].split(b"\0", 1)[0].decode("utf-8", "replace") or None
+        if incompat & 0x2C0 or ro_compat & 0x78:  # extents/64bit/flex_bg, huge_file/gdt_csum/...
+            return "ext4", label
+        if compat & 0x4:  # has_journal
+            return "ext3", label
+        return "ext2", label
+    if head[:4] == b"XFSB":
+        return "xfs", head[108:120].split(b"\0", 1)[0].decode("utf-8", "replace") or None
+    if len(head) >= 0x10048 and head[0x10040:0x10048] == b"_BHRfS_M":
+        return "btrfs", None
+    if head[3:11] == b"NTFS    ":
+        return "ntfs", None
+    if head[0x52:0x5A] == b"FAT32   " or head[0x36:0x3B] == b"FAT16" or head[0x36:0x3B] == b"FAT12":
+        return "vfat", None
+    for ps in (4096, 8192, 16384, 65536):
+        if len(head) >= ps and head[ps - 10: ps] in (b"SWAPSPACE2", b"SWAP-SPACE"):
+            return "swap", None
+    return None, None
+
+
+def _parse_gpt(read: Reader, disk_size: int, sector: int, table: PartitionTable) -> bool:
+    hdr = bytes(read(sector, 92))
+    if hdr[:8] != GPT_SIG:
+        return False
+    hsize = struct.unpack_from("<I", hdr, 12)[0]
+    crc = struct.unpack_from("<I", hdr, 16)[0]
+    full = bytearray(read(sector, max(92, min(hsize, sector))))
+    full[16:20] = b"\0\0\0\0"
+    if 92 <= hsize <= sector and zlib.crc32(full[:hsize]) != crc:
+        table.problems.append(f"GPT header CRC mismatch at byte {sector}")
+    entries_lba, n, esize = struct.unpack_from("<QII", hdr, 72)
+    if esize < 128 or n > 4096:
+        table.problems.append(f"GPT header at byte {sector}: implausible entry table ({n} x {esize})")
+        return True
+    raw = bytes(read(entries_lba * sector, n * esize))
+    table.scheme, table.sector_size = "gpt", sector
+    for i in range(min(n, len(raw) // esize)):
+        e = raw[i * esize:(i + 1) * esize]
+        if e[:16] == bytes(16):
+            continue
+        first, last = struct.unpack_from("<QQ", e, 32)
+        name = e[56:128].decode("utf-16-le", "replace").split("\0", 1)[0]
+        start, size = first * sector, (last - first + 1) * sector
+        if last < first or start + size > disk_size:
+            table.problems.append(f"GPT entry {i + 1} lies outside the disk (LBA {first}..{last})")
+        table.partitions.append(Partition(i + 1, start, max(0, size), _guid_le(e[:16]), name,
+                                          _guid_le(e[16:32])))
+    return True
+
+
+def _parse_mbr(read: Reader, mbr: bytes, disk_size: int, table: PartitionTable) -> None:
+    table.scheme = "mbr"
+    for i in range(4):
+        e = mbr[446 + 16 * i: 446 + 16 * (i + 1)]
+        ptype = e[4]
+        lba, count = struct.unpack_from("<II", e, 8)
+        if ptype == 0 or count == 0:
+            continue
+        start, size = lba * 512, count * 512
+        if start + size > disk_size:
+            table.problems.append(f"MBR entry {i + 1} lies outside the disk")
+        table.partitions.append(Partition(i + 1, start, size, f"0x{ptype:02x}"))
+    # Logical partitions inside an extended one are numbered from 5 (kernel convention).
+    for p in list(table.partitions):
+        if p.type in ("0x05", "0x0f", "0x85"):
+            ebr_base, cur, num, seen = p.start, p.start, 5, set()
+            while cur not in seen and len(seen) < 128:
+                seen.add(cur)
+                ebr = bytes(read(cur, 512))
+                if ebr[510:512] != b"\x55\xaa":
+                    break
+                lba, count = struct.unpack_from("<II", ebr, 446 + 8)
+                if count:
+                    table.partitions.append(Partition(num, cur + lba * 512, count * 512,
+                                                      f"0x{ebr[446 + 4]:02x}"))
+                    num += 1
+                nlba = struct.unpack_from("<I", ebr, 462 + 8)[0]
+                if ebr[462 + 4] == 0 or nlba == 0:
+                    break
+                cur = ebr_base + nlba * 512
+
+
+def inspect_disk(read: Reader, disk_size: int) -> PartitionTable:
+    table = PartitionTable("none")
+    if disk_size < 512:
+        return table
+    first = bytes(read(0, 4096))
+    if first[:6] == LUKS_MAGIC:
+        table.luks = "whole-disk"
+        table.whole_disk_fs = "luks"
+        return table
+    found = False
+    for sector in (512, 4096):  # GPT at LBA 1 of either logical sector size (§11 trap 19)
+        if sector < disk_size and _parse_gpt(read, disk_size, sector, table):
+            found = True
+            break
+    if not found and first[510:512] == b"\x55\xaa" and any(first[446 + 16 * i + 4] for i in range(4)):
+        _parse_mbr(read, first, disk_size, table)
+        found = True
+    for p in table.partitions:
+        p.fs, p.fs_label = detect_fs(read, p.start, p.size)
+    if table.partitions and table.partitions[0].fs == "luks":
+        table.luks = "partition 1"
+    if not found or not table.partitions:
+        table.whole_disk_fs, _ = detect_fs(read, 0, disk_size)
+    return table
