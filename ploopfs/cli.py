@@ -5,6 +5,7 @@ services and volume layers. Errors become one line on stderr and a documented ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _open(args: argparse.Namespace):  # noqa: ANN202 - returns a Disk
+def _open(args: argparse.Namespace):
     from ploopfs.volume.source import OpenOptions, open_source
 
     return open_source(args.source, OpenOptions(cluster_size=args.cluster_size,
@@ -187,10 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # stdout closed early (e.g. `| head`): not an error worth a message
-        try:
+        with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        except OSError:
-            pass
         return ExitCode.OUTPUT
     except OSError as e:
         err = SourceIOError(e.strerror or str(e), e.filename)

@@ -147,7 +147,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"disk size:     {_size(d['size_bytes'])} ({d['size_bytes']} bytes, "
         f"{d['size_sectors']} sectors)",
         f"cluster size:  {_size(d['cluster_size'])} ({d['cluster_size'] // 512} sectors)",
-        f"format:        " + (f"ploop v{d['version']}" if d["version"] else "raw")
+        "format:        " + (f"ploop v{d['version']}" if d["version"] else "raw")
         + (" on a raw base" if d["raw_base"] and d["version"] else ""),
         f"chain depth:   {d['chain_depth']}, {d['mapped_clusters']} clusters mapped in "
         f"{d['extents']} extents" + (", DIRTY (in use)" if d["dirty"] else ""),
@@ -205,4 +205,4 @@ def format_snapshot_list(shots: list[dict[str, Any]]) -> str:
         parent = s["parent"] if s["parent"] != NONE_GUID else NONE_GUID
         lines.append(f"{parent:<38} {'*' if s['current'] else ' '} {s['guid']:<38} "
                      f"{s['path'] or s['file']}")
-    return "\n".join(lines + ["", "tree:"] + format_tree(shots))
+    return "\n".join([*lines, "", "tree:", *format_tree(shots)])

@@ -77,7 +77,7 @@ class Disk:
         top = images[-1]
         ploop_imgs = [(e, im) for e, im in zip(entries, images, strict=True) if not im.is_raw]
         desc_bs = self.descriptor.blocksize
-        for e, im in ploop_imgs:
+        for _e, im in ploop_imgs:
             assert im.header is not None
             if desc_bs and im.header.cluster_sectors != desc_bs:
                 raise BadChainError(
