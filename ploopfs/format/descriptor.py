@@ -6,6 +6,7 @@ written; resolving them against the filesystem is the volume layer's job (§5.6)
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 
@@ -129,13 +130,30 @@ def _child(parent: etree._Element, name: str, where: str, path: str) -> etree._E
     return el
 
 
+_XML_ENCODING = re.compile(rb"""^(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding\s*=\s*["']([\w.:-]+)["']""")
+
+
+def _declares_dtd(data: bytes) -> bool:
+    """A DOCTYPE/ENTITY anywhere, looked for in the bytes with NULs dropped (UTF-16/32 put NULs
+    between ASCII characters) and in the text decoded with the declared encoding (UTF-7 can
+    spell "<" as "+ADw-"). Refused before libxml2 sees it, so no entity is ever expanded."""
+    flat = data.replace(b"\0", b"")
+    texts = [flat]
+    m = _XML_ENCODING.match(flat)
+    # An encoding Python does not know is skipped here; the check after parsing still applies.
+    with contextlib.suppress(LookupError, UnicodeError):
+        if m:
+            texts.append(data.decode(m.group(1).decode("ascii"), "replace").encode("utf-8"))
+    return any(b"<!DOCTYPE" in t.upper() or b"<!ENTITY" in t.upper() for t in texts)
+
+
 def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descriptor:
     """Parse and validate. Entities, DTDs and network access are refused (the file may come from
     an untrusted backup); so is anything larger than MAX_DESCRIPTOR_BYTES."""
     if len(data) > MAX_DESCRIPTOR_BYTES:
         raise BadDescriptorError(
             f"descriptor is {len(data)} bytes, larger than the {MAX_DESCRIPTOR_BYTES} byte cap", where)
-    if b"<!DOCTYPE" in data.upper() or b"<!ENTITY" in data.upper():
+    if _declares_dtd(data):
         raise BadDescriptorError("DTD or entity declarations are not allowed", where,
                                  element="!DOCTYPE")
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
@@ -147,6 +165,12 @@ def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descript
         raise BadDescriptorError(f"malformed XML{line}: {e.msg}", where) from None
     if root is None:
         raise BadDescriptorError("empty document", where)
+    # Other encodings libxml2 reads (UTF-7, EBCDIC, …) can hide a DOCTYPE from the byte check;
+    # nothing was loaded or expanded (see the parser options), but the document is refused.
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
+        raise BadDescriptorError("DTD or entity declarations are not allowed", where,
+                                 element="!DOCTYPE")
 
     d = Descriptor(root_name=str(root.tag))
     # The root element's name is not checked by ploop (§5.2); both names appear in the wild.
