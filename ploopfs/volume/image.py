@@ -9,7 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ploopfs.errors import BadImageError, CorruptImageError, NotFoundError, SourceIOError
+from ploopfs.errors import (
+    BadImageError,
+    CorruptImageError,
+    NotFoundError,
+    SourceIOError,
+    UnsupportedError,
+)
 from ploopfs.format.bat import bat_entry_off, decode_entries, find_bad_entries, raise_bad_entry
 from ploopfs.format.extension import FormatExtension, parse_extension
 from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, parse_header, sniff
@@ -32,6 +38,8 @@ def open_readonly(path: str) -> int:
     st = os.fstat(fd)
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         os.close(fd)
+        if stat.S_ISDIR(st.st_mode):  # O_RDONLY opens a directory without an error
+            raise BadImageError("is a directory, not an image file", path)
         raise BadImageError("not a regular file or block device", path)
     # O_NONBLOCK was only there so that opening a FIFO cannot hang; reads must block normally.
     os.set_blocking(fd, True)
@@ -78,19 +86,23 @@ class Image:
 
     @classmethod
     def open(cls, path: str, *, raw_cluster_size: int | None = None,
-             allow_raw: bool = True) -> Image:
+             allow_raw: bool = True, not_raw_reason: str = "only the base of a chain may be raw (§0)"
+             ) -> Image:
+        """`allow_raw=False` refuses a file without a ploop signature, saying `not_raw_reason`."""
         fd = open_readonly(path)
         try:
             size = file_size(fd)
+            if size == 0:
+                raise BadImageError("empty file: neither a ploop image nor a raw disk", path)
             head = pread_exact(fd, HEADER_SIZE, 0, path)
             kind = sniff(head)
             if kind is ImageKind.RAW:
+                if head[:4] == b"QFI\xfb":  # §11 trap 18
+                    raise UnsupportedError("qcow2 image (VZ9 qcow2 mode) is not a ploop image", path)
                 if not allow_raw:
                     raise BadImageError(
-                        f"not a ploop image (signature {head[:16]!r}); only the base of a chain "
-                        "may be raw (§0)", path, offset=0)
-                if head[:4] == b"QFI\xfb":
-                    raise BadImageError("this is a qcow2 image (VZ9 qcow2 mode), not ploop", path)
+                        f"not a ploop image (signature {head[:16]!r}); {not_raw_reason}", path,
+                        offset=0)
                 if not raw_cluster_size:
                     raise BadImageError(
                         f"not a ploop image (signature {head[:16]!r}); to read it as a raw disk "

@@ -4,6 +4,7 @@ raw file given a cluster size. Resolves image paths safely and builds volumes pe
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 
 from ploopfs.errors import (
@@ -54,8 +55,19 @@ class Disk:
     def image(self, guid: str, *, level: int) -> Image:
         if guid not in self._images:
             bs = self.descriptor.blocksize * SECTOR or self.options.cluster_size
-            self._images[guid] = Image.open(self.paths[guid], raw_cluster_size=bs,
-                                            allow_raw=level == 0)
+            # Only level 0 may be raw (§0), and only if the descriptor calls it Plain: ploop's
+            # mode is per disk (§3), so a Compressed base without a ploop signature is damaged,
+            # not raw. Deltas are sniffed whatever their <Type> says (§11 trap 10).
+            plain = self.descriptor.image(guid).type.strip().lower() == "plain"
+            reason = ("only the base of a chain may be raw (§0)" if level else
+                      "the descriptor's <Type> is not Plain, so it is no raw base (§3)")
+            im = Image.open(self.paths[guid], raw_cluster_size=bs, allow_raw=level == 0 and plain,
+                            not_raw_reason=reason)
+            if im.header is not None and im.header.size_high_v1:
+                self._warn(f"{im.path} at offset 40: the v1 high size word is "
+                           f"{im.header.size_high_v1:#x}, should be 0; ignored, as qemu does "
+                           "(§1.4)")
+            self._images[guid] = im
         return self._images[guid]
 
     def chain(self, snapshot: str | None = None) -> list[ImageEntry]:
@@ -141,7 +153,8 @@ def open_source(source: str | os.PathLike[str], options: OpenOptions | None = No
                 f"no {DESCRIPTOR_NAME} in this folder (give an image file instead, or rebuild "
                 "the descriptor)", src)
         return _open_descriptor(dd, opts)
-    del st
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise BadImageError("empty file: neither a ploop image, a descriptor nor a raw disk", src)
     fd = open_readonly(src)
     try:
         head = pread_exact(fd, 64, 0, src)
