@@ -48,7 +48,8 @@ class BlockMap:
             idx_parts.append(v)
             off_parts.append(o)
             lvl_parts.append(np.full(v.size, level, np.int16))
-            covered = np.union1d(covered, v) if covered.size else v
+            if level:  # nothing lies below the base: its union would be built for nothing
+                covered = np.union1d(covered, v) if covered.size else v
         if idx_parts:
             v = np.concatenate(idx_parts)
             o = np.concatenate(off_parts)
