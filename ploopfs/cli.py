@@ -83,6 +83,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "mount", help="mount a snapshot read-only through FUSE (disk, partN, snapshots/, info.json)",
+        description="Mount the virtual disk of a snapshot, its partitions, every other snapshot "
+                    "and info.json read-only under MOUNTPOINT (or, with --files, the files of the "
+                    "ext2/3/4 filesystem inside). Returns once the mount is ready; the server runs "
+                    "in the background. fstab: SOURCE MOUNTPOINT fuse.ploopfs ro,snapshot=GUID 0 0")
+    _source_args(p)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
+    p.add_argument("--files", action="store_true",
+                   help="show the container's files (ext2/3/4 via fuse2fs) instead of raw disks")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                   help="comma-separated options: FUSE ones (allow_other, …) and uid=, gid=, "
+                        "snapshot=, files, readahead=KB, direct_io")
+    p.add_argument("--readahead", type=int, metavar="KB", default=None,
+                   help="kernel readahead for the mount, as root (default 1024; 0 = kernel default)")
+    p.add_argument("--direct-io", action="store_true",
+                   help="bypass the page cache (for streaming copies, loop devices)")
+    p.add_argument("--pid-file", metavar="FILE", help="write the server's PID here")
+    p.add_argument("--log-file", metavar="FILE", help="log here (default: syslog in background)")
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("umount", help="unmount a ploopfs mount (both layers with --files)",
+                       description="Unmount MOUNTPOINT and wait for its server to finish.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("-z", "--lazy", action="store_true", help="lazy unmount (detach even if busy)")
+    p.set_defaults(func=cmd_umount)
     return parser
 
 
@@ -169,8 +197,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mount(args: argparse.Namespace) -> int:
+    from ploopfs.fuse.mount import MountOptions, apply_o_options, mount
+
+    opts = MountOptions(snapshot=args.snapshot, files=args.files, foreground=args.foreground,
+                        direct_io=args.direct_io, pid_file=args.pid_file, log_file=args.log_file,
+                        allow_outside_paths=args.allow_outside_paths,
+                        cluster_size=args.cluster_size)
+    _warn(apply_o_options(opts, args.options))
+    if args.readahead is not None:
+        opts.readahead_kb = args.readahead
+    for attr in ("pid_file", "log_file"):
+        if getattr(opts, attr):
+            setattr(opts, attr, os.path.abspath(getattr(opts, attr)))
+    return mount(args.source, args.mountpoint, opts)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from ploopfs.fuse.mount import umount
+
+    umount(args.mountpoint, lazy=args.lazy)
+    return 0
+
+
+COMMANDS = ("info", "snapshots", "export", "mount", "umount")
+
+
+def _mount_helper_form(argv: list[str]) -> list[str]:
+    """mount.fuse3 runs `ploopfs SOURCE MOUNTPOINT -o OPTIONS` (fstab type fuse.ploopfs)."""
+    if len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        return ["mount", *argv]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = _mount_helper_form(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help/--version exit 0, usage errors exit 2

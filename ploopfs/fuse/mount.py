@@ -1,0 +1,448 @@
+"""Mount lifecycle: option handling, daemonising with a readiness report, signals, readahead,
+the optional fuse2fs file layer (`--files`), and unmounting.
+
+Order matters (fuse-notes §3, §5.1): everything that can fail for a user reason (bad source,
+unknown snapshot, bad mountpoint) happens before the fork, so the error reaches the terminal with
+its exit code; the fork happens before pyfuse3.init/trio (never fork a running trio); signals are
+blocked until trio's receiver is installed (s3ql#202)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import logging.handlers
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ploopfs.errors import ExitCode, MountError, PloopfsError, UsageError
+
+log = logging.getLogger("ploopfs.mount")
+SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+READY_TIMEOUT = 60.0
+# mount(8)/mount.fuse3 conventions that are not FUSE options: dropped silently.
+IGNORED_OPTS = {"defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
+                "owner", "group", "comment", "x-systemd.automount"}
+
+
+@dataclass
+class MountOptions:
+    snapshot: str | None = None
+    files: bool = False
+    foreground: bool = False
+    readahead_kb: int = 1024
+    direct_io: bool = False
+    pid_file: str | None = None
+    log_file: str | None = None
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    fuse_options: set[str] = field(default_factory=set)
+    allow_outside_paths: bool = False
+    cluster_size: int | None = None
+
+
+def apply_o_options(opts: MountOptions, items: list[str]) -> list[str]:
+    """Fold `-o a,b=c` items into `opts` (ours: snapshot=, uid=, gid=, files, readahead=,
+    direct_io, pid_file=, log_file=, allow_outside_paths); the rest are FUSE options.
+    Returns warnings."""
+    warnings: list[str] = []
+    for raw in items:
+        for item in filter(None, (s.strip() for s in raw.split(","))):
+            key, _, val = item.partition("=")
+            try:
+                if key == "snapshot":
+                    opts.snapshot = val
+                elif key == "uid":
+                    opts.uid = int(val)
+                elif key == "gid":
+                    opts.gid = int(val)
+                elif key in ("files", "direct_io", "allow_outside_paths", "foreground"):
+                    setattr(opts, key, True)
+                elif key == "readahead":
+                    opts.readahead_kb = int(val)
+                elif key in ("pid_file", "log_file"):
+                    setattr(opts, key, val)
+                elif key == "cluster_size":
+                    opts.cluster_size = int(val)
+                elif key == "rw":
+                    warnings.append("ignoring -o rw: ploopfs mounts are always read-only")
+                elif key in ("ro", "auto_unmount"):
+                    pass  # always set
+                elif key in IGNORED_OPTS or key.startswith("x-"):
+                    pass
+                else:
+                    opts.fuse_options.add(item)
+            except ValueError:
+                raise UsageError(f"-o {item}: not a number") from None
+    return warnings
+
+
+# -- mountpoint helpers ---------------------------------------------------------------------------
+def _mountinfo() -> list[list[str]]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split() for line in f]
+
+
+def _unescape(p: str) -> str:
+    return p.encode().decode("unicode_escape") if "\\" in p else p
+
+
+def is_mountpoint(real: str) -> bool:
+    """From /proc/self/mountinfo, so that a dead FUSE mount (ENOTCONN) still counts. `real` must
+    already be a real path: resolving it here could stat a FUSE mount served by this very
+    thread and deadlock."""
+    return any(_unescape(f[4]) == real for f in _mountinfo() if len(f) > 4)
+
+
+def mount_device(real: str) -> str | None:
+    """major:minor of the mount at the real path `real` (the FUSE connection's BDI name)."""
+    for f in reversed(_mountinfo()):
+        if len(f) > 4 and _unescape(f[4]) == real:
+            return f[2]
+    return None
+
+
+def check_mountpoint(path: str) -> str:
+    real = os.path.realpath(path)
+    if not os.path.exists(path):
+        raise MountError("mountpoint does not exist", path)
+    if not os.path.isdir(real):
+        raise MountError("mountpoint is not a directory", path)
+    if is_mountpoint(real):
+        raise MountError("mountpoint is busy (something is already mounted there)", path)
+    return real
+
+
+def state_file(real_mountpoint: str) -> Path:
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/run") / "ploopfs"
+    if not os.access(base.parent, os.W_OK):
+        base = Path(tempfile.gettempdir()) / f"ploopfs-{os.getuid()}"
+    key = hashlib.sha256(real_mountpoint.encode()).hexdigest()[:16]
+    return base / f"{key}.json"
+
+
+def set_readahead(real_mountpoint: str, kb: int) -> None:
+    """Raise the FUSE connection's BDI readahead (root only): 128 KiB caps sequential reads at
+    128 KiB requests (fuse-notes §3, §4.1)."""
+    dev = mount_device(real_mountpoint)
+    if not dev or kb <= 0:
+        return
+    path = f"/sys/class/bdi/{dev}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(kb))
+        log.info("read_ahead_kb=%d on %s", kb, path)
+    except OSError as e:
+        log.info("could not set %s (%s); kernel default readahead stays", path, e.strerror)
+
+
+# -- unmount --------------------------------------------------------------------------------------
+def fusermount_u(mountpoint: str, lazy: bool = False) -> subprocess.CompletedProcess[str]:
+    args = ["fusermount3", "-u", *(["-z"] if lazy else []), mountpoint]
+    return subprocess.run(args, capture_output=True, text=True, check=False)
+
+
+def umount(mountpoint: str, lazy: bool = False, wait: float = 10.0) -> None:
+    real = os.path.realpath(mountpoint)
+    if not is_mountpoint(real):
+        raise MountError("not mounted", mountpoint)
+    state = _read_state(real)
+    r = None
+    for _ in range(10):
+        r = fusermount_u(real, lazy)
+        if r.returncode == 0:
+            break
+        time.sleep(0.2)
+    assert r is not None
+    if r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
+        raise MountError(f"cannot unmount: {msg} (try -z for a lazy unmount)", mountpoint)
+    # Wait for our daemon to finish its own clean-up (the private disk mount of --files).
+    pid = state.get("pid") if state else None
+    deadline = time.monotonic() + wait
+    while pid and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][:1] != "Z"
+    return True
+
+
+def _read_state(mountpoint: str) -> dict | None:
+    try:
+        return json.loads(state_file(mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# -- mount ----------------------------------------------------------------------------------------
+def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
+    from ploopfs.services.tree import MountTree
+    from ploopfs.volume.source import OpenOptions, open_source
+
+    target = check_mountpoint(mountpoint)
+    disk = open_source(source, OpenOptions(cluster_size=opts.cluster_size,
+                                           allow_outside_paths=opts.allow_outside_paths))
+    tree = MountTree(disk, opts.snapshot)
+    fs_file = _pick_fs_file(tree) if opts.files else None
+    for w in disk.warnings:
+        print(f"ploopfs: warning: {w}", file=sys.stderr)
+
+    if opts.foreground:
+        _setup_logging(opts, foreground=True)
+        return _serve(tree, target, opts, fs_file, None)
+
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        return _wait_ready(rfd, pid)
+    # child: detach, report readiness through wfd
+    os.close(rfd)
+    os.setsid()
+    try:
+        _setup_logging(opts, foreground=False)
+        _redirect_stdio()
+        code = _serve(tree, target, opts, fs_file, wfd)
+    except PloopfsError as e:
+        _report(wfd, f"E{int(e.exit_code)} {e.message()}")
+        code = int(e.exit_code)
+    except BaseException as e:  # never let the daemon die silently
+        _report(wfd, f"E{int(ExitCode.INTERNAL)} internal error: {type(e).__name__}: {e}")
+        log.exception("mount daemon failed")
+        code = int(ExitCode.INTERNAL)
+    os._exit(code)
+
+
+def _wait_ready(rfd: int, pid: int) -> int:
+    """Parent: wait for 'OK' or 'E<code> <message>' from the daemon."""
+    chunks = []
+    deadline = time.monotonic() + READY_TIMEOUT
+    import select
+
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([rfd], [], [], 0.2)
+        if r:
+            data = os.read(rfd, 4096)
+            if not data:
+                break
+            chunks.append(data)
+        else:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+    os.close(rfd)
+    msg = b"".join(chunks).decode(errors="replace").strip()
+    if msg.startswith("OK"):
+        return 0
+    if msg.startswith("E"):
+        code, _, text = msg[1:].partition(" ")
+        print(f"ploopfs: {text}", file=sys.stderr)
+        return int(code) if code.isdigit() else int(ExitCode.MOUNT)
+    print("ploopfs: mount daemon exited without reporting readiness", file=sys.stderr)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    return int(ExitCode.MOUNT)
+
+
+def _report(wfd: int | None, msg: str) -> None:
+    if wfd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(wfd, msg.encode() + b"\n")
+        os.close(wfd)
+
+
+def _redirect_stdio() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _setup_logging(opts: MountOptions, foreground: bool) -> None:
+    root = logging.getLogger("ploopfs")
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s ploopfs[%(process)d] %(levelname)s %(message)s")
+    handler: logging.Handler
+    if opts.log_file:
+        handler = logging.FileHandler(opts.log_file)
+    elif foreground:
+        handler = logging.StreamHandler(sys.stderr)
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        fmt = logging.Formatter("ploopfs[%(process)d]: %(levelname)s %(message)s")
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+
+
+def _pick_fs_file(tree) -> str:
+    """The file fuse2fs should serve: the first partition with an ext2/3/4 filesystem, else the
+    whole disk if it holds one."""
+    from ploopfs.services.partitions import inspect_disk
+
+    vol = tree.volume
+    table = inspect_disk(vol.read, vol.size)
+    for p in table.partitions:
+        if p.fs in ("ext2", "ext3", "ext4"):
+            return f"part{p.number}"
+    if table.whole_disk_fs in ("ext2", "ext3", "ext4"):
+        return "disk"
+    found = ", ".join(f"part{p.number}: {p.fs or 'unknown'}" for p in table.partitions) or (
+        table.whole_disk_fs or "nothing recognisable")
+    raise MountError(f"--files needs an ext2/3/4 filesystem; found {found}", tree.disk.source)
+
+
+def _fuse_options(opts: MountOptions) -> set[str]:
+    o = {"ro", "default_permissions", "fsname=ploopfs", "subtype=ploopfs", "auto_unmount"}
+    return o | opts.fuse_options
+
+
+def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
+           wfd: int | None) -> int:
+    import pyfuse3
+    import trio
+
+    from ploopfs.fuse.ops import Operations
+
+    disk_mnt = target
+    private_dir = None
+    if fs_file:
+        private_dir = os.path.realpath(tempfile.mkdtemp(prefix="ploopfs-disk-"))
+        disk_mnt = private_dir
+    ops = Operations(tree.root, uid=opts.uid, gid=opts.gid, direct_io=opts.direct_io)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    fuse_opts = _fuse_options(opts)
+    if fs_file:
+        # the private disk layer is for fuse2fs only
+        fuse_opts -= {"allow_other", "allow_root"}
+    try:
+        pyfuse3.init(ops, disk_mnt, fuse_opts)
+    except RuntimeError as e:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        if private_dir:
+            os.rmdir(private_dir)
+        raise MountError(f"cannot mount: {e}", target) from None
+    state = state_file(target)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def run_fuse() -> None:
+                await pyfuse3.main()  # returns on terminate() or when unmounted from outside
+                nursery.cancel_scope.cancel()
+
+            with trio.open_signal_receiver(*SIGNALS) as signals:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                nursery.start_soon(run_fuse)
+                # The mount answers once the loop runs; prove it from a thread.
+                await trio.to_thread.run_sync(os.stat, disk_mnt)
+                # After FUSE_INIT: the kernel sets the BDI readahead while handling INIT.
+                set_readahead(disk_mnt, opts.readahead_kb)
+                proc = None
+                if fs_file:
+                    proc = await _start_fuse2fs(os.path.join(disk_mnt, fs_file), target, opts)
+                    nursery.start_soon(_watch_fuse2fs, proc)
+                _write_state(state, target, disk_mnt if fs_file else None)
+                if opts.pid_file:
+                    Path(opts.pid_file).write_text(f"{os.getpid()}\n")
+                _report(wfd, "OK")
+                log.info("mounted %s on %s", tree.disk.source, target)
+                async for signum in signals:
+                    log.info("signal %d: unmounting", signum)
+                    if proc is not None and proc.returncode is None:
+                        fusermount_u(target)
+                        with trio.move_on_after(10):
+                            await proc.wait()
+                    break
+                pyfuse3.terminate()
+
+    try:
+        trio.run(main)
+    except BaseException as e:
+        log.error("mount loop failed: %s: %s", type(e).__name__, e)
+        pyfuse3.close(unmount=True)
+        _cleanup(state, opts, private_dir)
+        raise
+    pyfuse3.close(unmount=True)
+    _cleanup(state, opts, private_dir)
+    log.info("unmounted %s", target)
+    return 0
+
+
+async def _start_fuse2fs(image: str, target: str, opts: MountOptions):
+    import trio
+
+    exe = shutil.which("fuse2fs")
+    if not exe:
+        raise MountError("--files needs fuse2fs (Debian package fuse2fs)", target)
+    o = ["ro", "norecovery", "fakeroot", *sorted(opts.fuse_options)]
+    proc = await trio.lowlevel.open_process([exe, image, target, "-f", "-o", ",".join(o)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = trio.current_time() + READY_TIMEOUT
+    while not is_mountpoint(target):
+        if proc.poll() is not None:
+            err = b""
+            if proc.stderr is not None:
+                with contextlib.suppress(Exception):
+                    err = await proc.stderr.receive_some(4096)
+            msg = (err.decode(errors="replace").strip().splitlines() or ["exited"])[-1]
+            raise MountError(f"fuse2fs failed: {msg}", target)
+        if trio.current_time() > deadline:
+            proc.terminate()
+            raise MountError("fuse2fs did not mount in time", target)
+        await trio.sleep(0.05)
+    return proc
+
+
+async def _watch_fuse2fs(proc) -> None:
+    """When the file layer goes away (umount of the mountpoint), take the disk layer down too."""
+    import pyfuse3
+
+    code = await proc.wait()
+    log.info("fuse2fs exited with %s", code)
+    pyfuse3.terminate()
+
+
+def _write_state(state: Path, target: str, private: str | None) -> None:
+    with contextlib.suppress(OSError):
+        state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state.write_text(json.dumps({"pid": os.getpid(), "mountpoint": target,
+                                     "private_mount": private}))
+
+
+def _cleanup(state: Path, opts: MountOptions, private_dir: str | None) -> None:
+    with contextlib.suppress(OSError):
+        state.unlink()
+    if opts.pid_file:
+        with contextlib.suppress(OSError):
+            os.unlink(opts.pid_file)
+    if private_dir:
+        for _ in range(50):
+            try:
+                os.rmdir(private_dir)
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    break
+                time.sleep(0.1)

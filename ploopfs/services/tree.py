@@ -1,0 +1,103 @@
+"""The read-only file tree a mount exposes, independent of FUSE:
+
+    disk                      raw virtual disk of the selected snapshot (default: top)
+    part1 … partN             its partitions (GPT or MBR), raw
+    snapshots/<guid>/disk     every snapshot of the descriptor (guid lowercase, no braces)
+    snapshots/<guid>/partN
+    info.json                 what `ploopfs info --json` prints
+
+Front ends see only Dir and File nodes with sizes, mtimes and `read(offset, size)`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ploopfs.format.descriptor import bare_guid
+from ploopfs.services.info import disk_info
+from ploopfs.services.partitions import inspect_disk
+from ploopfs.volume.source import Disk
+from ploopfs.volume.volume import Volume
+
+
+@dataclass(eq=False)
+class File:
+    name: str
+    size: int
+    mtime: float
+    read: Callable[[int, int], bytes | bytearray | memoryview]
+
+
+@dataclass(eq=False)
+class Dir:
+    name: str
+    mtime: float
+    _loader: Callable[[], list[File | Dir]] | None = None
+    _children: dict[str, File | Dir] | None = field(default=None)
+
+    @property
+    def children(self) -> dict[str, File | Dir]:
+        """Built on first use: snapshot folders build their block maps only when visited."""
+        if self._children is None:
+            loaded = self._loader() if self._loader else []
+            self._children = {c.name: c for c in loaded}
+        return self._children
+
+
+def _range_reader(vol: Volume, start: int, size: int) -> Callable[[int, int], bytearray]:
+    def read(offset: int, length: int) -> bytearray:
+        if offset >= size:
+            return bytearray()
+        return vol.read(start + offset, min(length, size - offset))
+
+    return read
+
+
+def volume_files(vol: Volume, mtime: float) -> list[File | Dir]:
+    """`disk` and `partN` of one volume."""
+    files: list[File | Dir] = [File("disk", vol.size, mtime, vol.read)]
+    table = inspect_disk(vol.read, vol.size)
+    for p in table.partitions:
+        start = min(p.start, vol.size)
+        size = max(0, min(p.size, vol.size - start))
+        files.append(File(f"part{p.number}", size, mtime, _range_reader(vol, start, size)))
+    return files
+
+
+def _bytes_reader(data: bytes) -> Callable[[int, int], bytes]:
+    return lambda offset, length: data[offset: offset + length]
+
+
+class MountTree:
+    def __init__(self, disk: Disk, snapshot: str | None = None) -> None:
+        self.disk = disk
+        self.snapshot = snapshot
+        self.volume = disk.volume(snapshot)  # errors (bad source, unknown snapshot) surface here
+        paths = list(disk.paths.values())
+        self.mtime = max((os.stat(p).st_mtime for p in paths), default=0.0)
+        info = json.dumps(disk_info(disk, snapshot), indent=2, default=str).encode() + b"\n"
+        top_files = volume_files(self.volume, self._chain_mtime(snapshot))
+        top_files.append(File("info.json", len(info), self.mtime, _bytes_reader(info)))
+        top_files.append(Dir("snapshots", self.mtime, self._snapshot_dirs))
+        self.root = Dir("", self.mtime, lambda: top_files)
+
+    def _chain_mtime(self, snapshot: str | None) -> float:
+        return max(os.stat(self.disk.paths[e.guid]).st_mtime for e in self.disk.chain(snapshot))
+
+    def _snapshot_dirs(self) -> list[File | Dir]:
+        out: list[File | Dir] = []
+        for im in self.disk.descriptor.images:
+            guid = im.guid
+
+            def load(guid: str = guid) -> list[File | Dir]:
+                vol = self.volume if guid == self.volume_guid else self.disk.volume(guid)
+                return volume_files(vol, self._chain_mtime(guid))
+
+            out.append(Dir(bare_guid(guid), self._chain_mtime(guid), load))
+        return out
+
+    @property
+    def volume_guid(self) -> str:
+        return self.disk.chain(self.snapshot)[-1].guid
