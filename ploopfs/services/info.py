@@ -75,7 +75,7 @@ def disk_info(disk: Disk, snapshot: str | None = None) -> dict[str, Any]:
                 entry["cluster_size"] = h.cluster_size
                 entry["virtual_size"] = im.virtual_size
                 entry["dirty"] = h.dirty
-                entry["allocated_clusters"] = int(im.mapping().vclusters.size)
+                entry["allocated_clusters"] = len(im.mapping())
                 entry["bat_clusters"] = h.bat_clusters
                 ext = im.extension()
                 if ext is not None:

@@ -2,14 +2,17 @@
 
 ploop-format.md §4.1: the top-most delta whose BAT maps a cluster wins; a raw base maps every
 cluster to the same offset in its file (identity); otherwise the cluster reads as zeros.
+
 The map is kept as sorted *extents* (runs of consecutive virtual clusters served by one level
-from consecutive file offsets), so a 64 TiB sparse disk costs memory in proportion to what is
-allocated, and a sequentially written image collapses to a handful of extents.
+from consecutive file offsets), 17 bytes each, so a 64 TiB sparse disk costs memory in
+proportion to what is allocated and a sequentially written image collapses to a few extents.
+It is built window by window over the virtual clusters: inside a window every level, bottom to
+top, stamps its clusters into a dense owner/offset scratch (so the top-most wins without any
+sorting), then runs are cut out. Windows no level touches are skipped.
 """
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ploopfs.volume.image import Mapping
+
+WINDOW = 1 << 16  # virtual clusters per merge window: well under 1 MiB of scratch each
 
 
 @dataclass(frozen=True)
@@ -31,75 +36,95 @@ class BlockMap:
     def __init__(self, mappings: Sequence[Mapping], nclusters: int, cluster_size: int) -> None:
         """`mappings[level]`; clusters at or past `nclusters` are ignored (a lower delta can be
         smaller than the top, never larger in a valid chain, §1.4)."""
+        if len(mappings) > 255:
+            raise ValueError("more than 255 levels in one chain")  # ploop allows 127 (§2.6)
         self.cluster_size = cluster_size
         self.nclusters = nclusters
-        idx_parts, off_parts, lvl_parts = [], [], []
-        covered = np.zeros(0, np.int64)
-        for level in range(len(mappings) - 1, -1, -1):
-            m = mappings[level]
-            v, o = m.vclusters, m.offsets
-            keep = v < nclusters
-            if covered.size:
-                keep &= ~np.isin(v, covered, assume_unique=True)
-            if not keep.all():
-                v, o = v[keep], o[keep]
-            if v.size == 0:
+        # Each level's slice of clusters in [0, nclusters): mappings are sorted by vcluster.
+        levels = [(lv, m.vclusters[: int(np.searchsorted(m.vclusters, nclusters))], m)
+                  for lv, m in enumerate(mappings)]
+        levels = [(lv, v, m) for lv, v, m in levels if v.size]
+        # Output arrays sized for the worst case (one extent per mapped cluster), filled window
+        # by window and shrunk in place at the end: no list of parts, no concatenation copy.
+        cap = sum(int(v.size) for _lv, v, _m in levels)
+        self.vstart = np.empty(cap, np.uint32)
+        self.count = np.empty(cap, np.uint32)
+        self.level = np.empty(cap, np.uint8)
+        self.offset = np.empty(cap, np.int64)
+        n = 0
+        if levels:
+            owner = np.empty(min(WINDOW, nclusters), np.int16)
+            offset = np.empty(min(WINDOW, nclusters), np.int64)
+            for w0 in self._windows(levels, nclusters):
+                w1 = min(w0 + WINDOW, nclusters)
+                n = self._merge_window(levels, w0, w1, owner[: w1 - w0], offset[: w1 - w0], n)
+        for a in (self.vstart, self.count, self.level, self.offset):
+            a.resize(n, refcheck=False)
+        # Views for the per-read lookup: bisect over a memoryview yields plain ints without a
+        # second copy of the arrays.
+        self.a_vstart = memoryview(self.vstart)
+        self.a_count = memoryview(self.count)
+        self.a_level = memoryview(self.level)
+        self.a_offset = memoryview(self.offset)
+
+    @staticmethod
+    def _windows(levels: list[tuple[int, np.ndarray, Mapping]], nclusters: int) -> list[int]:
+        starts: set[int] = set()
+        for _lv, v, _m in levels:
+            starts.update((np.unique(v // np.uint32(WINDOW)).astype(np.int64) * WINDOW).tolist())
+        return sorted(starts)
+
+    def _merge_window(self, levels: list[tuple[int, np.ndarray, Mapping]], w0: int, w1: int,
+                      owner: np.ndarray, offset: np.ndarray, n: int) -> int:
+        """Merge virtual clusters [w0, w1) into the output arrays from index `n`; returns the
+        new number of extents."""
+        owner.fill(-1)
+        for lv, v, m in levels:  # bottom to top: later stamps win
+            a, b = np.searchsorted(v, [w0, w1])
+            if a == b:
                 continue
-            idx_parts.append(v)
-            off_parts.append(o)
-            lvl_parts.append(np.full(v.size, level, np.int16))
-            if level:  # nothing lies below the base: its union would be built for nothing
-                covered = np.union1d(covered, v) if covered.size else v
-        if idx_parts:
-            v = np.concatenate(idx_parts)
-            o = np.concatenate(off_parts)
-            lv = np.concatenate(lvl_parts)
-            order = np.argsort(v, kind="stable")
-            v, o, lv = v[order], o[order], lv[order]
-            # A new extent starts where the cluster, the level or the file offset is not the
-            # continuation of the previous one.
-            brk = np.ones(v.size, bool)
-            brk[1:] = (v[1:] != v[:-1] + 1) | (lv[1:] != lv[:-1]) | (o[1:] != o[:-1] + cluster_size)
-            starts = np.flatnonzero(brk)
-            counts = np.diff(np.append(starts, v.size))
-            self.vstart = v[starts]
-            self.count = counts.astype(np.int64)
-            self.level = lv[starts]
-            self.offset = o[starts]
-        else:
-            self.vstart = np.zeros(0, np.int64)
-            self.count = np.zeros(0, np.int64)
-            self.level = np.zeros(0, np.int16)
-            self.offset = np.zeros(0, np.int64)
-        self.vend = self.vstart + self.count
-        # Compact plain-int views for the per-read lookup (8 bytes per extent; bisect over an
-        # array.array is several times faster than a numpy scalar call).
-        self.a_vstart = array("q", self.vstart.astype(np.int64).tobytes())
-        self.a_vend = array("q", self.vend.astype(np.int64).tobytes())
-        self.a_level = array("q", self.level.astype(np.int64).tobytes())
-        self.a_offset = array("q", self.offset.astype(np.int64).tobytes())
+            idx = v[a:b].astype(np.int64) - w0
+            owner[idx] = lv
+            offset[idx] = m.entries[a:b].astype(np.int64) * m.unit
+        idx = np.flatnonzero(owner >= 0)
+        if not idx.size:
+            return n
+        lv = owner[idx]
+        off = offset[idx]
+        # A new extent starts where the cluster, the level or the file offset does not continue
+        # the previous one.
+        brk = np.empty(idx.size, bool)
+        brk[0] = True
+        brk[1:] = (idx[1:] != idx[:-1] + 1) | (lv[1:] != lv[:-1]) | \
+            (off[1:] != off[:-1] + self.cluster_size)
+        starts = np.flatnonzero(brk)
+        k = starts.size
+        self.vstart[n:n + k] = idx[starts] + w0
+        self.count[n:n + k] = np.diff(np.append(starts, idx.size))
+        self.level[n:n + k] = lv[starts]
+        self.offset[n:n + k] = off[starts]
+        return n + k
 
     def __len__(self) -> int:
         return int(self.vstart.size)
 
     @property
     def mapped_clusters(self) -> int:
-        return int(self.count.sum())
+        return int(self.count.sum(dtype=np.int64))
 
     def clusters_per_level(self, levels: int) -> list[int]:
-        return [int(self.count[self.level == lv].sum()) for lv in range(levels)]
+        return [int(self.count[self.level == lv].sum(dtype=np.int64)) for lv in range(levels)]
 
     def find(self, vcluster: int) -> int:
         """Index of the extent containing `vcluster`, or -(i+1) where i is the index of the
         first extent after it (len(self) if none)."""
         i = bisect_right(self.a_vstart, vcluster) - 1
-        if i >= 0 and vcluster < self.a_vend[i]:
+        if i >= 0 and vcluster < self.a_vstart[i] + self.a_count[i]:
             return i
         return -(i + 2)
 
     def extent(self, i: int) -> Extent:
-        return Extent(int(self.vstart[i]), int(self.count[i]), int(self.level[i]),
-                      int(self.offset[i]))
+        return Extent(self.a_vstart[i], self.a_count[i], self.a_level[i], self.a_offset[i])
 
     def extents(self) -> Iterator[Extent]:
         for i in range(len(self)):

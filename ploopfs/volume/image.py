@@ -16,12 +16,12 @@ from ploopfs.errors import (
     SourceIOError,
     UnsupportedError,
 )
-from ploopfs.format.bat import bat_entry_off, decode_entries, find_bad_entries, raise_bad_entry
+from ploopfs.format.bat import BAT_RESERVED, bat_entry_off, decode_entries, find_bad_entries, raise_bad_entry
 from ploopfs.format.extension import FormatExtension, parse_extension
 from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, parse_header, sniff
 
 # BAT is scanned in chunks of this many bytes: bounded memory for 64 TiB disks (256 MiB BATs).
-BAT_CHUNK = 8 << 20
+BAT_CHUNK = 1 << 20
 
 
 def open_readonly(path: str) -> int:
@@ -64,11 +64,19 @@ def pread_exact(fd: int, length: int, offset: int, path: str) -> bytes:
 
 @dataclass
 class Mapping:
-    """The non-zero BAT slots of one image: virtual cluster numbers (sorted) and the file byte
-    offsets of their clusters."""
+    """The non-zero BAT slots of one image, 8 bytes each: virtual cluster numbers (sorted) and
+    the raw entries; a cluster's file byte offset is `entry * unit` (§2.2)."""
 
-    vclusters: np.ndarray  # int64
-    offsets: np.ndarray  # int64, file byte offsets
+    vclusters: np.ndarray  # uint32
+    entries: np.ndarray  # uint32
+    unit: int  # bytes per entry unit: 512 (v1) or the cluster size (v2)
+
+    @classmethod
+    def empty(cls, unit: int = 1) -> Mapping:
+        return cls(np.zeros(0, np.uint32), np.zeros(0, np.uint32), unit)
+
+    def __len__(self) -> int:
+        return int(self.vclusters.size)
 
 
 class Image:
@@ -151,9 +159,14 @@ class Image:
     def _read_mapping(self) -> Mapping:
         hdr = self.header
         if hdr is None:
-            return Mapping(np.zeros(0, np.int64), np.zeros(0, np.int64))
-        idx_parts: list[np.ndarray] = []
-        off_parts: list[np.ndarray] = []
+            return Mapping.empty()
+        unit, c = hdr.entry_unit, hdr.cluster_size
+        # An entry e is readable iff its cluster lies after the header/BAT clusters and ends
+        # within the file (§2.3, §2.8); checked in entry units on u32 arrays.
+        lowest = -(-hdr.bat_clusters * c // unit)
+        highest = (self.file_size - c) // unit
+        v_parts: list[np.ndarray] = []
+        e_parts: list[np.ndarray] = []
         start = bat_entry_off(0)
         end = bat_entry_off(hdr.bat_entries)
         pos = start
@@ -170,20 +183,20 @@ class Image:
                 raise CorruptImageError(f"BAT truncated: read {len(raw)} of {n} bytes", self.path,
                                         offset=pos + len(raw))
             entries = decode_entries(raw)
-            nz = np.flatnonzero(entries)
+            nz = np.flatnonzero(entries).astype(np.uint32)
             if nz.size:
-                first = (pos - start) // 4
-                vclu = nz.astype(np.int64) + first
-                vals = entries[nz]
-                bad = find_bad_entries(vclu, vals, hdr, self.file_size)
-                if bad:
+                nz += np.uint32((pos - start) // 4)
+                vals = entries[nz - np.uint32((pos - start) // 4)]
+                if (vals == BAT_RESERVED).any() or int(vals.min()) < lowest or \
+                        int(vals.max()) > highest:
+                    bad = find_bad_entries(nz, vals, hdr, self.file_size)
                     raise_bad_entry(bad[0], self.path)
-                idx_parts.append(vclu)
-                off_parts.append(vals.astype(np.int64) * hdr.entry_unit)
+                v_parts.append(nz)
+                e_parts.append(vals)
             pos += n
-        if not idx_parts:
-            return Mapping(np.zeros(0, np.int64), np.zeros(0, np.int64))
-        return Mapping(np.concatenate(idx_parts), np.concatenate(off_parts))
+        if not v_parts:
+            return Mapping.empty(unit)
+        return Mapping(np.concatenate(v_parts), np.concatenate(e_parts), unit)
 
     def _seek_data(self, pos: int) -> int:
         try:

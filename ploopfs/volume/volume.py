@@ -47,7 +47,7 @@ class Volume:
             v = pos // c
             i = m.find(v)
             if i >= 0:
-                ext_end = m.a_vend[i] * c
+                ext_end = (m.a_vstart[i] + m.a_count[i]) * c
                 n = min(end, ext_end) - pos
                 yield Segment(pos, n, m.a_level[i],
                               m.a_offset[i] + pos - m.a_vstart[i] * c)

@@ -86,7 +86,7 @@ for im in images:
     tracemalloc.reset_peak()
     m = im.mapping()
     cur, peak = tracemalloc.get_traced_memory()
-    print(f"mapping of {im.path}: {m.vclusters.size} entries, kept {(cur - b) / M:.1f} MiB, "
+    print(f"mapping of {im.path}: {len(m)} entries, kept {(cur - b) / M:.1f} MiB, "
           f"transient peak +{(peak - b) / M:.1f} MiB")
 b = tracemalloc.get_traced_memory()[0]
 tracemalloc.reset_peak()
