@@ -25,6 +25,8 @@ class ExitCode(IntEnum):
     IO = 10  # reading a source failed at the OS level
     OUTPUT = 11  # writing the output failed (exists, no space, …)
     MOUNT = 12  # the mount could not be set up
+    BAD_SIGNATURE = 13  # an rdiff signature file that is malformed or truncated
+    BAD_DELTA = 14  # an rdiff delta file that is malformed or truncated, or does not fit the basis
     INTERRUPTED = 130  # Ctrl-C
     INTERNAL = 70  # a bug in ploopfs: reported in one line, details with --debug
 
@@ -93,3 +95,11 @@ class UsageError(PloopfsError):
 
 class MountError(PloopfsError):
     exit_code = ExitCode.MOUNT
+
+
+class BadSignatureError(PloopfsError):
+    exit_code = ExitCode.BAD_SIGNATURE
+
+
+class BadDeltaError(PloopfsError):
+    exit_code = ExitCode.BAD_DELTA
