@@ -85,6 +85,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
+        "diff", help="changed clusters between two disks: rdiff delta, ploop delta or json",
+        description="Compare OLD and NEW (any SOURCE, e.g. two snapshots of one descriptor) cluster "
+                    "by cluster. rdiff: a librsync delta OUT that `rdiff patch OLD.raw OUT NEW.raw` "
+                    "applies, plus the manifest OUT.json; ploop: a folder OUT with a delta image of "
+                    "the changed clusters and a DiskDescriptor.xml stacking it on OLD (open it with "
+                    "--allow-outside-paths); json: the changed cluster ranges ('-' = stdout).")
+    p.add_argument("old", metavar="OLD", help="the earlier disk (SOURCE)")
+    p.add_argument("new", metavar="NEW", help="the later disk (SOURCE)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="delta file (rdiff), new folder (ploop) or JSON file (json, '-' = stdout)")
+    p.add_argument("--old-snapshot", metavar="GUID", help="snapshot of OLD (default: its top)")
+    p.add_argument("--new-snapshot", metavar="GUID", help="snapshot of NEW (default: its top)")
+    p.add_argument("-f", "--format", choices=("rdiff", "ploop", "json"), default="rdiff",
+                   help="output format (default: rdiff)")
+    p.add_argument("--hash", choices=("sha256", "blake2b", "none"), default="sha256",
+                   help="hash of the whole OLD and NEW disks, the delta and each range (default "
+                        "sha256); 'none' reads only clusters the block maps cannot prove unchanged")
+    p.add_argument("--full-compare", action="store_true",
+                   help="ignore the block maps: read and compare every cluster")
+    p.add_argument("--cluster-size", type=cluster_size_arg, metavar="SIZE",
+                   help="cluster size of raw sources (default: the other side's)")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="let <File> paths of the descriptors lead outside their folders")
+    p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser(
         "mount", help="mount a snapshot read-only through FUSE (disk, partN, snapshots/, info.json)",
         description="Mount the virtual disk of a snapshot, its partitions, every other snapshot "
                     "and info.json read-only under MOUNTPOINT (or, with --files, the files of the "
@@ -197,6 +225,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from ploopfs.services.diff import DiffOptions, diff, open_sides, work_bytes
+    from ploopfs.volume.source import OpenOptions
+
+    if args.json and args.format == "json" and args.output == "-":
+        raise UsageError("--json and '-o -' both write to stdout; choose one")
+    opts = DiffOptions(hash=None if args.hash == "none" else args.hash,
+                       full_compare=args.full_compare)
+    sides = open_sides(args.old, args.new, args.old_snapshot, args.new_snapshot,
+                       OpenOptions(cluster_size=args.cluster_size,
+                                   allow_outside_paths=args.allow_outside_paths))
+    try:
+        with progress_bar(work_bytes(sides, opts), "diff", not args.no_progress) as prog:
+            opts.progress = prog
+            report = diff(sides, args.output, args.format, opts)
+        _warn(sides.old_disk.warnings + [w for w in sides.new_disk.warnings
+                                         if w not in sides.old_disk.warnings])
+    finally:
+        sides.close()
+    if args.json:
+        _print_json(report)
+    return 0
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from ploopfs.fuse.mount import MountOptions, apply_o_options, mount
 
@@ -220,7 +272,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("info", "snapshots", "export", "mount", "umount")
+COMMANDS = ("info", "snapshots", "export", "diff", "mount", "umount")
 
 
 def _mount_helper_form(argv: list[str]) -> list[str]:

@@ -1,0 +1,743 @@
+"""`ploopfs diff`: what changed between two versions of a disk, as a list of cluster ranges (json),
+a librsync delta (rdiff) or a ploop delta image stacked on OLD (ploop).
+
+Matching is cluster-aligned with no rolling search (delta-notes §6.1): data in a ploop image
+never shifts inside a cluster, so cluster k of NEW is compared with cluster k of OLD only.
+
+Which clusters are read. Before reading anything both block maps are walked side by side
+(`candidate_runs`). A byte of OLD and NEW served from the *same file at the same offset* (same
+inode; e.g. two snapshots of one descriptor sharing their lower deltas, §4.1) or a hole in both
+cannot differ, so only the other clusters ("candidates") are read and compared. A candidate
+whose bytes turn out equal (a cluster re-written with the same data in a later delta) is
+dropped: the output lists only clusters whose bytes truly differ, so the fast path and the full
+compare always give the same answer. Whole-disk hashes of OLD and NEW (the manifest's, `hash`)
+need every byte, so with a hash all of both disks is read (and still only candidates compared
+byte-wise, all clusters in `full_compare` mode); with `hash=None` unchanged data is never read.
+
+Sizes. Cluster k of NEW is unchanged iff its bytes (clipped to NEW's size) lie inside OLD and
+are equal. When NEW is larger every cluster reaching past OLD's end is "new" (changed); when it
+is smaller the report says so through the sizes (rdiff output simply stops earlier).
+
+Memory is bounded: two buffer sets of `chunk` bytes per side, whatever the disk size; the json
+ranges are streamed to the output file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any, ClassVar, Protocol
+
+import numpy as np
+
+from ploopfs.errors import BadImageError, OutputError, UnsupportedError, UsageError
+from ploopfs.format.header import TOP_GUID
+from ploopfs.native import is_zero
+from ploopfs.volume.source import Disk, OpenOptions, open_source
+from ploopfs.volume.volume import Volume
+from ploopfs.volume.writer import ImageWriter, chain_descriptor, new_guid, write_descriptor
+
+Progress = Callable[[int], None]  # bytes of NEW scanned so far
+ReadHook = Callable[[str, int, int], None]  # side ("old"/"new"), virtual offset, length
+CHUNK = 8 << 20
+HASHES: dict[str, Callable[[], Any]] = {"sha256": hashlib.sha256, "blake2b": hashlib.blake2b}
+FORMATS = ("rdiff", "ploop", "json")
+MANIFEST_SUFFIX = ".json"  # rdiff: the manifest is written next to the delta, OUT + this
+PLOOP_MANIFEST = "diff-manifest.json"
+
+
+@dataclass
+class DiffOptions:
+    chunk: int = CHUNK  # bytes per read (rounded to whole clusters)
+    hash: str | None = "sha256"  # whole-disk hashes of OLD and NEW; None: read only candidates
+    full_compare: bool = False  # ignore the block maps: read and compare every cluster
+    progress: Progress | None = None
+    on_read: ReadHook | None = None  # called for every read of either volume (tests, tracing)
+
+
+@dataclass
+class DiffStats:
+    cluster_size: int
+    old_size: int
+    new_size: int
+    clusters: int  # clusters of NEW
+    mode: str  # "map" (only candidates compared) or "full"
+    candidate_clusters: int = 0  # clusters the block maps could not prove unchanged
+    changed_clusters: int = 0
+    changed_bytes: int = 0  # of NEW, clipped to its size
+    changed_ranges: int = 0
+    new_clusters: int = 0  # changed clusters reaching past OLD's size (growth)
+    zero_clusters: int = 0  # changed clusters whose NEW bytes are all zero
+    equal_candidate_clusters: int = 0  # candidates whose bytes were equal after all (re-written)
+    bytes_read_old: int = 0
+    bytes_read_new: int = 0
+    hash: str | None = None
+    old_hash: str | None = None
+    new_hash: str | None = None
+    seconds: float = 0.0
+    last_changed_end: int = field(default=-1, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["last_changed_end"]
+        return d
+
+
+class Sink(Protocol):
+    def same(self, c0: int, n: int) -> None: ...
+    def changed(self, c0: int, n: int, data: memoryview) -> None: ...
+
+
+# -- which clusters may differ ------------------------------------------------------------------
+def _file_ids(vol: Volume) -> list[tuple[int, int]]:
+    ids = []
+    for im in vol.images:
+        st = os.fstat(im.fd)
+        ids.append((st.st_dev, st.st_ino))
+    return ids
+
+
+def _pieces(vol: Volume, end: int) -> Iterator[tuple[int, int, tuple[int, int] | None, int]]:
+    """(start, end, file id or None for zeros, file offset at start) over [0, end)."""
+    ids = _file_ids(vol)
+    for s in vol.segments(0, end):
+        key = None if s.level is None else ids[s.level]
+        yield s.voffset, s.voffset + s.length, key, s.offset
+
+
+class _Runs:
+    """Sorted, merged runs of clusters, built by appending in increasing order."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[int]] = []
+
+    def add(self, c0: int, c1: int) -> None:
+        if c1 <= c0:
+            return
+        if self.runs and self.runs[-1][1] >= c0:
+            self.runs[-1][1] = max(self.runs[-1][1], c1)
+        else:
+            self.runs.append([c0, c1])
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return [(a, b - a) for a, b in self.runs]
+
+
+def candidate_runs(old: Volume, new: Volume) -> list[tuple[int, int]]:
+    """(first cluster, count) runs of NEW's clusters that may differ from OLD: every cluster
+    not proven equal by the block maps (same file and offset, or zeros in both)."""
+    c = new.cluster_size
+    common = min(old.size, new.size)
+    runs = _Runs()
+    it_o, it_n = _pieces(old, common), _pieces(new, common)
+    po, pn = next(it_o, None), next(it_n, None)
+    pos = 0
+    while po is not None and pn is not None and pos < common:
+        step = min(po[1], pn[1])
+        same = po[2] == pn[2] and (po[2] is None or po[3] + pos - po[0] == pn[3] + pos - pn[0])
+        if not same:
+            runs.add(pos // c, -(-step // c))
+        pos = step
+        if po[1] == pos:
+            po = next(it_o, None)
+        if pn[1] == pos:
+            pn = next(it_n, None)
+    nclusters = -(-new.size // c)
+    if new.size > old.size:  # every cluster reaching past OLD's end is new
+        runs.add(old.size // c, nclusters)
+    return runs.pairs()
+
+
+# -- the scan -----------------------------------------------------------------------------------
+class _Hasher:
+    """A whole-disk hash fed in order on its own thread (hashlib releases the GIL)."""
+
+    def __init__(self, alg: str) -> None:
+        self.h = HASHES[alg]()
+        self.pool = ThreadPoolExecutor(1)
+
+    def feed(self, view: memoryview) -> Future[None]:
+        return self.pool.submit(self.h.update, view)
+
+    def hexdigest(self) -> str:
+        self.pool.shutdown(wait=True)
+        return self.h.hexdigest()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _work(nclusters: int, runs: list[tuple[int, int]], per: int) -> Iterator[tuple[int, int]]:
+    for c0, n in runs:
+        for a in range(c0, c0 + n, per):
+            yield a, min(per, c0 + n - a)
+
+
+def _differing(old: np.ndarray, new: np.ndarray, n: int, c: int) -> np.ndarray:
+    """Per-cluster inequality of two equally long byte arrays of `n` whole clusters."""
+    if np.array_equal(old, new):
+        return np.zeros(n, bool)
+    if c % 8 == 0:
+        a, b = old.view(np.uint64).reshape(n, c // 8), new.view(np.uint64).reshape(n, c // 8)
+    else:
+        a, b = old.reshape(n, c), new.reshape(n, c)
+    return np.fromiter((not np.array_equal(a[i], b[i]) for i in range(n)), bool, n)
+
+
+def _emit(sink: Sink, flags: np.ndarray, c0: int, view: memoryview, c: int, stats: DiffStats,
+          zero_checked: bool) -> None:
+    """Hand runs of equal flags to the sink; `view` holds NEW's bytes from cluster c0."""
+    n = flags.size
+    edges = np.flatnonzero(np.diff(flags.astype(np.int8))) + 1
+    starts = [0, *edges.tolist()]
+    ends = [*edges.tolist(), n]
+    for a, b in zip(starts, ends, strict=True):
+        if not flags[a]:
+            sink.same(c0 + a, b - a)
+            continue
+        data = view[a * c: min(b * c, len(view))]
+        if c0 + a != stats.last_changed_end:
+            stats.changed_ranges += 1
+        stats.last_changed_end = c0 + b
+        stats.changed_clusters += b - a
+        stats.changed_bytes += len(data)
+        if zero_checked:
+            stats.zero_clusters += sum(
+                1 for k in range(b - a) if is_zero(data[k * c:(k + 1) * c]))
+        sink.changed(c0 + a, b - a, data)
+
+
+def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) -> DiffStats:
+    """Compare OLD and NEW cluster by cluster, in order, telling `sink` about every run of
+    clusters of NEW (same or changed, with NEW's bytes). Returns the statistics."""
+    o = opts or DiffOptions()
+    if old.cluster_size != new.cluster_size:
+        raise UnsupportedError(
+            f"cluster sizes differ: OLD {old.cluster_size} bytes, NEW {new.cluster_size} bytes; "
+            "diff compares whole clusters of one size")
+    t0 = time.perf_counter()
+    c = new.cluster_size
+    nclusters = -(-new.size // c)
+    stats = DiffStats(c, old.size, new.size, nclusters, "full" if o.full_compare else "map",
+                      hash=o.hash)
+    cands = [(0, nclusters)] if o.full_compare else candidate_runs(old, new)
+    stats.candidate_clusters = sum(n for _, n in cands)
+    per = max(1, o.chunk // c)
+    full_read = o.full_compare or o.hash is not None
+    work = [(0, nclusters)] if full_read else cands
+    hashers = {s: _Hasher(o.hash) for s in ("old", "new")} if o.hash else {}
+    bufs = [(np.zeros(per * c, np.uint8), np.zeros(per * c, np.uint8)) for _ in range(2)]
+    pending: list[list[Future[None]]] = [[], []]
+    cand_iter = _RunCursor(cands)
+    done = 0
+    pos_c = 0  # next cluster of NEW not yet handed to the sink
+    try:
+        for i, (c0, n) in enumerate(_work(nclusters, work, per)):
+            if c0 > pos_c:
+                sink.same(pos_c, c0 - pos_c)
+            slot = i % 2
+            for f in pending[slot]:
+                f.result()
+            pending[slot] = []
+            b0 = c0 * c
+            b1 = min((c0 + n) * c, new.size)
+            ob1 = min(b1, old.size)
+            bo, bn = bufs[slot]
+            vn = memoryview(bn)[: b1 - b0]
+            _read(new, vn, b0, "new", o, stats)
+            vo = memoryview(bo)[: max(0, ob1 - b0)]
+            if ob1 > b0:
+                _read(old, vo, b0, "old", o, stats)
+            if hashers:
+                pending[slot] = [hashers["old"].feed(vo), hashers["new"].feed(vn)]
+            flags = _chunk_flags(bo, bn, c0, n, b0, b1, ob1, c, cand_iter)
+            stats.new_clusters += int(np.count_nonzero(flags[max(0, ob1 - b0) // c:])) \
+                if ob1 < b1 else 0
+            _emit(sink, flags, c0, vn, c, stats, zero_checked=True)
+            pos_c = c0 + n
+            done += b1 - b0
+            if o.progress:
+                o.progress(done)
+        if pos_c < nclusters:
+            sink.same(pos_c, nclusters - pos_c)
+        if hashers:
+            _hash_old_tail(old, new.size, bufs[0][0], hashers["old"], o, stats)
+            stats.old_hash = hashers["old"].hexdigest()
+            stats.new_hash = hashers["new"].hexdigest()
+    finally:
+        for h in hashers.values():
+            h.close()
+    stats.equal_candidate_clusters = stats.candidate_clusters - stats.changed_clusters
+    stats.seconds = round(time.perf_counter() - t0, 3)
+    return stats
+
+
+class _RunCursor:
+    """Is cluster k a candidate? For increasing queries over sorted runs."""
+
+    def __init__(self, runs: list[tuple[int, int]]) -> None:
+        self.runs = runs
+        self.i = 0
+
+    def mask(self, c0: int, n: int) -> np.ndarray:
+        m = np.zeros(n, bool)
+        while self.i < len(self.runs) and sum(self.runs[self.i]) <= c0:
+            self.i += 1
+        j = self.i
+        while j < len(self.runs) and self.runs[j][0] < c0 + n:
+            a, k = self.runs[j]
+            m[max(a, c0) - c0: min(a + k, c0 + n) - c0] = True
+            j += 1
+        return m
+
+
+def _chunk_flags(bo: np.ndarray, bn: np.ndarray, c0: int, n: int, b0: int, b1: int, ob1: int,
+                 c: int, cands: _RunCursor) -> np.ndarray:
+    """Changed flag per cluster of the chunk [c0, c0+n)."""
+    maybe = cands.mask(c0, n)
+    flags = np.zeros(n, bool)
+    if not maybe.any():
+        return flags
+    full = (ob1 - b0) // c  # clusters wholly inside both disks
+    if b1 - b0 < full * c:
+        full = (b1 - b0) // c
+    if full:
+        flags[:full] = _differing(bo[: full * c], bn[: full * c], full, c) & maybe[:full]
+    for k in range(full, n):  # a short last cluster, or clusters past OLD's end
+        s, e = k * c, min((k + 1) * c, b1 - b0)
+        inside = b0 + e <= ob1
+        flags[k] = maybe[k] and (not inside or not np.array_equal(bo[s:e], bn[s:e]))
+    return flags
+
+
+def _read(vol: Volume, view: memoryview, off: int, side: str, o: DiffOptions,
+          stats: DiffStats) -> None:
+    if o.on_read:
+        o.on_read(side, off, len(view))
+    vol.zero_fill_readinto(view, off)
+    if side == "old":
+        stats.bytes_read_old += len(view)
+    else:
+        stats.bytes_read_new += len(view)
+
+
+def _hash_old_tail(old: Volume, start: int, buf: np.ndarray, h: _Hasher, o: DiffOptions,
+                   stats: DiffStats) -> None:
+    """Shrink: OLD's bytes past NEW's end still belong to OLD's hash."""
+    pos = start
+    while pos < old.size:
+        view = memoryview(buf)[: min(len(buf), old.size - pos)]
+        h.feed(view).result()  # wait: the previous feeds of this buffer must be done first
+        _read(old, view, pos, "old", o, stats)
+        h.feed(view).result()
+        pos += len(view)
+
+
+# -- sinks --------------------------------------------------------------------------------------
+class _HashingFile:
+    def __init__(self, f: IO[bytes], alg: str | None) -> None:
+        self.f = f
+        self.h = HASHES[alg]() if alg else None
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.h:
+            self.h.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+
+class RangesSink:
+    """Merged changed ranges with the hash of NEW's bytes of each, streamed as JSON objects to
+    `emit` (or kept in `ranges` when emit is None)."""
+
+    def __init__(self, cluster_size: int, alg: str | None,
+                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.c = cluster_size
+        self.alg = alg
+        self.emit = emit
+        self.ranges: list[dict[str, Any]] = []
+        self._cur: dict[str, Any] | None = None
+        self._h: Any = None
+        self._zero = True
+
+    def same(self, c0: int, n: int) -> None:
+        self.flush()
+
+    def changed(self, c0: int, n: int, data: memoryview) -> None:
+        cur = self._cur
+        if cur is None or cur["cluster"] + cur["clusters"] != c0:
+            self.flush()
+            cur = self._cur = {"cluster": c0, "clusters": 0, "offset": c0 * self.c, "length": 0}
+            self._h = HASHES[self.alg]() if self.alg else None
+            self._zero = True
+        cur["clusters"] += n
+        cur["length"] += len(data)
+        if self._h:
+            self._h.update(data)
+        self._zero = self._zero and is_zero(data)
+
+    def flush(self) -> None:
+        if self._cur is None:
+            return
+        cur, self._cur = self._cur, None
+        cur["zero"] = self._zero
+        if self._h:
+            cur[self.alg] = self._h.hexdigest()
+        if self.emit:
+            self.emit(cur)
+        else:
+            self.ranges.append(cur)
+
+
+class RdiffSink:
+    """COPY runs of unchanged clusters from the basis, LITERALs of changed bytes."""
+
+    def __init__(self, writer: Any, cluster_size: int, new_size: int) -> None:
+        self.w = writer
+        self.c = cluster_size
+        self.size = new_size
+        self._copy: list[int] | None = None  # [start, length] pending, merged
+        self.copies = 0
+        self.literals = 0
+
+    def same(self, c0: int, n: int) -> None:
+        start = c0 * self.c
+        length = min(n * self.c, self.size - start)
+        if self._copy and self._copy[0] + self._copy[1] == start:
+            self._copy[1] += length
+        else:
+            self._flush()
+            self._copy = [start, length]
+
+    def changed(self, c0: int, n: int, data: memoryview) -> None:
+        self._flush()
+        self.w.literal(data)
+        self.literals += 1
+
+    def _flush(self) -> None:
+        if self._copy and self._copy[1] > 0:
+            self.w.copy(self._copy[0], self._copy[1])
+            self.copies += 1
+        self._copy = None
+
+    def close(self) -> None:
+        self._flush()
+        self.w.close()
+
+
+class PloopSink:
+    """Changed clusters into a new delta image. A change to all-zero is written as an explicit
+    zero cluster: a hole would fall through to OLD's data (§11 trap 24). Only zero clusters that
+    no image of OLD's chain can map (past every one of them, §1.4, §11 trap 7) stay holes."""
+
+    def __init__(self, writer: ImageWriter, zero_hole_from: int) -> None:
+        self.w = writer
+        self.c = writer.cluster_size
+        self.zero_hole_from = zero_hole_from  # first cluster no lower image maps
+        self.written = 0
+        self.zero_written = 0
+
+    def same(self, c0: int, n: int) -> None:
+        pass
+
+    def changed(self, c0: int, n: int, data: memoryview) -> None:
+        c = self.c
+        for k in range(n):
+            piece = data[k * c:(k + 1) * c]
+            zero = is_zero(piece)
+            if zero and c0 + k >= self.zero_hole_from:
+                continue
+            self.w.write_cluster(c0 + k, piece)
+            self.written += 1
+            self.zero_written += zero
+
+
+# -- rdiff delta encoding -----------------------------------------------------------------------
+RS_DELTA_MAGIC = 0x72730236
+
+
+def _width(v: int) -> int:
+    return next(w for w in (1, 2, 4, 8) if v < 1 << (8 * w))
+
+
+class _DeltaEncoder:
+    """librsync delta commands (delta-notes §2.4): magic, COPY with minimal big-endian widths
+    (opcode 0x45 + 4·log2(a) + log2(b)), LITERAL_N4 (0x43), END. Used only when
+    ploopfs.services.rdiff (the C engine's DeltaWriter) is not available."""
+
+    LOG2: ClassVar[dict[int, int]] = {1: 0, 2: 1, 4: 2, 8: 3}
+    MAX_LITERAL = (1 << 32) - 1
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        out.write(RS_DELTA_MAGIC.to_bytes(4, "big"))
+
+    def copy(self, start: int, length: int) -> None:
+        a, b = _width(start), _width(length)
+        op = 0x45 + 4 * self.LOG2[a] + self.LOG2[b]
+        self.out.write(bytes([op]) + start.to_bytes(a, "big") + length.to_bytes(b, "big"))
+
+    def literal(self, data: bytes | memoryview) -> None:
+        mv = memoryview(data)
+        for i in range(0, len(mv), self.MAX_LITERAL):
+            piece = mv[i:i + self.MAX_LITERAL]
+            self.out.write(b"\x43" + len(piece).to_bytes(4, "big"))
+            self.out.write(piece)
+
+    def close(self) -> None:
+        self.out.write(b"\x00")
+
+
+def delta_writer(out: Any) -> Any:
+    try:
+        from ploopfs.services.rdiff import DeltaWriter
+    except ImportError:
+        return _DeltaEncoder(out)
+    return DeltaWriter(out)
+
+
+# -- opening the two sides ----------------------------------------------------------------------
+@dataclass
+class Sides:
+    old_disk: Disk
+    new_disk: Disk
+    old: Volume
+    new: Volume
+    old_snapshot: str
+    new_snapshot: str
+    disks: list[Disk] = field(default_factory=list)
+
+    def close(self) -> None:
+        for d in self.disks:
+            d.close()
+
+
+def open_sides(old_src: str, new_src: str, old_snapshot: str | None, new_snapshot: str | None,
+               options: OpenOptions) -> Sides:
+    """One Disk when OLD and NEW are the same source (two snapshots of one descriptor). A raw
+    side given without --cluster-size takes the other side's cluster size."""
+    same = os.path.exists(old_src) and os.path.exists(new_src) and \
+        os.path.realpath(old_src) == os.path.realpath(new_src)
+    disks: list[Disk] = []
+    try:
+        if same:
+            d_old = d_new = open_source(old_src, options)
+            disks.append(d_old)
+        else:
+            d_old, d_new = _open_pair(old_src, new_src, options, disks)
+        old = d_old.volume(old_snapshot)
+        new = d_new.volume(new_snapshot)
+        g_old = d_old.chain(old_snapshot)[-1].guid
+        g_new = d_new.chain(new_snapshot)[-1].guid
+    except BaseException:
+        for d in disks:
+            d.close()
+        raise
+    return Sides(d_old, d_new, old, new, g_old, g_new, disks)
+
+
+def _open_pair(old_src: str, new_src: str, options: OpenOptions,
+               disks: list[Disk]) -> tuple[Disk, Disk]:
+    opened: dict[str, Disk] = {}
+    deferred: list[str] = []
+    for name, src in (("old", old_src), ("new", new_src)):
+        try:
+            opened[name] = open_source(src, options)
+            disks.append(opened[name])
+        except BadImageError as e:
+            if options.cluster_size or "--cluster-size" not in e.what:
+                raise
+            deferred.append(name)
+    for name in deferred:
+        other = opened.get("new" if name == "old" else "old")
+        if other is None:
+            raise BadImageError("neither OLD nor NEW is a ploop image or descriptor; give "
+                                "--cluster-size to compare two raw files", old_src, offset=0)
+        c = other.volume(None).cluster_size
+        src = old_src if name == "old" else new_src
+        opened[name] = open_source(src, OpenOptions(cluster_size=c,
+                                                    allow_outside_paths=options.allow_outside_paths))
+        disks.append(opened[name])
+    return opened["old"], opened["new"]
+
+
+# -- the three outputs --------------------------------------------------------------------------
+def _side_json(disk: Disk, vol: Volume, snapshot: str, digest: str | None,
+               alg: str | None) -> dict[str, Any]:
+    d: dict[str, Any] = {"source": disk.source, "snapshot": snapshot, "size": vol.size}
+    if alg:
+        d[alg] = digest
+    return d
+
+
+def _refuse_sources(sides: Sides, out: str) -> None:
+    real = os.path.realpath(out)
+    for disk in (sides.old_disk, sides.new_disk):
+        for p in [*disk.paths.values(), disk.descriptor_path or ""]:
+            if p and (os.path.realpath(p) == real or
+                      os.path.realpath(os.path.dirname(os.path.abspath(p))) == real):
+                raise OutputError("output is (or holds) a source file; refusing to write", out)
+
+
+def _create(path: str) -> IO[bytes]:
+    try:
+        return open(path, "xb")
+    except FileExistsError:
+        raise OutputError("already exists; refusing to overwrite", path) from None
+    except OSError as e:
+        raise OutputError(f"cannot create: {e.strerror}", path) from None
+
+
+def _write_json(path: str, obj: dict[str, Any]) -> None:
+    with _create(path) as f:
+        f.write(json.dumps(obj, indent=2).encode() + b"\n")
+
+
+def diff_json(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
+    """The changed ranges, streamed to `out` ('-' = stdout) as one JSON document."""
+    import sys
+
+    f = sys.stdout.buffer if out == "-" else _create(out)
+    first = [True]
+    try:
+        head = {"format": "ploopfs-diff", "version": 1, "cluster_size": sides.new.cluster_size,
+                "hash": opts.hash}
+        f.write(json.dumps(head)[:-1].encode() + b', "ranges": [')
+
+        def emit(r: dict[str, Any]) -> None:
+            f.write((b"" if first[0] else b",") + b"\n  " + json.dumps(r).encode())
+            first[0] = False
+
+        sink = RangesSink(sides.new.cluster_size, opts.hash, emit)
+        stats = scan(sides.old, sides.new, sink, opts)
+        sink.flush()
+        tail = _summary(sides, stats, opts)
+        f.write(b"\n], " + json.dumps(tail)[1:].encode() + b"\n")
+        f.flush()
+    except BaseException:
+        if out != "-":
+            f.close()
+            os.unlink(out)
+        raise
+    if out != "-":
+        f.close()
+    return {"format": "json", "output": out, **tail}
+
+
+def _summary(sides: Sides, stats: DiffStats, opts: DiffOptions) -> dict[str, Any]:
+    return {
+        "old": _side_json(sides.old_disk, sides.old, sides.old_snapshot, stats.old_hash, opts.hash),
+        "new": _side_json(sides.new_disk, sides.new, sides.new_snapshot, stats.new_hash, opts.hash),
+        "stats": stats.to_json(),
+    }
+
+
+def diff_rdiff(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
+    """A librsync delta at `out` that `rdiff patch OLD DELTA` turns into NEW, and its manifest
+    at `out` + .json (rdiff deltas carry no checksum: delta-notes §2.6)."""
+    manifest = out + MANIFEST_SUFFIX
+    if os.path.exists(manifest):
+        raise OutputError("already exists; refusing to overwrite", manifest)
+    _refuse_sources(sides, out)
+    f = _create(out)
+    try:
+        hf = _HashingFile(f, opts.hash)
+        sink = RdiffSink(delta_writer(hf), sides.new.cluster_size, sides.new.size)
+        stats = scan(sides.old, sides.new, sink, opts)
+        sink.close()
+        f.flush()
+        os.fsync(f.fileno())
+    except BaseException:
+        f.close()
+        os.unlink(out)
+        raise
+    f.close()
+    delta: dict[str, Any] = {"path": out, "size": hf.size}
+    if hf.h:
+        delta[str(opts.hash)] = hf.h.hexdigest()
+    report = {"format": "rdiff", "delta": delta, "copy_commands": sink.copies,
+              "literal_commands": sink.literals, **_summary(sides, stats, opts)}
+    _write_json(manifest, report)
+    return {**report, "manifest": manifest}
+
+
+def _delta_name(sides: Sides) -> str:
+    """ploop's name for a new delta: the base image's file name without any .{…} suffix, plus
+    "." and a fresh GUID (§4.3)."""
+    base = os.path.basename(sides.old_disk.paths[sides.old_disk.chain(sides.old_snapshot)[0].guid])
+    if base.endswith("}") and ".{" in base:
+        base = base[: base.rindex(".{")]
+    return f"{base}.{new_guid()}"
+
+
+def diff_ploop(sides: Sides, outdir: str, opts: DiffOptions) -> dict[str, Any]:
+    """A new folder with a v1/v2 delta (OLD's version) holding the changed clusters and a
+    DiskDescriptor.xml stacking it on OLD's chain, whose images are referenced, not copied:
+    by paths relative to `outdir` (§5.6), so opening the result with ploopfs needs
+    --allow-outside-paths. OLD's files are never written."""
+    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
+        raise OutputError("exists and is not an empty folder", outdir)
+    _refuse_sources(sides, outdir)
+    old, new = sides.old, sides.new
+    c = new.cluster_size
+    versions = [im.header.version for im in old.images if im.header is not None]
+    version = versions[0] if versions else 2
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create folder: {e.strerror}", outdir) from None
+    name = _delta_name(sides)
+    path = os.path.join(outdir, name)
+    zero_hole_from = -(-max(max(im.virtual_size for im in old.images), old.size) // c)
+    try:
+        w = ImageWriter.create(path, new.size, c, version)
+    except ValueError as e:  # e.g. a v1 chain grown past 2 TiB
+        raise UnsupportedError(f"cannot make a v{version} delta: {e}", path) from None
+    with w:
+        sink = PloopSink(w, zero_hole_from)
+        stats = scan(old, new, sink, opts)
+    entries = sides.old_disk.chain(sides.old_snapshot)
+    out_abs = os.path.abspath(outdir)
+    files = [os.path.relpath(os.path.abspath(sides.old_disk.paths[e.guid]), out_abs)
+             for e in entries] + [name]
+    guids = [new_guid() if e.guid == TOP_GUID else e.guid for e in entries] + [TOP_GUID]
+    d = chain_descriptor(files, new.size, c, guids, raw_base=old.images[0].is_raw)
+    write_descriptor(os.path.join(outdir, "DiskDescriptor.xml"), d)
+    report = {"format": "ploop", "descriptor": os.path.join(outdir, "DiskDescriptor.xml"),
+              "image": path, "version": version, "clusters_written": sink.written,
+              "zero_clusters_written": sink.zero_written, **_summary(sides, stats, opts)}
+    _write_json(os.path.join(outdir, PLOOP_MANIFEST), report)
+    return report
+
+
+def work_bytes(sides: Sides, opts: DiffOptions) -> int:
+    """Bytes of NEW the scan will read (for progress bars)."""
+    if opts.full_compare or opts.hash:
+        return sides.new.size
+    c = sides.new.cluster_size
+    return sum(min(n * c, sides.new.size - c0 * c) for c0, n in candidate_runs(sides.old, sides.new))
+
+
+def diff(sides: Sides, out: str, fmt: str, opts: DiffOptions | None = None) -> dict[str, Any]:
+    o = opts or DiffOptions()
+    if o.hash is not None and o.hash not in HASHES:
+        raise UsageError(f"unknown hash {o.hash!r} (choose from {', '.join(HASHES)})")
+    if fmt == "json":
+        return diff_json(sides, out, o)
+    if out == "-":
+        raise UsageError(f"--format {fmt} writes files; '-' is only for json output")
+    if fmt == "rdiff":
+        return diff_rdiff(sides, out, o)
+    if fmt == "ploop":
+        return diff_ploop(sides, out, o)
+    raise UsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+__all__ = ["FORMATS", "HASHES", "DiffOptions", "DiffStats", "PloopSink", "RangesSink",
+           "RdiffSink", "Sides", "candidate_runs", "diff", "open_sides", "scan", "work_bytes"]
