@@ -139,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-z", "--lazy", action="store_true", help="lazy unmount (detach even if busy)")
     p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser("check", help="read-only diagnosis of a (possibly damaged) disk",
+                       description="Check headers, BATs, the descriptor, the chain and the "
+                                   "partition table without writing anything. Exit: 0 clean, "
+                                   "1 warnings, 2 damaged but salvageable, 3 unreadable "
+                                   "(docs/check.md).")
+    _source_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--deep", action="store_true",
+                   help="also read every referenced cluster (I/O errors, holes, shadowed copies)")
+    p.set_defaults(func=cmd_check)
     return parser
 
 
@@ -272,7 +283,21 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("info", "snapshots", "export", "diff", "mount", "umount")
+def cmd_check(args: argparse.Namespace) -> int:
+    from ploopfs.services.check import check
+
+    report = check(args.source, args.snapshot, args.deep,
+                   allow_outside_paths=args.allow_outside_paths)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        for f in report.findings:
+            print(f.line())
+        print(report.summary_line())
+    return report.exit_code
+
+
+COMMANDS = ("info", "snapshots", "export", "diff", "mount", "umount", "check")
 
 
 def _mount_helper_form(argv: list[str]) -> list[str]:

@@ -124,6 +124,20 @@ class Header:
         return replace(self, **changes)
 
 
+def decode_header_fields(data: bytes) -> Header:
+    """Decode all 64 bytes without any validation (for `check`, which reports every anomaly
+    itself). A foreign signature decodes as v2 (`version` is 1 only for SIG_V1). Needs >= 64
+    bytes (ValueError otherwise)."""
+    if len(data) < HEADER_SIZE:
+        raise ValueError(f"header needs {HEADER_SIZE} bytes, got {len(data)}")
+    (sig, typ, heads, cyl, sectors, size, size64, in_use, fbo, flags, ext) = _HEADER.unpack_from(data)
+    if sig == SIG_V1:
+        size_sectors, high = size64 & 0xFFFFFFFF, size64 >> 32
+    else:
+        size_sectors, high = size64, 0
+    return Header(sig, typ, heads, cyl, sectors, size, size_sectors, high, in_use, fbo, flags, ext)
+
+
 def parse_header(data: bytes, where: str = "") -> Header:
     """Decode and validate the header. Raises BadImageError naming the field and its offset."""
     if len(data) < HEADER_SIZE:

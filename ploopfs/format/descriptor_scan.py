@@ -1,0 +1,239 @@
+"""Lenient reading of DiskDescriptor.xml for `check` (ploop-format.md §5).
+
+`parse_descriptor` stops at the first problem; `scan_descriptor` collects every problem it can
+find and still returns as much of the snapshot tree as it could read. Pure: bytes in, a
+Descriptor (or None) and a list of problems out. The same safety rules apply: no DTD or entity is
+ever loaded, the size is capped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lxml import etree
+
+from ploopfs.errors import BadDescriptorError
+from ploopfs.format.descriptor import (
+    MAX_DESCRIPTOR_BYTES,
+    TEMPORARY_MARKERS,
+    Descriptor,
+    ImageEntry,
+    Shot,
+    _declares_dtd,
+    norm_guid,
+    parse_number,
+)
+from ploopfs.format.header import NONE_GUID, TOP_GUID
+
+
+@dataclass(frozen=True)
+class DescriptorProblem:
+    code: str  # a DESCRIPTOR_* code of docs/check.md
+    element: str | None
+    message: str
+
+
+class _Scan:
+    def __init__(self) -> None:
+        self.problems: list[DescriptorProblem] = []
+
+    def add(self, code: str, element: str | None, message: str) -> None:
+        self.problems.append(DescriptorProblem(code, element, message))
+
+    def guid(self, el: etree._Element | None, path: str) -> str | None:
+        if el is None:
+            self.add("DESCRIPTOR_ELEMENT", path, "required element missing")
+            return None
+        try:
+            return norm_guid(el.text, element=path)
+        except BadDescriptorError:
+            self.add("DESCRIPTOR_GUID", path, f"invalid GUID {el.text!r}")
+            return None
+
+    def number(self, parent: etree._Element, name: str, path: str) -> int:
+        el = parent.find(name)
+        if el is None:
+            return 0
+        try:
+            return parse_number(el.text, "", f"{path}/{name}")
+        except BadDescriptorError as e:
+            self.add("DESCRIPTOR_NUMBER", f"{path}/{name}", e.what)
+            return 0
+
+
+def _parse_xml(data: bytes, scan: _Scan) -> etree._Element | None:
+    if len(data) > MAX_DESCRIPTOR_BYTES:
+        scan.add("DESCRIPTOR_TOO_LARGE", None,
+                 f"descriptor is {len(data)} bytes, larger than the {MAX_DESCRIPTOR_BYTES} byte cap")
+        return None
+    if _declares_dtd(data):
+        scan.add("DESCRIPTOR_ENTITIES", "!DOCTYPE", "DTD or entity declarations (refused, not loaded)")
+        return None
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                             dtd_validation=False, huge_tree=False, remove_pis=True)
+    try:
+        root = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as e:
+        line = f" line {e.lineno}" if getattr(e, "lineno", None) else ""
+        scan.add("DESCRIPTOR_MALFORMED", None, f"malformed XML{line}: {e.msg}")
+        return None
+    except (ValueError, LookupError) as e:  # e.g. an unknown declared encoding
+        scan.add("DESCRIPTOR_MALFORMED", None, f"malformed XML: {e}")
+        return None
+    if root is None:
+        scan.add("DESCRIPTOR_MALFORMED", None, "empty document")
+        return None
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
+        scan.add("DESCRIPTOR_ENTITIES", "!DOCTYPE", "DTD or entity declarations (refused, not loaded)")
+        return None
+    return root
+
+
+def scan_descriptor(data: bytes) -> tuple[Descriptor | None, list[DescriptorProblem]]:
+    """Every problem of the descriptor (§5.2–§5.4), plus the tree as far as it is readable.
+    None when the document itself cannot be used (unsafe, malformed, required parts missing)."""
+    scan = _Scan()
+    root = _parse_xml(data, scan)
+    if root is None:
+        return None, scan.problems
+    d = Descriptor(root_name=str(root.tag))
+    if d.root_name not in ("Virtuozzo_disk_image", "Parallels_disk_image"):
+        scan.add("DESCRIPTOR_ROOT", d.root_name, f"unexpected root element <{d.root_name}>")
+    parts = {n: root.find(n) for n in ("Disk_Parameters", "StorageData", "Snapshots")}
+    for name, el in parts.items():
+        if el is None:
+            scan.add("DESCRIPTOR_ELEMENT", f"{d.root_name}/{name}", "required element missing")
+    params, sdata, snaps = parts["Disk_Parameters"], parts["StorageData"], parts["Snapshots"]
+    if params is not None:
+        d.disk_size = scan.number(params, "Disk_size", "Disk_Parameters")
+        d.cylinders = scan.number(params, "Cylinders", "Disk_Parameters")
+        d.heads = scan.number(params, "Heads", "Disk_Parameters")
+        d.sectors = scan.number(params, "Sectors", "Disk_Parameters")
+        keyid = params.find("Encryption/KeyId")
+        if keyid is not None and (keyid.text or "").strip():
+            d.encryption_keyid = keyid.text.strip()
+    if sdata is not None:
+        _scan_storage(sdata, d, scan)
+    if snaps is not None:
+        _scan_shots(snaps, d, scan)
+    if sdata is None or snaps is None or not d.images:
+        return None, scan.problems
+    _scan_tree(d, snaps, scan)
+    return d, scan.problems
+
+
+def _scan_storage(sdata: etree._Element, d: Descriptor, scan: _Scan) -> None:
+    vol = sdata.find("Volume/Parent")
+    if vol is not None:
+        d.volume_parent = (vol.text or "").strip()
+        scan.add("DESCRIPTOR_UNSUPPORTED", "StorageData/Volume", "<Volume> parents are not supported")
+    storages = sdata.findall("Storage")
+    if not storages:
+        scan.add("DESCRIPTOR_ELEMENT", "StorageData/Storage", "required element missing")
+        return
+    if len(storages) > 1:
+        scan.add("DESCRIPTOR_UNSUPPORTED", "StorageData/Storage",
+                 f"{len(storages)} <Storage> elements (split disks) are not supported; "
+                 "checking the first")
+    st = storages[0]
+    d.blocksize = scan.number(st, "Blocksize", "Storage")
+    d.preallocated = scan.number(st, "Preallocated", "Storage") == 1
+    seen: set[str] = set()
+    for i, im in enumerate(st.findall("Image")):
+        path = f"Storage/Image[{i + 1}]"
+        guid = scan.guid(im.find("GUID"), f"{path}/GUID")
+        f = (im.findtext("File") or "").strip()
+        if not f:
+            scan.add("DESCRIPTOR_ELEMENT", f"{path}/File", "missing or empty file name")
+        if guid is None or not f:
+            continue
+        if guid in seen:
+            scan.add("DESCRIPTOR_DUPLICATE_GUID", f"{path}/GUID", f"GUID {guid} is used by two images")
+            continue
+        seen.add(guid)
+        d.images.append(ImageEntry(guid, f, (im.findtext("Type") or "Compressed").strip()))
+    if not d.images:
+        scan.add("DESCRIPTOR_ELEMENT", "Storage/Image", "no usable <Image>")
+
+
+def _scan_shots(snaps: etree._Element, d: Descriptor, scan: _Scan) -> None:
+    seen: set[str] = set()
+    for i, sh in enumerate(snaps.findall("Shot")):
+        path = f"Snapshots/Shot[{i + 1}]"
+        guid = scan.guid(sh.find("GUID"), f"{path}/GUID")
+        parent = scan.guid(sh.find("ParentGUID"), f"{path}/ParentGUID")
+        if guid is None or parent is None:
+            continue
+        if guid in seen:
+            scan.add("DESCRIPTOR_DUPLICATE_GUID", f"{path}/GUID", f"GUID {guid} has two <Shot> elements")
+            continue
+        seen.add(guid)
+        marker = next((m for m in TEMPORARY_MARKERS if sh.find(m) is not None), None)
+        d.shots.append(Shot(guid, parent, marker))
+
+
+def _scan_tree(d: Descriptor, snaps: etree._Element, scan: _Scan) -> None:
+    """Tree rules of ploop's validate_disk_descriptor (§5.3, §5.4), every violation reported."""
+    images = {im.guid for im in d.images}
+    # ploop's compatibility rule: an unlisted magic-GUID image is a base.
+    if len(d.images) != len(d.shots) and TOP_GUID in images and all(s.guid != TOP_GUID for s in d.shots):
+        d.shots.append(Shot(TOP_GUID, NONE_GUID))
+    shots = {s.guid: s for s in d.shots}
+    for s in list(d.shots):
+        if s.guid not in images:
+            scan.add("DESCRIPTOR_SHOT", "Snapshots/Shot/GUID", f"<Shot> {s.guid} has no <Image>")
+            d.shots.remove(s)
+            del shots[s.guid]
+    for im in d.images:
+        if im.guid not in shots:
+            scan.add("DESCRIPTOR_SHOT", "Snapshots/Shot", f"image {im.guid} has no <Shot>")
+    for s in d.shots:
+        if s.parent != NONE_GUID and s.parent not in shots:
+            scan.add("DESCRIPTOR_PARENT", "Snapshots/Shot/ParentGUID",
+                     f"<Shot> {s.guid} has unknown parent {s.parent}")
+    roots = d.roots()
+    if len(roots) > 1:
+        scan.add("DESCRIPTOR_ROOTS", "Snapshots/Shot/ParentGUID", f"several base images: {', '.join(roots)}")
+    elif not roots:
+        scan.add("DESCRIPTOR_ROOTS", "Snapshots/Shot/ParentGUID", "no base image (no <Shot> with "
+                 f"parent {NONE_GUID})")
+    cyclic = _cycles(shots)
+    if cyclic:
+        scan.add("DESCRIPTOR_CYCLE", "Snapshots/Shot/ParentGUID",
+                 f"cycle in the snapshot tree through {', '.join(sorted(cyclic))}")
+    top_el = snaps.find("TopGUID")
+    top_text = None if top_el is None else (top_el.text or "").strip() or None
+    if top_text is None:
+        d.top_guid = TOP_GUID
+        if TOP_GUID not in shots:
+            scan.add("DESCRIPTOR_TOPGUID", "Snapshots/TopGUID",
+                     f"no <TopGUID> and no image with the top GUID {TOP_GUID}")
+        return
+    try:
+        d.top_guid = norm_guid(top_text)
+    except BadDescriptorError:
+        scan.add("DESCRIPTOR_TOPGUID", "Snapshots/TopGUID", f"invalid GUID {top_text!r}")
+        d.top_guid = TOP_GUID
+        return
+    if d.top_guid not in shots:
+        scan.add("DESCRIPTOR_TOPGUID", "Snapshots/TopGUID",
+                 f"TopGUID {d.top_guid} is not an image of this disk")
+    elif shots[d.top_guid].temporary:
+        scan.add("DESCRIPTOR_TEMPORARY", "Snapshots/Shot",
+                 f"top snapshot {d.top_guid} is marked <{shots[d.top_guid].temporary}> (ploop "
+                 "refuses it until merged)")
+
+
+def _cycles(shots: dict[str, Shot]) -> set[str]:
+    """GUIDs on a parent cycle (each walk is bounded by the number of shots)."""
+    on_cycle: set[str] = set()
+    for start in shots:
+        path: list[str] = []
+        g = start
+        while g in shots and g not in path and len(path) <= len(shots):
+            path.append(g)
+            g = shots[g].parent
+        if g in path:
+            on_cycle.update(path[path.index(g):])
+    return on_cycle

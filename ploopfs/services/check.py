@@ -1,0 +1,918 @@
+"""`ploopfs check`: a read-only diagnosis of a ploop disk (issue #5 part 1, docs/check.md).
+
+Unlike `ploop check` (ploop-format.md §7.1) nothing is ever written, the BAT is checked even when
+the file size is not cluster-aligned (§11 trap 22), and every problem is reported, not only the
+first. Metadata is read here through the format layer's lenient helpers, never through the
+strict `Image.mapping()`, so damaged input gives findings instead of exceptions.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+from ploopfs.errors import PloopfsError
+from ploopfs.format.bat import bat_entry_off, classify_entries, decode_entries
+from ploopfs.format.descriptor import Descriptor, ImageEntry, Shot
+from ploopfs.format.descriptor_scan import scan_descriptor
+from ploopfs.format.extension import parse_extension
+from ploopfs.format.header import (
+    CIF_EMPTY,
+    CIF_FMT_VERSION_CONVERT,
+    DISK_CLOSED_V20,
+    DISK_CLOSED_V21,
+    DISK_IN_USE,
+    HEADER_SIZE,
+    NONE_GUID,
+    SECTOR,
+    SIG_V1,
+    SIG_V2,
+    TOP_GUID,
+    Header,
+    decode_header_fields,
+)
+from ploopfs.services.partitions import LUKS_MAGIC, inspect_disk
+from ploopfs.volume.image import open_readonly
+from ploopfs.volume.source import DESCRIPTOR_NAME, resolve_image_path
+
+BAT_CHUNK = 1 << 20  # bytes of BAT read at a time
+MAX_PER_CODE = 20  # per image and code, individual findings; the rest are summed up in one
+DEEP_CHUNK = 8 << 20
+
+
+class Severity(IntEnum):
+    INFO = 0
+    WARNING = 1
+    DAMAGED = 2
+    FATAL = 3
+
+
+VERDICTS = {0: "clean", 1: "warnings", 2: "damaged but salvageable", 3: "unreadable"}
+
+# Default severity of every code; docs/check.md lists them. Some are raised or lowered in context
+# (e.g. a missing image is FATAL in the checked chain and DAMAGED elsewhere).
+CODES: dict[str, Severity] = {
+    "SOURCE_NOT_FOUND": Severity.FATAL,
+    "SOURCE_UNREADABLE": Severity.FATAL,
+    "SNAPSHOT_NOT_FOUND": Severity.FATAL,
+    "IMAGE_NOT_REGULAR": Severity.FATAL,
+    "IMAGE_EMPTY": Severity.FATAL,
+    "IMAGE_READ_ERROR": Severity.FATAL,
+    "HEADER_TRUNCATED": Severity.FATAL,
+    "HEADER_SIGNATURE": Severity.FATAL,
+    "HEADER_TYPE": Severity.DAMAGED,
+    "CLUSTER_SIZE": Severity.FATAL,
+    "SIZE_FIELDS": Severity.WARNING,
+    "FIRST_BLOCK_OFFSET": Severity.WARNING,
+    "DIRTY": Severity.WARNING,
+    "IN_USE_TAG": Severity.INFO,
+    "FLAGS_UNKNOWN": Severity.INFO,
+    "VERSION_CONVERT": Severity.DAMAGED,
+    "FILE_NOT_CLUSTER_ALIGNED": Severity.WARNING,
+    "BAT_TRUNCATED": Severity.DAMAGED,
+    "BAT_PAST_EOF": Severity.DAMAGED,
+    "BAT_INTO_HEADER": Severity.DAMAGED,
+    "BAT_DUPLICATE": Severity.DAMAGED,
+    "BAT_V1_UNALIGNED": Severity.DAMAGED,
+    "BAT_PADDING_NONZERO": Severity.WARNING,
+    "BAT_RESERVED": Severity.DAMAGED,
+    "LEAKED_CLUSTERS": Severity.WARNING,
+    "PREALLOCATED_TAIL": Severity.INFO,
+    "EXTENSION_IGNORED": Severity.INFO,
+    "EXTENSION_PAST_EOF": Severity.WARNING,
+    "EXTENSION_MAGIC": Severity.WARNING,
+    "EXTENSION_CHECKSUM": Severity.WARNING,
+    "EXTENSION_CORRUPT": Severity.WARNING,
+    "EXTENSION_OVERLAP": Severity.DAMAGED,
+    "DESCRIPTOR_MISSING": Severity.FATAL,
+    "DESCRIPTOR_TOO_LARGE": Severity.FATAL,
+    "DESCRIPTOR_ENTITIES": Severity.FATAL,
+    "DESCRIPTOR_MALFORMED": Severity.FATAL,
+    "DESCRIPTOR_ELEMENT": Severity.FATAL,
+    "DESCRIPTOR_UNSUPPORTED": Severity.FATAL,
+    "DESCRIPTOR_ROOT": Severity.INFO,
+    "DESCRIPTOR_NUMBER": Severity.WARNING,
+    "DESCRIPTOR_GUID": Severity.DAMAGED,
+    "DESCRIPTOR_DUPLICATE_GUID": Severity.DAMAGED,
+    "DESCRIPTOR_SHOT": Severity.DAMAGED,
+    "DESCRIPTOR_PARENT": Severity.DAMAGED,
+    "DESCRIPTOR_ROOTS": Severity.DAMAGED,
+    "DESCRIPTOR_CYCLE": Severity.DAMAGED,
+    "DESCRIPTOR_TOPGUID": Severity.DAMAGED,
+    "DESCRIPTOR_TEMPORARY": Severity.WARNING,
+    "DESCRIPTOR_FILE_MISSING": Severity.FATAL,
+    "DESCRIPTOR_UNSAFE_PATH": Severity.FATAL,
+    "DESCRIPTOR_CLUSTER_MISMATCH": Severity.DAMAGED,
+    "DESCRIPTOR_VERSION_MISMATCH": Severity.WARNING,
+    "DESCRIPTOR_DISK_SIZE": Severity.WARNING,
+    "DESCRIPTOR_LOWER_LARGER": Severity.INFO,
+    "DESCRIPTOR_RAW_DELTA": Severity.FATAL,
+    "PARTITION_TABLE": Severity.WARNING,
+    "PARTITION_OUTSIDE": Severity.WARNING,
+    "PARTITION_OVERLAP": Severity.WARNING,
+    "LUKS": Severity.INFO,
+    "DEEP_IO_ERROR": Severity.DAMAGED,
+    "DEEP_HOLE": Severity.INFO,
+    "DEEP_SHADOW": Severity.INFO,
+}
+
+
+@dataclass
+class Finding:
+    code: str
+    severity: Severity
+    message: str
+    file: str | None = None
+    offset: int | None = None  # byte offset in `file`
+    vcluster: int | None = None  # virtual cluster (BAT slot index)
+    pcluster: int | None = None  # physical cluster in `file`
+    element: str | None = None  # DiskDescriptor.xml element
+
+    def location(self) -> str:
+        loc = self.file or ""
+        if self.offset is not None:
+            loc += f" at offset {self.offset}"
+        if self.element is not None:
+            loc += f" in <{self.element}>"
+        extra = []
+        if self.vcluster is not None:
+            extra.append(f"virtual cluster {self.vcluster}")
+        if self.pcluster is not None:
+            extra.append(f"physical cluster {self.pcluster}")
+        if extra:
+            loc += f" ({', '.join(extra)})"
+        return loc.strip() or "-"
+
+    def line(self) -> str:
+        return f"{self.severity.name} {self.code} {self.location()}: {self.message}"
+
+    def to_json(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if v is not None}
+        d["severity"] = self.severity.name.lower()
+        return d
+
+
+@dataclass
+class ImageSummary:
+    guid: str
+    file: str
+    level: int | None  # position in the checked chain, None if not in it
+    kind: str = "unknown"
+    file_size: int = 0
+    cluster_size: int = 0
+    virtual_size: int = 0
+    allocated: int = 0  # non-zero BAT entries that can be read
+
+
+@dataclass
+class CheckReport:
+    source: str
+    snapshot: str | None
+    findings: list[Finding] = field(default_factory=list)
+    images: list[ImageSummary] = field(default_factory=list)
+    chain: list[str] = field(default_factory=list)  # GUIDs, base first
+    deep: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return max((int(f.severity) for f in self.findings), default=0)
+
+    @property
+    def verdict(self) -> str:
+        return VERDICTS[self.exit_code]
+
+    def codes(self) -> set[str]:
+        return {f.code for f in self.findings}
+
+    def counts(self) -> dict[str, int]:
+        out = {s.name.lower(): 0 for s in Severity}
+        for f in self.findings:
+            out[f.severity.name.lower()] += 1
+        return out
+
+    def summary_line(self) -> str:
+        c = self.counts()
+        parts = ", ".join(f"{n} {k}" for k, n in c.items() if n)
+        return (f"check: {len(self.findings)} finding(s){' (' + parts + ')' if parts else ''}: "
+                f"{self.verdict} (exit {self.exit_code})")
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "snapshot": self.snapshot, "deep": self.deep,
+                "exit_code": self.exit_code, "verdict": self.verdict, "counts": self.counts(),
+                "chain": self.chain, "images": [asdict(i) for i in self.images],
+                "findings": [f.to_json() for f in self.findings]}
+
+
+class _Report:
+    """Collects findings; caps per-entry findings per (file, code)."""
+
+    def __init__(self, report: CheckReport) -> None:
+        self.report = report
+        self._count: dict[tuple[str | None, str], int] = {}
+
+    def add(self, code: str, message: str, *, severity: Severity | None = None,
+            capped: bool = False, **loc: object) -> None:
+        key = (loc.get("file"), code)  # type: ignore[arg-type]
+        n = self._count.get(key, 0)
+        self._count[key] = n + 1
+        if capped and n >= MAX_PER_CODE:
+            return
+        self.report.findings.append(Finding(code, CODES[code] if severity is None else severity,
+                                            message, **loc))  # type: ignore[arg-type]
+
+    def close_caps(self) -> None:
+        for (file, code), n in self._count.items():
+            if n > MAX_PER_CODE:
+                sev = max(f.severity for f in self.report.findings if f.code == code and f.file == file)
+                self.report.findings.append(Finding(
+                    code, sev, f"{n - MAX_PER_CODE} more like the above ({n} in all)", file=file))
+
+
+# -- one image ------------------------------------------------------------------------------------
+@dataclass
+class _Scanned:
+    """What `_scan_image` learned: the header and the readable mapping, for the chain checks."""
+
+    path: str
+    fd: int
+    header: Header | None  # None: raw or unusable
+    raw: bool
+    file_size: int
+    vcl: np.ndarray  # readable non-zero slots (sorted)
+    off: np.ndarray  # their file byte offsets (uint64)
+    usable: bool  # metadata good enough to read data through it
+
+    @property
+    def cluster_size(self) -> int:
+        return self.header.cluster_size if self.header else 0
+
+
+def _empty(path: str, fd: int, size: int, raw: bool = False) -> _Scanned:
+    return _Scanned(path, fd, None, raw, size, np.zeros(0, np.uint32), np.zeros(0, np.uint64), raw)
+
+
+def _pread(fd: int, n: int, off: int) -> bytes:
+    return os.pread(fd, n, off)
+
+
+def _scan_image(r: _Report, path: str, fd: int, *, raw_ok: bool, in_chain: bool) -> _Scanned:
+    size = _file_size(fd)
+    sev_fatal = Severity.FATAL if in_chain else Severity.DAMAGED
+    if size == 0:
+        r.add("IMAGE_EMPTY", "empty file", file=path, severity=sev_fatal)
+        return _empty(path, fd, size)
+    head = _pread(fd, HEADER_SIZE, 0)
+    if head[:16] not in (SIG_V1, SIG_V2):
+        if raw_ok:
+            return _empty(path, fd, size, raw=True)
+        what = "qcow2 image (VZ9 qcow2 mode)" if head[:4] == b"QFI\xfb" else f"signature {head[:16]!r}"
+        r.add("HEADER_SIGNATURE", f"not a ploop image ({what}); only a Plain base may be raw (§1.1)",
+              file=path, offset=0, severity=sev_fatal)
+        return _empty(path, fd, size)
+    if len(head) < HEADER_SIZE:
+        r.add("HEADER_TRUNCATED", f"file is {size} bytes, the header needs {HEADER_SIZE}",
+              file=path, offset=size, severity=sev_fatal)
+        return _empty(path, fd, size)
+    hdr = decode_header_fields(head)
+    if not _check_header(r, path, hdr, size, sev_fatal):
+        return _empty(path, fd, size)
+    sc = _scan_bat(r, path, fd, hdr, size)
+    _check_leaks_and_extension(r, sc)
+    return sc
+
+
+def _check_header(r: _Report, path: str, h: Header, size: int, sev_fatal: Severity) -> bool:
+    """Header fields (§1.2–§1.5, §1.8); False when the BAT cannot be interpreted at all."""
+    if h.type != 2:
+        r.add("HEADER_TYPE", f"m_Type is {h.type}, expected 2 (§1.2)", file=path, offset=0x10)
+    cs = h.cluster_sectors
+    if cs == 0 or cs > (1 << 20):
+        r.add("CLUSTER_SIZE", f"m_Sectors is {cs}: no usable cluster size (§1.8)", file=path,
+              offset=0x1C, severity=sev_fatal)
+        return False
+    if cs & (cs - 1) or not 64 <= cs <= 131072:
+        r.add("CLUSTER_SIZE", f"cluster size {cs} sectors is not a power of 2 in 64..131072: "
+              "readable, but ploop refuses it (§1.8, §11 trap 16)", file=path, offset=0x1C,
+              severity=Severity.WARNING)
+    needed = -(-h.size_sectors // cs)
+    if h.bat_entries < needed:
+        r.add("SIZE_FIELDS", f"m_Size {h.bat_entries} BAT entries cannot cover m_SizeInSectors "
+              f"{h.size_sectors} (need {needed}): the disk past cluster {h.bat_entries} has no "
+              "mapping (§1.4)", file=path, offset=0x20, severity=Severity.DAMAGED)
+    elif h.bat_entries * cs != h.size_sectors:
+        r.add("SIZE_FIELDS", f"m_Size {h.bat_entries} x {cs} sectors != m_SizeInSectors "
+              f"{h.size_sectors}: ploop always writes whole clusters (§1.4)", file=path, offset=0x24)
+    if h.size_high_v1:
+        r.add("SIZE_FIELDS", f"v1 high size word is {h.size_high_v1:#x}, should be 0 (§1.4)",
+              file=path, offset=0x28)
+    expect_fbo = h.bat_clusters * cs
+    if h.first_block_offset != expect_fbo:
+        r.add("FIRST_BLOCK_OFFSET", f"m_FirstBlockOffset is {h.first_block_offset} sectors, "
+              f"expected {expect_fbo} (header + BAT = {h.bat_clusters} cluster(s), §2.4); "
+              "not used for addressing", file=path, offset=0x30)
+    if h.in_use == DISK_IN_USE:
+        r.add("DIRTY", "m_DiskInUse is 'Ynot': the image was not closed cleanly; unreferenced "
+              "clusters are possible (§1.3, §2.5)", file=path, offset=0x2C)
+    elif h.in_use not in (DISK_CLOSED_V20, DISK_CLOSED_V21):
+        r.add("IN_USE_TAG", f"m_DiskInUse is {h.in_use:#010x} ({h.in_use.to_bytes(4, 'little')!r}): "
+              "unknown tag, treated as closed (§1.3)", file=path, offset=0x2C)
+    if h.flags & CIF_FMT_VERSION_CONVERT:
+        idx = path + ".idx"
+        has_idx = os.path.lexists(idx)
+        r.add("VERSION_CONVERT", "CIF_FmtVersionConvert set: `ploop convert -v` was interrupted, the "
+              "BAT may be half converted; " + (f"BAT backup {idx} is present" if has_idx else
+                                               "no .idx BAT backup found") + " (§1.5)",
+              file=path, offset=0x34)
+    if h.flags & ~(CIF_EMPTY | CIF_FMT_VERSION_CONVERT) & 0xFFFFFFFF:
+        r.add("FLAGS_UNKNOWN", f"m_Flags {h.flags:#x} has unknown bits (§1.5)", file=path, offset=0x34)
+    if size % h.cluster_size:
+        r.add("FILE_NOT_CLUSTER_ALIGNED", f"file size {size} is not a multiple of the cluster size "
+              f"{h.cluster_size}: an extension was interrupted (§2.5)", file=path, offset=size)
+    return True
+
+
+def _scan_bat(r: _Report, path: str, fd: int, h: Header, size: int) -> _Scanned:
+    """Read every slot of the header/BAT clusters (padding included, §2.1) and classify."""
+    nslots = h.bat_slots
+    end_valid = bat_entry_off(h.bat_entries)
+    if size < end_valid:
+        r.add("BAT_TRUNCATED", f"file is {size} bytes but the BAT of {h.bat_entries} entries ends "
+              f"at {end_valid}: slots from virtual cluster {(max(size, HEADER_SIZE) - HEADER_SIZE) // 4}"
+              " on are lost", file=path, offset=size)
+    v_parts, e_parts = [], []
+    pad_v, pad_e = [], []
+    start = bat_entry_off(0)
+    stop = min(bat_entry_off(nslots), size // 4 * 4)
+    pos = start
+    while pos < stop:
+        data_pos = _seek(fd, pos, os.SEEK_DATA, stop)
+        if data_pos >= stop:
+            break
+        if data_pos > pos:
+            pos = data_pos - (data_pos - start) % 4
+        n = min(BAT_CHUNK, stop - pos)
+        try:
+            raw = _pread(fd, n, pos)
+        except OSError as e:
+            r.add("IMAGE_READ_ERROR", f"reading the BAT failed: {e.strerror}", file=path, offset=pos,
+                  severity=Severity.DAMAGED)
+            pos += n
+            continue
+        ent = decode_entries(raw[: len(raw) // 4 * 4])
+        nz = np.flatnonzero(ent)
+        if nz.size:
+            first = (pos - start) // 4
+            idx = nz.astype(np.int64) + first
+            vals = ent[nz]
+            valid = idx < h.bat_entries
+            v_parts.append(idx[valid])
+            e_parts.append(vals[valid])
+            pad_v.append(idx[~valid])
+            pad_e.append(vals[~valid])
+        pos += max(n, 4)
+    vcl = np.concatenate(v_parts) if v_parts else np.zeros(0, np.int64)
+    ent = np.concatenate(e_parts) if e_parts else np.zeros(0, np.uint32)
+    for i, e in zip(_cat(pad_v).tolist(), _cat(pad_e).tolist(), strict=True):
+        r.add("BAT_PADDING_NONZERO", f"padding slot past m_Size {h.bat_entries} holds {e} "
+              "(ploop check: 'beyond block device size', §2.1)", file=path, offset=bat_entry_off(i),
+              vcluster=i, capped=True)
+    probs = classify_entries(ent, h, size)
+    offs = ent.astype(np.uint64) * np.uint64(h.entry_unit)
+    for code, mask, why in (
+            ("BAT_RESERVED", probs.reserved, "reserved value 0xffffffff (§2.3)"),
+            ("BAT_INTO_HEADER", probs.into_header,
+             f"points into the header/BAT clusters (data starts at cluster {h.bat_clusters}, §2.3)"),
+            ("BAT_PAST_EOF", probs.past_eof, f"cluster ends past the end of the {size} byte file (§2.3)"),
+            ("BAT_V1_UNALIGNED", probs.v1_unaligned,
+             f"v1 sector entry is not a multiple of the cluster ({h.cluster_sectors} sectors, §2.2)")):
+        for i in np.flatnonzero(mask).tolist():
+            v, e, o = int(vcl[i]), int(ent[i]), int(offs[i])
+            r.add(code, f"entry {e}: {why}", file=path, offset=bat_entry_off(v), vcluster=v,
+                  pcluster=o // h.cluster_size, capped=True)
+    good = ~probs.unreadable
+    vcl, offs = vcl[good], offs[good]
+    _check_duplicates(r, path, h, vcl, offs)
+    return _Scanned(path, fd, h, False, size, vcl.astype(np.uint32), offs, True)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _check_duplicates(r: _Report, path: str, h: Header, vcl: np.ndarray, offs: np.ndarray) -> None:
+    if offs.size < 2:
+        return
+    order = np.argsort(offs, kind="stable")
+    so = offs[order]
+    dup = np.flatnonzero(so[1:] == so[:-1]) + 1
+    for j in dup.tolist():
+        v, first = int(vcl[order[j]]), int(vcl[order[j - 1]])
+        o = int(so[j])
+        r.add("BAT_DUPLICATE", f"shares its cluster at byte {o} with virtual cluster {first} "
+              "(§2.3)", file=path, offset=bat_entry_off(v), vcluster=v, pcluster=o // h.cluster_size,
+              capped=True)
+
+
+def _check_leaks_and_extension(r: _Report, sc: _Scanned) -> None:
+    """Unreferenced clusters in the data area (§2.5, §6.4, §11 trap 5/6). The format extension
+    and its CBT bitmap clusters are metadata, not leaks. Unreferenced clusters that hold no data
+    (holes) are not leaks of anything: at the end of the file they are a preallocated tail
+    (dm-ploop, qemu, §2.5), reported as info; inside the data area they are punched holes
+    (discard), not reported."""
+    h = sc.header
+    assert h is not None
+    c = h.cluster_size
+    nclu = -(-sc.file_size // c)
+    used = np.zeros(max(nclu, 0), bool)
+    used[: min(h.bat_clusters, nclu)] = True
+    if sc.off.size:
+        first = (sc.off // np.uint64(c)).astype(np.int64)
+        last = ((sc.off + np.uint64(c - 1)) // np.uint64(c)).astype(np.int64)  # v1 unaligned: 2
+        used[first[first < nclu]] = True
+        used[last[last < nclu]] = True
+    meta = _extension_clusters(r, sc, used)
+    used[[m for m in meta if m < nclu]] = True
+    free = np.flatnonzero(~used)
+    if free.size == 0:
+        return
+    data = _data_clusters(sc.fd, free, c, sc.file_size)
+    leaked = free[data]
+    top_used = int(np.flatnonzero(used).max()) if used.any() else -1
+    tail_holes = free[~data & (free > top_used)]
+    if leaked.size:
+        r.add("LEAKED_CLUSTERS", f"{leaked.size} cluster(s) with data are referenced by no BAT entry "
+              f"(first: cluster {int(leaked[0])}, last: {int(leaked[-1])}); a crash between "
+              "allocation and BAT update leaves these (§2.5)", file=sc.path,
+              offset=int(leaked[0]) * c, pcluster=int(leaked[0]))
+    if tail_holes.size:
+        r.add("PREALLOCATED_TAIL", f"{tail_holes.size} unreferenced sparse cluster(s) at the end of "
+              "the file (preallocation, §2.5); qemu-img check counts them as leaked",
+              file=sc.path, offset=int(tail_holes[0]) * c, pcluster=int(tail_holes[0]))
+
+
+def _extension_clusters(r: _Report, sc: _Scanned, used: np.ndarray) -> list[int]:
+    """Clusters of the Format Extension and its bitmaps (§6); their problems are findings."""
+    h = sc.header
+    assert h is not None
+    if h.ext_offset == 0:
+        return []
+    c = h.cluster_size
+    off = h.ext_offset * SECTOR
+    if h.in_use != DISK_CLOSED_V21:
+        r.add("EXTENSION_IGNORED", "m_FormatExtensionOffset is set but m_DiskInUse is not 'v2.1': "
+              "ploop ignores the extension (§6.1)", file=sc.path, offset=0x38)
+    if off + c > sc.file_size:
+        r.add("EXTENSION_PAST_EOF", f"format extension at byte {off} ends past the end of the "
+              f"{sc.file_size} byte file (§6.1)", file=sc.path, offset=0x38)
+        return []
+    out = [off // c]
+    if off // c < used.size and used[off // c] and off // c >= h.bat_clusters:
+        r.add("EXTENSION_OVERLAP", "the format extension cluster is also referenced by the BAT (§6.4)",
+              file=sc.path, offset=off, pcluster=off // c)
+    try:
+        raw = _pread(sc.fd, c, off)
+        ext = parse_extension(raw, c, sc.path, off)
+    except PloopfsError as e:
+        code = "EXTENSION_MAGIC" if "magic" in e.what else "EXTENSION_CORRUPT"
+        r.add(code, e.what, file=sc.path, offset=e.offset if e.offset is not None else off)
+        return out
+    except (OSError, ValueError, OverflowError) as e:
+        r.add("EXTENSION_CORRUPT", f"unreadable format extension: {e}", file=sc.path, offset=off)
+        return out
+    if not ext.md5_ok:
+        r.add("EXTENSION_CHECKSUM", "MD5 of the format extension does not match (qemu: 'Wrong "
+              "checksum in Format Extension header', §6.2)", file=sc.path, offset=off + 8)
+    for bm in ext.bitmaps:
+        for e in bm.l1:
+            if e > 1:
+                boff = e * SECTOR
+                if boff + c > sc.file_size:
+                    r.add("EXTENSION_CORRUPT", f"CBT bitmap cluster at byte {boff} lies past the end "
+                          "of file (§6.3)", file=sc.path, offset=off)
+                else:
+                    out.append(boff // c)
+    return out
+
+
+def _data_clusters(fd: int, clusters: np.ndarray, c: int, size: int) -> np.ndarray:
+    """For each cluster index given (sorted): does any byte of it hold data (not a hole)?
+    Walks SEEK_DATA/SEEK_HOLE over runs of the given clusters only."""
+    out = np.zeros(clusters.size, bool)
+    if clusters.size == 0:
+        return out
+    breaks = np.flatnonzero(np.diff(clusters) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [clusters.size]])
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        a, b = int(clusters[s]) * c, min(int(clusters[e - 1] + 1) * c, size)
+        pos = a
+        while pos < b:
+            d = _seek(fd, pos, os.SEEK_DATA, b)
+            if d >= b:
+                break
+            hole = min(_seek(fd, d, os.SEEK_HOLE, b), b)
+            lo, hi = d // c, -(-hole // c)
+            out[s + lo - int(clusters[s]): s + hi - int(clusters[s])] = True
+            pos = max(hole, d + 1)
+    return out
+
+
+def _seek(fd: int, pos: int, whence: int, default_end: int) -> int:
+    try:
+        return os.lseek(fd, pos, whence)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return default_end if whence == os.SEEK_HOLE else 1 << 62
+        return pos if whence == os.SEEK_DATA else default_end  # unsupported: all data
+
+
+def _file_size(fd: int) -> int:
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    return st.st_size
+
+
+# -- the disk -------------------------------------------------------------------------------------
+def check(source: str | os.PathLike[str], snapshot: str | None = None, deep: bool = False, *,
+          allow_outside_paths: bool = False) -> CheckReport:
+    """Diagnose a SOURCE (descriptor, its folder, or one image file). Never raises on damaged
+    input and never writes; see docs/check.md for the codes."""
+    src = os.fspath(source)
+    report = CheckReport(src, snapshot, deep=deep)
+    r = _Report(report)
+    fds: list[int] = []
+    try:
+        _check_source(r, src, snapshot, deep, allow_outside_paths, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    r.close_caps()
+    report.findings.sort(key=lambda f: -int(f.severity))
+    return report
+
+
+def _check_source(r: _Report, src: str, snapshot: str | None, deep: bool, allow_outside: bool,
+                  fds: list[int]) -> None:
+    try:
+        os.stat(src)
+    except OSError as e:
+        r.add("SOURCE_NOT_FOUND", e.strerror or "cannot access", file=src)
+        return
+    if os.path.isdir(src):
+        dd = os.path.join(src, DESCRIPTOR_NAME)
+        if not os.path.lexists(dd):
+            r.add("DESCRIPTOR_MISSING", f"no {DESCRIPTOR_NAME} in this folder (restore-descriptor "
+                  "can rebuild it)", file=src)
+            return
+        _check_descriptor_source(r, dd, snapshot, deep, allow_outside, fds)
+        return
+    fd = _open(r, src, "SOURCE_UNREADABLE", in_chain=True)
+    if fd is None:
+        return
+    fds.append(fd)
+    head = _pread(fd, HEADER_SIZE, 0)
+    if head.lstrip()[:1] == b"<" or src.lower().endswith(".xml"):
+        _check_descriptor_source(r, src, snapshot, deep, allow_outside, fds)
+        return
+    r.report.chain = [TOP_GUID]
+    sc = _scan_image(r, src, fd, raw_ok=False, in_chain=True)
+    r.report.images.append(_summary(TOP_GUID, src, 0, sc))
+    _after_chain(r, [sc], None, deep)
+
+
+def _open(r: _Report, path: str, code: str, *, in_chain: bool) -> int | None:
+    try:
+        return open_readonly(path)
+    except PloopfsError as e:
+        kind = "IMAGE_NOT_REGULAR" if "not a regular" in e.what or "directory" in e.what else code
+        r.add(kind, e.what, file=path, severity=CODES[kind] if in_chain else Severity.DAMAGED)
+    except OSError as e:
+        r.add(code, e.strerror or str(e), file=path)
+    return None
+
+
+def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bool,
+                             allow_outside: bool, fds: list[int]) -> None:
+    fd = _open(r, dd, "SOURCE_UNREADABLE", in_chain=True)
+    if fd is None:
+        return
+    fds.append(fd)
+    size = _file_size(fd)
+    data = _pread(fd, min(size, (4 << 20) + 1), 0)
+    desc, problems = scan_descriptor(data)
+    for p in problems:
+        r.add(p.code, p.message, file=dd, element=p.element)
+    if desc is None:
+        return
+    chain = _select_chain(r, dd, desc, snapshot)
+    r.report.chain = [g.guid for g in chain]
+    if desc.encryption_keyid:
+        r.add("LUKS", f"<Encryption><KeyId> {desc.encryption_keyid}: the disk is encrypted; its "
+              "contents need the key (§9)", file=dd, element="Disk_Parameters/Encryption/KeyId")
+    folder = os.path.dirname(os.path.abspath(dd))
+    in_chain = {im.guid: lvl for lvl, im in enumerate(chain)}
+    scanned: dict[str, _Scanned] = {}
+    for i, im in enumerate(desc.images):
+        lvl = in_chain.get(im.guid)
+        sc = _check_listed_image(r, dd, folder, i, im, lvl, allow_outside, fds)
+        if sc is not None:
+            scanned[im.guid] = sc
+        r.report.images.append(_summary(im.guid, im.file, lvl, sc))
+    if not chain:
+        return
+    if any(im.guid not in scanned for im in chain):
+        return  # a missing level was already reported as FATAL
+    levels = [scanned[im.guid] for im in chain]
+    _check_chain(r, dd, desc, chain, levels, snapshot)
+    _after_chain(r, levels, desc, deep)
+
+
+def _check_listed_image(r: _Report, dd: str, folder: str, i: int, im: ImageEntry, lvl: int | None,
+                        allow_outside: bool, fds: list[int]) -> _Scanned | None:
+    element = f"Storage/Image[{i + 1}]/File"
+    sev = Severity.FATAL if lvl is not None else Severity.DAMAGED
+    try:
+        path = resolve_image_path(folder, im.file, allow_outside, [], dd, element)
+    except PloopfsError as e:
+        code = "DESCRIPTOR_UNSAFE_PATH" if "outside" in e.what else "DESCRIPTOR_FILE_MISSING"
+        r.add(code, e.what, file=dd, element=element, severity=sev)
+        return None
+    fd = _open(r, path, "SOURCE_UNREADABLE", in_chain=lvl is not None)
+    if fd is None:
+        return None
+    fds.append(fd)
+    plain = im.type.strip().lower() == "plain"
+    try:
+        return _scan_image(r, path, fd, raw_ok=lvl == 0 and plain, in_chain=lvl is not None)
+    except OSError as e:
+        r.add("IMAGE_READ_ERROR", f"read failed: {e.strerror}", file=path, severity=sev)
+        return None
+
+
+def _select_chain(r: _Report, dd: str, d: Descriptor, snapshot: str | None) -> list[ImageEntry]:
+    """Base-first images of the checked snapshot, following ParentGUID as far as it leads."""
+    shots = {s.guid: s for s in d.shots}
+    images = {im.guid: im for im in d.images}
+    if snapshot is not None:
+        from ploopfs.format.descriptor import norm_guid
+
+        try:
+            g = norm_guid(snapshot)
+        except PloopfsError:
+            g = ""
+        if g not in images:
+            r.add("SNAPSHOT_NOT_FOUND", f"no snapshot {snapshot!r} in this descriptor", file=dd,
+                  element="Snapshots")
+            return []
+    else:
+        g = d.top_guid if d.top_guid in shots else _fallback_top(d)
+        if not g:
+            r.add("DESCRIPTOR_TOPGUID", "cannot tell which image is the top: nothing to check as a "
+                  "disk", file=dd, element="Snapshots/TopGUID", severity=Severity.FATAL)
+            return []
+    out: list[ImageEntry] = []
+    while g != NONE_GUID and g in images and all(g != im.guid for im in out):
+        out.append(images[g])
+        s: Shot | None = shots.get(g)
+        if s is None:
+            break
+        g = s.parent
+    out.reverse()
+    return out
+
+
+def _fallback_top(d: Descriptor) -> str:
+    """The magic top GUID if present, else the only leaf of the tree (§5.4)."""
+    if any(s.guid == TOP_GUID for s in d.shots):
+        return TOP_GUID
+    parents = {s.parent for s in d.shots}
+    leaves = [s.guid for s in d.shots if s.guid not in parents]
+    return leaves[0] if len(leaves) == 1 else ""
+
+
+def _check_chain(r: _Report, dd: str, d: Descriptor, chain: list[ImageEntry],
+                 levels: list[_Scanned], snapshot: str | None) -> None:
+    """Consistency across the chain and with the descriptor (§4.2, §5.2)."""
+    ploop = [(e, sc) for e, sc in zip(chain, levels, strict=True) if sc.header is not None]
+    for lvl, sc in enumerate(levels):
+        if lvl and sc.raw:
+            r.add("DESCRIPTOR_RAW_DELTA", "only the base of a chain may be raw (§0)", file=sc.path)
+    if not ploop:
+        return
+    base_h = ploop[0][1].header
+    assert base_h is not None
+    for _e, sc in ploop:
+        h = sc.header
+        assert h is not None
+        if d.blocksize and h.cluster_sectors != d.blocksize:
+            r.add("DESCRIPTOR_CLUSTER_MISMATCH", f"cluster size {h.cluster_sectors} sectors differs "
+                  f"from <Blocksize> {d.blocksize} (§4.2)", file=sc.path, offset=0x1C)
+        elif h.cluster_sectors != base_h.cluster_sectors:
+            r.add("DESCRIPTOR_CLUSTER_MISMATCH", f"cluster size {h.cluster_sectors} sectors differs "
+                  f"from {base_h.cluster_sectors} of {ploop[0][1].path} (§4.2)", file=sc.path,
+                  offset=0x1C)
+        if h.version != base_h.version:
+            r.add("DESCRIPTOR_VERSION_MISMATCH", f"format v{h.version} mixed with v{base_h.version} "
+                  f"of {ploop[0][1].path} in one chain (§4.2)", file=sc.path, offset=0)
+    top = levels[-1]
+    top_size = top.header.bat_entries * top.header.cluster_size if top.header else None
+    for sc in levels[:-1]:
+        if top_size is not None and sc.header is not None and \
+                sc.header.bat_entries * sc.header.cluster_size > top_size:
+            r.add("DESCRIPTOR_LOWER_LARGER", f"lower delta is larger than the top ({top_size} "
+                  "bytes); the excess is not part of the disk (§1.4)", file=sc.path, offset=0x20)
+    if top.header is not None and snapshot is None and d.disk_size and \
+            d.disk_size != top.header.size_sectors:
+        r.add("DESCRIPTOR_DISK_SIZE", f"<Disk_size> {d.disk_size} sectors differs from the top "
+              f"image's m_SizeInSectors {top.header.size_sectors}", file=dd,
+              element="Disk_Parameters/Disk_size")
+
+
+def _summary(guid: str, file: str, level: int | None, sc: _Scanned | None) -> ImageSummary:
+    s = ImageSummary(guid, sc.path if sc else file, level)
+    if sc is None:
+        return s
+    s.file_size = sc.file_size
+    if sc.raw:
+        s.kind = "raw"
+    elif sc.header is not None:
+        s.kind = f"ploop-v{sc.header.version}"
+        s.cluster_size = sc.cluster_size
+        s.virtual_size = sc.header.bat_entries * sc.cluster_size
+        s.allocated = int(sc.vcl.size)
+    return s
+
+
+# -- content: partitions, LUKS, --deep ------------------------------------------------------------
+class _LenientReader:
+    """Reads the virtual disk through the readable entries only (bad ones read from below)."""
+
+    def __init__(self, levels: list[_Scanned], cluster: int, size: int) -> None:
+        self.levels, self.c, self.size = levels, cluster, size
+
+    def locate(self, vc: int) -> tuple[_Scanned, int] | None:
+        for sc in reversed(self.levels):
+            if sc.raw:
+                off = vc * self.c
+                return (sc, off) if off < sc.file_size else None
+            i = int(np.searchsorted(sc.vcl, vc))
+            if i < sc.vcl.size and int(sc.vcl[i]) == vc:
+                return sc, int(sc.off[i])
+        return None
+
+    def read(self, offset: int, length: int) -> bytes:
+        out = bytearray()
+        end = min(offset + length, self.size)
+        pos = offset
+        while pos < end:
+            vc, within = divmod(pos, self.c)
+            n = min(self.c - within, end - pos)
+            loc = self.locate(vc)
+            chunk = b""
+            if loc is not None:
+                try:
+                    chunk = _pread(loc[0].fd, n, loc[1] + within)
+                except OSError:
+                    chunk = b""
+            out += chunk + bytes(n - len(chunk))
+            pos += n
+        return bytes(out)
+
+
+def _after_chain(r: _Report, levels: list[_Scanned], d: Descriptor | None, deep: bool) -> None:
+    if not levels or not all(sc.usable for sc in levels):
+        return
+    ploop = [sc for sc in levels if sc.header is not None]
+    c = ploop[0].cluster_size if ploop else (d.blocksize * SECTOR if d and d.blocksize else 1 << 20)
+    if any(sc.cluster_size != c for sc in ploop):
+        return  # reported as DESCRIPTOR_CLUSTER_MISMATCH; content checks need one cluster size
+    top = levels[-1]
+    if top.header is not None:
+        size = top.header.bat_entries * c
+    else:
+        size = (d.disk_size * SECTOR if d and d.disk_size else top.file_size)
+    reader = _LenientReader(levels, c, size)
+    _check_partitions(r, reader, size, levels[-1].path)
+    if deep:
+        _deep(r, levels, c)
+
+
+def _check_partitions(r: _Report, reader: _LenientReader, size: int, where: str) -> None:
+    try:
+        table = inspect_disk(reader.read, size)
+    except (ValueError, IndexError, UnicodeError, OSError, MemoryError) as e:
+        r.add("PARTITION_TABLE", f"partition table unreadable: {type(e).__name__}: {e}", file=where)
+        return
+    for p in table.problems:
+        code = "PARTITION_OUTSIDE" if "outside" in p else "PARTITION_TABLE"
+        r.add(code, p, file=where + " (virtual disk)")
+    parts = sorted(table.partitions, key=lambda p: p.start)
+    for a, b in itertools.pairwise(parts):
+        if b.start < a.start + a.size and a.type not in ("0x05", "0x0f", "0x85"):
+            r.add("PARTITION_OVERLAP", f"partitions {a.number} and {b.number} overlap",
+                  file=where + " (virtual disk)", offset=b.start)
+    if table.luks:
+        r.add("LUKS", f"LUKS encrypted ({table.luks}, magic {LUKS_MAGIC!r}): the contents need the "
+              "key (§9)", file=where + " (virtual disk)")
+
+
+def _deep(r: _Report, levels: list[_Scanned], c: int) -> None:
+    """Read every referenced cluster of the chain: I/O errors, holes inside referenced clusters,
+    clusters identical to what the level below would serve (§2.5). Holes and shadows are summed
+    up in one finding per image: partly written clusters are sparse in every real image."""
+    lower = _LenientReader([], c, 1 << 62)
+    for lvl, sc in enumerate(levels):
+        if sc.raw or sc.header is None:
+            continue
+        lower.levels = levels[:lvl]
+        full = _data_clusters_offsets(sc.fd, sc.off, c, sc.file_size)
+        _aggregate(r, "DEEP_HOLE", sc, c, np.flatnonzero(~full),
+                   "referenced cluster(s) contain holes: they read as zeros, as in ploop (the "
+                   "guest never wrote those parts, §2.5); VZ7 `ploop check -S` would fill them")
+        shadows: list[int] = []
+        for i, data in _read_clusters(sc, c):
+            v, o = int(sc.vcl[i]), int(sc.off[i])
+            if data is None:
+                r.add("DEEP_IO_ERROR", "read error inside a referenced cluster", file=sc.path,
+                      offset=o, vcluster=v, pcluster=o // c, capped=True)
+            elif lvl and _same_below(lower, v, data, c):
+                shadows.append(i)
+        _aggregate(r, "DEEP_SHADOW", sc, c, np.array(sorted(shadows), np.int64),
+                   "cluster(s) identical to what the level below serves (copy-on-write copies "
+                   "that changed nothing)")
+
+
+def _aggregate(r: _Report, code: str, sc: _Scanned, c: int, idx: np.ndarray, what: str) -> None:
+    if idx.size == 0:
+        return
+    vs = sorted(int(sc.vcl[i]) for i in idx.tolist())
+    first = int(sc.off[idx[0]])
+    shown = ", ".join(map(str, vs[:10])) + (", …" if len(vs) > 10 else "")
+    r.add(code, f"{len(vs)} {what}; virtual clusters {shown}", file=sc.path, offset=first,
+          vcluster=int(sc.vcl[idx[0]]), pcluster=first // c)
+
+
+def _data_clusters_offsets(fd: int, offs: np.ndarray, c: int, size: int) -> np.ndarray:
+    """True where the cluster at each byte offset is fully data (no hole inside)."""
+    ok = np.ones(offs.size, bool)
+    if offs.size == 0:
+        return ok
+    order = np.argsort(offs)
+    so = offs[order].astype(np.int64)
+    pos = int(so[0])
+    end = min(int(so[-1]) + c, size)
+    while pos < end:
+        hole = _seek(fd, pos, os.SEEK_HOLE, size)
+        if hole >= end:
+            break
+        nxt = min(_seek(fd, hole, os.SEEK_DATA, size), size)
+        # clusters [o, o+c) intersecting [hole, nxt)
+        lo = int(np.searchsorted(so, hole - c, side="right"))
+        hi = int(np.searchsorted(so, nxt, side="left"))
+        ok[order[lo:hi]] = False
+        pos = max(nxt, hole + 1)
+    return ok
+
+
+def _read_clusters(sc: _Scanned, c: int) -> Iterator[tuple[int, bytes | None]]:
+    """(index into sc.vcl, cluster bytes or None on a read error), in file order; runs of
+    contiguous clusters are read in DEEP_CHUNK pieces; a failed piece is retried per cluster."""
+    order = np.argsort(sc.off).tolist()
+    per = max(1, DEEP_CHUNK // c)
+    k = 0
+    while k < len(order):
+        run = [order[k]]
+        while (len(run) < per and k + len(run) < len(order)
+               and int(sc.off[order[k + len(run)]]) == int(sc.off[run[-1]]) + c):
+            run.append(order[k + len(run)])
+        base = int(sc.off[run[0]])
+        try:
+            buf = _pread(sc.fd, c * len(run), base)
+            for j, i in enumerate(run):
+                yield i, buf[j * c:(j + 1) * c]
+        except OSError:
+            for i in run:
+                try:
+                    yield i, _pread(sc.fd, c, int(sc.off[i]))
+                except OSError:
+                    yield i, None
+        k += len(run)
+
+
+def _same_below(lower: _LenientReader, vc: int, data: bytes, c: int) -> bool:
+    loc = lower.locate(vc)
+    if loc is None:
+        return data.count(0) == len(data)
+    try:
+        below = _pread(loc[0].fd, c, loc[1])
+    except OSError:
+        return False
+    return below + bytes(c - len(below)) == data
