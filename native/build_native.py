@@ -9,28 +9,34 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-HEADER = HERE / "ploopfs_native.h"
-SOURCE = HERE / "ploopfs_native.c"
+HEADERS = [HERE / "ploopfs_native.h", HERE / "pf_rdiff.h"]
+SOURCES = [HERE / "ploopfs_native.c", HERE / "pf_rdiff.c"]
 
 
 def _cdef_text() -> str:
-    """Declarations between the CDEF markers of the header (cdef() has no preprocessor)."""
-    text = HEADER.read_text()
-    begin = text.index("/* CDEF-BEGIN */") + len("/* CDEF-BEGIN */")
-    end = text.index("/* CDEF-END */")
-    return text[begin:end]
+    """Declarations between the CDEF markers of the headers (cdef() has no preprocessor)."""
+    parts = []
+    for header in HEADERS:
+        text = header.read_text()
+        begin = text.index("/* CDEF-BEGIN */") + len("/* CDEF-BEGIN */")
+        end = text.index("/* CDEF-END */")
+        parts.append(text[begin:end])
+    return "\n".join(parts)
 
 
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
     "ploopfs._native",
-    '#include "ploopfs_native.h"\n',
+    '#include "ploopfs_native.h"\n#include "pf_rdiff.h"\n',
     # Relative to the project root, where setuptools runs the build.  An absolute path would
     # be baked into the generated C file and break sdists built elsewhere.
-    sources=[str(SOURCE.relative_to(HERE.parent))],
+    sources=[str(src.relative_to(HERE.parent)) for src in SOURCES],
     include_dirs=[str(HERE.relative_to(HERE.parent))],
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
+    # Hash primitives come from libraries (delta-notes §2.2): BLAKE2b from libb2, MD4 from
+    # nettle (OpenSSL 3 only has MD4 in its legacy provider).
+    libraries=["b2", "nettle", "pthread"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-pthread"],
 )
 
 if __name__ == "__main__":
