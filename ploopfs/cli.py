@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deep", action="store_true",
                    help="also read every referenced cluster (I/O errors, holes, shadowed copies)")
     p.set_defaults(func=cmd_check)
+
+    from ploopfs.cli_rdiff import add_parsers as add_rdiff_parsers
+
+    add_rdiff_parsers(sub)  # signature, delta, patch (rdiff drop-in)
     return parser
 
 
@@ -297,7 +301,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-COMMANDS = ("info", "snapshots", "export", "diff", "mount", "umount", "check")
+COMMANDS = ("info", "snapshots", "export", "diff", "mount", "umount", "check", "signature", "delta",
+            "patch")
 
 
 def _mount_helper_form(argv: list[str]) -> list[str]:
