@@ -102,7 +102,7 @@ def classify_entries(entries: np.ndarray, header: Header, file_size: int) -> Ent
     into = (offs < data_start) & ~reserved
     past = (offs + np.uint64(header.cluster_size) > np.uint64(file_size)) & ~reserved & ~into
     if header.version == 1 and header.cluster_sectors > 1:
-        unaligned = (entries % np.uint32(header.cluster_sectors) != 0) & ~reserved
+        unaligned = (entries % np.uint32(header.cluster_sectors) != 0) & ~reserved & ~into & ~past
     else:
         unaligned = np.zeros(entries.shape, bool)
     return EntryProblems(reserved, into, past, unaligned)

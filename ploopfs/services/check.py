@@ -429,7 +429,7 @@ def _check_leaks_and_extension(r: _Report, sc: _Scanned) -> None:
     h = sc.header
     assert h is not None
     c = h.cluster_size
-    nclu = -(-sc.file_size // c)
+    nclu = sc.file_size // c  # a partial last cluster is FILE_NOT_CLUSTER_ALIGNED, not a leak
     used = np.zeros(max(nclu, 0), bool)
     used[: min(h.bat_clusters, nclu)] = True
     if sc.off.size:
@@ -622,7 +622,8 @@ def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bo
     scanned: dict[str, _Scanned] = {}
     for i, im in enumerate(desc.images):
         lvl = in_chain.get(im.guid)
-        sc = _check_listed_image(r, dd, folder, i, im, lvl, allow_outside, fds)
+        is_root = any(s.guid == im.guid and s.parent == NONE_GUID for s in desc.shots)
+        sc = _check_listed_image(r, dd, folder, i, im, lvl, allow_outside, fds, is_root)
         if sc is not None:
             scanned[im.guid] = sc
         r.report.images.append(_summary(im.guid, im.file, lvl, sc))
@@ -636,7 +637,7 @@ def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bo
 
 
 def _check_listed_image(r: _Report, dd: str, folder: str, i: int, im: ImageEntry, lvl: int | None,
-                        allow_outside: bool, fds: list[int]) -> _Scanned | None:
+                        allow_outside: bool, fds: list[int], is_root: bool) -> _Scanned | None:
     element = f"Storage/Image[{i + 1}]/File"
     sev = Severity.FATAL if lvl is not None else Severity.DAMAGED
     try:
@@ -651,7 +652,9 @@ def _check_listed_image(r: _Report, dd: str, folder: str, i: int, im: ImageEntry
     fds.append(fd)
     plain = im.type.strip().lower() == "plain"
     try:
-        return _scan_image(r, path, fd, raw_ok=lvl == 0 and plain, in_chain=lvl is not None)
+        # Only a base may be raw (§0): level 0 of the checked chain, or a root of another branch.
+        raw_ok = plain and (lvl == 0 or (lvl is None and is_root))
+        return _scan_image(r, path, fd, raw_ok=raw_ok, in_chain=lvl is not None)
     except OSError as e:
         r.add("IMAGE_READ_ERROR", f"read failed: {e.strerror}", file=path, severity=sev)
         return None
