@@ -266,7 +266,8 @@ def _add_extension(t: Target, *, break_md5: bool = False, past_eof: bool = False
     if size % c:
         raise NotApplicable("file size not cluster-aligned")
     gran = 128
-    nbytes = -(-(-(-h.size_sectors // gran)) // 8)
+    bits = -(-h.size_sectors // gran)
+    nbytes = -(-bits // 8)
     l1n = -(-nbytes // c)
     bitmap = bytearray(c)
     bitmap[0] = 0x81
