@@ -266,6 +266,8 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
         if pos_c < nclusters:
             sink.same(pos_c, nclusters - pos_c)
         if hashers:
+            for f in pending[0] + pending[1]:
+                f.result()  # the buffers are free again
             _hash_old_tail(old, new.size, bufs[0][0], hashers["old"], o, stats)
             stats.old_hash = hashers["old"].hexdigest()
             stats.new_hash = hashers["new"].hexdigest()
@@ -332,7 +334,6 @@ def _hash_old_tail(old: Volume, start: int, buf: np.ndarray, h: _Hasher, o: Diff
     pos = start
     while pos < old.size:
         view = memoryview(buf)[: min(len(buf), old.size - pos)]
-        h.feed(view).result()  # wait: the previous feeds of this buffer must be done first
         _read(old, view, pos, "old", o, stats)
         h.feed(view).result()
         pos += len(view)

@@ -1,0 +1,337 @@
+"""`ploopfs diff` (issue #4): changed cluster ranges, rdiff and ploop deltas, the block-map fast path.
+
+Every expectation comes from an independent reader: the virtual disks are flattened by
+`qemu-img convert` (a json: chain for snapshots), the truly differing clusters are found by a
+plain Python loop over those raw files, rdiff deltas are applied by stock `rdiff patch`, and
+ploop deltas are read back by qemu (stacked on OLD's chain) and checked by `qemu-img check`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import expected_hashes, qemu_to_raw, run_cli, sha256_file
+
+from ploopfs.errors import ExitCode
+from ploopfs.services.diff import DiffOptions, RangesSink, open_sides, scan
+from ploopfs.volume.source import OpenOptions, open_source
+from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descriptor
+
+KiB = 1 << 10
+C = 64 * KiB  # cluster size of the generated disks
+
+
+# -- independent truth --------------------------------------------------------------------------
+def qemu_chain(files: list[str], raw_base: bool) -> str:
+    spec: dict | None = None
+    for i, f in enumerate(files):
+        driver = "raw" if raw_base and i == 0 else "parallels"
+        node: dict = {"driver": driver, "file": {"driver": "file", "filename": str(f)}}
+        if spec is not None:
+            node["backing"] = spec
+        spec = node
+    return "json:" + json.dumps(spec)
+
+
+def chain_files(source: Path, snapshot: str | None) -> tuple[list[str], bool]:
+    """The image files of a snapshot's chain, base first, and whether the base is raw."""
+    with open_source(source, OpenOptions(cluster_size=C, allow_outside_paths=True)) as disk:
+        files = [disk.paths[e.guid] for e in disk.chain(snapshot)]
+        raw = disk.image(disk.chain(snapshot)[0].guid, level=0).is_raw
+    return files, raw
+
+
+def qemu_raw(source: Path, snapshot: str | None, dst: Path) -> Path:
+    files, raw = chain_files(source, snapshot)
+    qemu_to_raw(qemu_chain(files, raw), dst)
+    return dst
+
+
+def truly_changed(old_raw: Path, new_raw: Path, c: int) -> list[int]:
+    """Clusters of NEW whose bytes differ from OLD's or reach past OLD's end."""
+    old, new = old_raw.read_bytes(), new_raw.read_bytes()
+    out = []
+    for k in range(-(-len(new) // c)):
+        a, b = k * c, min((k + 1) * c, len(new))
+        if b > len(old) or old[a:b] != new[a:b]:
+            out.append(k)
+    return out
+
+
+def clusters_of(ranges: list[dict]) -> list[int]:
+    return [k for r in ranges for k in range(r["cluster"], r["cluster"] + r["clusters"])]
+
+
+# -- generated disks ----------------------------------------------------------------------------
+def write_image(path: Path, size: int, clusters: dict[int, bytes], version: int = 2) -> None:
+    with ImageWriter.create(path, size, C, version) as w:
+        for k, data in clusters.items():
+            w.write_cluster(k, data)
+
+
+def make_chain(folder: Path, size: int, levels: list[dict[int, bytes]]) -> list[str]:
+    """level0.hds (base) … levelN.hds and a DiskDescriptor.xml; returns the snapshot GUIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, clusters in enumerate(levels):
+        files.append(f"level{i}.hds")
+        write_image(folder / files[-1], size, clusters)
+    d = chain_descriptor(files, size, C)
+    write_descriptor(folder / "DiskDescriptor.xml", d)
+    return [im.guid for im in d.images]
+
+
+def rand_clusters(rng: np.random.Generator, ks) -> dict[int, bytes]:
+    return {int(k): rng.bytes(C) for k in ks}
+
+
+# -- checks of each output ----------------------------------------------------------------------
+def check_json(old: Path, new: Path, old_raw: Path, new_raw: Path, out: Path, *args: str) -> dict:
+    r = run_cli("diff", old, new, "-o", out, "-f", "json", *args)
+    assert r.returncode == 0, r.stderr.decode()
+    doc = json.loads(out.read_text())
+    assert clusters_of(doc["ranges"]) == truly_changed(old_raw, new_raw, doc["cluster_size"])
+    data = new_raw.read_bytes()
+    for rg in doc["ranges"]:
+        piece = data[rg["offset"]: rg["offset"] + rg["length"]]
+        assert rg["length"] == len(piece)
+        if "sha256" in rg:
+            assert rg["sha256"] == hashlib.sha256(piece).hexdigest()
+        assert rg["zero"] == (piece.count(0) == len(piece))
+    assert doc["new"]["size"] == new_raw.stat().st_size
+    assert doc["old"]["size"] == old_raw.stat().st_size
+    return doc
+
+
+def check_rdiff(old: Path, new: Path, old_raw: Path, new_raw: Path, tmp: Path, *args: str) -> dict:
+    delta = tmp / "delta.rdiff"
+    r = run_cli("diff", old, new, "-o", delta, "-f", "rdiff", *args)
+    assert r.returncode == 0, r.stderr.decode()
+    assert delta.read_bytes()[:4] == b"rs\x026"
+    patched = tmp / "patched.raw"
+    subprocess.run(["rdiff", "patch", str(old_raw), str(delta), str(patched)], check=True,
+                   capture_output=True, timeout=300)
+    assert sha256_file(patched) == sha256_file(new_raw)
+    man = json.loads((tmp / "delta.rdiff.json").read_text())
+    assert man["delta"]["size"] == delta.stat().st_size
+    assert man["delta"]["sha256"] == sha256_file(delta)
+    assert man["old"]["sha256"] == sha256_file(old_raw)
+    assert man["new"]["sha256"] == sha256_file(new_raw)
+    assert (man["old"]["size"], man["new"]["size"]) == (old_raw.stat().st_size,
+                                                        new_raw.stat().st_size)
+    return man
+
+
+def check_ploop(old: Path, new: Path, new_raw: Path, tmp: Path, *args: str,
+                old_snapshot: str | None = None) -> dict:
+    out = tmp / "ploop-out"
+    r = run_cli("diff", old, new, "-o", out, "-f", "ploop", *args)
+    assert r.returncode == 0, r.stderr.decode()
+    man = json.loads((out / "diff-manifest.json").read_text())
+    delta = Path(man["image"])
+    chk = subprocess.run(["qemu-img", "check", "-f", "parallels", str(delta)], capture_output=True,
+                         text=True, timeout=120)
+    assert chk.returncode == 0 and "No errors were found" in chk.stdout, chk.stdout + chk.stderr
+    # qemu: OLD's chain (as qemu reads it) with the delta on top equals NEW.
+    files, raw = chain_files(old, old_snapshot)
+    via_qemu = tmp / "ploop-qemu.raw"
+    qemu_to_raw(qemu_chain([*files, str(delta)], raw), via_qemu)
+    # ploop rounds the disk up to whole clusters (the images' m_Size)
+    n = new_raw.stat().st_size
+    assert via_qemu.read_bytes()[:n] == new_raw.read_bytes()
+    # ploopfs: exporting the stacked descriptor equals NEW (OLD's images lie outside the folder)
+    refused = run_cli("info", out / "DiskDescriptor.xml")
+    assert refused.returncode == ExitCode.UNSAFE_PATH, refused.stderr.decode()
+    exp = tmp / "ploop-export.raw"
+    r = run_cli("export", out / "DiskDescriptor.xml", exp, "--allow-outside-paths")
+    assert r.returncode == 0, r.stderr.decode()
+    assert exp.read_bytes()[:n] == new_raw.read_bytes()
+    assert exp.read_bytes()[n:].count(0) == exp.stat().st_size - n
+    return man
+
+
+# -- corpus: diffs between snapshots of one descriptor --------------------------------------------
+@pytest.mark.parametrize("case", ["ext4-gpt-chain2", "plain-base-chain3", "v1-chain2"])
+def test_corpus_snapshot_pairs(corpus_case: Callable[[str], Path], tmp_path: Path, case: str) -> None:
+    src = corpus_case(case)
+    expect = expected_hashes(src)
+    with open_source(src) as disk:
+        guids = [e.guid for e in disk.chain()]
+    raws = {}
+    for g in guids:
+        raws[g] = qemu_raw(src, g, tmp_path / f"{g}.raw")
+        assert sha256_file(raws[g]) == expect[f"expected-{g}.raw"]  # qemu agrees with the corpus
+    # every older -> newer pair, and back from the top to the base (changes undone)
+    pairs = [(guids[i], guids[j]) for i in range(len(guids)) for j in range(i + 1, len(guids))]
+    pairs.append((guids[-1], guids[0]))
+    for k, (a, b) in enumerate(pairs):
+        work = tmp_path / f"pair{k}"
+        work.mkdir()
+        snap = ("--old-snapshot", a, "--new-snapshot", b)
+        fast = check_json(src, src, raws[a], raws[b], work / "fast.json", *snap, "--hash", "none")
+        full = check_json(src, src, raws[a], raws[b], work / "full.json", *snap, "--full-compare")
+        assert fast["ranges"] == [{k: v for k, v in r.items() if k != "sha256"} for r in
+                                  full["ranges"]]
+        assert fast["stats"]["mode"] == "map" and full["stats"]["mode"] == "full"
+        # the fast path read no more than the clusters the maps could not prove equal
+        c = fast["cluster_size"]
+        assert fast["stats"]["bytes_read_new"] <= fast["stats"]["candidate_clusters"] * c
+        assert full["stats"]["bytes_read_new"] == full["new"]["size"]
+        check_rdiff(src, src, raws[a], raws[b], work, *snap)
+        check_ploop(src, src, raws[b], work, *snap, old_snapshot=a)
+
+
+def test_corpus_fast_path_skips_base(corpus_case: Callable[[str], Path], tmp_path: Path) -> None:
+    """ext4-gpt-chain2: from the base snapshot to the top only the top delta's clusters are read."""
+    src = corpus_case("ext4-gpt-chain2")
+    with open_source(src) as disk:
+        base, top = (e.guid for e in disk.chain())
+        top_vol = disk.volume()
+        top_clusters = top_vol.map.clusters_per_level(2)[1]
+    sides = open_sides(str(src), str(src), base, top, OpenOptions())
+    try:
+        stats = scan(sides.old, sides.new, RangesSink(sides.new.cluster_size, None),
+                     DiffOptions(hash=None))
+    finally:
+        sides.close()
+    assert stats.candidate_clusters == top_clusters
+    assert stats.bytes_read_new == stats.bytes_read_old == top_clusters * stats.cluster_size
+    assert stats.bytes_read_new < stats.new_size // 4
+
+
+# -- the fast path never reads unchanged clusters ------------------------------------------------
+def test_fast_path_reads_only_remapped_clusters(tmp_path: Path, guard_sources) -> None:
+    rng = np.random.default_rng(7)
+    n = 64
+    base = rand_clusters(rng, range(n))
+    top = rand_clusters(rng, [5, 9, 10, 40])
+    top[20] = base[20]  # re-written with the same bytes: read, compared, dropped
+    top[30] = bytes(C)  # changed to zeros
+    top[50] = rng.bytes(C)  # a cluster that is a hole in the base
+    del base[50]
+    disk = tmp_path / "disk"
+    g_base, _g_top = make_chain(disk, n * C, [base, top])
+    guard_sources(disk)
+    reads: list[tuple[str, int, int]] = []
+    sides = open_sides(str(disk), str(disk), g_base, None, OpenOptions())
+    try:
+        sink = RangesSink(C, "sha256")
+        stats = scan(sides.old, sides.new, sink,
+                     DiffOptions(hash=None, on_read=lambda *a: reads.append(a)))
+        sink.flush()
+        full_sink = RangesSink(C, "sha256")
+        full = scan(sides.old, sides.new, full_sink, DiffOptions(hash=None, full_compare=True))
+        full_sink.flush()
+    finally:
+        sides.close()
+    remapped = {5, 9, 10, 20, 30, 40, 50}
+    read_clusters = {k for _side, off, ln in reads for k in range(off // C, -(-(off + ln) // C))}
+    assert read_clusters == remapped
+    assert stats.bytes_read_new == stats.bytes_read_old == len(remapped) * C
+    assert stats.candidate_clusters == len(remapped)
+    assert clusters_of(sink.ranges) == [5, 9, 10, 30, 40, 50]
+    assert stats.equal_candidate_clusters == 1 and stats.zero_clusters == 1
+    assert sink.ranges == full_sink.ranges
+    assert full.bytes_read_new == n * C
+    # and the truth, from qemu
+    old_raw = qemu_raw(disk, g_base, tmp_path / "old.raw")
+    new_raw = qemu_raw(disk, None, tmp_path / "new.raw")
+    assert clusters_of(sink.ranges) == truly_changed(old_raw, new_raw, C)
+    doc = check_json(disk, disk, old_raw, new_raw, tmp_path / "d.json", "--old-snapshot", g_base,
+                     "--hash", "none")
+    assert doc["stats"]["bytes_read_new"] == len(remapped) * C
+
+
+# -- independent images: growth, shrink, zeros, change rates ---------------------------------------
+def two_disks(tmp: Path, n_old: int, n_new: int, rate: float, seed: int,
+              old_holes: list[int] = (), new_holes: list[int] = (), new_zero: list[int] = ()
+              ) -> tuple[Path, Path, Path, Path]:
+    rng = np.random.default_rng(seed)
+    old = rand_clusters(rng, range(n_old))
+    new = {k: v for k, v in old.items() if k < n_new}
+    for k in rng.choice(n_new, max(1, round(rate * n_new)), replace=False):
+        new[int(k)] = rng.bytes(C)
+    new.update(rand_clusters(rng, range(n_old, n_new)))
+    for k in old_holes:
+        old.pop(k, None)
+    for k in new_holes:
+        new.pop(k, None)
+    for k in new_zero:
+        new[k] = bytes(C)
+    src = tmp / "src"
+    src.mkdir()
+    paths = src / "old.hds", src / "new.hds"
+    write_image(paths[0], n_old * C, old)
+    write_image(paths[1], n_new * C, new)
+    raws = tmp / "old.raw", tmp / "new.raw"
+    qemu_to_raw(str(paths[0]), raws[0])
+    qemu_to_raw(str(paths[1]), raws[1])
+    return paths[0], paths[1], raws[0], raws[1]
+
+
+@pytest.mark.parametrize(("n_old", "n_new", "rate"), [
+    (64, 64, 0.05), (64, 64, 0.5), (48, 80, 0.1), (80, 48, 0.1)],
+    ids=["5pct", "50pct", "growth", "shrink"])
+def test_independent_images(tmp_path: Path, guard_sources, n_old: int, n_new: int,
+                            rate: float) -> None:
+    old, new, old_raw, new_raw = two_disks(
+        tmp_path, n_old, n_new, rate, seed=n_old * 1000 + n_new,
+        old_holes=[2, 3], new_holes=[7, 8, n_new - 3], new_zero=[11, n_new - 1])
+    guard_sources(old.parent)
+    doc = check_json(old, new, old_raw, new_raw, tmp_path / "d.json")
+    zero_ranges = [r for r in doc["ranges"] if r["zero"]]
+    assert zero_ranges  # holes over old data and zero-written clusters are changes
+    if n_new > n_old:
+        assert doc["stats"]["new_clusters"] == n_new - n_old
+    check_rdiff(old, new, old_raw, new_raw, tmp_path)
+    man = check_ploop(old, new, new_raw, tmp_path)
+    # every change to zeros inside OLD is an explicit zero cluster (a hole would show OLD's data)
+    data = new_raw.read_bytes()
+    inside_zero = [k for k in clusters_of(doc["ranges"])
+                   if k < n_old and data[k * C:(k + 1) * C].count(0) == C]
+    assert man["zero_clusters_written"] == len(inside_zero) > 0
+
+
+def test_raw_sources(tmp_path: Path, guard_sources) -> None:
+    """Raw files (e.g. the `disk` file of a ploopfs mount): the cluster size comes from the
+    other side or --cluster-size; two raw files need --cluster-size."""
+    old, new, old_raw, new_raw = two_disks(tmp_path, 32, 32, 0.2, seed=3)
+    guard_sources(old.parent, old_raw, new_raw)
+    check_json(old, new_raw, old_raw, new_raw, tmp_path / "a.json")
+    check_json(old_raw, new_raw, old_raw, new_raw, tmp_path / "b.json", "--cluster-size", "64K")
+    r = run_cli("diff", old_raw, new_raw, "-o", tmp_path / "c.json", "-f", "json")
+    assert r.returncode == ExitCode.BAD_IMAGE
+    check_rdiff(old_raw, new, old_raw, new_raw, tmp_path)
+    man = check_ploop(old_raw, new, new_raw, tmp_path)
+    assert man["version"] == 2
+
+
+# -- bad inputs ---------------------------------------------------------------------------------
+def test_bad_inputs(tmp_path: Path, guard_sources) -> None:
+    old, new, _old_raw, _new_raw = two_disks(tmp_path, 16, 16, 0.2, seed=5)
+    other = tmp_path / "src" / "other.hds"
+    with ImageWriter.create(other, 16 * C, 2 * C):
+        pass
+    guard_sources(old.parent)
+    (tmp_path / "exists.rdiff").write_bytes(b"")
+    cases = [
+        (["diff", tmp_path / "nope", new, "-o", tmp_path / "o1"], ExitCode.NOT_FOUND, "nope"),
+        (["diff", old, new, "-o", tmp_path / "exists.rdiff"], ExitCode.OUTPUT, "exists.rdiff"),
+        (["diff", old, new, "-o", "-"], ExitCode.USAGE, "json"),
+        (["diff", old, other, "-o", tmp_path / "o2"], ExitCode.UNSUPPORTED, "cluster sizes"),
+        (["diff", old, new, "-o", tmp_path / "o3", "--old-snapshot", "{12345678-1234-1234-1234-"
+          "123456789abc}"], ExitCode.NOT_FOUND, "snapshot"),
+        (["diff", old, new, "-o", old.parent, "-f", "ploop"], ExitCode.OUTPUT, "src"),
+    ]
+    for args, code, word in cases:
+        r = run_cli(*args)
+        err = r.stderr.decode().strip()
+        assert r.returncode == code, (args, err)
+        assert len(err.splitlines()) == 1 and word in err and "Traceback" not in err, err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
