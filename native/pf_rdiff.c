@@ -18,6 +18,14 @@
 #define RK_SEED 1u
 #define BLK 32 /* bytes per unrolled step of the weak sums */
 
+/* The weak sums' inner loops vectorise well with AVX2; build an AVX2 and a baseline clone and
+ * let the loader pick (GCC function multi-versioning). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define WEAK_CLONES __attribute__((target_clones("avx2", "default"), optimize("O3")))
+#else
+#define WEAK_CLONES
+#endif
+
 /* RK_MULT^(BLK-1-j) for j = 0..BLK-1, and RK_MULT^BLK; filled once. */
 static uint32_t rk_weights[BLK];
 static uint32_t rk_mult_blk;
@@ -39,7 +47,7 @@ struct rollsum {
     uint32_t s1, s2;
 };
 
-static void rollsum_update(struct rollsum *r, const unsigned char *p, size_t n)
+WEAK_CLONES static void rollsum_update(struct rollsum *r, const unsigned char *p, size_t n)
 {
     uint32_t s1 = r->s1, s2 = r->s2;
     /* Per BLK-byte step: s2 += BLK*s1 + sum (BLK-j)*(b_j+31); s1 += sum (b_j+31). */
@@ -69,9 +77,8 @@ static uint32_t rollsum_digest(const struct rollsum *r)
     return ((r->s2 & 0xffffu) << 16) | (r->s1 & 0xffffu);
 }
 
-static uint32_t rk_update(uint32_t h, const unsigned char *p, size_t n)
+WEAK_CLONES static uint32_t rk_blocks(uint32_t h, const unsigned char *p, size_t n)
 {
-    pthread_once(&rk_once, rk_init);
     while (n >= BLK) {
         uint32_t s = 0;
         for (int j = 0; j < BLK; j++)
@@ -80,6 +87,16 @@ static uint32_t rk_update(uint32_t h, const unsigned char *p, size_t n)
         p += BLK;
         n -= BLK;
     }
+    return h;
+}
+
+static uint32_t rk_update(uint32_t h, const unsigned char *p, size_t n)
+{
+    pthread_once(&rk_once, rk_init);
+    size_t whole = n - n % BLK;
+    h = rk_blocks(h, p, whole);
+    p += whole;
+    n -= whole;
     while (n--)
         h = h * RK_MULT + *p++;
     return h;

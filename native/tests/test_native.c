@@ -7,19 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static unsigned passed, failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (cond) {                                                        \
-            passed++;                                                      \
-        } else {                                                           \
-            failed++;                                                      \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-        }                                                                  \
-    } while (0)
+unsigned passed, failed;
 
 /* Obvious byte-by-byte reference. */
 static size_t ref_first_nonzero(const unsigned char *buf, size_t len)
@@ -201,6 +191,7 @@ int main(void)
     test_large();
     test_random();
     test_count_nonzero_u32();
+    test_rdiff_all();
     printf("%u passed, %u failed\n", passed, failed);
     return failed ? 1 : 0;
 }

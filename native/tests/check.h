@@ -1,0 +1,23 @@
+/* Shared counters and CHECK() for the C unit tests (test_native.c holds main()). */
+#ifndef PF_TEST_CHECK_H
+#define PF_TEST_CHECK_H
+
+#include <stdio.h>
+
+extern unsigned passed, failed;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (cond) {                                                        \
+            passed++;                                                      \
+        } else {                                                           \
+            failed++;                                                      \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fputc('\n', stderr);                                           \
+        }                                                                  \
+    } while (0)
+
+void test_rdiff_all(void);
+
+#endif
