@@ -31,13 +31,14 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, ClassVar, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 
 from ploopfs.errors import BadImageError, OutputError, UnsupportedError, UsageError
 from ploopfs.format.header import TOP_GUID
 from ploopfs.native import is_zero
+from ploopfs.services.rdiff import DeltaWriter
 from ploopfs.volume.source import Disk, OpenOptions, open_source
 from ploopfs.volume.volume import Volume
 from ploopfs.volume.writer import ImageWriter, chain_descriptor, new_guid, write_descriptor
@@ -397,39 +398,23 @@ class RangesSink:
 
 
 class RdiffSink:
-    """COPY runs of unchanged clusters from the basis, LITERALs of changed bytes."""
+    """COPY of unchanged clusters from the basis (at the same offset), LITERALs of changed
+    bytes; DeltaWriter merges contiguous copies and adjacent literals."""
 
-    def __init__(self, writer: Any, cluster_size: int, new_size: int) -> None:
+    def __init__(self, writer: DeltaWriter, cluster_size: int, new_size: int) -> None:
         self.w = writer
         self.c = cluster_size
         self.size = new_size
-        self._copy: list[int] | None = None  # [start, length] pending, merged
-        self.copies = 0
-        self.literals = 0
 
     def same(self, c0: int, n: int) -> None:
         start = c0 * self.c
-        length = min(n * self.c, self.size - start)
-        if self._copy and self._copy[0] + self._copy[1] == start:
-            self._copy[1] += length
-        else:
-            self._flush()
-            self._copy = [start, length]
+        self.w.copy(start, min(n * self.c, self.size - start))
 
     def changed(self, c0: int, n: int, data: memoryview) -> None:
-        self._flush()
         self.w.literal(data)
-        self.literals += 1
 
-    def _flush(self) -> None:
-        if self._copy and self._copy[1] > 0:
-            self.w.copy(self._copy[0], self._copy[1])
-            self.copies += 1
-        self._copy = None
-
-    def close(self) -> None:
-        self._flush()
-        self.w.close()
+    def close(self) -> dict[str, int]:
+        return self.w.close().to_json()
 
 
 class PloopSink:
@@ -457,50 +442,6 @@ class PloopSink:
             self.w.write_cluster(c0 + k, piece)
             self.written += 1
             self.zero_written += zero
-
-
-# -- rdiff delta encoding -----------------------------------------------------------------------
-RS_DELTA_MAGIC = 0x72730236
-
-
-def _width(v: int) -> int:
-    return next(w for w in (1, 2, 4, 8) if v < 1 << (8 * w))
-
-
-class _DeltaEncoder:
-    """librsync delta commands (delta-notes §2.4): magic, COPY with minimal big-endian widths
-    (opcode 0x45 + 4·log2(a) + log2(b)), LITERAL_N4 (0x43), END. Used only when
-    ploopfs.services.rdiff (the C engine's DeltaWriter) is not available."""
-
-    LOG2: ClassVar[dict[int, int]] = {1: 0, 2: 1, 4: 2, 8: 3}
-    MAX_LITERAL = (1 << 32) - 1
-
-    def __init__(self, out: Any) -> None:
-        self.out = out
-        out.write(RS_DELTA_MAGIC.to_bytes(4, "big"))
-
-    def copy(self, start: int, length: int) -> None:
-        a, b = _width(start), _width(length)
-        op = 0x45 + 4 * self.LOG2[a] + self.LOG2[b]
-        self.out.write(bytes([op]) + start.to_bytes(a, "big") + length.to_bytes(b, "big"))
-
-    def literal(self, data: bytes | memoryview) -> None:
-        mv = memoryview(data)
-        for i in range(0, len(mv), self.MAX_LITERAL):
-            piece = mv[i:i + self.MAX_LITERAL]
-            self.out.write(b"\x43" + len(piece).to_bytes(4, "big"))
-            self.out.write(piece)
-
-    def close(self) -> None:
-        self.out.write(b"\x00")
-
-
-def delta_writer(out: Any) -> Any:
-    try:
-        from ploopfs.services.rdiff import DeltaWriter
-    except ImportError:
-        return _DeltaEncoder(out)
-    return DeltaWriter(out)
 
 
 # -- opening the two sides ----------------------------------------------------------------------
@@ -649,9 +590,9 @@ def diff_rdiff(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
     f = _create(out)
     try:
         hf = _HashingFile(f, opts.hash)
-        sink = RdiffSink(delta_writer(hf), sides.new.cluster_size, sides.new.size)
+        sink = RdiffSink(DeltaWriter(hf), sides.new.cluster_size, sides.new.size)
         stats = scan(sides.old, sides.new, sink, opts)
-        sink.close()
+        commands = sink.close()
         f.flush()
         os.fsync(f.fileno())
     except BaseException:
@@ -662,8 +603,8 @@ def diff_rdiff(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
     delta: dict[str, Any] = {"path": out, "size": hf.size}
     if hf.h:
         delta[str(opts.hash)] = hf.h.hexdigest()
-    report = {"format": "rdiff", "delta": delta, "copy_commands": sink.copies,
-              "literal_commands": sink.literals, **_summary(sides, stats, opts)}
+    report = {"format": "rdiff", "delta": delta, "commands": commands,
+              **_summary(sides, stats, opts)}
     _write_json(manifest, report)
     return {**report, "manifest": manifest}
 
