@@ -113,7 +113,6 @@ CODES: dict[str, Severity] = {
     "DESCRIPTOR_VERSION_MISMATCH": Severity.WARNING,
     "DESCRIPTOR_DISK_SIZE": Severity.WARNING,
     "DESCRIPTOR_LOWER_LARGER": Severity.INFO,
-    "DESCRIPTOR_RAW_DELTA": Severity.FATAL,
     "PARTITION_TABLE": Severity.WARNING,
     "PARTITION_OUTSIDE": Severity.WARNING,
     "PARTITION_OVERLAP": Severity.WARNING,
@@ -704,10 +703,8 @@ def _fallback_top(d: Descriptor) -> str:
 def _check_chain(r: _Report, dd: str, d: Descriptor, chain: list[ImageEntry],
                  levels: list[_Scanned], snapshot: str | None) -> None:
     """Consistency across the chain and with the descriptor (§4.2, §5.2)."""
+    # (a raw file above the base was already reported as HEADER_SIGNATURE: only bases are raw)
     ploop = [(e, sc) for e, sc in zip(chain, levels, strict=True) if sc.header is not None]
-    for lvl, sc in enumerate(levels):
-        if lvl and sc.raw:
-            r.add("DESCRIPTOR_RAW_DELTA", "only the base of a chain may be raw (§0)", file=sc.path)
     if not ploop:
         return
     base_h = ploop[0][1].header
