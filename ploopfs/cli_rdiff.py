@@ -81,7 +81,11 @@ def _is_ploop_source(path: str) -> bool:
             head = f.read(64)
     except FileNotFoundError:
         raise NotFoundError("no such file or folder", path) from None
-    return head.lstrip()[:1] == b"<" or (len(head) >= 16 and sniff(head) is not ImageKind.RAW)
+    # Only an *.xml file that starts like XML is taken for a descriptor: a plain file may begin
+    # with any bytes, '<' included.
+    if path.lower().endswith(".xml") and head.lstrip()[:1] == b"<":
+        return True
+    return len(head) >= 16 and sniff(head) is not ImageKind.RAW
 
 
 @contextmanager
