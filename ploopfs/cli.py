@@ -291,7 +291,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ploopfs.services.check import check
 
     report = check(args.source, args.snapshot, args.deep,
-                   allow_outside_paths=args.allow_outside_paths)
+                   allow_outside_paths=args.allow_outside_paths, raw_cluster_size=args.cluster_size)
     if args.json:
         _print_json(report.to_json())
     else:

@@ -89,6 +89,15 @@ def test_cli_clean_and_json(corpus_case) -> None:
     assert r.returncode == 3 and r.stdout.decode().startswith("FATAL SOURCE_NOT_FOUND")
 
 
+def test_raw_file(corpus_case) -> None:
+    """The raw base of plain-base-chain3 alone: a raw disk with --cluster-size, else unreadable."""
+    raw = corpus_case("plain-base-chain3") / "root.hdd"
+    r = run_cli("check", "--cluster-size", "1M", raw)
+    assert r.returncode == 0 and r.stdout.decode().startswith("check: 0 finding(s)"), r.stdout
+    r = run_cli("check", raw)
+    assert r.returncode == 3 and r.stdout.decode().startswith("FATAL HEADER_SIGNATURE ")
+
+
 # -- damaged variants ---------------------------------------------------------------------------
 def test_variants_exact_codes(corpus_root: Path, tmp_path: Path) -> None:
     """Each variant of each disk: exactly the expected codes and exit code; inputs and the

@@ -272,7 +272,8 @@ def _scan_image(r: _Report, path: str, fd: int, *, raw_ok: bool, in_chain: bool)
         if raw_ok:
             return _empty(path, fd, size, raw=True)
         what = "qcow2 image (VZ9 qcow2 mode)" if head[:4] == b"QFI\xfb" else f"signature {head[:16]!r}"
-        r.add("HEADER_SIGNATURE", f"not a ploop image ({what}); only a Plain base may be raw (§1.1)",
+        r.add("HEADER_SIGNATURE", f"not a ploop image ({what}); only a Plain base may be raw (§1.1); a raw "
+              "file alone needs --cluster-size",
               file=path, offset=0, severity=sev_fatal)
         return _empty(path, fd, size)
     if len(head) < HEADER_SIZE:
@@ -541,15 +542,16 @@ def _file_size(fd: int) -> int:
 
 # -- the disk -------------------------------------------------------------------------------------
 def check(source: str | os.PathLike[str], snapshot: str | None = None, deep: bool = False, *,
-          allow_outside_paths: bool = False) -> CheckReport:
-    """Diagnose a SOURCE (descriptor, its folder, or one image file). Never raises on damaged
-    input and never writes; see docs/check.md for the codes."""
+          allow_outside_paths: bool = False, raw_cluster_size: int | None = None) -> CheckReport:
+    """Diagnose a SOURCE (descriptor, its folder, or one image file; a raw file when
+    `raw_cluster_size` is given). Never raises on damaged input and never writes; see
+    docs/check.md for the codes."""
     src = os.fspath(source)
     report = CheckReport(src, snapshot, deep=deep)
     r = _Report(report)
     fds: list[int] = []
     try:
-        _check_source(r, src, snapshot, deep, allow_outside_paths, fds)
+        _check_source(r, src, snapshot, deep, allow_outside_paths, fds, raw_cluster_size)
     finally:
         for fd in fds:
             os.close(fd)
@@ -559,7 +561,7 @@ def check(source: str | os.PathLike[str], snapshot: str | None = None, deep: boo
 
 
 def _check_source(r: _Report, src: str, snapshot: str | None, deep: bool, allow_outside: bool,
-                  fds: list[int]) -> None:
+                  fds: list[int], raw_cluster_size: int | None) -> None:
     try:
         os.stat(src)
     except OSError as e:
@@ -582,9 +584,9 @@ def _check_source(r: _Report, src: str, snapshot: str | None, deep: bool, allow_
         _check_descriptor_source(r, src, snapshot, deep, allow_outside, fds)
         return
     r.report.chain = [TOP_GUID]
-    sc = _scan_image(r, src, fd, raw_ok=False, in_chain=True)
+    sc = _scan_image(r, src, fd, raw_ok=bool(raw_cluster_size), in_chain=True)
     r.report.images.append(_summary(TOP_GUID, src, 0, sc))
-    _after_chain(r, [sc], None, deep)
+    _after_chain(r, [sc], None, deep, raw_cluster_size)
 
 
 def _open(r: _Report, path: str, code: str, *, in_chain: bool) -> int | None:
@@ -787,11 +789,13 @@ class _LenientReader:
         return bytes(out)
 
 
-def _after_chain(r: _Report, levels: list[_Scanned], d: Descriptor | None, deep: bool) -> None:
+def _after_chain(r: _Report, levels: list[_Scanned], d: Descriptor | None, deep: bool,
+                 raw_cluster_size: int | None = None) -> None:
     if not levels or not all(sc.usable for sc in levels):
         return
     ploop = [sc for sc in levels if sc.header is not None]
-    c = ploop[0].cluster_size if ploop else (d.blocksize * SECTOR if d and d.blocksize else 1 << 20)
+    c = ploop[0].cluster_size if ploop else (d.blocksize * SECTOR if d and d.blocksize else
+                                             raw_cluster_size or 1 << 20)
     if any(sc.cluster_size != c for sc in ploop):
         return  # reported as DESCRIPTOR_CLUSTER_MISMATCH; content checks need one cluster size
     top = levels[-1]
