@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -373,7 +374,7 @@ def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
                     if proc is not None and proc.returncode is None:
                         fusermount_u(target)
                         with trio.move_on_after(10):
-                            await proc.wait()
+                            await _wait_process(proc)
                     break
                 pyfuse3.terminate()
 
@@ -390,22 +391,38 @@ def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
     return 0
 
 
-async def _start_fuse2fs(image: str, target: str, opts: MountOptions):
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """preexec_fn: SIGTERM when the daemon dies (even by SIGKILL), so fuse2fs unmounts
+    MOUNTPOINT instead of serving files of a dead disk layer. libc is resolved before fork."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def child() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the daemon died before prctl
+            os._exit(1)
+
+    return child
+
+
+async def _start_fuse2fs(image: str, target: str, opts: MountOptions) -> subprocess.Popen[bytes]:
     import trio
 
     exe = shutil.which("fuse2fs")
     if not exe:
         raise MountError("--files needs fuse2fs (Debian package fuse2fs)", target)
     o = ["ro", "norecovery", "fakeroot", *sorted(opts.fuse_options)]
-    proc = await trio.lowlevel.open_process([exe, image, target, "-f", "-o", ",".join(o)],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Forked from this (the main) thread, not trio.lowlevel.open_process's worker thread: the
+    # parent-death signal fires when the forking *thread* exits.
+    proc = subprocess.Popen([exe, image, target, "-f", "-o", ",".join(o)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, preexec_fn=_die_with_parent(os.getpid()))
     deadline = trio.current_time() + READY_TIMEOUT
     while not is_mountpoint(target):
         if proc.poll() is not None:
-            err = b""
-            if proc.stderr is not None:
-                with contextlib.suppress(Exception):
-                    err = await proc.stderr.receive_some(4096)
+            err = proc.stderr.read() if proc.stderr is not None else b""
             msg = (err.decode(errors="replace").strip().splitlines() or ["exited"])[-1]
             raise MountError(f"fuse2fs failed: {msg}", target)
         if trio.current_time() > deadline:
@@ -415,11 +432,25 @@ async def _start_fuse2fs(image: str, target: str, opts: MountOptions):
     return proc
 
 
-async def _watch_fuse2fs(proc) -> None:
+async def _wait_process(proc: subprocess.Popen[bytes]) -> int:
+    import trio
+
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:  # already reaped
+        return proc.wait()
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+    return proc.wait()
+
+
+async def _watch_fuse2fs(proc: subprocess.Popen[bytes]) -> None:
     """When the file layer goes away (umount of the mountpoint), take the disk layer down too."""
     import pyfuse3
 
-    code = await proc.wait()
+    code = await _wait_process(proc)
     log.info("fuse2fs exited with %s", code)
     pyfuse3.terminate()
 
