@@ -654,10 +654,28 @@ static int out_write(pf_patch *p, const unsigned char *d, size_t n)
     return 0;
 }
 
+/* Bytes from `start` that are certainly a hole of the basis (0 if data or unknown). */
+static uint64_t basis_hole(const pf_patch *p, uint64_t start, uint64_t len)
+{
+    off_t d = lseek(p->basis_fd, (off_t)start, SEEK_DATA);
+    if (d < 0)
+        return errno == ENXIO ? len : 0; /* ENXIO: no data after start */
+    return (uint64_t)d - start < len ? (uint64_t)d - start : len;
+}
+
 static int do_copy(pf_patch *p, uint64_t start, uint64_t len)
 {
     while (len) {
         size_t k = len < PATCH_IO ? (size_t)len : PATCH_IO;
+        if (p->sparse) { /* a hole of the basis is a hole of the output: nothing to read */
+            uint64_t h = basis_hole(p, start, len);
+            if (h) {
+                p->pos += h;
+                start += h;
+                len -= h;
+                continue;
+            }
+        }
         ssize_t r = pread(p->basis_fd, p->io, k, (off_t)start);
         if (r < 0) {
             if (errno == EINTR)
