@@ -326,6 +326,19 @@ def v_dd_unsafe_path(t: Target) -> set[str]:
     return {"DESCRIPTOR_UNSAFE_PATH"}
 
 
+def v_dd_symlink(t: Target) -> set[str]:
+    os.symlink("/etc/hostname", t.folder / "link.hdd")  # a link leading out of the folder
+    dm.set_text(t.need_dd(), "StorageData/Storage/Image/File", "link.hdd", _file_index(t, t.guids[-1]))
+    return {"DESCRIPTOR_UNSAFE_PATH"}
+
+
+def v_dd_huge(t: Target) -> set[str]:
+    dd = t.need_dd()
+    data = dd.read_bytes()
+    dd.write_bytes(data + b"<!--" + b" " * (5 << 20) + b"-->\n")  # > the 4 MiB cap
+    return {"DESCRIPTOR_TOO_LARGE"}
+
+
 def v_dd_fifo(t: Target) -> set[str]:
     os.mkfifo(t.folder / "fifo.hdd")
     dm.set_text(t.need_dd(), "StorageData/Storage/Image/File", "fifo.hdd", _file_index(t, t.guids[-1]))
@@ -423,6 +436,8 @@ VARIANTS: dict[str, tuple[tuple[Fn, ...], int]] = {
     "dd-missing-file": ((v_dd_missing_file,), 3),
     "dd-unsafe-path": ((v_dd_unsafe_path,), 3),
     "dd-fifo": ((v_dd_fifo,), 3),
+    "dd-symlink": ((v_dd_symlink,), 3),
+    "dd-huge": ((v_dd_huge,), 3),
     "dd-cluster-mismatch": ((v_dd_cluster_mismatch,), 2),
     "dd-parent": ((v_dd_parent,), 2),
     "dd-cycle": ((v_dd_cycle,), 2),
