@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sha256); 'none' reads only clusters the block maps cannot prove unchanged")
     p.add_argument("--full-compare", action="store_true",
                    help="ignore the block maps: read and compare every cluster")
+    p.add_argument("--no-mmap", action="store_true",
+                   help="copy with preadv instead of mapping the image files (slower; a source "
+                        "truncated during the diff then gives an error, not SIGBUS)")
     p.add_argument("--cluster-size", type=cluster_size_arg, metavar="SIZE",
                    help="cluster size of raw sources (default: the other side's)")
     p.add_argument("--allow-outside-paths", action="store_true",
@@ -247,7 +250,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.json and args.format == "json" and args.output == "-":
         raise UsageError("--json and '-o -' both write to stdout; choose one")
     opts = DiffOptions(hash=None if args.hash == "none" else args.hash,
-                       full_compare=args.full_compare)
+                       full_compare=args.full_compare, mmap=not args.no_mmap)
     sides = open_sides(args.old, args.new, args.old_snapshot, args.new_snapshot,
                        OpenOptions(cluster_size=args.cluster_size,
                                    allow_outside_paths=args.allow_outside_paths))

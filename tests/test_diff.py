@@ -218,6 +218,8 @@ def test_fast_path_reads_only_remapped_clusters(tmp_path: Path, guard_sources) -
     disk = tmp_path / "disk"
     g_base, _g_top = make_chain(disk, n * C, [base, top])
     guard_sources(disk)
+    old_raw = qemu_raw(disk, g_base, tmp_path / "old.raw")
+    new_raw = qemu_raw(disk, None, tmp_path / "new.raw")
     reads: list[tuple[str, int, int]] = []
     sides = open_sides(str(disk), str(disk), g_base, None, OpenOptions())
     try:
@@ -228,6 +230,10 @@ def test_fast_path_reads_only_remapped_clusters(tmp_path: Path, guard_sources) -
         full_sink = RangesSink(C, "sha256")
         full = scan(sides.old, sides.new, full_sink, DiffOptions(hash=None, full_compare=True))
         full_sink.flush()
+        copy_sink = RangesSink(C, "sha256")  # preadv instead of mmap, hashes on, small chunks
+        copied = scan(sides.old, sides.new, copy_sink,
+                      DiffOptions(hash="sha256", mmap=False, chunk=3 * C))
+        copy_sink.flush()
     finally:
         sides.close()
     remapped = {5, 9, 10, 20, 30, 40, 50}
@@ -239,9 +245,9 @@ def test_fast_path_reads_only_remapped_clusters(tmp_path: Path, guard_sources) -
     assert stats.equal_candidate_clusters == 1 and stats.zero_clusters == 1
     assert sink.ranges == full_sink.ranges
     assert full.bytes_read_new == n * C
+    assert copy_sink.ranges == sink.ranges and copied.bytes_read_new == n * C
+    assert copied.new_hash == sha256_file(new_raw) and copied.old_hash == sha256_file(old_raw)
     # and the truth, from qemu
-    old_raw = qemu_raw(disk, g_base, tmp_path / "old.raw")
-    new_raw = qemu_raw(disk, None, tmp_path / "new.raw")
     assert clusters_of(sink.ranges) == truly_changed(old_raw, new_raw, C)
     doc = check_json(disk, disk, old_raw, new_raw, tmp_path / "d.json", "--old-snapshot", g_base,
                      "--hash", "none")
@@ -303,7 +309,7 @@ def test_raw_sources(tmp_path: Path, guard_sources) -> None:
     other side or --cluster-size; two raw files need --cluster-size."""
     old, new, old_raw, new_raw = two_disks(tmp_path, 32, 32, 0.2, seed=3)
     guard_sources(old.parent, old_raw, new_raw)
-    check_json(old, new_raw, old_raw, new_raw, tmp_path / "a.json")
+    check_json(old, new_raw, old_raw, new_raw, tmp_path / "a.json", "--no-mmap")
     check_json(old_raw, new_raw, old_raw, new_raw, tmp_path / "b.json", "--cluster-size", "64K")
     r = run_cli("diff", old_raw, new_raw, "-o", tmp_path / "c.json", "-f", "json")
     assert r.returncode == ExitCode.BAD_IMAGE
