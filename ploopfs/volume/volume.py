@@ -62,13 +62,28 @@ class Volume:
             pos += n
 
     # -- reading -------------------------------------------------------------------------------
-    def read(self, offset: int, length: int) -> bytearray:
+    def read(self, offset: int, length: int) -> bytes | bytearray:
         """Exactly the bytes of the virtual disk at [offset, offset+length), short only at the
         end of the disk."""
         end = min(offset + length, self.size)
-        buf = bytearray(max(0, end - offset))
-        if buf:
-            self.readinto(memoryview(buf), offset)
+        n = end - offset
+        if n <= 0:
+            return bytearray()
+        # Fast path, the usual FUSE request: the range lies inside one mapped extent, so one
+        # os.pread answers it, without a zero-filled buffer or Segment objects (~5 us less per
+        # 4 KiB request, tools/bench/mount_bench.py). Anything else, and a short or failed read,
+        # takes the general path below, which zero-fills holes and reports the error.
+        m, c = self.map, self.cluster_size
+        i = m.find(offset // c)
+        if i >= 0 and end <= (m.a_vstart[i] + m.a_count[i]) * c:
+            try:
+                data = os.pread(self._fds[m.a_level[i]], n, m.a_offset[i] + offset - m.a_vstart[i] * c)
+            except OSError:
+                data = b""
+            if len(data) == n:
+                return data
+        buf = bytearray(n)
+        self.readinto(memoryview(buf), offset)
         return buf
 
     def readinto(self, view: memoryview, offset: int) -> int:
