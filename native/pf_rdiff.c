@@ -453,6 +453,10 @@ struct match_job {
     int64_t *match;
 };
 
+/* Strong prefixes of at least this many bytes decide a match alone (2^64 birthday bound);
+ * shorter ones (e.g. fast-rdiff's 8-byte MD4) are backed by the 32-bit weak sum as well. */
+#define STRONG_ENOUGH 16
+
 /* Does record r equal (weak of p[0..n), strong)? The weak sum is computed at most once per
  * block, and only once a strong prefix already matched. */
 static int rec_equal(const pf_index *ix, const unsigned char *r, const unsigned char *strong,
@@ -460,6 +464,8 @@ static int rec_equal(const pf_index *ix, const unsigned char *r, const unsigned 
 {
     if (memcmp(r + 4, strong, ix->sum_len) != 0)
         return 0;
+    if (ix->sum_len >= STRONG_ENOUGH)
+        return 1;
     if (!*have_weak) {
         *weak = weak_sum(ix->weak, p, n);
         *have_weak = 1;

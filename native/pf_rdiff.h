@@ -58,8 +58,8 @@ void pf_index_free(pf_index *ix);
 /* Number of distinct records in the hash index (duplicates keep the first block). */
 uint64_t pf_index_size(const pf_index *ix);
 /* For each block of buf[0..len) (new-file blocks first_block, first_block+1, ...; the last
- * may be short), match[k] = index of a basis block with equal weak sum and equal strong-sum
- * prefix, or -1. The block at the same index is tried first, then the hash index. Returns
+ * may be short), match[k] = index of a basis block with an equal strong-sum prefix (and, for
+ * prefixes shorter than 16 bytes, an equal weak sum), or -1. The block at the same index is tried first, then the hash index. Returns
  * the number of blocks, or -1. */
 int64_t pf_match_chunk(const pf_index *ix, const unsigned char *buf, size_t len,
                        uint64_t first_block, int64_t *match);

@@ -304,6 +304,17 @@ static void test_match(void)
             free(nw);
         }
     }
+    /* short strong prefixes are backed by the weak sum; 16+ bytes decide alone */
+    for (size_t sl = 8; sl <= 16; sl += 8) {
+        unsigned char r[4 + 16];
+        int64_t m1[1];
+        ref_record(PF_HASH_MD4, PF_WEAK_ROLLSUM, basis, bl, sl, r);
+        r[0] ^= 1; /* wrong weak sum, right strong sum */
+        pf_index *wx = pf_index_new(PF_HASH_MD4, PF_WEAK_ROLLSUM, bl, sl, r, 1, 1);
+        CHECK(wx && pf_match_chunk(wx, basis, bl, 0, m1) == 1, "weak check sl=%zu", sl);
+        CHECK(m1[0] == (sl < 16 ? -1 : 0), "weak check sl=%zu: %lld", sl, (long long)m1[0]);
+        pf_index_free(wx);
+    }
     /* an empty signature matches nothing */
     pf_index *ix = pf_index_new(PF_HASH_MD4, PF_WEAK_ROLLSUM, bl, 8, NULL, 0, 2);
     int64_t m1[1];
