@@ -326,3 +326,34 @@ def test_fuzz_descriptor(fuzz_disk: Path, tmp_path_factory, data) -> None:
     h = _hashes(d)
     _assert_sane(check(d))
     assert _hashes(d) == h
+
+
+def test_deep_io_error(corpus_case, tmp_path: Path) -> None:
+    """--deep on an image served through a FUSE file system that fails reads of 4 KiB inside
+    one referenced cluster (tests/faultfs.py): exactly that cluster is DEEP_IO_ERROR; the
+    metadata check alone is clean."""
+    img = corpus_case("v2-single") / "root.hdd"
+    c = 1 << 20
+    entries = dm.bat_entries(img)  # v2: cluster numbers
+    vc = 4
+    bad = (entries[vc] * c + 4096, entries[vc] * c + 8192)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "faultfs.py"), str(img), str(mnt),
+                             "root.hdd", str(bad[0]), str(bad[1])], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        served = mnt / "root.hdd"
+        assert served.stat().st_size == img.stat().st_size
+        assert check(served).codes() == set()
+        rep = check(served, deep=True)
+        errs = [f for f in rep.findings if f.code == "DEEP_IO_ERROR"]
+        assert rep.codes() == {"DEEP_IO_ERROR"} and rep.exit_code == 2, rep.findings
+        assert [(f.vcluster, f.pcluster, f.offset) for f in errs] == [(vc, entries[vc], entries[vc] * c)]
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False, capture_output=True)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -888,7 +888,8 @@ def _data_clusters_offsets(fd: int, offs: np.ndarray, c: int, size: int) -> np.n
 
 def _read_clusters(sc: _Scanned, c: int) -> Iterator[tuple[int, bytes | None]]:
     """(index into sc.vcl, cluster bytes or None on a read error), in file order; runs of
-    contiguous clusters are read in DEEP_CHUNK pieces; a failed piece is retried per cluster."""
+    contiguous clusters are read in DEEP_CHUNK pieces; a failed or short piece is retried
+    cluster by cluster (a read error can also show up as a short read)."""
     order = np.argsort(sc.off).tolist()
     per = max(1, DEEP_CHUNK // c)
     k = 0
@@ -897,18 +898,30 @@ def _read_clusters(sc: _Scanned, c: int) -> Iterator[tuple[int, bytes | None]]:
         while (len(run) < per and k + len(run) < len(order)
                and int(sc.off[order[k + len(run)]]) == int(sc.off[run[-1]]) + c):
             run.append(order[k + len(run)])
-        base = int(sc.off[run[0]])
-        try:
-            buf = _pread(sc.fd, c * len(run), base)
+        buf = _read_full(sc.fd, c * len(run), int(sc.off[run[0]]))
+        if buf is not None:
             for j, i in enumerate(run):
                 yield i, buf[j * c:(j + 1) * c]
-        except OSError:
+        else:
             for i in run:
-                try:
-                    yield i, _pread(sc.fd, c, int(sc.off[i]))
-                except OSError:
-                    yield i, None
+                yield i, _read_full(sc.fd, c, int(sc.off[i]))
         k += len(run)
+
+
+def _read_full(fd: int, n: int, off: int) -> bytes | None:
+    """Exactly n bytes, or None if a read fails or ends early (the ranges are inside the file)."""
+    parts = []
+    got = 0
+    while got < n:
+        try:
+            b = _pread(fd, n - got, off + got)
+        except OSError:
+            return None
+        if not b:
+            return None
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
 
 
 def _same_below(lower: _LenientReader, vc: int, data: bytes, c: int) -> bool:
