@@ -331,6 +331,10 @@ def test_bad_inputs(tmp_path: Path, guard_sources) -> None:
         (["diff", old, new, "-o", tmp_path / "exists.rdiff"], ExitCode.OUTPUT, "exists.rdiff"),
         (["diff", old, new, "-o", "-"], ExitCode.USAGE, "json"),
         (["diff", old, other, "-o", tmp_path / "o2"], ExitCode.UNSUPPORTED, "cluster sizes"),
+        (["diff", old, other, "-o", tmp_path / "o4", "-f", "ploop"], ExitCode.UNSUPPORTED,
+         "cluster sizes"),
+        (["diff", old, other, "-o", tmp_path / "o5", "-f", "json"], ExitCode.UNSUPPORTED,
+         "cluster sizes"),
         (["diff", old, new, "-o", tmp_path / "o3", "--old-snapshot", "{12345678-1234-1234-1234-"
           "123456789abc}"], ExitCode.NOT_FOUND, "snapshot"),
         (["diff", old, new, "-o", old.parent, "-f", "ploop"], ExitCode.OUTPUT, "src"),
@@ -340,4 +344,5 @@ def test_bad_inputs(tmp_path: Path, guard_sources) -> None:
         err = r.stderr.decode().strip()
         assert r.returncode == code, (args, err)
         assert len(err.splitlines()) == 1 and word in err and "Traceback" not in err, err
-    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    for name in ("o1", "o2", "o2.json", "o4", "o5"):  # nothing half-written is left behind
+        assert not (tmp_path / name).exists(), name

@@ -54,7 +54,7 @@ from ploopfs.volume.writer import ImageWriter, chain_descriptor, new_guid, write
 
 Progress = Callable[[int], None]  # bytes of NEW scanned so far
 ReadHook = Callable[[str, int, int], None]  # side ("old"/"new"), virtual offset, length
-CHUNK = 4 << 20  # x 2 sides x SLOTS buffer sets
+CHUNK = 2 << 20  # x 2 sides x SLOTS buffer sets
 MMAP_MIN = 1 << 20  # smaller reads are copied
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 HASHES: dict[str, Callable[[], Any]] = {"sha256": hashlib.sha256, "blake2b": hashlib.blake2b}
@@ -685,18 +685,31 @@ def diff_ploop(sides: Sides, outdir: str, opts: DiffOptions) -> dict[str, Any]:
     """A new folder with a v1/v2 delta (OLD's version) holding the changed clusters and a
     DiskDescriptor.xml stacking it on OLD's chain, whose images are referenced, not copied:
     by paths relative to `outdir` (§5.6), so opening the result with ploopfs needs
-    --allow-outside-paths. OLD's files are never written."""
+    --allow-outside-paths. OLD's files are never written. On failure what was written is
+    removed again."""
     if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
         raise OutputError("exists and is not an empty folder", outdir)
     _refuse_sources(sides, outdir)
-    old, new = sides.old, sides.new
-    c = new.cluster_size
-    versions = [im.header.version for im in old.images if im.header is not None]
-    version = versions[0] if versions else 2
+    made = not os.path.exists(outdir)
     try:
         os.makedirs(outdir, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create folder: {e.strerror}", outdir) from None
+    try:
+        return _ploop_into(sides, outdir, opts)
+    except BaseException:
+        for name in os.listdir(outdir):  # the folder was empty: everything in it is ours
+            os.unlink(os.path.join(outdir, name))
+        if made:
+            os.rmdir(outdir)
+        raise
+
+
+def _ploop_into(sides: Sides, outdir: str, opts: DiffOptions) -> dict[str, Any]:
+    old, new = sides.old, sides.new
+    c = new.cluster_size
+    versions = [im.header.version for im in old.images if im.header is not None]
+    version = versions[0] if versions else 2
     name = _delta_name(sides)
     path = os.path.join(outdir, name)
     zero_hole_from = -(-max(max(im.virtual_size for im in old.images), old.size) // c)
