@@ -886,7 +886,7 @@ def _data_clusters_offsets(fd: int, offs: np.ndarray, c: int, size: int) -> np.n
     return ok
 
 
-def _read_clusters(sc: _Scanned, c: int) -> Iterator[tuple[int, bytes | None]]:
+def _read_clusters(sc: _Scanned, c: int) -> Iterator[tuple[int, bytes | memoryview | None]]:
     """(index into sc.vcl, cluster bytes or None on a read error), in file order; runs of
     contiguous clusters are read in DEEP_CHUNK pieces; a failed or short piece is retried
     cluster by cluster (a read error can also show up as a short read)."""
@@ -900,8 +900,9 @@ def _read_clusters(sc: _Scanned, c: int) -> Iterator[tuple[int, bytes | None]]:
             run.append(order[k + len(run)])
         buf = _read_full(sc.fd, c * len(run), int(sc.off[run[0]]))
         if buf is not None:
+            view = memoryview(buf)
             for j, i in enumerate(run):
-                yield i, buf[j * c:(j + 1) * c]
+                yield i, view[j * c:(j + 1) * c]
         else:
             for i in run:
                 yield i, _read_full(sc.fd, c, int(sc.off[i]))
@@ -924,12 +925,22 @@ def _read_full(fd: int, n: int, off: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _same_below(lower: _LenientReader, vc: int, data: bytes, c: int) -> bool:
+_PROBE = 4096
+
+
+def _same_below(lower: _LenientReader, vc: int, data: bytes | memoryview, c: int) -> bool:
+    """Is `data` what the levels below serve for virtual cluster vc (zeros if unmapped)? The
+    first 4 KiB are compared first, so a changed cluster rarely costs a full read."""
     loc = lower.locate(vc)
     if loc is None:
-        return data.count(0) == len(data)
+        return not any(data[:_PROBE]) and data == bytes(len(data))
     try:
+        head = _pread(loc[0].fd, min(_PROBE, c), loc[1])
+        if head != data[:len(head)]:
+            return False
         below = _pread(loc[0].fd, c, loc[1])
     except OSError:
         return False
-    return below + bytes(c - len(below)) == data
+    if len(below) < c:  # a raw base may end inside the cluster: the rest reads as zeros
+        below += bytes(c - len(below))
+    return below == data
