@@ -63,16 +63,37 @@ def build(workdir: str, size: int, block: int, rate: float, seed: int) -> dict:
     return params
 
 
+CPU: dict[str, list[float]] = {}  # case -> CPU seconds (user + sys) per sample
+
+
 def run(cmd: list[str], rss: dict[str, int], key: str) -> float:
-    """Wall seconds of one process; records its peak RSS (KiB) under key."""
+    """Wall seconds of one process; records its peak RSS (KiB) under key and adds its CPU
+    seconds to _cpu_acc (the machine is shared: CPU time shows the work done even when the
+    process waits for a core)."""
+    global _cpu_acc
     t0 = time.perf_counter()
-    r = subprocess.run([TIME, "-f", "%M", *cmd], capture_output=True, check=False)
+    r = subprocess.run([TIME, "-f", "%U %S %M", *cmd], capture_output=True, check=False)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"rdiff_bench: {' '.join(cmd)} failed: {r.stderr.decode().strip()}")
-    kib = int(r.stderr.decode().strip().splitlines()[-1])
-    rss[key] = max(rss.get(key, 0), kib)
+    user, sys_, kib = r.stderr.decode().strip().splitlines()[-1].split()
+    rss[key] = max(rss.get(key, 0), int(kib))
+    _cpu_acc += float(user) + float(sys_)
     return dt
+
+
+_cpu_acc = 0.0
+
+
+def with_cpu(name: str, fn):
+    """Wrap a case so its CPU seconds per sample land in CPU[name]."""
+    def wrapped() -> float:
+        global _cpu_acc
+        _cpu_acc = 0.0
+        wall = fn()
+        CPU.setdefault(name, []).append(_cpu_acc)
+        return wall
+    return wrapped
 
 
 def files_equal(a: str, b: str) -> bool:
@@ -135,8 +156,9 @@ def main() -> int:
             subprocess.run([RDIFF, "-f", "patch", old, W(d), W("out.raw")], check=True)
             if not files_equal(W("out.raw"), new):
                 sys.exit(f"rdiff_bench: rdiff patch of {d} is not NEW")
-        cases += [(f"sig+delta ploopfs {fl}", ours), (f"sig+delta rdiff {fl}", theirs),
-                  (f"delta ploopfs {fl}", ours_delta), (f"delta rdiff {fl}", theirs_delta)]
+        for name, fn in ((f"sig+delta ploopfs {fl}", ours), (f"sig+delta rdiff {fl}", theirs),
+                         (f"delta ploopfs {fl}", ours_delta), (f"delta rdiff {fl}", theirs_delta)):
+            cases.append((name, with_cpu(name, fn)))
 
     subprocess.run(["cat", old, new], stdout=subprocess.DEVNULL, check=True)  # warm cache
     log(f"rdiff_bench: {a.rounds} rounds, {len(cases)} cases")
@@ -144,17 +166,24 @@ def main() -> int:
                         lambda n, r, v: log(f"  round {r + 1}: {n}: {v:.2f} s"))
     series = {n: Series(n, "s", v) for n, v in samples.items()}
     gib = a.size / (1 << 30)
-    print(f"\nrdiff drop-in, {gib:g} GiB, 1 MiB blocks, {a.rate:.0%} changed, "
+    print(f"\nload average at the end: {os.getloadavg()}")
+    print(f"rdiff drop-in, {gib:g} GiB, 1 MiB blocks, {a.rate:.0%} changed, "
           f"{a.rounds} rounds (median (min–max))")
     result: dict[str, object] = {"machine": machine_info(), "params": params, "cases": {}}
     for fl in flavours:
         for what, target in (("sig+delta", 10.0), ("delta", 4.0)):
             p, r = series[f"{what} ploopfs {fl}"], series[f"{what} rdiff {fl}"]
             ratio = Series("ratio", "x", ratio_series(r.samples, p.samples))
-            print(f"  {what:10s} {fl:8s} ploopfs {p.fmt()} s  rdiff {r.fmt()} s  "
+            pc = Series("cpu", "s", CPU[f"{what} ploopfs {fl}"])
+            rc = Series("cpu", "s", CPU[f"{what} rdiff {fl}"])
+            cratio = Series("ratio", "x", ratio_series(rc.samples, pc.samples))
+            print(f"  {what:10s} {fl:8s} wall: ploopfs {p.fmt()} s  rdiff {r.fmt()} s  "
                   f"speed-up {ratio.fmt(digits=1)}x  (target >= {target:g}x)")
-            result["cases"][f"{what} {fl}"] = {"ploopfs_s": p.samples, "rdiff_s": r.samples,
-                                                "speedup": ratio.samples, "target": target}
+            print(f"  {'':10s} {'':8s} CPU:  ploopfs {pc.fmt()} s  rdiff {rc.fmt()} s  "
+                  f"ratio {cratio.fmt(digits=1)}x")
+            result["cases"][f"{what} {fl}"] = {
+                "ploopfs_s": p.samples, "rdiff_s": r.samples, "speedup": ratio.samples,
+                "ploopfs_cpu_s": pc.samples, "rdiff_cpu_s": rc.samples, "target": target}
     print("  peak RSS (MiB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(rss.items())))
     result["peak_rss_kib"] = rss
     dump_json(a.json, result)
