@@ -1,4 +1,4 @@
-"""Runs every reader benchmark of tools/bench in its own process and prints a summary table.
+"""Runs every benchmark of tools/bench in its own process and prints a summary table.
 
 Invoked by tools/bench/run (which picks the project's venv); see docs/benchmarks.md.
 """
@@ -71,6 +71,38 @@ def rows_open(res: dict) -> list[tuple[str, ...]]:
     return out
 
 
+def rows_mount(res: dict) -> list[tuple[str, ...]]:
+    if "skipped" in res:
+        return [("mount_bench", "all", "-", "-", "-", "-", f"skipped: {res['skipped']}")]
+    seq, rnd, rat, t = res["seq_bytes_per_s"], res["rand_iops"], res["ratios"], res["targets"]
+    qsd_seq = f"qsd {rng(seq['qsd'], 1e6, 0)}" if "qsd" in seq else "-"
+    out = []
+
+    def row(metric: str, base: str, val: dict, ratio: str, target: str, tkey: str | None,
+            scale: float, digits: int) -> None:
+        if ratio not in rat:
+            return
+        status = ("MET" if t[tkey]["met"] else "MISSED") if tkey else "info"
+        out.append(("mount_bench", metric, base, rng(val, scale, digits), rng(rat[ratio]), target, status))
+
+    if "pfs" in seq:
+        row("seq dd MB/s", qsd_seq, seq["pfs"], "seq ploopfs / qsd", ">= 2x", "seq ploopfs / qsd >= 2",
+            1e6, 0)
+    if "pfs_dio" in seq:
+        row("seq dd MB/s --direct-io", qsd_seq, seq["pfs_dio"], "seq ploopfs --direct-io / qsd", ">= 2x",
+            "seq ploopfs --direct-io / qsd >= 2", 1e6, 0)
+    if "ch8" in seq:
+        row("seq dd MB/s 8-deep chain", f"1 image {rng(seq['pfs'], 1e6, 0)}", seq["ch8"],
+            "seq chain8 / 1 image", ">= 0.9x", "seq chain8 / 1 image >= 0.9", 1e6, 0)
+    if "raw" in seq and "pfs" in seq:
+        row("seq dd MB/s vs raw copy", f"raw dd {rng(seq['raw'], 1e6, 0)}", seq["pfs"],
+            "seq ploopfs / raw dd", "report", None, 1e6, 0)
+    if "pfs" in rnd and "qsd" in rnd:
+        row("rand 4K O_DIRECT IOPS", f"qsd {rng(rnd['qsd'], 1, 0)}", rnd["pfs"], "rand ploopfs / qsd",
+            ">= 0.6x", "rand ploopfs / qsd >= 0.6", 1, 0)
+    return out
+
+
 def table(rows: list[tuple[str, ...]]) -> str:
     head = ("bench", "metric", "baseline (same run)", "median (min–max)", "vs baseline", "target", "status")
     cols = [head, *rows]
@@ -84,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the reader benchmarks (docs/benchmarks.md).")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--workdir", help="keep the generated images here (reused by later runs)")
-    p.add_argument("--only", choices=("read_chain", "open_map"), action="append")
+    p.add_argument("--only", choices=("read_chain", "open_map", "mount_bench"), action="append")
     p.add_argument("--json", help="write all results here")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
-    only = args.only or ["read_chain", "open_map"]
+    only = args.only or ["read_chain", "open_map", "mount_bench"]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="ploopfs-bench-") as tmp:
         for name in only:
@@ -101,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += rows_read(results["read_chain"])
     if "open_map" in results:
         rows += rows_open(results["open_map"])
+    if "mount_bench" in results:
+        rows += rows_mount(results["mount_bench"])
     m = machine_info()
     print(f"\n== summary ({m['date']}, {m['cpus']} CPUs, Python {m['python']}, "
           f"load {m['loadavg_at_start'][0]:.2f}; {args.rounds} alternating rounds)")
