@@ -319,6 +319,60 @@ def _fuse_options(opts: MountOptions) -> set[str]:
     return o | opts.fuse_options
 
 
+def _start_reaper(mountpoint: str, private_dir: str | None) -> None:
+    """Back-up for auto_unmount. fusermount3's watcher (libfuse 3.14) unmounts a killed daemon's
+    mount only if open(MOUNTPOINT) then fails with ENOTCONN; when the kill races with a request
+    in flight (its own open, or a reader's) the open fails with ECONNABORTED instead and the dead
+    mount stays (about 1 SIGKILL in 3 here). This forked watcher waits for the daemon to die
+    (EOF on a pipe only the daemon holds) and lazily unmounts the mount if it is dead."""
+    r, _w = os.pipe()  # close-on-exec: fusermount3 and fuse2fs do not inherit the daemon's end
+    if os.fork():
+        os.close(r)
+        return  # `_w` stays open for the daemon's lifetime
+    try:
+        for s in SIGNALS:  # Ctrl-C or kill of the process group is for the daemon
+            signal.signal(s, signal.SIG_IGN)
+        _redirect_stdio()
+        # Hold nothing of the daemon's (readiness pipe, images, /dev/fuse) but the log file.
+        keep = sorted({r, *_log_fds()})
+        for lo, hi in zip([2, *keep], [*keep, os.sysconf("SC_OPEN_MAX")], strict=True):
+            os.closerange(lo + 1, hi)
+        while os.read(r, 1):
+            pass
+        if _dead_fuse_mount(mountpoint):
+            fusermount_u(mountpoint, lazy=True)
+            log.warning("server died without unmounting: lazily unmounted %s", mountpoint)
+        if private_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir(private_dir)
+    finally:
+        os._exit(0)
+
+
+def _log_fds() -> list[int]:
+    fds = []
+    for h in logging.getLogger("ploopfs").handlers:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            fds.append(h.stream.fileno())  # type: ignore[attr-defined]
+    return fds
+
+
+def _dead_fuse_mount(real: str) -> bool:
+    entry = [f for f in _mountinfo() if len(f) > 4 and _unescape(f[4]) == real]
+    if not entry or "fuse.ploopfs" not in entry[-1]:
+        return False
+    for _ in range(20):
+        try:
+            os.close(os.open(real, os.O_RDONLY | os.O_DIRECTORY))
+            return False  # alive: someone else mounted here since
+        except OSError as e:
+            if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                return True
+            if e.errno != errno.EINTR:
+                return False
+    return False
+
+
 def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
            wfd: int | None) -> int:
     import pyfuse3
@@ -332,6 +386,7 @@ def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
         private_dir = os.path.realpath(tempfile.mkdtemp(prefix="ploopfs-disk-"))
         disk_mnt = private_dir
     ops = Operations(tree.root, uid=opts.uid, gid=opts.gid, direct_io=opts.direct_io)
+    _start_reaper(disk_mnt, private_dir)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     fuse_opts = _fuse_options(opts)
     if fs_file:
