@@ -276,9 +276,11 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
         b1 = min((c0 + n) * c, new.size)
         ob1 = max(b0, min(b1, old.size))
         bo, bn = bufs[slot]
-        reads = [readers.submit(_read, new, memoryview(bn)[: b1 - b0], b0, "new", o, stats),
-                 readers.submit(_read, old, memoryview(bo)[: ob1 - b0], b0, "old", o, stats)
-                 if ob1 > b0 else None]
+        _account("new", b0, b1 - b0, o, stats)
+        reads = [readers.submit(_read, new, memoryview(bn)[: b1 - b0], b0, o), None]
+        if ob1 > b0:
+            _account("old", b0, ob1 - b0, o, stats)
+            reads[1] = readers.submit(_read, old, memoryview(bo)[: ob1 - b0], b0, o)
         return _Job(c0, n, slot, b0, b1, ob1, reads)
 
     done = 0
@@ -359,16 +361,19 @@ def _chunk_flags(bo: np.ndarray, bn: np.ndarray, c0: int, n: int, b0: int, b1: i
     return flags
 
 
-def _read(vol: Volume, view: memoryview, off: int, side: str, o: DiffOptions,
-          stats: DiffStats) -> memoryview:
+def _account(side: str, off: int, n: int, o: DiffOptions, stats: DiffStats) -> None:
+    """Count (and report) a read; on the caller's thread, before the read is started."""
+    if o.on_read:
+        o.on_read(side, off, n)
+    if side == "old":
+        stats.bytes_read_old += n
+    else:
+        stats.bytes_read_new += n
+
+
+def _read(vol: Volume, view: memoryview, off: int, o: DiffOptions) -> memoryview:
     """The bytes of `vol` at [off, off+len(view)): a read-only view of the image file mapped
     in memory when one extent serves them all (no copy), else read into `view`."""
-    if o.on_read:
-        o.on_read(side, off, len(view))
-    if side == "old":
-        stats.bytes_read_old += len(view)
-    else:
-        stats.bytes_read_new += len(view)
     mapped = _map(vol, off, len(view)) if o.mmap else None
     if mapped is not None:
         return mapped
@@ -398,7 +403,9 @@ def _hash_old_tail(old: Volume, start: int, buf: np.ndarray, h: _Hasher, o: Diff
     """Shrink: OLD's bytes past NEW's end still belong to OLD's hash."""
     pos = start
     while pos < old.size:
-        view = _read(old, memoryview(buf)[: min(len(buf), old.size - pos)], pos, "old", o, stats)
+        n = min(len(buf), old.size - pos)
+        _account("old", pos, n, o, stats)
+        view = _read(old, memoryview(buf)[:n], pos, o)
         h.feed(view).result()
         pos += len(view)
 
