@@ -42,7 +42,7 @@ def add_parsers(sub: Any) -> None:
         description="Write the librsync delta that turns the basis of SIG into NEW, matching "
                     "whole aligned blocks (as in disk images) instead of rolling byte by byte. "
                     "Accepts every signature rdiff writes. `rdiff patch` applies the result.")
-    p.add_argument("sig", metavar="SIG")
+    p.add_argument("sig", metavar="SIG", help="rdiff signature ('-' = stdin)")
     p.add_argument("new", metavar="NEW", help="plain file or any ploopfs SOURCE")
     p.add_argument("delta", metavar="DELTA", help="output file ('-' = stdout)")
     _common(p, snapshot=True)
@@ -185,7 +185,7 @@ def cmd_delta(args: argparse.Namespace) -> int:
 
     t0 = time.monotonic()
     try:
-        sig = read_signature(args.sig)
+        sig = read_signature(sys.stdin.buffer if args.sig == "-" else args.sig)
     except FileNotFoundError:
         raise NotFoundError("no such file", args.sig) from None
     with open_input(args.new, args.snapshot) as (read_at, size), \
@@ -217,5 +217,6 @@ def cmd_patch(args: argparse.Namespace) -> int:
     with progress_bar(total, "patch", not args.no_progress) as prog:
         stats = patch(args.basis, delta, out, progress=prog)
     _summary(args, {"basis": args.basis, "delta": args.delta, "output": args.out,
-                    **stats.to_json(), "seconds": round(time.monotonic() - t0, 3)}, True)
+                    **stats.to_json(), "seconds": round(time.monotonic() - t0, 3)},
+             args.out != "-")
     return 0

@@ -223,6 +223,17 @@ def test_signature_of_ploop_source(tmp_path: Path, corpus_case) -> None:
     cli_ok("signature", "-b", "65536", case, tmp_path / "our.sig")
     assert (tmp_path / "our.sig").read_bytes() == (tmp_path / "ref.sig").read_bytes()
 
+    # the disk as NEW: a delta against a changed raw basis, applied by stock rdiff patch
+    disk = raw.read_bytes()
+    basis = bytearray(disk)
+    basis[70000:75000] = bytes(5000)
+    basis[-3:] = b"xyz"
+    bf = write(tmp_path / "basis.raw", bytes(basis))
+    rdiff_ok("-b", "65536", "signature", bf, tmp_path / "b.sig")
+    cli_ok("delta", tmp_path / "b.sig", case / "DiskDescriptor.xml", tmp_path / "d")
+    rdiff_ok("patch", bf, tmp_path / "d", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == disk
+
 
 # -- deltas through stock rdiff patch -------------------------------------------------------------
 def changed_copy(data: bytes, block: int, frac: float, rng: random.Random) -> bytes:
@@ -340,9 +351,16 @@ def test_patch_of_rdiff_delta_equals_rdiff(tmp_path: Path, basis_file: Path, gua
         r = cli_ok("patch", basis_file, tmp_path / "delta", tmp_path / "ours", "-f", "--json")
         assert (tmp_path / "ours").read_bytes() == (tmp_path / "ref").read_bytes() == new
         assert json.loads(r.stdout)["output_bytes"] == len(new)
-    # delta from stdin, output to stdout
-    r = run_cli("patch", basis_file, "-", "-", input=(tmp_path / "delta").read_bytes())
+    # delta from stdin, output to stdout (the JSON summary then goes to stderr)
+    r = run_cli("patch", basis_file, "-", "-", "--json", input=(tmp_path / "delta").read_bytes())
     assert r.returncode == 0 and r.stdout == new
+    assert json.loads(r.stderr)["output_bytes"] == len(new)
+    # signature from stdin, delta to stdout
+    r = run_cli("delta", "-", nf, "-", input=(tmp_path / "sig").read_bytes())
+    assert r.returncode == 0
+    write(tmp_path / "d2", r.stdout)
+    rdiff_ok("patch", basis_file, tmp_path / "d2", tmp_path / "o2")
+    assert (tmp_path / "o2").read_bytes() == new
 
 
 def test_delta_with_ploopfs_patch_sparse_output(tmp_path: Path) -> None:
