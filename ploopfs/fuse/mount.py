@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -373,6 +373,22 @@ def _dead_fuse_mount(real: str) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _libfuse_messages() -> Iterator[list[str]]:
+    """Capture what C code (libfuse) writes to fd 2 meanwhile, as lines."""
+    said: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            said += tmp.read().decode(errors="replace").strip().splitlines()
+
+
 def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
            wfd: int | None) -> int:
     import pyfuse3
@@ -393,12 +409,18 @@ def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
         # the private disk layer is for fuse2fs only
         fuse_opts -= {"allow_other", "allow_root"}
     try:
-        pyfuse3.init(ops, disk_mnt, fuse_opts)
+        with _libfuse_messages() as said:
+            pyfuse3.init(ops, disk_mnt, fuse_opts)
     except RuntimeError as e:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         if private_dir:
             os.rmdir(private_dir)
-        raise MountError(f"cannot mount: {e}", target) from None
+        # libfuse says why on stderr (e.g. "fuse: unknown option(s): `-o foo'"), which is
+        # /dev/null in the background; its last line is the useful part of the message.
+        why = said[-1].removeprefix("fuse: ") if said else str(e)
+        raise MountError(f"cannot mount: {why}", target) from None
+    for line in said:  # warnings of a successful mount
+        log.warning("%s", line)
     state = state_file(target)
 
     async def main() -> None:
