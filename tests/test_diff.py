@@ -19,9 +19,11 @@ import pytest
 from conftest import expected_hashes, qemu_to_raw, run_cli, sha256_file
 
 from ploopfs.errors import ExitCode
+from ploopfs.format.descriptor import ImageEntry, Shot
+from ploopfs.format.header import TOP_GUID
 from ploopfs.services.diff import DiffOptions, RangesSink, open_sides, scan
 from ploopfs.volume.source import OpenOptions, open_source
-from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descriptor
+from ploopfs.volume.writer import ImageWriter, chain_descriptor, new_guid, write_descriptor
 
 KiB = 1 << 10
 C = 64 * KiB  # cluster size of the generated disks
@@ -252,6 +254,37 @@ def test_fast_path_reads_only_remapped_clusters(tmp_path: Path, guard_sources) -
     doc = check_json(disk, disk, old_raw, new_raw, tmp_path / "d.json", "--old-snapshot", g_base,
                      "--hash", "none")
     assert doc["stats"]["bytes_read_new"] == len(remapped) * C
+
+
+def test_fast_path_across_branches(tmp_path: Path, guard_sources) -> None:
+    """Two branches of a snapshot tree (base -> A, base -> B, as `ploop snapshot-switch` leaves
+    it): only clusters mapped by A or B are read; the result equals qemu's truth."""
+    rng = np.random.default_rng(11)
+    n = 48
+    disk = tmp_path / "tree"
+    disk.mkdir()
+    write_image(disk / "base.hds", n * C, rand_clusters(rng, range(n)))
+    write_image(disk / "a.hds", n * C, rand_clusters(rng, [1, 2, 30]))
+    b = rand_clusters(rng, [2, 3, 40])
+    write_image(disk / "b.hds", n * C, b)
+    d = chain_descriptor(["base.hds", "a.hds"], n * C, C)
+    g_base, g_a = d.images[0].guid, new_guid()
+    d.images[1].guid = d.shots[1].guid = d.top_guid = g_a
+    d.images.append(ImageEntry(TOP_GUID, "b.hds", "Compressed"))
+    d.shots.append(Shot(TOP_GUID, g_base))
+    d.top_guid = TOP_GUID
+    write_descriptor(disk / "DiskDescriptor.xml", d)
+    guard_sources(disk)
+    old_raw, new_raw = tmp_path / "a.raw", tmp_path / "b.raw"
+    qemu_to_raw(qemu_chain([str(disk / "base.hds"), str(disk / "a.hds")], False), old_raw)
+    qemu_to_raw(qemu_chain([str(disk / "base.hds"), str(disk / "b.hds")], False), new_raw)
+    doc = check_json(disk, disk, old_raw, new_raw, tmp_path / "t.json", "--old-snapshot", g_a,
+                     "--hash", "none")
+    assert clusters_of(doc["ranges"]) == [1, 2, 3, 30, 40]
+    assert doc["stats"]["candidate_clusters"] == 5
+    assert doc["stats"]["bytes_read_new"] == doc["stats"]["bytes_read_old"] == 5 * C
+    check_rdiff(disk, disk, old_raw, new_raw, tmp_path, "--old-snapshot", g_a)
+    check_ploop(disk, disk, new_raw, tmp_path, "--old-snapshot", g_a, old_snapshot=g_a)
 
 
 # -- independent images: growth, shrink, zeros, change rates ---------------------------------------
