@@ -507,11 +507,13 @@ def _patch_errcode(msg: str) -> str:
 
 # -- plain-file reading -------------------------------------------------------------------------
 class FileReader:
-    """`read_at` for a regular file or block device: pread into a small ring of reused
-    buffers (the chunk loop holds at most two at a time); ranges that are one hole of a sparse
-    file come back as a shared zero buffer without reading."""
+    """`read_at` for a regular file or block device: pread into two reused buffers (the chunk
+    loop reads chunk i+1 into one while the caller works on chunk i in the other, and only asks
+    for chunk i+2 once it is done with chunk i; anything kept longer, like a pending literal,
+    is copied); ranges that are one hole of a sparse file come back as a shared zero buffer
+    without reading."""
 
-    RING = 3
+    RING = 2
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
