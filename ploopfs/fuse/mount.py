@@ -427,7 +427,10 @@ def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
         async with trio.open_nursery() as nursery:
 
             async def run_fuse() -> None:
-                await pyfuse3.main()  # returns on terminate() or when unmounted from outside
+                # One worker task: handlers never await (reads are inline), so more tasks only
+                # add trio lock hand-offs between them (~10 us per request, docs/benchmarks.md).
+                # Returns on terminate() or when unmounted from outside.
+                await pyfuse3.main(max_tasks=1)
                 nursery.cancel_scope.cancel()
 
             with trio.open_signal_receiver(*SIGNALS) as signals:
