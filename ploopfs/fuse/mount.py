@@ -15,6 +15,7 @@ import json
 import logging
 import logging.handlers
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -237,8 +238,6 @@ def _wait_ready(rfd: int, pid: int) -> int:
     """Parent: wait for 'OK' or 'E<code> <message>' from the daemon."""
     chunks = []
     deadline = time.monotonic() + READY_TIMEOUT
-    import select
-
     while time.monotonic() < deadline:
         r, _, _ = select.select([rfd], [], [], 0.2)
         if r:
@@ -246,6 +245,8 @@ def _wait_ready(rfd: int, pid: int) -> int:
             if not data:
                 break
             chunks.append(data)
+            if b"\n" in data:  # one line is the whole report; a child may still hold the pipe
+                break
         else:
             done, _status = os.waitpid(pid, os.WNOHANG)
             if done:

@@ -79,7 +79,7 @@ class Operations(pyfuse3.Operations):
             a.st_nlink = 1
             a.st_size = node.size
         a.st_uid, a.st_gid = self.uid, self.gid
-        ns = int(node.mtime * 1e9)
+        ns = node.mtime_ns
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
         a.st_blksize = 1 << 20
         a.st_blocks = -(-a.st_size // 512)

@@ -26,14 +26,14 @@ from ploopfs.volume.volume import Volume
 class File:
     name: str
     size: int
-    mtime: float
+    mtime_ns: int
     read: Callable[[int, int], bytes | bytearray | memoryview]
 
 
 @dataclass(eq=False)
 class Dir:
     name: str
-    mtime: float
+    mtime_ns: int
     _loader: Callable[[], list[File | Dir]] | None = None
     _children: dict[str, File | Dir] | None = field(default=None)
 
@@ -46,8 +46,8 @@ class Dir:
         return self._children
 
 
-def _range_reader(vol: Volume, start: int, size: int) -> Callable[[int, int], bytearray]:
-    def read(offset: int, length: int) -> bytearray:
+def _range_reader(vol: Volume, start: int, size: int) -> Callable[[int, int], bytes | bytearray]:
+    def read(offset: int, length: int) -> bytes | bytearray:
         if offset >= size:
             return bytearray()
         return vol.read(start + offset, min(length, size - offset))
@@ -55,14 +55,14 @@ def _range_reader(vol: Volume, start: int, size: int) -> Callable[[int, int], by
     return read
 
 
-def volume_files(vol: Volume, mtime: float) -> list[File | Dir]:
+def volume_files(vol: Volume, mtime_ns: int) -> list[File | Dir]:
     """`disk` and `partN` of one volume."""
-    files: list[File | Dir] = [File("disk", vol.size, mtime, vol.read)]
+    files: list[File | Dir] = [File("disk", vol.size, mtime_ns, vol.read)]
     table = inspect_disk(vol.read, vol.size)
     for p in table.partitions:
         start = min(p.start, vol.size)
         size = max(0, min(p.size, vol.size - start))
-        files.append(File(f"part{p.number}", size, mtime, _range_reader(vol, start, size)))
+        files.append(File(f"part{p.number}", size, mtime_ns, _range_reader(vol, start, size)))
     return files
 
 
@@ -76,15 +76,17 @@ class MountTree:
         self.snapshot = snapshot
         self.volume = disk.volume(snapshot)  # errors (bad source, unknown snapshot) surface here
         paths = list(disk.paths.values())
-        self.mtime = max((os.stat(p).st_mtime for p in paths), default=0.0)
+        self.mtime_ns = max((os.stat(p).st_mtime_ns for p in paths), default=0)
         info = json.dumps(disk_info(disk, snapshot), indent=2, default=str).encode() + b"\n"
         top_files = volume_files(self.volume, self._chain_mtime(snapshot))
-        top_files.append(File("info.json", len(info), self.mtime, _bytes_reader(info)))
-        top_files.append(Dir("snapshots", self.mtime, self._snapshot_dirs))
-        self.root = Dir("", self.mtime, lambda: top_files)
+        top_files.append(File("info.json", len(info), self.mtime_ns, _bytes_reader(info)))
+        top_files.append(Dir("snapshots", self.mtime_ns, self._snapshot_dirs))
+        self.root = Dir("", self.mtime_ns, lambda: top_files)
 
-    def _chain_mtime(self, snapshot: str | None) -> float:
-        return max(os.stat(self.disk.paths[e.guid]).st_mtime for e in self.disk.chain(snapshot))
+    def _chain_mtime(self, snapshot: str | None) -> int:
+        """Newest mtime (ns, exact) of the image files a snapshot reads."""
+        return max(os.stat(self.disk.paths[e.guid]).st_mtime_ns
+                   for e in self.disk.chain(snapshot))
 
     def _snapshot_dirs(self) -> list[File | Dir]:
         out: list[File | Dir] = []
