@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -99,11 +99,13 @@ def cli_json(*args: str | os.PathLike[str]) -> dict:
     return json.loads(r.stdout)
 
 
-def qemu_json_chain(files: list[str | os.PathLike[str]]) -> str:
-    """A qemu `json:` filename for a parallels chain, base first (ploop-format.md, corpus README)."""
+def qemu_json_chain(files: Sequence[str | os.PathLike[str]], raw_base: bool = False) -> str:
+    """A qemu `json:` filename for a parallels chain, base first (ploop-format.md, corpus README);
+    with raw_base the base is a raw file."""
     spec: dict | None = None
-    for f in files:
-        node: dict = {"driver": "parallels", "file": {"driver": "file", "filename": str(f)}}
+    for i, f in enumerate(files):
+        driver = "raw" if raw_base and i == 0 else "parallels"
+        node: dict = {"driver": driver, "file": {"driver": "file", "filename": str(f)}}
         if spec is not None:
             node["backing"] = spec
         spec = node

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import expected_hashes, qemu_to_raw, run_cli, sha256_file
+from conftest import expected_hashes, qemu_json_chain, qemu_to_raw, run_cli, sha256_file
 
 from ploopfs.errors import ExitCode
 from ploopfs.format.descriptor import ImageEntry, Shot
@@ -30,17 +30,6 @@ C = 64 * KiB  # cluster size of the generated disks
 
 
 # -- independent truth --------------------------------------------------------------------------
-def qemu_chain(files: list[str], raw_base: bool) -> str:
-    spec: dict | None = None
-    for i, f in enumerate(files):
-        driver = "raw" if raw_base and i == 0 else "parallels"
-        node: dict = {"driver": driver, "file": {"driver": "file", "filename": str(f)}}
-        if spec is not None:
-            node["backing"] = spec
-        spec = node
-    return "json:" + json.dumps(spec)
-
-
 def chain_files(source: Path, snapshot: str | None) -> tuple[list[str], bool]:
     """The image files of a snapshot's chain, base first, and whether the base is raw."""
     with open_source(source, OpenOptions(cluster_size=C, allow_outside_paths=True)) as disk:
@@ -51,7 +40,7 @@ def chain_files(source: Path, snapshot: str | None) -> tuple[list[str], bool]:
 
 def qemu_raw(source: Path, snapshot: str | None, dst: Path) -> Path:
     files, raw = chain_files(source, snapshot)
-    qemu_to_raw(qemu_chain(files, raw), dst)
+    qemu_to_raw(qemu_json_chain(files, raw), dst)
     return dst
 
 
@@ -64,6 +53,25 @@ def truly_changed(old_raw: Path, new_raw: Path, c: int) -> list[int]:
         if b > len(old) or old[a:b] != new[a:b]:
             out.append(k)
     return out
+
+
+def b3sum(data: Path | bytes) -> str:
+    """BLAKE3 by the `b3sum` tool (the reference Rust implementation's CLI), not by the Python
+    `blake3` package ploopfs uses."""
+    args = ["b3sum", "--no-names"]
+    if isinstance(data, Path):
+        r = subprocess.run([*args, str(data)], capture_output=True, check=True, timeout=120)
+    else:
+        r = subprocess.run(args, input=data, capture_output=True, check=True, timeout=120)
+    return r.stdout.decode().split()[0]
+
+
+def digest(data: Path | bytes, alg: str) -> str:
+    if alg == "blake3":
+        return b3sum(data)
+    if alg == "sha256":
+        return sha256_file(data) if isinstance(data, Path) else hashlib.sha256(data).hexdigest()
+    raise AssertionError(f"no independent check for {alg}")
 
 
 def clusters_of(ranges: list[dict]) -> list[int]:
@@ -99,16 +107,25 @@ def check_json(old: Path, new: Path, old_raw: Path, new_raw: Path, out: Path, *a
     assert r.returncode == 0, r.stderr.decode()
     doc = json.loads(out.read_text())
     assert clusters_of(doc["ranges"]) == truly_changed(old_raw, new_raw, doc["cluster_size"])
+    alg = doc["hash"]
+    assert alg == (expect_hash(args) if "--hash" in args else "blake3")  # the default
     data = new_raw.read_bytes()
     for rg in doc["ranges"]:
         piece = data[rg["offset"]: rg["offset"] + rg["length"]]
         assert rg["length"] == len(piece)
-        if "sha256" in rg:
-            assert rg["sha256"] == hashlib.sha256(piece).hexdigest()
+        if alg:
+            assert rg[alg] == digest(piece, alg)
         assert rg["zero"] == (piece.count(0) == len(piece))
     assert doc["new"]["size"] == new_raw.stat().st_size
     assert doc["old"]["size"] == old_raw.stat().st_size
+    if alg:
+        assert doc["old"][alg] == digest(old_raw, alg) and doc["new"][alg] == digest(new_raw, alg)
     return doc
+
+
+def expect_hash(args: tuple[str, ...]) -> str | None:
+    alg = args[args.index("--hash") + 1]
+    return None if alg == "none" else alg
 
 
 def check_rdiff(old: Path, new: Path, old_raw: Path, new_raw: Path, tmp: Path, *args: str) -> dict:
@@ -122,9 +139,11 @@ def check_rdiff(old: Path, new: Path, old_raw: Path, new_raw: Path, tmp: Path, *
     assert sha256_file(patched) == sha256_file(new_raw)
     man = json.loads((tmp / "delta.rdiff.json").read_text())
     assert man["delta"]["size"] == delta.stat().st_size
-    assert man["delta"]["sha256"] == sha256_file(delta)
-    assert man["old"]["sha256"] == sha256_file(old_raw)
-    assert man["new"]["sha256"] == sha256_file(new_raw)
+    alg = man["hash"]  # the manifest names its algorithm; blake3 unless --hash says otherwise
+    assert alg == (expect_hash(args) if "--hash" in args else "blake3")
+    assert man["delta"][alg] == digest(delta, alg)
+    assert man["old"][alg] == digest(old_raw, alg)
+    assert man["new"][alg] == digest(new_raw, alg)
     assert (man["old"]["size"], man["new"]["size"]) == (old_raw.stat().st_size,
                                                         new_raw.stat().st_size)
     return man
@@ -136,6 +155,7 @@ def check_ploop(old: Path, new: Path, new_raw: Path, tmp: Path, *args: str,
     r = run_cli("diff", old, new, "-o", out, "-f", "ploop", *args)
     assert r.returncode == 0, r.stderr.decode()
     man = json.loads((out / "diff-manifest.json").read_text())
+    assert man["hash"] == "blake3" and man["new"]["blake3"] == b3sum(new_raw)
     delta = Path(man["image"])
     chk = subprocess.run(["qemu-img", "check", "-f", "parallels", str(delta)], capture_output=True,
                          text=True, timeout=120)
@@ -143,7 +163,7 @@ def check_ploop(old: Path, new: Path, new_raw: Path, tmp: Path, *args: str,
     # qemu: OLD's chain (as qemu reads it) with the delta on top equals NEW.
     files, raw = chain_files(old, old_snapshot)
     via_qemu = tmp / "ploop-qemu.raw"
-    qemu_to_raw(qemu_chain([*files, str(delta)], raw), via_qemu)
+    qemu_to_raw(qemu_json_chain([*files, str(delta)], raw), via_qemu)
     # ploop rounds the disk up to whole clusters (the images' m_Size)
     n = new_raw.stat().st_size
     assert via_qemu.read_bytes()[:n] == new_raw.read_bytes()
@@ -178,7 +198,7 @@ def test_corpus_snapshot_pairs(corpus_case: Callable[[str], Path], tmp_path: Pat
         snap = ("--old-snapshot", a, "--new-snapshot", b)
         fast = check_json(src, src, raws[a], raws[b], work / "fast.json", *snap, "--hash", "none")
         full = check_json(src, src, raws[a], raws[b], work / "full.json", *snap, "--full-compare")
-        assert fast["ranges"] == [{k: v for k, v in r.items() if k != "sha256"} for r in
+        assert fast["ranges"] == [{k: v for k, v in r.items() if k != "blake3"} for r in
                                   full["ranges"]]
         assert fast["stats"]["mode"] == "map" and full["stats"]["mode"] == "full"
         # the fast path read no more than the clusters the maps could not prove equal
@@ -234,7 +254,7 @@ def test_fast_path_reads_only_remapped_clusters(tmp_path: Path, guard_sources) -
         full_sink.flush()
         copy_sink = RangesSink(C, "sha256")  # preadv instead of mmap, hashes on, small chunks
         copied = scan(sides.old, sides.new, copy_sink,
-                      DiffOptions(hash="sha256", mmap=False, chunk=3 * C))
+                      DiffOptions(hash="blake3", mmap=False, chunk=3 * C))
         copy_sink.flush()
     finally:
         sides.close()
@@ -248,7 +268,7 @@ def test_fast_path_reads_only_remapped_clusters(tmp_path: Path, guard_sources) -
     assert sink.ranges == full_sink.ranges
     assert full.bytes_read_new == n * C
     assert copy_sink.ranges == sink.ranges and copied.bytes_read_new == n * C
-    assert copied.new_hash == sha256_file(new_raw) and copied.old_hash == sha256_file(old_raw)
+    assert copied.new_hash == b3sum(new_raw) and copied.old_hash == b3sum(old_raw)
     # and the truth, from qemu
     assert clusters_of(sink.ranges) == truly_changed(old_raw, new_raw, C)
     doc = check_json(disk, disk, old_raw, new_raw, tmp_path / "d.json", "--old-snapshot", g_base,
@@ -276,8 +296,8 @@ def test_fast_path_across_branches(tmp_path: Path, guard_sources) -> None:
     write_descriptor(disk / "DiskDescriptor.xml", d)
     guard_sources(disk)
     old_raw, new_raw = tmp_path / "a.raw", tmp_path / "b.raw"
-    qemu_to_raw(qemu_chain([str(disk / "base.hds"), str(disk / "a.hds")], False), old_raw)
-    qemu_to_raw(qemu_chain([str(disk / "base.hds"), str(disk / "b.hds")], False), new_raw)
+    qemu_to_raw(qemu_json_chain([str(disk / "base.hds"), str(disk / "a.hds")], False), old_raw)
+    qemu_to_raw(qemu_json_chain([str(disk / "base.hds"), str(disk / "b.hds")], False), new_raw)
     doc = check_json(disk, disk, old_raw, new_raw, tmp_path / "t.json", "--old-snapshot", g_a,
                      "--hash", "none")
     assert clusters_of(doc["ranges"]) == [1, 2, 3, 30, 40]
@@ -346,7 +366,7 @@ def test_raw_sources(tmp_path: Path, guard_sources) -> None:
     check_json(old_raw, new_raw, old_raw, new_raw, tmp_path / "b.json", "--cluster-size", "64K")
     r = run_cli("diff", old_raw, new_raw, "-o", tmp_path / "c.json", "-f", "json")
     assert r.returncode == ExitCode.BAD_IMAGE
-    check_rdiff(old_raw, new, old_raw, new_raw, tmp_path)
+    check_rdiff(old_raw, new, old_raw, new_raw, tmp_path, "--hash", "sha256")
     man = check_ploop(old_raw, new, new_raw, tmp_path)
     assert man["version"] == 2
 

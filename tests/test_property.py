@@ -11,13 +11,13 @@ some examples so must `qemu-img convert` of the snapshot's json: chain.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import qemu_json_chain
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -137,17 +137,6 @@ def hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def json_chain(files: list[Path], raw_base: bool) -> str:
-    spec: dict | None = None
-    for i, f in enumerate(files):
-        node: dict = {"driver": "raw" if raw_base and i == 0 else "parallels",
-                      "file": {"driver": "file", "filename": str(f)}}
-        if spec is not None:
-            node["backing"] = spec
-        spec = node
-    return "json:" + json.dumps(spec)
-
-
 def check_reads(chain: BuiltChain, spec: ChainSpec) -> None:
     rng = random.Random(spec.read_seed)
     c = spec.cluster
@@ -177,7 +166,7 @@ def check_qemu(chain: BuiltChain, spec: ChainSpec, tmp: Path) -> None:
         if out.exists():
             out.unlink()
         subprocess.run(["qemu-img", "convert", "-O", "raw",
-                        json_chain(chain.files[:level + 1], spec.raw_base), str(out)],
+                        qemu_json_chain(chain.files[:level + 1], spec.raw_base), str(out)],
                        check=True, capture_output=True, timeout=120)
         assert out.read_bytes() == model, f"qemu read of level {level}"
     out.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ through qemu.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import struct
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli_json, qemu_to_raw, run_cli
+from conftest import cli_json, qemu_json_chain, qemu_to_raw, run_cli
 from dissect.hypervisor.disk.hdd import HDD, HDS
 from dissect.util.stream import AlignedStream
 
@@ -100,18 +99,6 @@ def qemu_check(image: Path) -> None:
                        text=True, timeout=120, check=False)
     assert r.returncode == 0 and "No errors were found" in r.stdout, (
         f"qemu-img check {image}: {r.stdout}{r.stderr}")
-
-
-def json_chain(files: list[Path], raw_base: bool = False) -> str:
-    """A qemu json: filename for a chain, base first; the base may be a raw file."""
-    spec: dict | None = None
-    for i, f in enumerate(files):
-        driver = "raw" if raw_base and i == 0 else "parallels"
-        node: dict = {"driver": driver, "file": {"driver": "file", "filename": str(f)}}
-        if spec is not None:
-            node["backing"] = spec
-        spec = node
-    return "json:" + json.dumps(spec)
 
 
 def qemu_read(src: str | Path, tmp: Path, fmt: str = "parallels") -> bytes:
@@ -288,7 +275,7 @@ def build_qemu_chain(tmp: Path, rng: random.Random, sizes: list[int], cluster: i
         if level == 0:
             qemu_io(f, writes, src, "raw" if raw_base else "parallels")
         else:
-            qemu_io(json_chain(files, raw_base), writes, src)
+            qemu_io(qemu_json_chain(files, raw_base), writes, src)
         apply_writes(model, writes, src_data)
         models.append(model)
     return disk, files, models
@@ -305,7 +292,7 @@ def check_chain(tmp: Path, disk: Path, files: list[Path], guids: list[str],
                 models: list[bytearray], raw_base: bool = False, dissect: bool = True) -> None:
     """Every snapshot: ploopfs == qemu-img convert of its json: chain == model; dissect too."""
     for level, guid in enumerate(guids):
-        want = qemu_read(json_chain(files[:level + 1], raw_base), tmp)
+        want = qemu_read(qemu_json_chain(files[:level + 1], raw_base), tmp)
         assert_same(want, bytes(models[level]), f"qemu vs model, level {level} (test harness)")
         assert_same(ploopfs_read(disk, guid), want, f"ploopfs vs qemu, level {level}")
         if dissect:
@@ -397,13 +384,13 @@ def test_qemu_raw_base_shorter_than_disk(tmp_path: Path, guard_sources) -> None:
     qemu_create(top, size, cluster)
     src, src_data = random_source(tmp_path, rng)
     writes = random_writes(rng, size, cluster, 20)
-    qemu_io(json_chain([base, top], raw_base=True), writes, src)
+    qemu_io(qemu_json_chain([base, top], raw_base=True), writes, src)
     model = bytearray(size)
     model[:len(base_data)] = base_data
     apply_writes(model, writes, src_data)
     guids = descriptor_for(disk, [base, top], size, cluster, raw_base=True)
     guard_sources(disk)
-    want = qemu_read(json_chain([base, top], raw_base=True), tmp_path)
+    want = qemu_read(qemu_json_chain([base, top], raw_base=True), tmp_path)
     assert_same(want, bytes(model), "qemu vs model")
     assert_same(ploopfs_read(disk), want, "ploopfs vs qemu")
     base_view = ploopfs_read(disk, guids[0])
