@@ -29,6 +29,7 @@ from conftest import (
     run_cli,
     sha256_file,
 )
+from mounting import compare_tree, expected_files
 
 from ploopfs.format.header import NONE_GUID
 from ploopfs.volume.source import OpenOptions, open_source
@@ -325,32 +326,6 @@ def _extract(raw: Path, start: int, size: int, dst: Path) -> None:
             left -= len(chunk)
 
 
-def _expected_files(case_dir: Path, guid: str) -> list[dict[str, Any]]:
-    return json.loads((case_dir / f"files-{guid}.json").read_text())
-
-
-def _compare_tree(root: Path, files: list[dict[str, Any]]) -> None:
-    """The tree under `root` holds exactly the entries of files-<GUID>.json (lost+found aside)."""
-    seen = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            rel = os.path.relpath(os.path.join(dirpath, n), root)
-            if rel != "lost+found" and not rel.startswith("lost+found/"):
-                seen.add(rel)
-    assert seen == {f["path"] for f in files}
-    for f in files:
-        p = root / f["path"]
-        if f["type"] == "dir":
-            assert p.is_dir() and not p.is_symlink(), f["path"]
-        elif f["type"] == "symlink":
-            assert p.is_symlink() and os.readlink(p) == f["target"], f["path"]
-        else:
-            assert f["type"] == "file"
-            assert p.is_file() and not p.is_symlink(), f["path"]
-            assert p.stat().st_size == f["size"], f["path"]
-            assert sha256_file(p) == f["sha256"], f["path"]
-
-
 def _ext4_snapshots(case_dir: Path) -> list[str]:
     guids = [lv["guid"] for lv in case_meta(case_dir)["chain_base_to_top"]]
     assert all((case_dir / f"files-{g}.json").exists() for g in guids)
@@ -373,7 +348,7 @@ def test_ext4_e2fsck_and_debugfs_files(corpus_case: CaseFactory, tmp_path: Path)
         r = subprocess.run(["debugfs", "-R", f"rdump / {tree}", str(part)], capture_output=True,
                            text=True, timeout=120, check=False)
         assert r.returncode == 0, r.stderr
-        _compare_tree(tree, _expected_files(d, guid))
+        compare_tree(tree, expected_files(d, guid))
         shutil.rmtree(tree)
         raw.unlink()
         part.unlink()
@@ -411,5 +386,5 @@ def test_ext4_kernel_mount_files(corpus_case: CaseFactory, tmp_path: Path) -> No
         raw = tmp_path / f"snap{i}.raw"
         export_raw_cli(d, raw, guid)
         with _loop_mount(raw, start, size, tmp_path / f"mnt{i}") as mnt:
-            _compare_tree(mnt, _expected_files(d, guid))
+            compare_tree(mnt, expected_files(d, guid))
         raw.unlink()
