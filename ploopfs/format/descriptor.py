@@ -147,30 +147,52 @@ def _declares_dtd(data: bytes) -> bool:
     return any(b"<!DOCTYPE" in t.upper() or b"<!ENTITY" in t.upper() for t in texts)
 
 
-def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descriptor:
-    """Parse and validate. Entities, DTDs and network access are refused (the file may come from
-    an untrusted backup); so is anything larger than MAX_DESCRIPTOR_BYTES."""
+class XmlRefused(Exception):
+    """Why load_root refused a document. kind: "size" (over MAX_DESCRIPTOR_BYTES), "dtd" (a
+    DOCTYPE/ENTITY; message empty, each caller words it) or "malformed" (message says why)."""
+
+    def __init__(self, kind: str, message: str = "") -> None:
+        super().__init__(message or kind)
+        self.kind = kind
+        self.message = message
+
+
+def load_root(data: bytes) -> etree._Element:
+    """The root element of a descriptor document, parsed safely: entities, DTDs and network
+    access are refused (the file may come from an untrusted backup), and so is anything larger
+    than MAX_DESCRIPTOR_BYTES. Serves parse_descriptor and descriptor_scan. Raises XmlRefused;
+    a ValueError/LookupError lxml may raise (an unusable declared encoding) passes through."""
     if len(data) > MAX_DESCRIPTOR_BYTES:
-        raise BadDescriptorError(
-            f"descriptor is {len(data)} bytes, larger than the {MAX_DESCRIPTOR_BYTES} byte cap", where)
+        raise XmlRefused(
+            "size", f"descriptor is {len(data)} bytes, larger than the {MAX_DESCRIPTOR_BYTES} byte cap")
     if _declares_dtd(data):
-        raise BadDescriptorError("DTD or entity declarations are not allowed", where,
-                                 element="!DOCTYPE")
+        raise XmlRefused("dtd")
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
                              dtd_validation=False, huge_tree=False, remove_pis=True)
     try:
         root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as e:
         line = f" line {e.lineno}" if getattr(e, "lineno", None) else ""
-        raise BadDescriptorError(f"malformed XML{line}: {e.msg}", where) from None
+        raise XmlRefused("malformed", f"malformed XML{line}: {e.msg}") from None
     if root is None:
-        raise BadDescriptorError("empty document", where)
+        raise XmlRefused("malformed", "empty document")
     # Other encodings libxml2 reads (UTF-7, EBCDIC, …) can hide a DOCTYPE from the byte check;
     # nothing was loaded or expanded (see the parser options), but the document is refused.
     docinfo = root.getroottree().docinfo
     if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
-        raise BadDescriptorError("DTD or entity declarations are not allowed", where,
-                                 element="!DOCTYPE")
+        raise XmlRefused("dtd")
+    return root
+
+
+def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descriptor:
+    """Parse (safely, see load_root) and validate."""
+    try:
+        root = load_root(data)
+    except XmlRefused as e:
+        if e.kind == "dtd":
+            raise BadDescriptorError("DTD or entity declarations are not allowed", where,
+                                     element="!DOCTYPE") from None
+        raise BadDescriptorError(e.message, where) from None
 
     d = Descriptor(root_name=str(root.tag))
     # The root element's name is not checked by ploop (§5.2); both names appear in the wild.

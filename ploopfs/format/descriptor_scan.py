@@ -14,12 +14,12 @@ from lxml import etree
 
 from ploopfs.errors import BadDescriptorError
 from ploopfs.format.descriptor import (
-    MAX_DESCRIPTOR_BYTES,
     TEMPORARY_MARKERS,
     Descriptor,
     ImageEntry,
     Shot,
-    _declares_dtd,
+    XmlRefused,
+    load_root,
     norm_guid,
     parse_number,
 )
@@ -62,32 +62,18 @@ class _Scan:
 
 
 def _parse_xml(data: bytes, scan: _Scan) -> etree._Element | None:
-    if len(data) > MAX_DESCRIPTOR_BYTES:
-        scan.add("DESCRIPTOR_TOO_LARGE", None,
-                 f"descriptor is {len(data)} bytes, larger than the {MAX_DESCRIPTOR_BYTES} byte cap")
-        return None
-    if _declares_dtd(data):
-        scan.add("DESCRIPTOR_ENTITIES", "!DOCTYPE", "DTD or entity declarations (refused, not loaded)")
-        return None
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                             dtd_validation=False, huge_tree=False, remove_pis=True)
+    """descriptor.load_root, its refusals recorded as problems."""
     try:
-        root = etree.fromstring(data, parser)
-    except etree.XMLSyntaxError as e:
-        line = f" line {e.lineno}" if getattr(e, "lineno", None) else ""
-        scan.add("DESCRIPTOR_MALFORMED", None, f"malformed XML{line}: {e.msg}")
-        return None
+        return load_root(data)
+    except XmlRefused as e:
+        if e.kind == "dtd":
+            scan.add("DESCRIPTOR_ENTITIES", "!DOCTYPE", "DTD or entity declarations (refused, not loaded)")
+        else:
+            scan.add("DESCRIPTOR_TOO_LARGE" if e.kind == "size" else "DESCRIPTOR_MALFORMED", None,
+                     e.message)
     except (ValueError, LookupError) as e:  # e.g. an unknown declared encoding
         scan.add("DESCRIPTOR_MALFORMED", None, f"malformed XML: {e}")
-        return None
-    if root is None:
-        scan.add("DESCRIPTOR_MALFORMED", None, "empty document")
-        return None
-    docinfo = root.getroottree().docinfo
-    if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
-        scan.add("DESCRIPTOR_ENTITIES", "!DOCTYPE", "DTD or entity declarations (refused, not loaded)")
-        return None
-    return root
+    return None
 
 
 def scan_descriptor(data: bytes) -> tuple[Descriptor | None, list[DescriptorProblem]]:
