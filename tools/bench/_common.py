@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks in tools/bench: alternating rounds, statistics, output.
+"""Shared helpers of the benchmarks in tools/bench: alternating rounds, statistics, output, work
+folders, reusable builds, timed child processes.
 
 The machines are shared and noisy, so a benchmark never reports an absolute number alone: each
 case is run next to a baseline in the same process run, alternating (A B A B …), and reported as
@@ -10,13 +11,20 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STAMP = "bench-params.json"  # a build's parameters and results, for reuse_build
+T = TypeVar("T")
 
 
 @dataclass
@@ -85,3 +93,60 @@ def dump_json(path: str | None, payload: dict[str, object]) -> None:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def verdict(met: bool) -> str:
+    return "MET" if met else "MISSED"
+
+
+def row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    """One line of a summary table: the first cell left-aligned, the others right-aligned."""
+    first, *rest = cells
+    return " ".join([f"{first:{widths[0]}s}",
+                     *(f"{c:>{w}s}" for c, w in zip(rest, widths[1:], strict=True))])
+
+
+def in_workdir(workdir: str | None, prefix: str, run: Callable[[str], T],
+               keep: Callable[[str], str | None] | None = None) -> T:
+    """run(folder) in --workdir (created if missing, kept so a later run reuses its images) or
+    else in a fresh temporary folder under $TMPDIR (default /var/tmp), removed afterwards unless
+    keep(folder) gives a reason to leave it (logged)."""
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        return run(workdir)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TMPDIR", "/var/tmp"))
+    try:
+        return run(tmp)
+    finally:
+        why = keep(tmp) if keep else None
+        if why:
+            log(why)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def reuse_build(workdir: str, params: dict[str, object]) -> dict | None:
+    """What a previous build left in workdir/bench-params.json, if it used the same params."""
+    stamp = os.path.join(workdir, STAMP)
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            old = json.load(f)
+        if old.get("params") == params:
+            return old
+    return None
+
+
+def save_build(workdir: str, info: dict) -> None:
+    """Record a build (its "params" and what it made) for reuse_build."""
+    with open(os.path.join(workdir, STAMP), "w") as f:
+        json.dump(info, f)
+
+
+def run_child(argv: list[str], who: str) -> tuple[float, str]:
+    """Wall seconds from spawn to exit, and the child's stdout; a failed child ends the bench."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{who}: child failed ({proc.returncode}): {shlex.join(argv)}")
+    return wall, proc.stdout.decode()

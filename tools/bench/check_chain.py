@@ -21,14 +21,10 @@ import argparse
 import json
 import os
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 
-from _common import Series, alternate, dump_json, log, machine_info
-from open_map import HWM, LAYOUTS, build
+from _common import Series, alternate, dump_json, in_workdir, log, machine_info, row, run_child, verdict
+from open_map import HWM, LAYOUTS, WIDTHS, build
 
 MiB = 1 << 20
 TARGET_SECONDS = 2.0
@@ -55,11 +51,7 @@ IMPORT_CHILD = "import ploopfs.services.check\n"
 
 
 def _child(argv: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    p = subprocess.run(argv, stdout=subprocess.PIPE, check=False)
-    if p.returncode != 0:
-        raise SystemExit(f"check_chain: child failed ({p.returncode}): {shlex.join(argv)}")
-    return time.perf_counter() - t0, p.stdout.decode()
+    return run_child(argv, "check_chain")
 
 
 def run(args: argparse.Namespace, workdir: str) -> dict:
@@ -123,15 +115,14 @@ def report(res: dict) -> None:
     print(f"check_chain: {p['size'] / (1 << 40):g} TiB disk, {p['cluster'] // MiB} MiB clusters, "
           f"{len(ch['files'])} images mapping {ch['mapped_per_image']} clusters; "
           f"{res['setup']['rounds']} rounds, median (min–max)")
-    print(f"{'case':42s} {'check()/open() s':>22s} {'process wall s':>22s} {'peak RSS MiB':>22s}")
+    print(row(("case", "check()/open() s", "process wall s", "peak RSS MiB"), WIDTHS))
     for name, ser in res["results"].items():
         inner = ser.get("check_s") or ser.get("open_s")
         rss = ser["rss"].fmt(MiB, 1) if "rss" in ser else "-"
-        print(f"{name:42s} {inner.fmt(1, 3) if inner else '-':>22s} {ser['wall'].fmt(1, 3):>22s} "
-              f"{rss:>22s}")
+        print(row((name, inner.fmt(1, 3) if inner else "-", ser["wall"].fmt(1, 3), rss), WIDTHS))
     t = res["target"]
     print(f"target: check < {t['check_s_max']} s: worst median {t['worst_check_s']:.3f} s -> "
-          f"{'MET' if t['met'] else 'MISSED'}")
+          f"{verdict(t['met'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,17 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    tmp = None
-    workdir = args.workdir
-    if not workdir:
-        tmp = workdir = tempfile.mkdtemp(prefix="ploopfs-bench-check-",
-                                         dir=os.environ.get("TMPDIR", "/var/tmp"))
-    os.makedirs(workdir, exist_ok=True)
-    try:
-        res = run(args, workdir)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+    res = in_workdir(args.workdir, "ploopfs-bench-check-", lambda d: run(args, d))
     report(res)
     dump_json(args.json, res)
     return 0 if res["target"]["met"] else 1

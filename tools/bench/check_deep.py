@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-from _common import Series, alternate, dump_json, log, machine_info, ratio_series
+from _common import Series, alternate, dump_json, in_workdir, log, machine_info, ratio_series, verdict
 from read_chain import build
 
 from ploopfs.services.check import check
@@ -74,24 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json")
     args = p.parse_args(argv)
-    tmp = None
-    workdir = args.workdir
-    if not workdir:
-        tmp = workdir = tempfile.mkdtemp(prefix="ploopfs-bench-deep-",
-                                         dir=os.environ.get("TMPDIR", "/var/tmp"))
-    os.makedirs(workdir, exist_ok=True)
-    try:
-        res = run(args, workdir)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+    res = in_workdir(args.workdir, "ploopfs-bench-deep-", lambda d: run(args, d))
     s = res["setup"]
     print(f"check_deep: {s['params']['size'] / GB * 1.073741824:.0f} GiB disk, 4 images, "
           f"{s['image_bytes'] / GB:.2f} GB of image files, {s['rounds']} rounds, median (min–max)")
     for n, ser in res["results"].items():
         print(f"  {n:14s} {ser.fmt(GB, 2)} GB/s")
     print(f"  ratio check/cat {res['ratio'].fmt(1, 2)} -> target >= {TARGET_RATIO}: "
-          f"{'MET' if res['target']['met'] else 'MISSED'}")
+          f"{verdict(res['target']['met'])}")
     dump_json(args.json, res)
     return 0 if res["target"]["met"] else 1
 

@@ -46,13 +46,23 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from _common import Series, alternate, dump_json, log, machine_info, ratio_series
+from _common import (
+    Series,
+    alternate,
+    dump_json,
+    in_workdir,
+    log,
+    machine_info,
+    ratio_series,
+    reuse_build,
+    save_build,
+    verdict,
+)
 
 from ploopfs.fuse.mount import fusermount_u, is_mountpoint, mount_device, set_readahead
 from ploopfs.volume.source import open_source
@@ -70,13 +80,10 @@ def build(workdir: str, size: int, fractions: list[float], seed: int) -> dict:
     """disk.raw (random), single.hds (qemu-img convert -O parallels), chain/level0..7.hds +
     DiskDescriptor.xml, all with the same virtual content; reused when the parameters match."""
     params = {"size": size, "fractions": fractions, "seed": seed, "v": 1}
-    stamp = os.path.join(workdir, "bench-params.json")
-    if os.path.exists(stamp):
-        with open(stamp) as f:
-            old = json.load(f)
-        if old.get("params") == params:
-            log(f"mount_bench: reusing the images in {workdir}")
-            return old
+    old = reuse_build(workdir, params)
+    if old:
+        log(f"mount_bench: reusing the images in {workdir}")
+        return old
     t0 = time.perf_counter()
     raw = os.path.join(workdir, "disk.raw")
     rng = np.random.default_rng(seed)
@@ -109,8 +116,7 @@ def build(workdir: str, size: int, fractions: list[float], seed: int) -> dict:
     write_descriptor(os.path.join(cdir, "DiskDescriptor.xml"), chain_descriptor(files, size, cluster))
     info = {"params": params, "sha256": h.hexdigest(), "chain_clusters_written_per_level": per_level,
             "build_seconds": round(time.perf_counter() - t0, 1)}
-    with open(stamp, "w") as f:
-        json.dump(info, f)
+    save_build(workdir, info)
     log(f"mount_bench: built disk.raw, single.hds and an {len(files)}-image chain in "
         f"{info['build_seconds']} s")
     return info
@@ -734,7 +740,7 @@ def report(res: dict) -> None:
     print()
     for name, t in res["targets"].items():
         med = "n/a" if t["median"] is None else f"{t['median']:.2f}"
-        print(f"target {name}: median {med} -> {'MET' if t['met'] else 'MISSED'}")
+        print(f"target {name}: median {med} -> {verdict(t['met'])}")
 
 
 def mounts_under(folder: str) -> list[str]:
@@ -742,6 +748,12 @@ def mounts_under(folder: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4].encode().decode("unicode_escape") for line in f]
     return [p for p in points if p.startswith(prefix)]
+
+
+def still_mounted(folder: str) -> str | None:
+    if mounts_under(folder):
+        return f"mount_bench: something is still mounted under {folder}; not removing it"
+    return None
 
 
 def preflight() -> str | None:
@@ -776,18 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"mount_bench: skipped: {why}")
         dump_json(args.json, {"bench": "mount_bench", "skipped": why})
         return 0
-    if args.workdir:
-        os.makedirs(args.workdir, exist_ok=True)
-        res = run(args, args.workdir)
-    else:
-        tmp = tempfile.mkdtemp(prefix="ploopfs-bench-mount-", dir=os.environ.get("TMPDIR", "/var/tmp"))
-        try:
-            res = run(args, tmp)
-        finally:
-            if mounts_under(tmp):
-                log(f"mount_bench: something is still mounted under {tmp}; not removing it")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+    res = in_workdir(args.workdir, "ploopfs-bench-mount-", lambda d: run(args, d), keep=still_mounted)
     report(res)
     dump_json(args.json, res)
     return 0

@@ -35,7 +35,20 @@ import tempfile
 import time
 
 import numpy as np
-from _common import Series, alternate, dump_json, log, machine_info, ratio_series
+from _common import (
+    Series,
+    alternate,
+    dump_json,
+    in_workdir,
+    log,
+    machine_info,
+    ratio_series,
+    reuse_build,
+    row,
+    run_child,
+    save_build,
+    verdict,
+)
 
 from ploopfs.format.bat import bat_entry_off
 from ploopfs.format.header import CIF_EMPTY, new_header
@@ -45,6 +58,7 @@ MiB = 1 << 20
 TARGET_SECONDS = 1.0
 TARGET_RSS = 100 * MiB
 LAYOUTS = ("shuf", "seq")
+WIDTHS = (42, 22, 22, 22)  # summary table columns (check_chain.py prints the same table)
 
 # Runs in a fresh interpreter; prints one line of JSON. Imports nothing but what the reader
 # needs before the measurement. Peak RSS is VmHWM of /proc/self/status (the high-water mark of
@@ -142,13 +156,10 @@ def build_chain(folder: str, size: int, cluster: int, fractions: list[float], ba
 
 def build(workdir: str, size: int, cluster: int, fractions: list[float], seed: int) -> dict:
     params = {"size": size, "cluster": cluster, "fractions": fractions, "seed": seed, "v": 1}
-    stamp = os.path.join(workdir, "bench-params.json")
-    if os.path.exists(stamp):
-        with open(stamp) as f:
-            old = json.load(f)
-        if old.get("params") == params:
-            log(f"open_map: reusing the chains in {workdir}")
-            return old
+    old = reuse_build(workdir, params)
+    if old:
+        log(f"open_map: reusing the chains in {workdir}")
+        return old
     t0 = time.perf_counter()
     chains = {}
     for layout in LAYOUTS:
@@ -157,23 +168,12 @@ def build(workdir: str, size: int, cluster: int, fractions: list[float], seed: i
         os.makedirs(folder)
         chains[layout] = build_chain(folder, size, cluster, fractions, layout, seed)
     info = {"params": params, "chains": chains, "build_seconds": round(time.perf_counter() - t0, 1)}
-    with open(stamp, "w") as f:
-        json.dump(info, f)
+    save_build(workdir, info)
     log(f"open_map: built {len(LAYOUTS)} chains in {info['build_seconds']} s")
     return info
 
 
 # -- measuring -----------------------------------------------------------------------------------
-def run_child(argv: list[str]) -> tuple[float, str]:
-    """Wall seconds from spawn to exit, and the child's stdout."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, check=False)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"open_map: child failed ({proc.returncode}): {shlex.join(argv)}")
-    return wall, proc.stdout.decode()
-
-
 class Cases:
     """The measured commands; every call records its numbers in self.rec."""
 
@@ -191,7 +191,7 @@ class Cases:
         self.rec.setdefault(name, []).append(vals)
 
     def open_chain(self, layout: str) -> float:
-        wall, out = run_child([self.py, "-c", CHILD, os.path.join(self.workdir, layout)])
+        wall, out = run_child([self.py, "-c", CHILD, os.path.join(self.workdir, layout)], "open_map")
         r = json.loads(out)
         want = self.info["chains"][layout]["served_per_level"]
         if r["served"] != want:
@@ -201,12 +201,12 @@ class Cases:
         return r["open_s"]
 
     def import_only(self) -> float:
-        wall, out = run_child([self.py, "-c", BASELINE_CHILD])
+        wall, out = run_child([self.py, "-c", BASELINE_CHILD], "open_map")
         self._add("python + import (baseline)", wall=wall, rss=int(out))
         return wall
 
     def head_bats(self) -> float:
-        wall, _ = run_child(["sh", "-c", self.head_cmd])
+        wall, _ = run_child(["sh", "-c", self.head_cmd], "open_map")
         self._add("head -c of the 4 BAT regions (baseline)", wall=wall)
         return wall
 
@@ -260,11 +260,11 @@ def report(res: dict) -> None:
     print(f"open_map: {p['size'] / (1 << 40):g} TiB disk, {p['cluster'] // MiB} MiB clusters, "
           f"{len(ch['files'])} images mapping {ch['mapped_per_image']} clusters, served per level "
           f"{ch['served_per_level']}; {s['rounds']} rounds, median (min–max)")
-    print(f"{'case':42s} {'open() s':>22s} {'process wall s':>22s} {'peak RSS MiB':>22s}")
+    print(row(("case", "open() s", "process wall s", "peak RSS MiB"), WIDTHS))
     for name, ser in res["results"].items():
         op = ser["open_s"].fmt(1, 3) if "open_s" in ser else "-"
         rss = ser["rss"].fmt(MiB, 1) if "rss" in ser else "-"
-        print(f"{name:42s} {op:>22s} {ser['wall'].fmt(1, 3):>22s} {rss:>22s}")
+        print(row((name, op, ser["wall"].fmt(1, 3), rss), WIDTHS))
     for layout in LAYOUTS:
         d = res["derived"][layout]
         ext = res["results"][f"open+map {layout}"]["extents"].median
@@ -274,7 +274,7 @@ def report(res: dict) -> None:
     t = res["target"]
     print(f"target: open+map < {t['open_s_max']} s and peak RSS < {t['rss_max'] / MiB:.0f} MiB: worst "
           f"median {t['worst_open_s']:.3f} s, {t['worst_rss'] / MiB:.1f} MiB -> "
-          f"{'MET' if t['met'] else 'MISSED'}")
+          f"{verdict(t['met'])}")
 
 
 def profile(args: argparse.Namespace) -> int:
@@ -303,15 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.profile:
         return profile(args)
-    if args.workdir:
-        os.makedirs(args.workdir, exist_ok=True)
-        res = run(args, args.workdir)
-    else:
-        tmp = tempfile.mkdtemp(prefix="ploopfs-bench-open-", dir=os.environ.get("TMPDIR", "/var/tmp"))
-        try:
-            res = run(args, tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    res = in_workdir(args.workdir, "ploopfs-bench-open-", lambda d: run(args, d))
     report(res)
     dump_json(args.json, res)
     return 0

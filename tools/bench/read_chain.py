@@ -21,16 +21,25 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
 import numpy as np
-from _common import Series, alternate, dump_json, log, machine_info, ratio_series
+from _common import (
+    Series,
+    alternate,
+    dump_json,
+    in_workdir,
+    log,
+    machine_info,
+    ratio_series,
+    reuse_build,
+    row,
+    save_build,
+    verdict,
+)
 
 from ploopfs.volume.source import open_source
 from ploopfs.volume.volume import Volume
@@ -47,13 +56,10 @@ def build(workdir: str, size: int, cluster: int, fractions: list[float], seed: i
     """Write level0.hds (base) … levelN.hds, DiskDescriptor.xml and disk.raw into workdir;
     reuse them when a previous run left the same parameters there."""
     params = {"size": size, "cluster": cluster, "fractions": fractions, "seed": seed, "v": 1}
-    stamp = os.path.join(workdir, "bench-params.json")
-    if os.path.exists(stamp):
-        with open(stamp) as f:
-            old = json.load(f)
-        if old.get("params") == params:
-            log(f"read_chain: reusing the chain in {workdir}")
-            return old
+    old = reuse_build(workdir, params)
+    if old:
+        log(f"read_chain: reusing the chain in {workdir}")
+        return old
     for name in os.listdir(workdir):
         if name.startswith("level") or name in ("disk.raw", "DiskDescriptor.xml"):
             os.unlink(os.path.join(workdir, name))
@@ -82,8 +88,7 @@ def build(workdir: str, size: int, cluster: int, fractions: list[float], seed: i
                      chain_descriptor(files, size, cluster))
     info = {"params": params, "files": files, "clusters_written_per_level": per_level,
             "build_seconds": round(time.perf_counter() - t0, 1)}
-    with open(stamp, "w") as f:
-        json.dump(info, f)
+    save_build(workdir, info)
     log(f"read_chain: built {len(files)} images + raw copy in {info['build_seconds']} s")
     return info
 
@@ -181,14 +186,14 @@ def report(res: dict) -> None:
     print(f"read_chain: {s['params']['size'] / MiB:.0f} MiB disk, {len(s['files'])} images, clusters "
           f"served per level {s['clusters_served_per_level']}, {s['extents']} extents, "
           f"{s['read_size'] // 1024} KiB reads, {s['rounds']} rounds x {s['passes_per_sample']} passes")
-    print(f"{'case':38s} {'GB/s median (min–max)':>24s} {'ratio to os.pread':>22s} {'+us/read':>9s}")
+    widths = (38, 24, 22, 9)
+    print(row(("case", "GB/s median (min–max)", "ratio to os.pread", "+us/read"), widths))
     for name, ser in res["throughput"].items():
         r = res["ratio_to_raw_pread"][name]
         o = res["overhead_us_per_read_vs_raw_pread"][name]
-        print(f"{name:38s} {ser.fmt(GB, 2):>24s} {r.fmt(1, 2):>22s} {o.median:9.1f}")
+        print(row((name, ser.fmt(GB, 2), r.fmt(1, 2), f"{o.median:.1f}"), widths))
     t = res["target"]
-    print(f"target: {t['metric']} >= {t['min_ratio']}: median {t['median']:.2f} -> "
-          f"{'MET' if t['met'] else 'MISSED'}")
+    print(f"target: {t['metric']} >= {t['min_ratio']}: median {t['median']:.2f} -> {verdict(t['met'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,15 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--read-size", type=int, default=READ, help="bytes per read (default 1 MiB)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    if args.workdir:
-        os.makedirs(args.workdir, exist_ok=True)
-        res = run(args, args.workdir)
-    else:
-        tmp = tempfile.mkdtemp(prefix="ploopfs-bench-read-", dir=os.environ.get("TMPDIR", "/var/tmp"))
-        try:
-            res = run(args, tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    res = in_workdir(args.workdir, "ploopfs-bench-read-", lambda d: run(args, d))
     report(res)
     dump_json(args.json, res)
     return 0
