@@ -10,9 +10,10 @@ block-map shortcut here: it reads and compares both disks whole, exactly the wor
 
 Cases, each a fresh process, page cache warm, alternating rounds:
 * `cat OLD NEW > /dev/null` (baseline: reading both images);
-* `ploopfs diff OLD NEW -o DELTA --format rdiff` (default: sha256 of OLD, NEW and the delta in
+* `ploopfs diff OLD NEW -o DELTA --format rdiff` (default: blake3 of OLD, NEW and the delta in
   the manifest, so every byte is also hashed);
-* the same with `--hash none` (no manifest hashes: compare only);
+* the same with `--hash sha256` (the default before blake3) and with `--hash none` (no manifest
+  hashes: compare only);
 * `rdiff -b 1048576 signature OLD.raw SIG` + `rdiff delta SIG NEW.raw DELTA` (librsync's
   defaults otherwise: BLAKE2 + RabinKarp).
 
@@ -47,6 +48,8 @@ MiB = 1 << 20
 PLOOPFS = os.path.join(REPO, ".venv", "bin", "ploopfs")
 TARGET_VS_RDIFF = 10.0
 TARGET_VS_CAT = 1.5
+PLOOPFS_CASES = ("ploopfs diff rdiff", "ploopfs diff rdiff --hash none",
+                 "ploopfs diff rdiff --hash sha256")
 
 
 def build(workdir: str, size: int, cluster: int, rate: float, seed: int) -> dict:
@@ -155,11 +158,15 @@ def run(args: argparse.Namespace, w: str) -> dict:
         ("cat OLD NEW", lambda: timed(f"cat {q['old.hds']} {q['new.hds']} > /dev/null", rss, "cat")),
         ("ploopfs diff rdiff", ploopfs_case("", "ploopfs diff rdiff")),
         ("ploopfs diff rdiff --hash none", ploopfs_case("--hash none", "ploopfs diff rdiff --hash none")),
+        ("ploopfs diff rdiff --hash sha256",
+         ploopfs_case("--hash sha256", "ploopfs diff rdiff --hash sha256")),
         ("rdiff signature + delta", rdiff_case),
     ]
     log("diff_bench: warm-up and correctness check")
     for _name, fn in cases:
         fn()
+    rm("ploopfs.rdiff")
+    ploopfs_case("", "")()  # the default's manifest (the last case run used --hash sha256)
     sizes = verify(w)
     with open(q["ploopfs.rdiff"] + ".json") as f:
         manifest = json.load(f)
@@ -168,13 +175,13 @@ def run(args: argparse.Namespace, w: str) -> dict:
                         lambda n, r, v: log(f"  round {r + 1} {n}: {v:.3f} s"))
     series = {n: Series(n, "s", s) for n, s in samples.items()}
     vs_rdiff = {n: Series(n, "x", ratio_series(samples["rdiff signature + delta"], samples[n]))
-                for n in ("ploopfs diff rdiff", "ploopfs diff rdiff --hash none")}
+                for n in PLOOPFS_CASES}
     vs_cat = {n: Series(n, "x", ratio_series(samples[n], samples["cat OLD NEW"]))
-              for n in ("ploopfs diff rdiff", "ploopfs diff rdiff --hash none")}
+              for n in PLOOPFS_CASES}
     gb = 2 * args.size / 1e9
     return {
         "machine": machine_info(), "params": info["params"], "changed_clusters": info["changed_clusters"],
-        "delta_bytes": sizes, "ploopfs_stats": manifest["stats"],
+        "delta_bytes": sizes, "ploopfs_stats": manifest["stats"], "ploopfs_hash": manifest["hash"],
         "seconds": {n: s.samples for n, s in series.items()},
         "read_GBps_of_both_disks": {n: [gb / x for x in s.samples] for n, s in series.items()},
         "speedup_vs_rdiff": {n: s.samples for n, s in vs_rdiff.items()},
