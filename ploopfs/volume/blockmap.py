@@ -22,6 +22,9 @@ import numpy as np
 from ploopfs.volume.image import Mapping
 
 WINDOW = 1 << 16  # virtual clusters per merge window: well under 1 MiB of scratch each
+# Level value of extents that read as zeros whatever lower levels map: salvage with the "zeros"
+# policy stamps damaged clusters with it (docs/salvage.md). Never produced without `zero=`.
+ZERO_LEVEL = 255
 
 
 @dataclass(frozen=True)
@@ -33,16 +36,23 @@ class Extent:
 
 
 class BlockMap:
-    def __init__(self, mappings: Sequence[Mapping], nclusters: int, cluster_size: int) -> None:
+    def __init__(self, mappings: Sequence[Mapping], nclusters: int, cluster_size: int,
+                 zero: Sequence[np.ndarray] | None = None) -> None:
         """`mappings[level]`; clusters at or past `nclusters` are ignored (a lower delta can be
-        smaller than the top, never larger in a valid chain, §1.4)."""
-        if len(mappings) > 255:
+        smaller than the top, never larger in a valid chain, §1.4). `zero[level]` (sorted
+        vclusters, optional) are stamped as ZERO_LEVEL right above that level: they read as
+        zeros over anything lower, and higher levels still win."""
+        if len(mappings) > 255 or (zero is not None and len(mappings) >= ZERO_LEVEL):
             raise ValueError("more than 255 levels in one chain")  # ploop allows 127 (§2.6)
         self.cluster_size = cluster_size
         self.nclusters = nclusters
         # Each level's slice of clusters in [0, nclusters): mappings are sorted by vcluster.
-        levels = [(lv, m.vclusters[: int(np.searchsorted(m.vclusters, nclusters))], m)
-                  for lv, m in enumerate(mappings)]
+        levels: list[tuple[int, np.ndarray, Mapping | None]] = []
+        for lv, m in enumerate(mappings):
+            levels.append((lv, m.vclusters[: int(np.searchsorted(m.vclusters, nclusters))], m))
+            if zero is not None:
+                z = zero[lv]
+                levels.append((ZERO_LEVEL, z[: int(np.searchsorted(z, nclusters))], None))
         levels = [(lv, v, m) for lv, v, m in levels if v.size]
         # Output arrays sized for the worst case (one extent per mapped cluster), filled window
         # by window and shrunk in place at the end: no list of parts, no concatenation copy.
@@ -68,13 +78,14 @@ class BlockMap:
         self.a_offset = memoryview(self.offset)
 
     @staticmethod
-    def _windows(levels: list[tuple[int, np.ndarray, Mapping]], nclusters: int) -> list[int]:
+    def _windows(levels: list[tuple[int, np.ndarray, Mapping | None]], nclusters: int
+                 ) -> list[int]:
         starts: set[int] = set()
         for _lv, v, _m in levels:
             starts.update((np.unique(v // np.uint32(WINDOW)).astype(np.int64) * WINDOW).tolist())
         return sorted(starts)
 
-    def _merge_window(self, levels: list[tuple[int, np.ndarray, Mapping]], w0: int, w1: int,
+    def _merge_window(self, levels: list[tuple[int, np.ndarray, Mapping | None]], w0: int, w1: int,
                       owner: np.ndarray, offset: np.ndarray, n: int) -> int:
         """Merge virtual clusters [w0, w1) into the output arrays from index `n`; returns the
         new number of extents."""
@@ -85,7 +96,10 @@ class BlockMap:
                 continue
             idx = v[a:b].astype(np.int64) - w0
             owner[idx] = lv
-            offset[idx] = m.entries[a:b].astype(np.int64) * m.unit
+            if m is None:  # ZERO_LEVEL: a made-up continuous offset, so runs still merge
+                offset[idx] = (idx + w0) * self.cluster_size
+            else:
+                offset[idx] = m.entries[a:b].astype(np.int64) * m.unit
         idx = np.flatnonzero(owner >= 0)
         if not idx.size:
             return n

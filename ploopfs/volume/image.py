@@ -16,7 +16,14 @@ from ploopfs.errors import (
     SourceIOError,
     UnsupportedError,
 )
-from ploopfs.format.bat import BAT_RESERVED, bat_entry_off, decode_entries, find_bad_entries, raise_bad_entry
+from ploopfs.format.bat import (
+    BAT_RESERVED,
+    bat_entry_off,
+    classify_entries,
+    decode_entries,
+    find_bad_entries,
+    raise_bad_entry,
+)
 from ploopfs.format.extension import FormatExtension, parse_extension
 from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, parse_header, sniff
 
@@ -79,6 +86,17 @@ class Mapping:
         return int(self.vclusters.size)
 
 
+@dataclass(frozen=True)
+class BadSlot:
+    """A BAT entry dropped by a salvage read (docs/salvage.md): `code` is the `check` finding
+    code, `reason` one line of text."""
+
+    vcluster: int
+    entry: int
+    code: str
+    reason: str
+
+
 class Image:
     """An opened image file. `header` is None for a raw file."""
 
@@ -91,6 +109,10 @@ class Image:
         self.file_size = size
         self.cluster_size = cluster_size
         self._mapping: Mapping | None = None
+        # Salvage (docs/salvage.md): set before the first mapping() call; unreadable entries are
+        # then dropped into `bad_slots` instead of raising.
+        self.salvage = False
+        self.bad_slots: list[BadSlot] = []
 
     @classmethod
     def open(cls, path: str, *, raw_cluster_size: int | None = None,
@@ -189,14 +211,29 @@ class Image:
                 vals = entries[nz - np.uint32((pos - start) // 4)]
                 if (vals == BAT_RESERVED).any() or int(vals.min()) < lowest or \
                         int(vals.max()) > highest:
-                    bad = find_bad_entries(nz, vals, hdr, self.file_size)
-                    raise_bad_entry(bad[0], self.path)
+                    if not self.salvage:
+                        bad = find_bad_entries(nz, vals, hdr, self.file_size)
+                        raise_bad_entry(bad[0], self.path)
+                    nz, vals = self._drop_bad(nz, vals)
                 v_parts.append(nz)
                 e_parts.append(vals)
             pos += n
         if not v_parts:
             return Mapping.empty(unit)
         return Mapping(np.concatenate(v_parts), np.concatenate(e_parts), unit)
+
+    def _drop_bad(self, nz: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Salvage: keep the readable entries, record the others in `bad_slots` (§2.3, §2.8)."""
+        hdr = self.header
+        assert hdr is not None
+        p = classify_entries(vals, hdr, self.file_size)
+        bad = p.unreadable
+        reasons = find_bad_entries(nz[bad], vals[bad], hdr, self.file_size, limit=int(bad.sum()))
+        codes = np.where(p.reserved[bad], 0, np.where(p.into_header[bad], 1, 2)).tolist()
+        names = ("BAT_RESERVED", "BAT_INTO_HEADER", "BAT_PAST_EOF")
+        self.bad_slots.extend(BadSlot(r.index, r.entry, names[k], r.reason)
+                              for r, k in zip(reasons, codes, strict=True))
+        return nz[~bad], vals[~bad]
 
     def _seek_data(self, pos: int) -> int:
         try:

@@ -25,6 +25,7 @@ from ploopfs.format.descriptor import (
 )
 from ploopfs.format.header import NONE_GUID, SECTOR, TOP_GUID, ImageKind, chs_geometry, sniff
 from ploopfs.volume.image import Image, open_readonly, pread_exact
+from ploopfs.volume.salvage import SalvageLog, SalvageVolume
 from ploopfs.volume.volume import Volume
 
 DESCRIPTOR_NAME = "DiskDescriptor.xml"
@@ -34,6 +35,9 @@ DESCRIPTOR_NAME = "DiskDescriptor.xml"
 class OpenOptions:
     cluster_size: int | None = None  # bytes; for raw files (and raw bases without <Blocksize>)
     allow_outside_paths: bool = False
+    # None: strict (a damaged BAT entry or a read error is an error). "zeros" / "older": serve
+    # damaged ranges as zeros / from the next lower level and record them (docs/salvage.md).
+    salvage: str | None = None
 
 
 @dataclass
@@ -47,6 +51,11 @@ class Disk:
     options: OpenOptions
     warnings: list[str] = field(default_factory=list)
     _images: dict[str, Image] = field(default_factory=dict)
+    salvage_log: SalvageLog | None = None  # set when options.salvage is
+
+    def __post_init__(self) -> None:
+        if self.options.salvage is not None and self.salvage_log is None:
+            self.salvage_log = SalvageLog(self.options.salvage)
 
     @property
     def top_guid(self) -> str:
@@ -67,6 +76,7 @@ class Disk:
                 self._warn(f"{im.path} at offset 40: the v1 high size word is "
                            f"{im.header.size_high_v1:#x}, should be 0; ignored, as qemu does "
                            "(§1.4)")
+            im.salvage = self.options.salvage is not None
             self._images[guid] = im
         return self._images[guid]
 
@@ -119,6 +129,10 @@ class Disk:
         if self.descriptor_path and dsize and dsize != size and snapshot is None:
             self._warn(f"{self.descriptor_path}: <Disk_size> is {dsize} bytes but the top image "
                        f"describes {size}; using the image's size")
+        if self.salvage_log is not None:
+            assert self.options.salvage is not None
+            return SalvageVolume(images, size, cluster, self.options.salvage, self.salvage_log,
+                                 entries[-1].guid)
         return Volume(images, size, cluster)
 
     def _warn(self, msg: str) -> None:

@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ploopfs.errors import CorruptImageError, SourceIOError
 from ploopfs.volume.blockmap import BlockMap
 from ploopfs.volume.image import Image
@@ -25,13 +27,15 @@ class Segment:
 
 
 class Volume:
-    def __init__(self, images: Sequence[Image], size: int, cluster_size: int) -> None:
-        """`images[0]` is the base, `images[-1]` the top. `size` is the virtual disk size."""
+    def __init__(self, images: Sequence[Image], size: int, cluster_size: int,
+                 zero: Sequence[np.ndarray] | None = None) -> None:
+        """`images[0]` is the base, `images[-1]` the top. `size` is the virtual disk size.
+        `zero`: per level, clusters masked as zeros (salvage, BlockMap)."""
         self.images = list(images)
         self.size = size
         self.cluster_size = cluster_size
         nclusters = -(-size // cluster_size)
-        self.map = BlockMap([im.mapping() for im in self.images], nclusters, cluster_size)
+        self.map = BlockMap([im.mapping() for im in self.images], nclusters, cluster_size, zero)
         self.raw_base = self.images[0].is_raw
         self._fds = [im.fd for im in self.images]
 
