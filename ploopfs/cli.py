@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default: raw)")
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _salvage_arg(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -128,13 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="comma-separated options: FUSE ones (allow_other, …) and uid=, gid=, "
-                        "snapshot=, files, readahead=KB, direct_io")
+                        "snapshot=, files, readahead=KB, direct_io, salvage[=zeros|older]")
     p.add_argument("--readahead", type=int, metavar="KB", default=None,
                    help="kernel readahead for the mount, as root (default 1024; 0 = kernel default)")
     p.add_argument("--direct-io", action="store_true",
                    help="bypass the page cache (for streaming copies, loop devices)")
     p.add_argument("--pid-file", metavar="FILE", help="write the server's PID here")
     p.add_argument("--log-file", metavar="FILE", help="log here (default: syslog in background)")
+    _salvage_arg(p)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a ploopfs mount (both layers with --files)",
@@ -154,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also read every referenced cluster (I/O errors, holes, shadowed copies)")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("recover", help="a clean ploop disk from a damaged one, plus recovery.json",
+                       description="Read SOURCE with a salvage policy and write a new, clean "
+                                   "single-image v2 ploop disk into the folder OUTDIR, with "
+                                   "recovery.json listing every lost or substituted range "
+                                   "(docs/salvage.md).")
+    _source_args(p)
+    p.add_argument("outdir", metavar="OUTDIR", help="a new or empty folder")
+    p.add_argument("--salvage", choices=("zeros", "older"), default="older",
+                   help="serve damaged ranges from the next lower delta (older, default) or as "
+                        "zeros")
+    p.add_argument("--json", action="store_true", help="print recovery.json on stdout too")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_recover)
+
     from ploopfs.cli_rdiff import add_parsers as add_rdiff_parsers
 
     add_rdiff_parsers(sub)  # signature, delta, patch (rdiff drop-in)
@@ -161,11 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _salvage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--salvage", nargs="?", const="zeros", choices=("zeros", "older"),
+                   metavar="zeros|older",
+                   help="do not fail on damaged clusters: serve them as zeros (the default of a "
+                        "bare --salvage) or from the next lower delta (older), and record them "
+                        "(docs/salvage.md)")
+
+
 def _open(args: argparse.Namespace):
     from ploopfs.volume.source import OpenOptions, open_source
 
     return open_source(args.source, OpenOptions(cluster_size=args.cluster_size,
-                                                allow_outside_paths=args.allow_outside_paths))
+                                                allow_outside_paths=args.allow_outside_paths,
+                                                salvage=getattr(args, "salvage", None)))
 
 
 def _print_json(obj: Any) -> None:
@@ -238,8 +263,27 @@ def cmd_export(args: argparse.Namespace) -> int:
             fn = export_raw if args.format == "raw" else export_ploop
             report = fn(disk, args.output, args.snapshot, prog)
         _warn(disk.warnings)
+        if disk.salvage_log is not None:
+            _warn([disk.salvage_log.summary_line()])
     if args.json:
         _print_json(report.to_json())
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from ploopfs.services.export import export_work
+    from ploopfs.services.recover import REPORT_NAME, recover
+
+    with _open(args) as disk:
+        vol = disk.volume(args.snapshot)
+        with progress_bar(export_work(vol), "recover", not args.no_progress) as prog:
+            out = recover(disk, args.outdir, args.snapshot, prog)
+        _warn(disk.warnings)
+        assert disk.salvage_log is not None
+        _warn([f"{disk.salvage_log.summary_line()}; see "
+               f"{os.path.join(args.outdir, REPORT_NAME)}"])
+    if args.json:
+        _print_json(out)
     return 0
 
 
@@ -273,7 +317,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts = MountOptions(snapshot=args.snapshot, files=args.files, foreground=args.foreground,
                         direct_io=args.direct_io, pid_file=args.pid_file, log_file=args.log_file,
                         allow_outside_paths=args.allow_outside_paths,
-                        cluster_size=args.cluster_size)
+                        cluster_size=args.cluster_size, salvage=args.salvage)
     _warn(apply_o_options(opts, args.options))
     if args.readahead is not None:
         opts.readahead_kb = args.readahead
@@ -304,8 +348,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-COMMANDS = ("info", "snapshots", "export", "diff", "mount", "umount", "check", "signature", "delta",
-            "patch")
+COMMANDS = ("info", "snapshots", "export", "diff", "mount", "umount", "check", "recover",
+            "signature", "delta", "patch")
 
 
 def _mount_helper_form(argv: list[str]) -> list[str]:

@@ -50,11 +50,13 @@ class MountOptions:
     fuse_options: set[str] = field(default_factory=set)
     allow_outside_paths: bool = False
     cluster_size: int | None = None
+    salvage: str | None = None  # None (strict), "zeros" or "older" (docs/salvage.md)
 
 
 def apply_o_options(opts: MountOptions, items: list[str]) -> list[str]:
     """Fold `-o a,b=c` items into `opts` (ours: snapshot=, uid=, gid=, files, readahead=,
-    direct_io, pid_file=, log_file=, allow_outside_paths); the rest are FUSE options.
+    direct_io, pid_file=, log_file=, allow_outside_paths, salvage[=zeros|older]); the rest are
+    FUSE options.
     Returns warnings."""
     warnings: list[str] = []
     for raw in items:
@@ -75,6 +77,10 @@ def apply_o_options(opts: MountOptions, items: list[str]) -> list[str]:
                     setattr(opts, key, val)
                 elif key == "cluster_size":
                     opts.cluster_size = int(val)
+                elif key == "salvage":
+                    if val not in ("", "zeros", "older"):
+                        raise UsageError(f"-o {item}: salvage is zeros or older")
+                    opts.salvage = val or "zeros"
                 elif key == "rw":
                     warnings.append("ignoring -o rw: ploopfs mounts are always read-only")
                 elif key in ("ro", "auto_unmount"):
@@ -202,7 +208,8 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
 
     target = check_mountpoint(mountpoint)
     disk = open_source(source, OpenOptions(cluster_size=opts.cluster_size,
-                                           allow_outside_paths=opts.allow_outside_paths))
+                                           allow_outside_paths=opts.allow_outside_paths,
+                                           salvage=opts.salvage))
     tree = MountTree(disk, opts.snapshot)
     fs_file = _pick_fs_file(tree) if opts.files else None
     for w in disk.warnings:

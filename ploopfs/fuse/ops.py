@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from ploopfs.services.tree import Dir, File
+from ploopfs.services.tree import Dir, File, LiveFile
 
 log = logging.getLogger("ploopfs.fuse")
 T = TypeVar("T")
@@ -75,6 +75,9 @@ class Operations(pyfuse3.Operations):
             a.st_nlink = 2 + sum(isinstance(c, Dir) for c in node.children.values())
             a.st_size = 0
         else:
+            if isinstance(node, LiveFile):  # contents change: no attribute caching
+                node.refresh()
+                a.entry_timeout = a.attr_timeout = 0
             a.st_mode = stat.S_IFREG | 0o444
             a.st_nlink = 1
             a.st_size = node.size
@@ -134,6 +137,8 @@ class Operations(pyfuse3.Operations):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         # keep_cache: the data never changes, so the page cache survives re-opens.
+        if isinstance(node, LiveFile):
+            return pyfuse3.FileInfo(fh=inode, keep_cache=False, direct_io=True)
         return pyfuse3.FileInfo(fh=inode, keep_cache=not self.direct_io, direct_io=self.direct_io)
 
     @guarded

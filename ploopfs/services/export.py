@@ -28,9 +28,13 @@ class ExportReport:
     size_bytes: int
     data_bytes_written: int
     zero_bytes_skipped: int
+    salvage: dict | None = None  # SalvageLog.summary() of a salvage export (docs/salvage.md)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["salvage"] is None:  # strict exports: the report is unchanged
+            del d["salvage"]
+        return d
 
 
 def _refuse_source(disk: Disk, out: str) -> None:
@@ -61,7 +65,7 @@ def export_raw(disk: Disk, out: str, snapshot: str | None = None,
     report = ExportReport(out, "raw", guid, vol.size, 0, 0)
     if out == "-":
         _stream(vol, sys.stdout.buffer, report, progress)
-        return report
+        return _with_salvage(disk, report)
     _refuse_source(disk, out)
     try:
         if os.path.exists(out) and not stat.S_ISREG(os.stat(out).st_mode):
@@ -95,6 +99,12 @@ def export_raw(disk: Disk, out: str, snapshot: str | None = None,
         raise OutputError(f"write failed: {e.strerror}", out) from None
     finally:
         os.close(fd)
+    return _with_salvage(disk, report)
+
+
+def _with_salvage(disk: Disk, report: ExportReport) -> ExportReport:
+    if disk.salvage_log is not None:
+        report.salvage = disk.salvage_log.summary()
     return report
 
 
@@ -159,4 +169,4 @@ def export_ploop(disk: Disk, outdir: str, snapshot: str | None = None,
                     progress(min(done, vol.size))
     write_descriptor(os.path.join(outdir, "DiskDescriptor.xml"),
                      chain_descriptor([image_name], vol.size, c))
-    return report
+    return _with_salvage(disk, report)

@@ -5,6 +5,7 @@
     snapshots/<guid>/disk     every snapshot of the descriptor (guid lowercase, no braces)
     snapshots/<guid>/partN
     info.json                 what `ploopfs info --json` prints
+    bad-clusters.json         salvage mounts only: damaged ranges known so far (docs/salvage.md)
 
 Front ends see only Dir and File nodes with sizes, mtimes and `read(offset, size)`."""
 
@@ -28,6 +29,23 @@ class File:
     size: int
     mtime_ns: int
     read: Callable[[int, int], bytes | bytearray | memoryview]
+
+
+class LiveFile(File):
+    """A small file whose contents change while mounted: re-rendered on every getattr (front
+    ends must not cache its attributes or pages); reads serve the last rendering."""
+
+    def __init__(self, name: str, mtime_ns: int, render: Callable[[], bytes]) -> None:
+        self._render = render
+        self._data = render()
+        super().__init__(name, len(self._data), mtime_ns, self._read)
+
+    def refresh(self) -> None:
+        self._data = self._render()
+        self.size = len(self._data)
+
+    def _read(self, offset: int, length: int) -> bytes:
+        return self._data[offset: offset + length]
 
 
 @dataclass(eq=False)
@@ -81,6 +99,10 @@ class MountTree:
         top_files = volume_files(self.volume, self._chain_mtime(snapshot))
         top_files.append(File("info.json", len(info), self.mtime_ns, _bytes_reader(info)))
         top_files.append(Dir("snapshots", self.mtime_ns, self._snapshot_dirs))
+        if disk.salvage_log is not None:
+            log = disk.salvage_log
+            top_files.append(LiveFile("bad-clusters.json", self.mtime_ns, lambda: json.dumps(
+                log.summary(), indent=2).encode() + b"\n"))
         self.root = Dir("", self.mtime_ns, lambda: top_files)
 
     def _chain_mtime(self, snapshot: str | None) -> int:
