@@ -175,8 +175,32 @@ class Image:
         """Read and validate the BAT once: strict, the first entry that cannot be read (past EOF,
         into the header, reserved value) raises CorruptImageError naming its byte offset."""
         if self._mapping is None:
-            self._mapping = self._read_mapping()
+            m = self._read_mapping()
+            if self.salvage and len(m) > 1:
+                m = self._drop_duplicates(m)
+            self._mapping = m
         return self._mapping
+
+    def _drop_duplicates(self, m: Mapping) -> Mapping:
+        """Salvage: of the slots sharing one physical cluster (§2.3) the lowest virtual cluster
+        keeps it; the others are recorded in `bad_slots` and dropped, exactly the slots `check`
+        reports as BAT_DUPLICATE."""
+        order = np.argsort(m.entries, kind="stable")  # vclusters ascending within one entry
+        se = m.entries[order]
+        dup = np.flatnonzero(se[1:] == se[:-1]) + 1
+        if not dup.size:
+            return m
+        for j in dup.tolist():
+            k = j - 1  # the owner: first slot of this run of equal entries
+            while k > 0 and se[k - 1] == se[j]:
+                k -= 1
+            v, first, e = int(m.vclusters[order[j]]), int(m.vclusters[order[k]]), int(se[j])
+            self.bad_slots.append(BadSlot(
+                v, e, "BAT_DUPLICATE", f"shares its cluster (byte {e * m.unit}) with virtual "
+                f"cluster {first} (§2.3)"))
+        keep = np.ones(len(m), bool)
+        keep[order[dup]] = False
+        return Mapping(m.vclusters[keep], m.entries[keep], m.unit)
 
     def _read_mapping(self) -> Mapping:
         hdr = self.header
