@@ -405,7 +405,8 @@ def _map(vol: Volume, off: int, n: int) -> memoryview | None:
         return None
     start = seg.offset - seg.offset % mmap.ALLOCATIONGRANULARITY
     # Page faults of a mapping read a cold file in small pieces; ask for the whole range first
-    # so the kernel reads it in large requests (64 GiB snapshot fast path, cold cache: 3.9-5.2 s -> 1.2-1.4 s).
+    # so the kernel reads it in large requests (64 GiB snapshot fast path, cold cache:
+    # 3.9-5.2 s -> 1.2-1.4 s).
     with contextlib.suppress(OSError):
         os.posix_fadvise(im.fd, seg.offset, n, os.POSIX_FADV_WILLNEED)
     try:
