@@ -136,15 +136,9 @@ class SalvageVolume(Volume):
     def readinto(self, view: memoryview, offset: int) -> int:
         return self.zero_fill_readinto(view, offset)
 
-    def zero_fill_readinto(self, view: memoryview, offset: int) -> int:
-        total = min(len(view), max(0, self.size - offset))
-        for seg in self.segments(offset, total):
-            dst = view[seg.voffset - offset: seg.voffset - offset + seg.length]
-            if seg.level is None:
-                dst[:] = bytes(seg.length)
-            else:
-                self._salvage_pread(seg.level, dst, seg.offset, seg.voffset, seg.raw_fill)
-        return total
+    def _fill(self, seg: Segment, dst: memoryview) -> None:
+        assert seg.level is not None
+        self._salvage_pread(seg.level, dst, seg.offset, seg.voffset, seg.raw_fill)
 
     def _salvage_pread(self, level: int, dst: memoryview, offset: int, voffset: int,
                        raw_fill: bool) -> None:

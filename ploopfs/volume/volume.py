@@ -109,9 +109,14 @@ class Volume:
             if seg.level is None:
                 dst[:] = bytes(seg.length)
             else:
-                self._pread_into(seg.level, dst, seg.offset, allow_short=seg.raw_fill,
-                                 zero_rest=True)
+                self._fill(seg, dst)
         return total
+
+    def _fill(self, seg: Segment, dst: memoryview) -> None:
+        """Read one data segment into `dst`, zeros past the end of a raw base (strict: a short
+        read of a mapped cluster is an error). SalvageVolume overrides this one step."""
+        self._pread_into(seg.level, dst, seg.offset, allow_short=seg.raw_fill,  # type: ignore[arg-type]
+                         zero_rest=True)
 
     def _pread_into(self, level: int, dst: memoryview, offset: int, *, allow_short: bool,
                     zero_rest: bool = False) -> None:
