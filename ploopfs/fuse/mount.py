@@ -327,12 +327,15 @@ def _fuse_options(opts: MountOptions) -> set[str]:
     return o | opts.fuse_options
 
 
-def _start_reaper(mountpoint: str, private_dir: str | None) -> None:
+def _start_reaper(mountpoint: str, private_dir: str | None, files_target: str | None = None
+                  ) -> None:
     """Back-up for auto_unmount. fusermount3's watcher (libfuse 3.14) unmounts a killed daemon's
     mount only if open(MOUNTPOINT) then fails with ENOTCONN; when the kill races with a request
     in flight (its own open, or a reader's) the open fails with ECONNABORTED instead and the dead
     mount stays (about 1 SIGKILL in 3 here). This forked watcher waits for the daemon to die
-    (EOF on a pipe only the daemon holds) and lazily unmounts the mount if it is dead."""
+    (EOF on a pipe only the daemon holds) and lazily unmounts the mount if it is dead. With
+    --files it also makes sure the fuse2fs layer on `files_target` goes: fuse2fs gets SIGTERM
+    when the daemon dies, but one stuck on the dead disk layer can leave its mount behind."""
     r, _w = os.pipe()  # close-on-exec: fusermount3 and fuse2fs do not inherit the daemon's end
     if os.fork():
         os.close(r)
@@ -350,11 +353,27 @@ def _start_reaper(mountpoint: str, private_dir: str | None) -> None:
         if _dead_fuse_mount(mountpoint):
             fusermount_u(mountpoint, lazy=True)
             log.warning("server died without unmounting: lazily unmounted %s", mountpoint)
+        if files_target and private_dir:
+            deadline = time.monotonic() + 5
+            while _mount_source(files_target, private_dir) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _mount_source(files_target, private_dir):
+                fusermount_u(files_target, lazy=True)
+                log.warning("file layer outlived its server: lazily unmounted %s", files_target)
         if private_dir:
             with contextlib.suppress(OSError):
                 os.rmdir(private_dir)
     finally:
         os._exit(0)
+
+
+def _mount_source(real: str, under: str) -> bool:
+    """Whether `real` is a mountpoint whose source lies under `under` (our fuse2fs layer)."""
+    for f in _mountinfo():
+        if len(f) > 4 and _unescape(f[4]) == real and "-" in f:
+            src = f[f.index("-") + 2] if len(f) > f.index("-") + 2 else ""
+            return _unescape(src).startswith(under + os.sep)
+    return False
 
 
 def _log_fds() -> list[int]:
@@ -410,7 +429,7 @@ def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
         private_dir = os.path.realpath(tempfile.mkdtemp(prefix="ploopfs-disk-"))
         disk_mnt = private_dir
     ops = Operations(tree.root, uid=opts.uid, gid=opts.gid, direct_io=opts.direct_io)
-    _start_reaper(disk_mnt, private_dir)
+    _start_reaper(disk_mnt, private_dir, target if fs_file else None)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     fuse_opts = _fuse_options(opts)
     if fs_file:
