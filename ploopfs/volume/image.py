@@ -267,11 +267,6 @@ class Image:
                 return 1 << 62
             return pos  # SEEK_DATA unsupported here: read everything
 
-    def read_bat_slots(self, first: int, count: int) -> np.ndarray:
-        """Raw u32 slots [first, first+count), for reports (no validation)."""
-        raw = pread_exact(self.fd, 4 * count, bat_entry_off(first), self.path)
-        return decode_entries(raw[: len(raw) // 4 * 4]).copy()
-
     # -- format extension (§6) ---------------------------------------------------------------
     def extension(self) -> FormatExtension | None:
         """The Format Extension, if the header points at one. ploop trusts it only when
@@ -285,9 +280,3 @@ class Image:
             raise CorruptImageError(f"format extension at byte {off} lies past the end of file",
                                     self.path, offset=0x38)
         return parse_extension(pread_exact(self.fd, c, off, self.path), c, self.path, off)
-
-    def read_cluster_at(self, offset: int) -> bytes:
-        data = pread_exact(self.fd, self.cluster_size, offset, self.path)
-        if len(data) != self.cluster_size:
-            raise CorruptImageError("cluster ends past end of file", self.path, offset=offset)
-        return data

@@ -97,31 +97,30 @@ class Disk:
         entries = self.chain(snapshot)
         images = [self.image(e.guid, level=i) for i, e in enumerate(entries)]
         top = images[-1]
-        ploop_imgs = [(e, im) for e, im in zip(entries, images, strict=True) if not im.is_raw]
+        ploop_imgs = [im for im in images if not im.is_raw]
         desc_bs = self.descriptor.blocksize
-        for _e, im in ploop_imgs:
-            assert im.header is not None
+        first = ploop_imgs[0] if ploop_imgs else None
+        for im in ploop_imgs:
+            assert im.header is not None and first is not None and first.header is not None
             if desc_bs and im.header.cluster_sectors != desc_bs:
                 raise BadChainError(
                     f"cluster size {im.header.cluster_sectors} sectors differs from the "
                     f"descriptor's <Blocksize> {desc_bs} (§4.2)", im.path, offset=0x1C)
-            first = ploop_imgs[0][1].header
-            assert first is not None
-            if im.header.cluster_sectors != first.cluster_sectors:
+            if im.header.cluster_sectors != first.header.cluster_sectors:
                 raise BadChainError(
                     f"cluster size {im.header.cluster_sectors} sectors differs from "
-                    f"{first.cluster_sectors} in {ploop_imgs[0][1].path} (§4.2)", im.path,
+                    f"{first.header.cluster_sectors} in {first.path} (§4.2)", im.path,
                     offset=0x1C)
-            if im.header.version != first.version:
+            if im.header.version != first.header.version:
                 raise BadChainError(
-                    f"format v{im.header.version} mixed with v{first.version} of "
-                    f"{ploop_imgs[0][1].path} in one chain (§4.2)", im.path, offset=0)
-        cluster = ploop_imgs[0][1].cluster_size if ploop_imgs else images[0].cluster_size
+                    f"format v{im.header.version} mixed with v{first.header.version} of "
+                    f"{first.path} in one chain (§4.2)", im.path, offset=0)
+        cluster = first.cluster_size if first else images[0].cluster_size
         if top.is_raw:
             size = self.descriptor.disk_size * SECTOR or top.virtual_size
         else:
             size = top.virtual_size
-            for _e, im in ploop_imgs[:-1]:
+            for im in ploop_imgs[:-1]:
                 if im.virtual_size > size:
                     self._warn(f"{im.path}: lower delta is larger ({im.virtual_size} bytes) than "
                                f"the top ({size}); the excess is not part of the disk (§1.4)")
