@@ -9,8 +9,10 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-HEADERS = [HERE / "ploopfs_native.h", HERE / "pf_rdiff.h"]
-SOURCES = [HERE / "ploopfs_native.c", HERE / "pf_rdiff.c"]
+# ploopfs_native.{c,h} plus every pf_<part>.{c,h} pair (pf_rdiff, pf_dedup, ...): a new part is
+# picked up without editing this file.
+HEADERS = [HERE / "ploopfs_native.h", *sorted(HERE.glob("pf_*.h"))]
+SOURCES = [HERE / "ploopfs_native.c", *sorted(HERE.glob("pf_*.c"))]
 
 
 def _cdef_text() -> str:
@@ -28,7 +30,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
     "ploopfs._native",
-    '#include "ploopfs_native.h"\n#include "pf_rdiff.h"\n',
+    "".join(f'#include "{h.name}"\n' for h in HEADERS),
     # Relative to the project root, where setuptools runs the build.  An absolute path would
     # be baked into the generated C file and break sdists built elsewhere.
     sources=[str(src.relative_to(HERE.parent)) for src in SOURCES],

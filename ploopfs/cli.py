@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     from ploopfs.cli_rdiff import add_parsers as add_rdiff_parsers
 
     add_rdiff_parsers(sub)  # signature, delta, patch (rdiff drop-in)
+    from ploopfs.cli_space import add_parsers as add_space_parsers
+
+    add_space_parsers(sub)  # du (with --dedup), compact
+    from ploopfs.cli_restore import add_parsers as add_restore_parsers
+
+    add_restore_parsers(sub)  # restore-descriptor
     return parser
 
 
@@ -348,20 +354,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-COMMANDS = ("info", "snapshots", "export", "diff", "mount", "umount", "check", "recover",
-            "signature", "delta", "patch")
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    return {name for action in parser._subparsers._group_actions  # type: ignore[union-attr]
+            for name in getattr(action, "choices", None) or ()}
 
 
-def _mount_helper_form(argv: list[str]) -> list[str]:
+def _mount_helper_form(argv: list[str], commands: set[str]) -> list[str]:
     """mount.fuse3 runs `ploopfs SOURCE MOUNTPOINT -o OPTIONS` (fstab type fuse.ploopfs)."""
-    if len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+    if len(argv) >= 2 and argv[0] not in commands and not argv[0].startswith("-"):
         return ["mount", *argv]
     return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = _mount_helper_form(list(sys.argv[1:] if argv is None else argv))
+    argv = _mount_helper_form(list(sys.argv[1:] if argv is None else argv), _commands(parser))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help/--version exit 0, usage errors exit 2
