@@ -19,5 +19,6 @@ extern unsigned passed, failed;
     } while (0)
 
 void test_rdiff_all(void);
+void test_dedup_all(void);
 
 #endif

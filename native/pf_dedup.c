@@ -1,0 +1,299 @@
+/* Dedup estimator: bounded-memory hash table with consistent sampling, and the block scanner
+ * (pf_dedup.h, docs/dedup.md). */
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "pf_dedup.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ploopfs_native.h"
+
+typedef struct {
+    uint64_t lo, hi, count; /* count == 0: empty slot */
+} slot_t;
+
+struct pf_ddt {
+    slot_t *slots;
+    uint64_t cap; /* power of two */
+    uint64_t entries, refs, offered, limit, peak;
+    unsigned shift;
+};
+
+static int kept(const pf_ddt *t, uint64_t lo)
+{
+    return t->shift == 0 || (lo & ((UINT64_C(1) << t->shift) - 1)) == 0;
+}
+
+/* Home slot from the high word: the low word's low bits are the sampling bits. */
+static uint64_t home(const pf_ddt *t, uint64_t hi)
+{
+    return hi & (t->cap - 1);
+}
+
+static int too_full(uint64_t entries, uint64_t cap)
+{
+    return entries * 10 > cap * 7;
+}
+
+/* Place an entry known to be absent (rehash, purge). */
+static void place(slot_t *slots, uint64_t cap, const slot_t *e)
+{
+    uint64_t i = e->hi & (cap - 1);
+    while (slots[i].count)
+        i = (i + 1) & (cap - 1);
+    slots[i] = *e;
+}
+
+pf_ddt *pf_ddt_new(uint64_t mem_limit, unsigned shift)
+{
+    if (mem_limit < PF_DDT_MIN_BYTES || shift > 63)
+        return NULL;
+    pf_ddt *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    uint64_t cap = 16;
+    while (cap < 1024 && cap * 2 * sizeof(slot_t) <= mem_limit)
+        cap *= 2;
+    t->slots = calloc(cap, sizeof(slot_t));
+    if (!t->slots) {
+        free(t);
+        return NULL;
+    }
+    t->cap = cap;
+    t->limit = mem_limit;
+    t->shift = shift;
+    t->peak = cap * sizeof(slot_t);
+    return t;
+}
+
+void pf_ddt_free(pf_ddt *t)
+{
+    if (t) {
+        free(t->slots);
+        free(t);
+    }
+}
+
+/* Double the slot array if old + new fit the limit. 1 = grown, 0 = may not, -1 = no memory. */
+static int grow(pf_ddt *t)
+{
+    uint64_t ncap = t->cap * 2;
+    if ((t->cap + ncap) * sizeof(slot_t) > t->limit)
+        return 0;
+    slot_t *ns = calloc(ncap, sizeof(slot_t));
+    if (!ns)
+        return -1;
+    for (uint64_t i = 0; i < t->cap; i++)
+        if (t->slots[i].count)
+            place(ns, ncap, &t->slots[i]);
+    if ((t->cap + ncap) * sizeof(slot_t) > t->peak)
+        t->peak = (t->cap + ncap) * sizeof(slot_t);
+    free(t->slots);
+    t->slots = ns;
+    t->cap = ncap;
+    return 1;
+}
+
+/* Raise the sampling shift by one and drop the entries that no longer qualify, in place.
+ * Linear probing: clear the dropped slots, then, starting just after an empty slot (so that
+ * no probe run crosses the start), take each remaining entry out and place it again; it lands
+ * at or before its old slot, and every run stays unbroken. */
+static void purge(pf_ddt *t)
+{
+    t->shift++;
+    for (uint64_t i = 0; i < t->cap; i++) {
+        slot_t *s = &t->slots[i];
+        if (s->count && !kept(t, s->lo)) {
+            t->entries--;
+            t->refs -= s->count;
+            memset(s, 0, sizeof *s);
+        }
+    }
+    uint64_t start = 0;
+    while (start < t->cap && t->slots[start].count)
+        start++;
+    if (start == t->cap)
+        return; /* cannot happen: load <= 0.7 */
+    for (uint64_t k = 1; k <= t->cap; k++) {
+        uint64_t i = (start + k) & (t->cap - 1);
+        if (!t->slots[i].count)
+            continue;
+        slot_t e = t->slots[i];
+        memset(&t->slots[i], 0, sizeof e);
+        place(t->slots, t->cap, &e);
+    }
+}
+
+int pf_ddt_add(pf_ddt *t, uint64_t lo, uint64_t hi)
+{
+    t->offered++;
+    if (!kept(t, lo))
+        return 0;
+    uint64_t i = home(t, hi);
+    while (t->slots[i].count) {
+        if (t->slots[i].lo == lo && t->slots[i].hi == hi) {
+            t->slots[i].count++;
+            t->refs++;
+            return 1;
+        }
+        i = (i + 1) & (t->cap - 1);
+    }
+    /* A new entry: make room first (grow, else sample more coarsely). */
+    while (too_full(t->entries + 1, t->cap)) {
+        int g = grow(t);
+        if (g < 0) {
+            t->offered--;
+            return -1;
+        }
+        if (g == 0) {
+            if (t->shift >= 63) {
+                t->offered--;
+                return -1;
+            }
+            purge(t);
+            if (!kept(t, lo))
+                return 0;
+        }
+    }
+    slot_t e = {lo, hi, 1};
+    place(t->slots, t->cap, &e);
+    t->entries++;
+    t->refs++;
+    return 1;
+}
+
+uint64_t pf_ddt_count(const pf_ddt *t, uint64_t lo, uint64_t hi)
+{
+    if (!kept(t, lo))
+        return 0;
+    for (uint64_t i = home(t, hi);; i = (i + 1) & (t->cap - 1)) {
+        const slot_t *s = &t->slots[i];
+        if (!s->count)
+            return 0;
+        if (s->lo == lo && s->hi == hi)
+            return s->count;
+    }
+}
+
+uint64_t pf_ddt_entries(const pf_ddt *t) { return t->entries; }
+uint64_t pf_ddt_refs(const pf_ddt *t) { return t->refs; }
+uint64_t pf_ddt_offered(const pf_ddt *t) { return t->offered; }
+uint64_t pf_ddt_capacity(const pf_ddt *t) { return t->cap; }
+unsigned pf_ddt_shift(const pf_ddt *t) { return t->shift; }
+uint64_t pf_ddt_peak_bytes(const pf_ddt *t) { return t->peak; }
+
+void pf_ddt_histogram(const pf_ddt *t, uint64_t *entries, uint64_t *refs)
+{
+    memset(entries, 0, PF_DDT_BUCKETS * sizeof *entries);
+    memset(refs, 0, PF_DDT_BUCKETS * sizeof *refs);
+    for (uint64_t i = 0; i < t->cap; i++) {
+        uint64_t c = t->slots[i].count;
+        if (!c)
+            continue;
+        int b = 63 - __builtin_clzll(c);
+        entries[b]++;
+        refs[b] += c;
+    }
+}
+
+/* -- scanner ------------------------------------------------------------------------------ */
+struct pf_dedup {
+    pf_ddt *table[2];
+    uint64_t len[2], blocks[2], zero[2], every;
+};
+
+void pf_dedup_hash(const unsigned char *buf, size_t len, uint64_t *out)
+{
+    XXH128_hash_t h = XXH3_128bits_withSeed(buf, len, PF_DEDUP_SEED);
+    out[0] = h.low64;
+    out[1] = h.high64;
+}
+
+pf_dedup *pf_dedup_new(uint64_t small_len, uint64_t large_len, uint64_t small_mem,
+                       uint64_t large_mem, unsigned shift, uint64_t sample_every)
+{
+    if (!small_len || !large_len || large_len % small_len || !sample_every)
+        return NULL;
+    pf_dedup *d = calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    d->table[0] = pf_ddt_new(small_mem, shift);
+    d->table[1] = pf_ddt_new(large_mem, shift);
+    if (!d->table[0] || !d->table[1]) {
+        pf_dedup_free(d);
+        return NULL;
+    }
+    d->len[0] = small_len;
+    d->len[1] = large_len;
+    d->every = sample_every;
+    return d;
+}
+
+void pf_dedup_free(pf_dedup *d)
+{
+    if (d) {
+        pf_ddt_free(d->table[0]);
+        pf_ddt_free(d->table[1]);
+        free(d);
+    }
+}
+
+/* One small block: 1 if it is all zeros. */
+static int small_block(pf_dedup *d, const unsigned char *p, size_t n, int *err)
+{
+    d->blocks[0]++;
+    if (pf_first_nonzero(p, n) == n) {
+        d->zero[0]++;
+        return 1;
+    }
+    uint64_t h[2];
+    pf_dedup_hash(p, n, h);
+    if (pf_ddt_add(d->table[0], h[0], h[1]) < 0)
+        *err = 1;
+    return 0;
+}
+
+int64_t pf_dedup_feed(pf_dedup *d, const unsigned char *buf, size_t len, uint64_t *picks,
+                      size_t max_picks)
+{
+    if (!d || (len && !buf))
+        return -1;
+    size_t npicks = 0;
+    int err = 0;
+    for (size_t off = 0, idx = 0; off < len; off += d->len[1], idx++) {
+        size_t rec = len - off < d->len[1] ? len - off : d->len[1];
+        int all_zero = 1;
+        for (size_t s = 0; s < rec; s += d->len[0]) {
+            size_t n = rec - s < d->len[0] ? rec - s : d->len[0];
+            all_zero &= small_block(d, buf + off + s, n, &err);
+        }
+        d->blocks[1]++;
+        if (all_zero) {
+            d->zero[1]++;
+            continue;
+        }
+        uint64_t h[2];
+        pf_dedup_hash(buf + off, rec, h);
+        if (pf_ddt_add(d->table[1], h[0], h[1]) < 0)
+            err = 1;
+        if ((h[0] >> 32) % d->every == 0) {
+            if (npicks >= max_picks)
+                return -1;
+            picks[3 * npicks] = idx;
+            picks[3 * npicks + 1] = h[0];
+            picks[3 * npicks + 2] = h[1];
+            npicks++;
+        }
+    }
+    return err ? -1 : (int64_t)npicks;
+}
+
+pf_ddt *pf_dedup_table(pf_dedup *d, int which)
+{
+    return d->table[which ? 1 : 0];
+}
+
+uint64_t pf_dedup_blocks(const pf_dedup *d, int which) { return d->blocks[which ? 1 : 0]; }
+uint64_t pf_dedup_zero(const pf_dedup *d, int which) { return d->zero[which ? 1 : 0]; }
