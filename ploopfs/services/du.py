@@ -1,0 +1,294 @@
+"""`ploopfs du`: where the space of a ploop disk goes (issue #6, ploop-format.md §7.9).
+
+Per image: file size, bytes on disk, sparse holes, data cluster slots, referenced and leaked
+clusters, preallocated tail; per chain level: clusters it serves and clusters shadowed by a
+higher delta (kept only for snapshots); per ext2/3/4 filesystem inside: clusters it uses and
+clusters allocated but holding no used block ("wasted"); and an estimate of what `compact`
+would write. Metadata only, unless `zeros` asks to read the allocated data for all-zero
+clusters.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ploopfs.native import is_zero
+from ploopfs.services.fsusage import DiskFs, analyse_disk, cluster_maps
+from ploopfs.volume.image import Image
+from ploopfs.volume.source import Disk
+from ploopfs.volume.volume import Volume
+
+CHUNK = 8 << 20
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """(start, end) byte ranges of a file that hold data (SEEK_DATA/SEEK_HOLE); the whole file
+    when the filesystem cannot tell."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            d = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            return [(0, size)]
+        h = min(os.lseek(fd, d, os.SEEK_HOLE), size)
+        out.append((d, h))
+        pos = h
+    return out
+
+
+def _slots_with_data(extents: list[tuple[int, int]], nslots: int, c: int) -> np.ndarray:
+    has = np.zeros(nslots, bool)
+    for a, b in extents:
+        has[a // c: min(-(-b // c), nslots)] = True
+    return has
+
+
+def _bytes_in(extents: list[tuple[int, int]], lo: int, hi: int) -> int:
+    return sum(max(0, min(b, hi) - max(a, lo)) for a, b in extents)
+
+
+def image_usage(im: Image, nclusters: int, served: int | None) -> dict[str, Any]:
+    """The figures of one image file (served: clusters of the volume it serves, or None when
+    it is not in the analysed chain)."""
+    st = os.fstat(im.fd)
+    ext = data_extents(im.fd, im.file_size)
+    data_bytes = _bytes_in(ext, 0, im.file_size)
+    out: dict[str, Any] = {
+        "path": im.path, "kind": im.kind.value, "file_size": im.file_size,
+        "disk_bytes": st.st_blocks * 512, "hole_bytes": im.file_size - data_bytes,
+    }
+    if im.header is None:  # a raw base: every cluster is its own
+        out["served_clusters"] = served
+        return out
+    c = im.cluster_size
+    m = im.mapping()
+    first = im.header.bat_clusters
+    nslots = max(0, -(-im.file_size // c) - first)
+    phys = (m.entries.astype(np.int64) * m.unit // c) - first
+    refd = np.zeros(nslots, bool)
+    refd[phys[(phys >= 0) & (phys < nslots)]] = True
+    referenced = int(refd.sum())
+    last = int(np.flatnonzero(refd)[-1]) if referenced else -1
+    has = _slots_with_data(ext, nslots + first, c)[first:]
+    leaked = ~refd[: last + 1]
+    tail_lo = (first + last + 1) * c
+    in_volume = int(np.searchsorted(m.vclusters, nclusters))
+    out.update({
+        "cluster_size": c,
+        "header_bat_clusters": first,
+        "data_slots": nslots,
+        "mapped_entries": len(m),
+        "referenced_clusters": referenced,
+        "leaked_clusters": int(leaked.sum()),
+        "leaked_clusters_with_data": int((leaked & has[: last + 1]).sum()),
+        "prealloc_tail_bytes": max(0, im.file_size - tail_lo),
+        "prealloc_tail_data_bytes": _bytes_in(ext, tail_lo, im.file_size),
+        "served_clusters": served,
+        "shadowed_clusters": None if served is None else in_volume - served,
+    })
+    return out
+
+
+@dataclass
+class DuReport:
+    source: str
+    snapshot: str
+    cluster_size: int
+    disk_size: int
+    images: list[dict[str, Any]]
+    filesystems: list[dict[str, Any]]
+    others: list[dict[str, Any]]
+    partition_scheme: str
+    clusters: dict[str, Any]
+    total: dict[str, Any]
+    findings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def mapped_clusters(vol: Volume) -> np.ndarray:
+    """Booleans per virtual cluster: served by some level (every cluster over a raw base)."""
+    n = -(-vol.size // vol.cluster_size)
+    if vol.raw_base:
+        return np.ones(n, bool)
+    mapped = np.zeros(n, bool)
+    m = vol.map
+    for s, k in zip(m.vstart.tolist(), m.count.tolist(), strict=True):
+        mapped[s:s + k] = True
+    return mapped
+
+
+def zero_clusters(vol: Volume, sel: np.ndarray) -> np.ndarray:
+    """Booleans: which selected clusters read as all zeros (reads them, in large runs)."""
+    c = vol.cluster_size
+    zero = np.zeros(sel.size, bool)
+    buf = bytearray(CHUNK)
+    for a, b in runs(sel, CHUNK // c):
+        view = memoryview(buf)[: (b - a) * c]
+        n = vol.zero_fill_readinto(view, a * c)
+        view[n:] = bytes(len(view) - n)
+        for i in range(b - a):
+            zero[a + i] = is_zero(view[i * c:(i + 1) * c])
+    return zero
+
+
+def runs(sel: np.ndarray, maxlen: int) -> list[tuple[int, int]]:
+    """[a, b) runs of True in `sel`, none longer than maxlen clusters."""
+    d = np.diff(np.concatenate(([0], sel.view(np.int8), [0])))
+    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    out: list[tuple[int, int]] = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        out.extend((s, min(s + maxlen, b)) for s in range(a, b, maxlen))
+    return out
+
+
+def keep_map(vol: Volume, dfs: DiskFs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mapped, analysed, used, keep) per virtual cluster: compact keeps every mapped cluster
+    that is outside an analysed filesystem or holds a used block of one."""
+    n = -(-vol.size // vol.cluster_size)
+    mapped = mapped_clusters(vol)
+    analysed, used = cluster_maps(dfs, n, vol.cluster_size)
+    keep = mapped & (~analysed | used)
+    return mapped, analysed, used, keep
+
+
+def disk_usage(disk: Disk, snapshot: str | None = None, *, zeros: bool = False) -> DuReport:
+    vol = disk.volume(snapshot)
+    chain = disk.chain(snapshot)
+    c = vol.cluster_size
+    n = -(-vol.size // c)
+    per_level = vol.map.clusters_per_level(len(chain))
+    levels = {e.guid: i for i, e in enumerate(chain)}
+    images: list[dict[str, Any]] = []
+    for i, e in enumerate(chain):
+        im = vol.images[i]
+        # A raw base serves whatever no delta above it maps.
+        served = n - sum(per_level[1:]) if im.is_raw else per_level[i]
+        images.append({"guid": e.guid, "level": levels[e.guid], **image_usage(im, n, served)})
+    dfs = analyse_disk(vol.read, vol.size, bitmaps=True)
+    mapped, analysed, used, keep = keep_map(vol, dfs)
+    figures: dict[str, Any] = {
+        "total": n,
+        "mapped": int(mapped.sum()),
+        "outside_filesystems_mapped": int((mapped & ~analysed).sum()),
+        "in_filesystems": int(analysed.sum()),
+        "in_filesystems_mapped": int((mapped & analysed).sum()),
+        "fs_used": int(used.sum()),
+        "fs_used_mapped": int((used & mapped).sum()),
+        "fs_used_unmapped": int((used & ~mapped).sum()),
+        "wasted": int((mapped & analysed & ~used).sum()),
+        "kept_by_compact": int(keep.sum()),
+        "zero": None, "zero_kept": None,
+    }
+    if zeros:
+        z = zero_clusters(vol, mapped)
+        figures["zero"] = int(z.sum())
+        figures["zero_kept"] = int((z & keep).sum())
+    report = DuReport(
+        disk.source, chain[-1].guid, c, vol.size, images,
+        [fs.to_json() | {"clusters": fs_c} for fs, fs_c in _per_fs_clusters(dfs, c, n, mapped, used)],
+        [o.to_json() for o in dfs.others], dfs.table.scheme, figures,
+        _total(images, figures, c, n), [f.line() for f in dfs.findings], list(disk.warnings))
+    return report
+
+
+def _per_fs_clusters(dfs: DiskFs, c: int, n: int, mapped: np.ndarray, used: np.ndarray
+                     ) -> list[tuple[Any, dict[str, int] | None]]:
+    out: list[tuple[Any, dict[str, int] | None]] = []
+    for fs in dfs.filesystems:
+        if not fs.analysed:
+            out.append((fs, None))
+            continue
+        a, b = -(-fs.data_start // c), min((fs.start + fs.size_bytes) // c, n)
+        mp, us = mapped[a:b], used[a:b]
+        out.append((fs, {"clusters": max(0, b - a), "mapped": int(mp.sum()),
+                         "used": int(us.sum()), "wasted": int((mp & ~us).sum()),
+                         "used_unmapped": int((us & ~mp).sum())}))
+    return out
+
+
+def _total(images: list[dict[str, Any]], fig: dict[str, Any], c: int, n: int) -> dict[str, Any]:
+    """What the chain's files take on the host and what compact would write for this snapshot:
+    a new header + BAT and the kept clusters (less the zero ones, when counted)."""
+    from ploopfs.format.header import new_header
+
+    on_disk = sum(im["disk_bytes"] for im in images)
+    apparent = sum(im["file_size"] for im in images)
+    kept = fig["kept_by_compact"] - (fig["zero_kept"] or 0)
+    hdr = new_header(n * c, c, 2)
+    compact = (hdr.bat_clusters + kept) * c
+    wasted = max(0, on_disk - compact)
+    return {"file_bytes": apparent, "disk_bytes": on_disk, "compact_estimate_bytes": compact,
+            "wasted_bytes": wasted, "wasted_percent": 100.0 * wasted / on_disk if on_disk else 0.0}
+
+
+# -- text --------------------------------------------------------------------------------------
+def size_str(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def format_du(r: DuReport) -> str:
+    c = r.cluster_size
+    cl = r.clusters
+
+    def cs(k: int | None) -> str:
+        return "-" if k is None else f"{k} ({size_str(k * c)})"
+
+    lines = [f"source:    {r.source}", f"snapshot:  {r.snapshot}",
+             f"disk:      {size_str(r.disk_size)}, clusters of {size_str(c)}, "
+             f"{cl['mapped']} of {cl['total']} mapped", "", "images (base first):"]
+    for im in r.images:
+        lines.append(f"  [{im['level']}] {im['path']}  {im['kind']}")
+        lines.append(f"      file {size_str(im['file_size'])}, on disk {size_str(im['disk_bytes'])}"
+                     f", sparse holes {size_str(im['hole_bytes'])}")
+        if "referenced_clusters" in im:
+            lines.append(
+                f"      clusters: {im['data_slots']} allocated, {im['referenced_clusters']} "
+                f"referenced, {im['leaked_clusters']} leaked, served {im['served_clusters']}, "
+                f"shadowed above {im['shadowed_clusters']} (kept only for snapshots)")
+            lines.append(f"      preallocated tail {size_str(im['prealloc_tail_bytes'])} "
+                         f"({size_str(im['prealloc_tail_data_bytes'])} on disk)")
+        else:
+            lines.append(f"      raw base, serves {im['served_clusters']} clusters")
+    lines += ["", f"partition table: {r.partition_scheme}"]
+    for fs in r.filesystems:
+        b, i = fs["blocks"], fs["inodes"]
+        lines.append(f"  {fs['where']}: {fs['kind']}" + (f" {fs['label']!r}" if fs["label"] else "")
+                     + f", {size_str(fs['size_bytes'])}, {fs['block_size']}-byte blocks")
+        lines.append(f"      blocks: {b['used']} used, {b['free']} free, {b['available']} "
+                     f"available of {b['total']}; inodes: {i['used']} used, {i['free']} free of "
+                     f"{i['total']}")
+        fc = fs["clusters"]
+        if fc is None:
+            lines.append("      clusters: not analysed (see findings); kept whole by compact")
+        else:
+            lines.append(f"      clusters: {cs(fc['mapped'])} allocated, {cs(fc['used'])} used by "
+                         f"the fs, {cs(fc['wasted'])} wasted (allocated, no used block)")
+    for o in r.others:
+        lines.append(f"  {o['where']}: {o['kind'] or 'unknown'}, {size_str(o['size_bytes'])}: "
+                     f"{o['note']}")
+    lines.append(f"  outside filesystems: {cs(cl['outside_filesystems_mapped'])} allocated")
+    if cl["zero"] is not None:
+        lines.append(f"  all-zero clusters: {cs(cl['zero'])} ({cs(cl['zero_kept'])} of them "
+                     "otherwise kept)")
+    t = r.total
+    lines += ["", f"compact would write about {size_str(t['compact_estimate_bytes'])} "
+                  f"({cl['kept_by_compact']} clusters kept)",
+              f"wasted {size_str(t['wasted_bytes'])} of {size_str(t['disk_bytes'])} "
+              f"({t['wasted_percent']:.1f} %)"]
+    lines += [f"finding: {f}" for f in r.findings]
+    return "\n".join(lines)
