@@ -8,6 +8,7 @@ from typing import Any
 from ploopfs.errors import PloopfsError
 from ploopfs.format.descriptor import Descriptor
 from ploopfs.format.header import DISK_CLOSED_V21, NONE_GUID, Header
+from ploopfs.services.fsusage import usage_summary
 from ploopfs.services.partitions import inspect_disk
 from ploopfs.volume.source import Disk
 
@@ -120,6 +121,9 @@ def disk_info(disk: Disk, snapshot: str | None = None) -> dict[str, Any]:
         "snapshots": snapshot_tree(d, disk.paths),
         "top_guid": d.top_guid,
         "partitions": table.to_json(),
+        # df-like figures from the ext2/3/4 superblock and group descriptors (like `ploop info`,
+        # §7.2, without mounting); other filesystems are listed as not analysed.
+        "filesystems": usage_summary(vol.read, vol.size),
         "warnings": list(disk.warnings),
     }
     if d.encryption_keyid or table.luks:
@@ -184,9 +188,29 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"  whole disk: fs {pt['whole_disk_fs']}")
     for prob in pt["problems"]:
         lines.append(f"  problem: {prob}")
+    lines += format_fs_usage(info.get("filesystems", []))
     for w in info["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+def format_fs_usage(filesystems: list[dict[str, Any]]) -> list[str]:
+    """Blocks and inodes, used and free, per filesystem (like `ploop info`)."""
+    if not filesystems:
+        return []
+    lines = ["", "filesystem usage:",
+             f"  {'':8} {'kind':5} {'1K-blocks':>12} {'used':>12} {'free':>12} {'avail':>12} "
+             f"{'inodes':>10} {'iused':>10} {'ifree':>10}"]
+    for fs in filesystems:
+        if "blocks" not in fs:
+            lines.append(f"  {fs['where']:8} {fs['kind'] or '?':5} {fs['note']}")
+            continue
+        b, i, k = fs["blocks"], fs["inodes"], fs["block_size"] // 1024 or 1
+        lines.append(f"  {fs['where']:8} {fs['kind']:5} {b['total'] * k:>12} {b['used'] * k:>12} "
+                     f"{b['free'] * k:>12} {b['available'] * k:>12} {i['total']:>10} "
+                     f"{i['used']:>10} {i['free']:>10}")
+        lines += [f"  {fs['where']}: finding: {f}" for f in fs["findings"]]
+    return lines
 
 
 def format_tree(shots: list[dict[str, Any]]) -> list[str]:
