@@ -36,6 +36,7 @@ import itertools
 import json
 import mmap
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -61,8 +62,8 @@ MMAP_MIN = 1 << 20  # smaller reads are copied
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 # Manifest hashes. blake3 (the default) runs at ~4.6 GB/s per core here against ~1.3 GB/s for
 # hashlib's sha256, so hashing both whole disks costs less than reading them; its update()
-# releases the GIL, so each side's reader thread hashes what it has just read (`_Side`) in
-# parallel with the other side and the compare. One blake3 thread per side (max_threads=1):
+# releases the GIL, so each side's worker thread hashes what it has just read (`_Worker`) in
+# parallel with the other side. One blake3 thread per side (max_threads=1):
 # the two sides already fill both cores, and AUTO measured no faster here.
 HASHES: dict[str, Callable[[], Any]] = {
     "blake3": blake3.blake3, "sha256": hashlib.sha256, "blake2b": hashlib.blake2b}
@@ -176,32 +177,94 @@ def candidate_runs(old: Volume, new: Volume) -> list[tuple[int, int]]:
 
 
 # -- the scan -----------------------------------------------------------------------------------
-class _Side:
-    """One side's reads, in order on its own thread; each chunk is hashed (the whole-disk hash,
-    if any) on that thread right after it is read, from the very buffer or mapping the compare
-    then reads: no byte is read twice, and no extra thread hand-off per chunk (hashlib and
-    blake3 release the GIL while hashing)."""
+OLD, NEW = 0, 1  # side indexes
+SLOTS = 3  # windows in flight: one being emitted, up to two being read, hashed and compared
+PIECE = 1 << 20  # bytes a worker hashes and then compares while they are still in its cache
 
-    def __init__(self, vol: Volume, alg: str | None, o: DiffOptions) -> None:
+
+@dataclass
+class _Window:
+    """A window of whole clusters [c0, c0+n) of NEW: bytes [b0, b1) of NEW and [b0, ob1) of OLD
+    (ob1 < b1 when NEW is larger), worked on by both side workers at once."""
+
+    c0: int
+    n: int
+    b0: int
+    b1: int
+    ob1: int
+    slot: int
+    maybe: np.ndarray  # candidate flag per cluster (only candidates are compared)
+    flags: np.ndarray  # changed flag per cluster, filled in by the workers
+    views: list[np.ndarray | None] = field(default_factory=lambda: [None, None])
+    ready: list[threading.Event] = field(default_factory=lambda: [threading.Event(),
+                                                                  threading.Event()])
+    futures: list[Future[None]] = field(default_factory=list)
+
+
+class _Worker:
+    """One side's thread. For every window, in order: read (or map) the side's bytes, then for
+    each piece hash it (the whole-disk hash, if any) and, for every other piece, compare it with
+    the other side's bytes right away, while the piece is still in this core's cache. The two
+    workers share the compare and each hashes its own side, so both cores do equal work and no
+    byte is read from memory more than needed (the two reads and the hashing are the floor)."""
+
+    def __init__(self, side: int, vol: Volume, alg: str | None, o: DiffOptions) -> None:
+        self.side = side
         self.vol = vol
         self.h = HASHES[alg]() if alg else None
         self.o = o
         self.pool = ThreadPoolExecutor(1)
 
-    def _read(self, view: memoryview, off: int) -> memoryview:
-        got = _read(self.vol, view, off, self.o)
-        if self.h is not None:
-            self.h.update(got)
-        return got
+    def submit(self, w: _Window, buf: np.ndarray, c: int) -> Future[None]:
+        return self.pool.submit(self._run, w, buf, c)
 
-    def submit(self, view: memoryview, off: int) -> Future[memoryview]:
-        return self.pool.submit(self._read, view, off)
+    def _run(self, w: _Window, buf: np.ndarray, c: int) -> None:
+        end = w.ob1 if self.side == OLD else w.b1
+        try:
+            if end > w.b0:
+                got = _read(self.vol, memoryview(buf)[: end - w.b0], w.b0, self.o)
+                w.views[self.side] = np.frombuffer(got, np.uint8)
+            else:
+                w.views[self.side] = np.zeros(0, np.uint8)
+        finally:
+            w.ready[self.side].set()  # also on failure: the other worker must not wait forever
+        view = w.views[self.side]
+        per = max(1, PIECE // c)
+        for j, k0 in enumerate(range(0, w.n, per)):
+            k1 = min(k0 + per, w.n)
+            if self.h is not None and k0 * c < view.size:
+                self.h.update(view[k0 * c: k1 * c])
+            if j % 2 == self.side:
+                if not w.ready[1 - self.side].is_set():
+                    w.ready[1 - self.side].wait()
+                other = w.views[1 - self.side]
+                if other is None:
+                    return  # the other side's read failed; its future reports it
+                _compare(w, k0, k1, c)
 
     def hexdigest(self) -> str | None:
         return self.h.hexdigest() if self.h is not None else None
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _compare(w: _Window, k0: int, k1: int, c: int) -> None:
+    """Changed flags of clusters [k0, k1) of the window; only candidates are compared."""
+    bo, bn = w.views[OLD], w.views[NEW]
+    assert bo is not None and bn is not None
+    full = min(w.ob1 - w.b0, w.b1 - w.b0) // c  # clusters wholly inside both disks
+    a = min(k1, full)
+    maybe = w.maybe
+    if a > k0 and maybe[k0:a].all():  # every cluster a candidate: one C call, GIL released
+        eq = compare_blocks(bo[k0 * c: a * c], bn[k0 * c: a * c], c, threads=1)
+        w.flags[k0:a] = np.frombuffer(eq, np.uint8) == 0
+        k0 = a
+    for k in range(k0, k1):
+        if not maybe[k]:
+            continue
+        s, e = k * c, min((k + 1) * c, w.b1 - w.b0)
+        w.flags[k] = w.b0 + e > w.ob1 or _differs(bo, bn, s, e - s)  # past OLD's end: new
 
 
 def _work(nclusters: int, runs: list[tuple[int, int]], per: int) -> Iterator[tuple[int, int]]:
@@ -246,27 +309,13 @@ def _emit(sink: Sink, flags: np.ndarray, c0: int, view: memoryview, c: int,
         sink.changed(c0 + a, b - a, data)
 
 
-@dataclass
-class _Job:
-    c0: int
-    n: int
-    slot: int
-    b0: int
-    b1: int
-    ob1: int
-    reads: list[Future[memoryview] | None]  # NEW's bytes, OLD's bytes (None: past OLD's end)
-
-
-SLOTS = 3  # buffer sets: one being compared, up to two being read ahead
-
-
 def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) -> DiffStats:
     """Compare OLD and NEW cluster by cluster, in order, telling `sink` about every run of
     clusters of NEW (same or changed, with NEW's bytes). Returns the statistics.
 
-    Pipeline: one reader thread per side fills buffer sets ahead (OLD and NEW in parallel) and
-    hashes each chunk it read; the caller's thread compares (memcmp, GIL released) and feeds
-    the sink."""
+    Pipeline: NEW is cut into windows of `chunk` bytes; one worker thread per side reads,
+    hashes and compares (`_Worker`), up to SLOTS windows ahead, while the caller's thread feeds
+    the sink with the windows done, in order."""
     o = opts or DiffOptions()
     if old.cluster_size != new.cluster_size:
         raise UnsupportedError(
@@ -281,56 +330,57 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     stats.candidate_clusters = sum(n for _, n in cands)
     per = max(1, o.chunk // c)
     work = [(0, nclusters)] if o.full_compare or o.hash else cands
-    sides = {"old": _Side(old, o.hash, o), "new": _Side(new, o.hash, o)}
+    workers = (_Worker(OLD, old, o.hash, o), _Worker(NEW, new, o.hash, o))
+    # Buffers for reads that cannot be mapped; np.zeros pages are not touched until used.
     bufs = [(np.zeros(per * c, np.uint8), np.zeros(per * c, np.uint8)) for _ in range(SLOTS)]
     cand_iter = _RunCursor(cands)
 
-    def submit(i: int, c0: int, n: int) -> _Job:
-        slot = i % SLOTS
+    def submit(i: int, c0: int, n: int) -> _Window:
         b0 = c0 * c
         b1 = min((c0 + n) * c, new.size)
         ob1 = max(b0, min(b1, old.size))
-        bo, bn = bufs[slot]
+        w = _Window(c0, n, b0, b1, ob1, i % SLOTS, cand_iter.mask(c0, n), np.zeros(n, bool))
         _account("new", b0, b1 - b0, o, stats)
-        reads = [sides["new"].submit(memoryview(bn)[: b1 - b0], b0), None]
         if ob1 > b0:
             _account("old", b0, ob1 - b0, o, stats)
-            reads[1] = sides["old"].submit(memoryview(bo)[: ob1 - b0], b0)
-        return _Job(c0, n, slot, b0, b1, ob1, reads)
+        w.futures = [workers[side].submit(w, bufs[w.slot][side], c) for side in (OLD, NEW)]
+        return w
 
     done = 0
     pos_c = 0  # next cluster of NEW not yet handed to the sink
     it = enumerate(_work(nclusters, work, per))
-    queue: deque[_Job] = deque()
+    queue: deque[_Window] = deque()
     try:
         for i, (c0, n) in itertools.islice(it, SLOTS - 1):
             queue.append(submit(i, c0, n))
         while queue:
-            job = queue.popleft()
-            vn, vo = (f.result() if f else memoryview(b"") for f in job.reads)
+            w = queue.popleft()
+            for f in w.futures:
+                f.result()
             nxt = next(it, None)
             if nxt is not None:
                 queue.append(submit(nxt[0], *nxt[1]))
-            if job.c0 > pos_c:
-                sink.same(pos_c, job.c0 - pos_c)
-            flags = _chunk_flags(np.frombuffer(vo, np.uint8), np.frombuffer(vn, np.uint8), job.c0,
-                                 job.n, job.b0, job.b1, job.ob1, c, cand_iter)
-            stats.new_clusters += int(np.count_nonzero(flags[(job.ob1 - job.b0) // c:]))
-            _emit(sink, flags, job.c0, vn, c, stats)
-            del vn, vo  # a mapped chunk is unmapped here
-            pos_c = job.c0 + job.n
-            done += job.b1 - job.b0
+            if w.c0 > pos_c:
+                sink.same(pos_c, w.c0 - pos_c)
+            stats.new_clusters += int(np.count_nonzero(w.flags[(w.ob1 - w.b0) // c:]))
+            vn = w.views[NEW]
+            assert vn is not None
+            _emit(sink, w.flags, w.c0, memoryview(vn), c, stats)
+            w.views = [None, None]  # a mapped window is unmapped here
+            del vn
+            pos_c = w.c0 + w.n
+            done += w.b1 - w.b0
             if o.progress:
                 o.progress(done)
         if pos_c < nclusters:
             sink.same(pos_c, nclusters - pos_c)
         if o.hash:
-            _hash_old_tail(new.size, bufs[0][0], sides["old"], o, stats)
-            stats.old_hash = sides["old"].hexdigest()
-            stats.new_hash = sides["new"].hexdigest()
+            _hash_old_tail(new.size, bufs[0][OLD], workers[OLD], o, stats)
+            stats.old_hash = workers[OLD].hexdigest()
+            stats.new_hash = workers[NEW].hexdigest()
     finally:
-        for side in sides.values():
-            side.close()
+        for worker in workers:
+            worker.close()
     stats.equal_candidate_clusters = stats.candidate_clusters - stats.changed_clusters
     stats.seconds = round(time.perf_counter() - t0, 3)
     return stats
@@ -353,27 +403,6 @@ class _RunCursor:
             m[max(a, c0) - c0: min(a + k, c0 + n) - c0] = True
             j += 1
         return m
-
-
-def _chunk_flags(bo: np.ndarray, bn: np.ndarray, c0: int, n: int, b0: int, b1: int, ob1: int,
-                 c: int, cands: _RunCursor) -> np.ndarray:
-    """Changed flag per cluster of the chunk [c0, c0+n); only candidates are compared."""
-    maybe = cands.mask(c0, n)
-    flags = np.zeros(n, bool)
-    full = min(ob1 - b0, b1 - b0) // c  # clusters wholly inside both disks
-    start = 0
-    if full and maybe[:full].all():  # every cluster a candidate: one C call, GIL released
-        # one compare thread: the two reader threads already keep the other core busy (2
-        # compare threads measured slower on this 2-core machine)
-        eq = np.frombuffer(compare_blocks(bo[: full * c], bn[: full * c], c, threads=1), np.uint8)
-        flags[:full] = eq == 0
-        start = full
-    for k in range(start, n):
-        if not maybe[k]:
-            continue
-        s, e = k * c, min((k + 1) * c, b1 - b0)
-        flags[k] = b0 + e > ob1 or _differs(bo, bn, s, e - s)  # past OLD's end: new
-    return flags
 
 
 def _account(side: str, off: int, n: int, o: DiffOptions, stats: DiffStats) -> None:
@@ -418,14 +447,18 @@ def _map(vol: Volume, off: int, n: int) -> memoryview | None:
     return memoryview(mm)[seg.offset - start:seg.offset - start + n]
 
 
-def _hash_old_tail(start: int, buf: np.ndarray, side: _Side, o: DiffOptions,
+def _hash_old_tail(start: int, buf: np.ndarray, worker: _Worker, o: DiffOptions,
                    stats: DiffStats) -> None:
-    """Shrink: OLD's bytes past NEW's end still belong to OLD's hash."""
-    pos, size = start, side.vol.size
+    """Shrink: OLD's bytes past NEW's end still belong to OLD's hash (the workers are idle)."""
+    pos, size = start, worker.vol.size
     while pos < size:
         n = min(len(buf), size - pos)
         _account("old", pos, n, o, stats)
-        pos += len(side.submit(memoryview(buf)[:n], pos).result())
+        got = _read(worker.vol, memoryview(buf)[:n], pos, o)
+        if worker.h is not None:
+            worker.h.update(got)
+        pos += n
+        del got
 
 
 # -- sinks --------------------------------------------------------------------------------------
