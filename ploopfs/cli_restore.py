@@ -1,10 +1,53 @@
 """`ploopfs restore-descriptor` (issue #5): rebuild a lost DiskDescriptor.xml from the image
-files alone, kept apart from cli.py so that file only gains one call."""
+files alone, kept apart from cli.py so that file only gains one call. Engine:
+ploopfs/services/restore.py; docs/restore.md."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from typing import Any
 
 
 def add_parsers(sub: Any) -> None:
-    """Not built yet: registers nothing."""
+    from ploopfs.cli import cluster_size_arg
+
+    p = sub.add_parser(
+        "restore-descriptor", help="rebuild a lost DiskDescriptor.xml from the image files",
+        description="Infer the snapshot chain (or tree) of the image files in DIR from their "
+                    "names, headers, dirty flags, mtimes and copy-on-write content, explain the "
+                    "evidence, and write a new descriptor: DIR/DiskDescriptor.xml if it does not "
+                    "exist, else the new file given with -o. Nothing is ever overwritten. Exit 0: "
+                    "written, high confidence; 1: written, but the evidence is ambiguous "
+                    "(docs/restore.md).")
+    p.add_argument("folder", metavar="DIR", help="the folder holding the image files")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write here instead (must not exist); <File> paths are made relative to "
+                        "its folder")
+    p.add_argument("--json", action="store_true", help="print the evidence as JSON")
+    p.add_argument("-n", "--dry-run", action="store_true",
+                   help="only print the inferred tree and the evidence; write nothing")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="compare at most N shared clusters (default 1024, 0 = all)")
+    p.add_argument("--cluster-size", type=cluster_size_arg, metavar="SIZE",
+                   help="cluster size when DIR holds only a raw disk (default: as ploop picks it)")
+    p.set_defaults(func=cmd_restore)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from ploopfs.services.restore import DEFAULT_SAMPLE, check_args, restore
+
+    sample = DEFAULT_SAMPLE if args.sample is None else args.sample
+    check_args(sample)
+    res = restore(args.folder, output=args.output, sample=sample, cluster_size=args.cluster_size,
+                  write=not args.dry_run)
+    if args.json:
+        json.dump(res.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(res.text())
+    if res.confidence != "high":
+        print("ploopfs: warning: low confidence: the evidence does not settle every link; see "
+              "the [low] lines", file=sys.stderr)
+    return res.exit_code

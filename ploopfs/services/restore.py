@@ -1,0 +1,889 @@
+"""`ploopfs restore-descriptor`: rebuild a lost DiskDescriptor.xml from the image files alone
+(issue #5 item 4, docs/restore.md). Never writes to the images; never replaces a file.
+
+Image files carry no chain links (ploop-format.md §0, §5.8), so the snapshot tree is inferred:
+
+* structure: a raw ("Plain") file can only be the base (§0); a lower delta is never larger than
+  the one above it (§1.4); all deltas share cluster size and version (§4.2);
+* names: `X` is the base of `X.{GUID}` deltas (§4.3, §5.9); GUIDs in names are kept as
+  snapshot GUIDs;
+* the dirty flag: an image left "in use" is the writable top (§1.3);
+* content (parsimony): a write to a cluster that a lower delta maps first copies the whole
+  cluster up (§2.5, §4.1 copy-on-write), so a delta's cluster equals the visible cluster below
+  it except in the sectors written since. Every candidate tree is scored by the number of
+  512-byte sectors that must have been written to explain every delta's clusters from what lies
+  below it (zeros, or the raw base, under the lowest one). The true tree needs the fewest: in a
+  reversed pair the child's copied-up data would have to be written twice;
+* mtimes: weak, only to break ties.
+
+Candidates are compared lexicographically (structure, names, dirty flag, content, fewer
+branches, mtimes); each link and the top are "high" confidence only when a strong kind of
+evidence separates the choice from its best alternative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import stat
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ploopfs.errors import (
+    BadChainError,
+    BadImageError,
+    NotFoundError,
+    OutputError,
+    UsageError,
+)
+from ploopfs.format.descriptor import (
+    Descriptor,
+    ImageEntry,
+    Shot,
+    parse_descriptor,
+    render_descriptor,
+)
+from ploopfs.format.header import (
+    CIF_EMPTY,
+    HEADER_SIZE,
+    NONE_GUID,
+    SECTOR,
+    TOP_GUID,
+    ImageKind,
+    chs_geometry,
+    sniff,
+)
+from ploopfs.volume.image import Image, open_readonly, pread_exact
+from ploopfs.volume.source import DESCRIPTOR_NAME
+
+# Content margin (in sectors) above which content alone decides a link with high confidence:
+# 4 KiB of data that the alternative would have to explain as written twice.
+CONTENT_MARGIN = 8
+DEFAULT_SAMPLE = 1024  # shared clusters read at most (evenly spread); 0 = all
+TREE_SEARCH_MAX = 6  # every rooted tree is scored up to this many ploop images
+CHAIN_SEARCH_MAX = 7  # every linear order up to this many; beyond, a local search
+_GUID_IN_NAME = re.compile(
+    r"\{([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\}")
+# Files of a ploop folder that are never images (§5.9) and common companions.
+_NOT_IMAGES = re.compile(r"(^DiskDescriptor\.xml|\.xml|\.tmp|\.idx|\.json|\.sha256|\.txt|"
+                         r"\.drh|\.Backup|^\.statfs|\.md|\.log)$", re.I)
+_IMAGE_LIKE = re.compile(r"\.(hdd|hds|img|raw)$", re.I)
+# Key components, most significant first, and whether a decision by them is strong.
+KEY_NAMES = ("structure", "names", "dirty flag", "content", "fewer branches", "mtimes")
+STRONG = {"structure", "names", "dirty flag"}
+# A GUID namespace for names that carry none: uuid5(namespace, file name) is stable per name.
+GUID_NAMESPACE = uuid.UUID("8c5e2f0a-5b7e-4f43-9c55-706c6f6f7066")
+
+
+# -- scanned images -------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    """One image file of DIR."""
+
+    name: str  # file name inside DIR
+    path: str
+    image: Image
+    mtime_ns: int
+    named_base: bool = False  # other image files are named `<name>.<suffix>` (§5.9)
+    file_guid: str | None = None  # a {GUID} in the file name
+
+    @property
+    def raw(self) -> bool:
+        return self.image.is_raw
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.image.header and self.image.header.dirty)
+
+    @property
+    def size(self) -> int:
+        return self.image.virtual_size
+
+    def facts(self) -> dict[str, Any]:
+        h = self.image.header
+        return {
+            "file": self.name, "kind": self.image.kind.value, "cluster_size": self.image.cluster_size,
+            "virtual_size": self.size, "dirty": self.dirty,
+            "empty_flag": bool(h and h.flags & CIF_EMPTY), "mtime_ns": self.mtime_ns,
+            "mapped_clusters": 0 if h is None else len(self.image.mapping()),
+            "named_base": self.named_base, "file_guid": self.file_guid,
+        }
+
+
+@dataclass
+class Scan:
+    folder: str
+    images: list[Candidate]  # ploop images, in name order
+    raw: Candidate | None
+    cluster_size: int
+    ignored: list[dict[str, str]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for c in self.all():
+            c.image.close()
+
+    def all(self) -> list[Candidate]:
+        return [*([self.raw] if self.raw else []), *self.images]
+
+
+def scan_folder(folder: str, cluster_size: int | None = None) -> Scan:
+    """Open every image file of `folder` read-only. Errors: the folder missing or without
+    images (NOT_FOUND), only non-images (BAD_IMAGE), mixed cluster sizes or versions, several
+    raw candidates (BAD_CHAIN)."""
+    if not os.path.isdir(folder):
+        raise NotFoundError("no such folder" if not os.path.exists(folder) else "not a folder",
+                            folder)
+    ploop: list[Candidate] = []
+    raws: list[tuple[str, str, int, int]] = []
+    ignored: list[dict[str, str]] = []
+    try:
+        for entry, path, st in _files(folder, ignored):
+            kind = _sniff_file(path, st, ignored)
+            if kind is None:
+                continue
+            if kind is ImageKind.RAW:
+                raws.append((entry, path, st.st_size, st.st_mtime_ns))
+                continue
+            ploop.append(Candidate(entry, path, Image.open(path), st.st_mtime_ns))
+        if not ploop:
+            raws = _image_named(raws, ignored)
+            if not raws:
+                _no_images(folder, ignored)
+        cluster = _common_cluster(ploop) if ploop else _raw_cluster(raws, cluster_size)
+        raw = _pick_raw(raws, ploop, cluster, ignored)
+        for c in ploop:
+            c.image.mapping()  # strict: a damaged BAT is an error here (exit 5)
+    except BaseException:
+        for c in ploop:
+            c.image.close()
+        raise
+    scan = Scan(folder, ploop, raw, cluster, ignored)
+    _name_evidence(scan)
+    return scan
+
+
+def _files(folder: str, ignored: list[dict[str, str]]) -> Iterator[tuple[str, str, os.stat_result]]:
+    real = os.path.realpath(folder)
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if _NOT_IMAGES.search(name) or name.startswith("."):
+            if os.path.isfile(path):
+                ignored.append({"file": name, "reason": "not an image file by its name (§5.9)"})
+            continue
+        target = os.path.realpath(path)
+        if os.path.commonpath([target, real]) != real:
+            ignored.append({"file": name, "reason": f"symlink leading outside the folder ({target})"})
+            continue
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            ignored.append({"file": name, "reason": "not a regular file"})
+            continue
+        yield name, path, st
+
+
+def _sniff_file(path: str, st: os.stat_result, ignored: list[dict[str, str]]) -> ImageKind | None:
+    name = os.path.basename(path)
+    if st.st_size == 0:
+        ignored.append({"file": name, "reason": "empty file"})
+        return None
+    fd = open_readonly(path)
+    try:
+        head = pread_exact(fd, HEADER_SIZE, 0, path)
+    finally:
+        os.close(fd)
+    if head[:4] == b"QFI\xfb":
+        ignored.append({"file": name, "reason": "qcow2 image (VZ9 qcow2 mode), needs no descriptor"})
+        return None
+    return sniff(head)
+
+
+def _no_images(folder: str, ignored: list[dict[str, str]]) -> None:
+    if not ignored:
+        raise NotFoundError("no image files in this folder", folder)
+    first = ignored[0]
+    raise BadImageError(f"no ploop image or raw disk among {len(ignored)} file(s) ({first['file']}: "
+                        f"{first['reason']})", folder)
+
+
+def _image_named(raws: list[tuple[str, str, int, int]], ignored: list[dict[str, str]]
+                 ) -> list[tuple[str, str, int, int]]:
+    """With no ploop image, only a file named like an image (.hdd/.hds/.img/.raw) is taken as
+    a raw disk."""
+    for r in raws:
+        if not _IMAGE_LIKE.search(r[0]):
+            ignored.append({"file": r[0], "reason": "no ploop signature and not named like an "
+                                                    "image (.hdd, .hds, .img, .raw)"})
+    return [r for r in raws if _IMAGE_LIKE.search(r[0])]
+
+
+def _common_cluster(ploop: list[Candidate]) -> int:
+    first = ploop[0]
+    assert first.image.header is not None
+    for c in ploop[1:]:
+        h = c.image.header
+        assert h is not None
+        if h.cluster_sectors != first.image.header.cluster_sectors:
+            raise BadChainError(
+                f"cluster size {h.cluster_sectors} sectors differs from "
+                f"{first.image.header.cluster_sectors} in {first.name}: not one disk (§4.2)",
+                c.path, offset=0x1C)
+        if h.version != first.image.header.version:
+            raise BadChainError(f"format v{h.version} mixed with v{first.image.header.version} of "
+                                f"{first.name}: not one disk (§4.2)", c.path, offset=0)
+    return first.image.cluster_size
+
+
+def _raw_cluster(raws: list[tuple[str, str, int, int]], cluster_size: int | None) -> int:
+    """Only raw files: the cluster size is given, or as ploop picks it (§5.8
+    select_best_blocksize): the largest power of two from 1 MiB down to 32 KiB dividing the size."""
+    if cluster_size:
+        return cluster_size
+    size = raws[0][2]
+    for shift in range(20, 14, -1):
+        if size % (1 << shift) == 0:
+            return 1 << shift
+    raise BadImageError(f"raw file size {size} is not a multiple of 32 KiB; give --cluster-size "
+                        "(§5.8)", raws[0][1])
+
+
+def _pick_raw(raws: list[tuple[str, str, int, int]], ploop: list[Candidate], cluster: int,
+              ignored: list[dict[str, str]]) -> Candidate | None:
+    """A raw base has no header; its size must be a whole number of clusters (§0, §3)."""
+    names = [c.name for c in ploop]
+    fits = []
+    for name, path, size, mtime in raws:
+        named = any(n.startswith(name + ".") for n in names)
+        if size % cluster:
+            ignored.append({"file": name, "reason": f"no ploop signature and its size {size} is not "
+                                                    f"a multiple of the cluster size {cluster}"})
+        else:
+            fits.append((named, name, path, mtime))
+    if not fits:
+        if not ploop:
+            _no_images(os.path.dirname(raws[0][1]), ignored)
+        return None
+    fits.sort(reverse=True)
+    if len(fits) > 1 and fits[0][0] == fits[1][0]:
+        raise BadChainError(
+            "several files could be the raw base (" + ", ".join(f[1] for f in fits) + "); only one "
+            "raw file can be in a disk (§0): move the others away", os.path.dirname(fits[0][2]))
+    for f in fits[1:]:
+        ignored.append({"file": f[1], "reason": "a second raw file; the base is " + fits[0][1]})
+    _named, name, path, mtime = fits[0]
+    return Candidate(name, path, Image.open(path, raw_cluster_size=cluster), mtime)
+
+
+def _name_evidence(scan: Scan) -> None:
+    names = [c.name for c in scan.all()]
+    for c in scan.all():
+        c.named_base = any(n.startswith(c.name + ".") for n in names if n != c.name)
+        m = _GUID_IN_NAME.search(c.name)
+        if m:
+            c.file_guid = "{" + m.group(1).lower() + "}"
+
+
+# -- content evidence ----------------------------------------------------------------------------
+@dataclass
+class Content:
+    """Sector comparisons over the sampled virtual clusters mapped by two or more ploop images.
+    M[v, x]: image x maps cluster v; D[v, x, y]: sectors differing between x and y (y = n: the
+    base content, zeros or the raw base); E[v, x, y]: sectors equal and non-zero in both."""
+
+    M: np.ndarray
+    D: np.ndarray
+    E: np.ndarray
+    shared_total: int  # clusters mapped by >= 2 ploop images, before sampling
+    sampled: int
+    bytes_read: int = 0
+    _memo: dict[tuple[int, tuple[int, ...]], int] = field(default_factory=dict)
+
+    def cost(self, x: int, ancestors: tuple[int, ...]) -> int:
+        """Sectors image x must have written, given its ancestors (nearest first)."""
+        key = (x, ancestors)
+        if key not in self._memo:
+            n = self.M.shape[1]
+            near = np.full(self.M.shape[0], n, np.intp)
+            todo = self.M[:, x].copy()
+            for a in ancestors:
+                hit = todo & self.M[:, a]
+                near[hit] = a
+                todo &= ~self.M[:, a]
+            rows = np.flatnonzero(self.M[:, x])
+            self._memo[key] = int(self.D[rows, x, near[rows]].sum())
+        return self._memo[key]
+
+
+def content_evidence(scan: Scan, sample: int = DEFAULT_SAMPLE) -> Content:
+    imgs = scan.images
+    n = len(imgs)
+    maps = [c.image.mapping() for c in imgs]
+    nclusters = max((c.image.header.bat_entries for c in imgs if c.image.header), default=0)
+    count = np.zeros(nclusters, np.uint8)
+    for m in maps:
+        np.add.at(count, m.vclusters.astype(np.intp), 1) if len(m) else None
+    shared = np.flatnonzero(count >= 2)
+    total = int(shared.size)
+    if sample and shared.size > sample:
+        shared = shared[np.linspace(0, shared.size - 1, sample).astype(np.intp)]
+    V = int(shared.size)
+    M = np.zeros((V, n), bool)
+    offs = np.zeros((V, n), np.int64)
+    for x, m in enumerate(maps):
+        pos = np.searchsorted(m.vclusters, shared)
+        pos_c = np.minimum(pos, max(len(m) - 1, 0))
+        hit = (pos < len(m)) & (m.vclusters[pos_c] == shared) if len(m) else np.zeros(V, bool)
+        M[:, x] = hit
+        offs[hit, x] = m.entries[pos_c[hit]].astype(np.int64) * m.unit
+    D = np.zeros((V, n, n + 1), np.int32)
+    E = np.zeros((V, n, n + 1), np.int32)
+    c = scan.cluster_size
+    read = 0
+    for i, v in enumerate(shared.tolist()):
+        xs = np.flatnonzero(M[i]).tolist()
+        data = {x: _sectors(imgs[x].image, int(offs[i, x]), c) for x in xs}
+        read += c * len(xs)
+        base = _base_sectors(scan, v, c)
+        nz = {x: data[x].any(axis=1) for x in xs}
+        for x in xs:
+            diff = (data[x] != base).any(axis=1) if base is not None else nz[x]
+            D[i, x, n] = int(diff.sum())
+            if base is not None:
+                E[i, x, n] = int((~diff & nz[x]).sum())
+        for x, y in itertools.combinations(xs, 2):
+            diff = (data[x] != data[y]).any(axis=1)
+            D[i, x, y] = D[i, y, x] = int(diff.sum())
+            E[i, x, y] = E[i, y, x] = int((~diff & nz[x]).sum())
+    return Content(M, D, E, total, V, read)
+
+
+def _sectors(im: Image, off: int, c: int) -> np.ndarray:
+    data = pread_exact(im.fd, c, off, im.path)
+    if len(data) < c:
+        data += bytes(c - len(data))
+    return np.frombuffer(data, np.uint8).reshape(c // SECTOR, SECTOR)
+
+
+def _base_sectors(scan: Scan, v: int, c: int) -> np.ndarray | None:
+    """The raw base's cluster v (zeros past its end, §4.1), or None for an all-zero base."""
+    if scan.raw is None:
+        return None
+    return _sectors(scan.raw.image, v * c, c)
+
+
+# -- candidate trees -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tree:
+    parent: tuple[int, ...]  # per ploop image: its parent's index, -1 for the base level
+    top: int
+
+    def ancestors(self, x: int) -> tuple[int, ...]:
+        out = []
+        p = self.parent[x]
+        while p >= 0:
+            out.append(p)
+            p = self.parent[p]
+        return tuple(out)
+
+    def children(self, x: int) -> list[int]:
+        return [i for i, p in enumerate(self.parent) if p == x]
+
+    def leaves(self) -> list[int]:
+        return [i for i in range(len(self.parent)) if not self.children(i)]
+
+    def links(self) -> list[tuple[int, int]]:
+        return list(enumerate(self.parent))
+
+
+def _acyclic(parent: tuple[int, ...]) -> bool:
+    n = len(parent)
+    for x in range(n):
+        p, steps = parent[x], 0
+        while p >= 0:
+            steps += 1
+            if steps > n or p == x:
+                return False
+            p = parent[p]
+    return True
+
+
+def candidate_trees(n: int, raw_base: bool, chains_only: bool) -> Iterator[Tree]:
+    """Every rooted tree (a raw base may carry several branches, otherwise one root), with every
+    leaf as top; or every linear order."""
+    if chains_only:
+        for perm in itertools.permutations(range(n)):
+            parent = [-1] * n
+            for a, b in itertools.pairwise(perm):
+                parent[b] = a
+            yield Tree(tuple(parent), perm[-1])
+        return
+    for parent in itertools.product(range(-1, n), repeat=n):
+        if any(p == i for i, p in enumerate(parent)):
+            continue
+        if not raw_base and parent.count(-1) != 1:
+            continue
+        if not _acyclic(parent):
+            continue
+        t = Tree(parent, 0)
+        for leaf in t.leaves():
+            yield Tree(parent, leaf)
+
+
+class Scorer:
+    def __init__(self, scan: Scan, content: Content) -> None:
+        self.scan = scan
+        self.content = content
+        self.imgs = scan.images
+
+    def key(self, t: Tree) -> tuple[int, ...]:
+        imgs = self.imgs
+        raw_size = self.scan.raw.size if self.scan.raw else 0
+        structure = names = mtime = 0
+        for x, p in t.links():
+            below = imgs[p].size if p >= 0 else raw_size
+            structure += imgs[x].size < below  # a lower delta is never larger (§1.4)
+            if p >= 0:
+                names += imgs[x].named_base  # `X` is the base of `X.{…}` (§5.9)
+                mtime += imgs[p].mtime_ns > imgs[x].mtime_ns
+        if self.scan.raw is not None and self.scan.raw.named_base:
+            names += sum(1 for x, p in t.links() if p == -1 and not imgs[x].name.startswith(
+                self.scan.raw.name + "."))
+        dirty = sum(1 for i, c in enumerate(imgs) if c.dirty and i != t.top)
+        content = sum(self.content.cost(x, t.ancestors(x)) for x in range(len(imgs)))
+        leaves = t.leaves()
+        branches = len(leaves) - 1
+        mtime += sum(imgs[leaf].mtime_ns > imgs[t.top].mtime_ns for leaf in leaves)
+        return (structure, names, dirty, content, branches, mtime)
+
+
+def search(scorer: Scorer, n: int, raw_base: bool) -> list[tuple[tuple[int, ...], Tree]]:
+    """Scored candidates, best first."""
+    if n <= TREE_SEARCH_MAX:
+        cands = candidate_trees(n, raw_base, chains_only=False)
+    elif n <= CHAIN_SEARCH_MAX:
+        cands = candidate_trees(n, raw_base, chains_only=True)
+    else:
+        cands = iter(_local_chain_search(scorer, n))
+    scored = [(scorer.key(t), t) for t in cands]
+    scored.sort(key=lambda kt: (kt[0], kt[1].parent, kt[1].top))
+    return scored
+
+
+def _local_chain_search(scorer: Scorer, n: int) -> list[Tree]:
+    """Many images: start from the order sizes, names and mtimes suggest, then move single
+    images while that improves the key; every chain visited is a candidate."""
+    imgs = scorer.imgs
+
+    def chain(order: list[int]) -> Tree:
+        parent = [-1] * n
+        for a, b in itertools.pairwise(order):
+            parent[b] = a
+        return Tree(tuple(parent), order[-1])
+
+    order = sorted(range(n), key=lambda i: (not imgs[i].named_base, imgs[i].size, imgs[i].dirty,
+                                            imgs[i].mtime_ns, imgs[i].name))
+    seen: dict[tuple[int, ...], Tree] = {}
+    best = chain(order)
+    best_key = scorer.key(best)
+    improved = True
+    while improved:
+        improved = False
+        for i, j in itertools.permutations(range(n), 2):
+            o = order[:]
+            o.insert(j, o.pop(i))
+            t = chain(o)
+            seen[tuple(o)] = t
+            k = scorer.key(t)
+            if k < best_key:
+                order, best, best_key, improved = o, t, k, True
+                break
+    seen[tuple(order)] = best
+    return list(seen.values())
+
+
+# -- decisions and confidence ----------------------------------------------------------------------
+@dataclass
+class Decision:
+    what: str
+    decided_by: str
+    confidence: str
+    margin: int | None  # content margin in sectors, when content decided
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"what": self.what, "decided_by": self.decided_by, "confidence": self.confidence,
+                "content_margin_sectors": self.margin, "text": self.text}
+
+
+def _decide(best: tuple[int, ...], alt: tuple[int, ...] | None) -> tuple[str, str, int | None]:
+    """(decided_by, confidence, content margin) of `best` against its best alternative."""
+    if alt is None:
+        return "no alternative", "high", None
+    for name, a, b in zip(KEY_NAMES, best, alt, strict=True):
+        if a != b:
+            if name in STRONG:
+                return name, "high", None
+            if name == "content":
+                margin = b - a
+                return name, "high" if margin >= CONTENT_MARGIN else "low", margin
+            return name, "low", None
+    return "nothing (a tie)", "low", 0
+
+
+def _first(scored: list[tuple[tuple[int, ...], Tree]], pred: Callable[[Tree], bool]
+           ) -> tuple[int, ...] | None:
+    return next((k for k, t in scored if pred(t)), None)
+
+
+# -- the result ------------------------------------------------------------------------------------
+@dataclass
+class Restored:
+    folder: str
+    descriptor: Descriptor
+    files: list[str]  # per ploop image index (raw base excluded)
+    guids: list[str]
+    guid_sources: list[str]
+    tree: Tree
+    decisions: list[Decision]
+    links: list[dict[str, Any]]
+    scan_facts: list[dict[str, Any]]
+    ignored: list[dict[str, str]]
+    notes: list[str]
+    content: dict[str, int]
+    output: str | None = None
+    written: bool = False
+
+    @property
+    def confidence(self) -> str:
+        return "low" if any(d.confidence == "low" for d in self.decisions) else "high"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.confidence == "high" else 1
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.descriptor
+        return {
+            "folder": self.folder, "output": self.output, "written": self.written,
+            "confidence": self.confidence, "exit_code": self.exit_code,
+            "top_guid": d.top_guid, "cluster_size": d.blocksize * SECTOR,
+            "disk_size": d.disk_size * SECTOR,
+            "chain": [im.file for im in d.chain()],  # base first, up to the top
+            "images": self.scan_facts, "links": self.links,
+            "decisions": [x.to_json() for x in self.decisions], "ignored": self.ignored,
+            "notes": self.notes, "content": self.content,
+        }
+
+    def text(self) -> str:
+        d = self.descriptor
+        lines = [f"restore-descriptor {self.folder}: "
+                 + " -> ".join(im.file for im in d.chain()) + "  (base -> top)"]
+        branches = [im.file for im in d.images if im.file not in {e.file for e in d.chain()}]
+        if branches:
+            lines.append("  off the top chain: " + ", ".join(branches))
+        for L in self.links:
+            lines.append(f"  [{L['confidence']}] {L['text']}")
+        for x in self.decisions:
+            if x.what.startswith("top"):
+                lines.append(f"  [{x.confidence}] {x.text}")
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        for ig in self.ignored:
+            lines.append(f"  ignored {ig['file']}: {ig['reason']}")
+        verdict = ("high confidence" if self.confidence == "high" else
+                   "LOW CONFIDENCE: the evidence is ambiguous; check the links marked [low]")
+        where = (f"written to {self.output}" if self.written else
+                 f"not written{' (would be ' + self.output + ')' if self.output else ''}")
+        lines.append(f"result: {verdict}; {where}")
+        return "\n".join(lines)
+
+
+def restore(folder: str, *, output: str | None = None, sample: int = DEFAULT_SAMPLE,
+            cluster_size: int | None = None, write: bool = True) -> Restored:
+    """Infer the tree of the images in `folder` and (unless `write` is False) write the
+    descriptor to `output` (default: folder/DiskDescriptor.xml), never replacing a file."""
+    target = output if output is not None else os.path.join(folder, DESCRIPTOR_NAME)
+    if write and os.path.lexists(target):
+        hint = "" if output is not None else "; give -o NEW_FILE to write it elsewhere"
+        raise OutputError(f"already exists; refusing to overwrite{hint}", target)
+    scan = scan_folder(folder, cluster_size)
+    try:
+        res = infer(scan, sample, target)
+    finally:
+        scan.close()
+    res.output = target
+    if write:
+        write_new(target, render_descriptor(res.descriptor))
+        res.written = True
+    return res
+
+
+def infer(scan: Scan, sample: int, target: str) -> Restored:
+    n = len(scan.images)
+    notes: list[str] = []
+    if n == 0:
+        assert scan.raw is not None
+        return _raw_only(scan, target)
+    content = content_evidence(scan, sample)
+    if content.sampled < content.shared_total:
+        notes.append(f"content compared on {content.sampled} of {content.shared_total} shared "
+                     "clusters (--sample)")
+    scorer = Scorer(scan, content)
+    scored = search(scorer, n, scan.raw is not None)
+    if n > CHAIN_SEARCH_MAX:
+        notes.append(f"{n} images: only linear chains near the suggested order were scored")
+    elif n > TREE_SEARCH_MAX:
+        notes.append(f"{n} images: only linear chains were scored (trees up to {TREE_SEARCH_MAX})")
+    best_key, best = scored[0]
+    decisions, links = _explain(scan, content, scored, notes)
+    guids, sources = _guids(scan, best)
+    desc = build_descriptor(scan, best, guids, target)
+    check_ploop_rules(desc, target)
+    facts = []
+    for i, c in enumerate(scan.images):
+        f = c.facts() | {"guid": guids[i], "guid_source": sources[i],
+                         "parent": scan.images[best.parent[i]].name if best.parent[i] >= 0 else
+                         (scan.raw.name if scan.raw else None)}
+        facts.append(f)
+    if scan.raw:
+        facts.insert(0, scan.raw.facts() | {"guid": desc.chain()[0].guid, "guid_source": "generated",
+                                            "parent": None})
+    return Restored(scan.folder, desc, [c.name for c in scan.images], guids, sources, best,
+                    decisions, links, facts, scan.ignored, notes,
+                    {"shared_clusters": content.shared_total, "sampled_clusters": content.sampled,
+                     "bytes_read": content.bytes_read, "best_key": dict(zip(KEY_NAMES, best_key,
+                                                                             strict=True))})
+
+
+def _explain(scan: Scan, content: Content, scored: list[tuple[tuple[int, ...], Tree]],
+             notes: list[str]) -> tuple[list[Decision], list[dict[str, Any]]]:
+    best_key, best = scored[0]
+    imgs = scan.images
+    base_name = scan.raw.name if scan.raw else None
+    decisions: list[Decision] = []
+    links: list[dict[str, Any]] = []
+    for x, p in best.links():
+        alt = _first(scored, lambda t, x=x, p=p: t.parent[x] != p)
+        by, conf, margin = _decide(best_key, alt)
+        stats = _link_stats(content, x, p)
+        above = imgs[p].name if p >= 0 else base_name
+        if above is None:
+            what = f"{imgs[x].name} is the base"
+            detail = ("the only image" if len(imgs) == 1 else
+                      f"{stats['nonzero_sectors']} non-zero sectors in clusters shared with other "
+                      "deltas" if stats["shared_clusters"] else "it shares no cluster with the others")
+        else:
+            what = f"{imgs[x].name} is above {above}"
+            detail = (f"{stats['cow_clusters']} of {stats['shared_clusters']} shared clusters agree "
+                      f"outside {stats['written_sectors']} written sectors"
+                      if stats["shared_clusters"] else "no shared cluster")
+        why = _why(by, margin, imgs[x], imgs[p] if p >= 0 else scan.raw)
+        text = f"{what}: {detail}; decided by {why}"
+        d = Decision(what, by, conf, margin, text)
+        decisions.append(d)
+        links.append({"child": imgs[x].name, "parent": above, **stats, "decided_by": by,
+                      "confidence": conf, "content_margin_sectors": margin, "text": text})
+    alt = _first(scored, lambda t: t.top != best.top)
+    by, conf, margin = _decide(best_key, alt)
+    top = imgs[best.top]
+    decisions.append(Decision("top", by, conf, margin,
+                              f"top is {top.name}: decided by {_why(by, margin, top, None)}"))
+    _conflicts(scan, content, scored, notes, decisions)
+    return decisions, links
+
+
+def _why(by: str, margin: int | None, child: Candidate, parent: Candidate | None) -> str:
+    if by == "content":
+        return f"content (the best alternative needs {margin} more written sectors)"
+    if by == "names":
+        return "file names (X is the base of X.{GUID}, §5.9)"
+    if by == "dirty flag":
+        return f"the dirty flag (m_DiskInUse) of {child.name}, left by the writable top (§1.3)"
+    if by == "structure":
+        return "sizes/raw format (a lower delta is never larger, only the base may be raw, §0, §1.4)"
+    if by == "mtimes":
+        return "modification times only (weak evidence)"
+    if by == "fewer branches":
+        return "preferring a chain over a tree (no evidence either way)"
+    if by == "no alternative":
+        return "being the only possibility"
+    return "nothing: the evidence is tied"
+
+
+def _link_stats(content: Content, x: int, p: int) -> dict[str, int]:
+    M, D, E = content.M, content.D, content.E
+    n = M.shape[1]
+    if p < 0:
+        rows = np.flatnonzero(M[:, x])
+        return {"shared_clusters": int(rows.size), "cow_clusters": int((E[rows, x, n] > 0).sum()),
+                "written_sectors": int(D[rows, x, n].sum()), "nonzero_sectors": int(D[rows, x, n].sum())}
+    rows = np.flatnonzero(M[:, x] & M[:, p])
+    return {"shared_clusters": int(rows.size), "cow_clusters": int((E[rows, x, p] > 0).sum()),
+            "written_sectors": int(D[rows, x, p].sum()), "nonzero_sectors": 0}
+
+
+def _conflicts(scan: Scan, content: Content, scored: list[tuple[tuple[int, ...], Tree]],
+               notes: list[str], decisions: list[Decision]) -> None:
+    """Names or the dirty flag overruling clear content evidence is worth a warning."""
+    best_key, best = scored[0]
+    by_content = min(scored, key=lambda kt: (kt[0][0], kt[0][3], kt[0][4:]))
+    ckey, ctree = by_content
+    if ctree.parent != best.parent and best_key[3] - ckey[3] >= CONTENT_MARGIN:
+        msg = (f"file names/dirty flags contradict the content: content alone prefers another tree "
+               f"needing {best_key[3] - ckey[3]} fewer written sectors")
+        notes.append(msg)
+        decisions.append(Decision("conflict", "content", "low", best_key[3] - ckey[3], msg))
+
+
+def _guids(scan: Scan, t: Tree) -> tuple[list[str], list[str]]:
+    """The top gets ploop's top GUID (§5.4); others the GUID in their file name (§4.3: really
+    the file GUID, the snapshot GUID is lost) or a stable uuid5 of the file name."""
+    guids: list[str] = []
+    sources: list[str] = []
+    used = {TOP_GUID, NONE_GUID}
+    for i, c in enumerate(scan.images):
+        if i == t.top:
+            guids.append(TOP_GUID)
+            sources.append("top")
+        elif c.file_guid and c.file_guid not in used:
+            guids.append(c.file_guid)
+            sources.append("file name")
+        else:
+            guids.append(generated_guid(c.name))
+            sources.append("generated")
+        used.add(guids[-1])
+    return guids, sources
+
+
+def generated_guid(name: str) -> str:
+    return "{" + str(uuid.uuid5(GUID_NAMESPACE, name)) + "}"
+
+
+def _rel(path: str, target: str) -> str:
+    return os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(target)))
+
+
+def build_descriptor(scan: Scan, t: Tree, guids: list[str], target: str) -> Descriptor:
+    top = scan.images[t.top].image
+    assert top.header is not None
+    # ploop restore-descriptor: size = blocksize * l2_size (§5.8), the top's (§4.2).
+    disk_size = top.header.bat_entries * top.header.cluster_sectors
+    d = _geometry(disk_size, scan.cluster_size)
+    d.top_guid = TOP_GUID
+    typ = "Plain" if scan.raw else "Compressed"  # ploop labels every image alike (§3)
+    order = _levels(t)
+    if scan.raw:
+        rg = generated_guid(scan.raw.name)
+        d.images.append(ImageEntry(rg, _rel(scan.raw.path, target), typ))
+        d.shots.append(Shot(rg, NONE_GUID))
+    for x in order:
+        p = t.parent[x]
+        parent = guids[p] if p >= 0 else (d.images[0].guid if scan.raw else NONE_GUID)
+        d.images.append(ImageEntry(guids[x], _rel(scan.images[x].path, target), typ))
+        d.shots.append(Shot(guids[x], parent))
+    return d
+
+
+def _geometry(disk_size: int, cluster: int) -> Descriptor:
+    cyl, heads, _ = chs_geometry(disk_size)
+    return Descriptor(disk_size=disk_size, cylinders=cyl, heads=heads,
+                      sectors=disk_size // (cyl * heads) if cyl and heads else 0,
+                      blocksize=cluster // SECTOR)
+
+
+def _levels(t: Tree) -> list[int]:
+    """Breadth-first from the base: parents before children."""
+    out: list[int] = []
+    frontier = [i for i, p in enumerate(t.parent) if p == -1]
+    while frontier:
+        out.extend(frontier)
+        frontier = [c for x in frontier for c in t.children(x)]
+    return out
+
+
+def _raw_only(scan: Scan, target: str) -> Restored:
+    raw = scan.raw
+    assert raw is not None
+    d = _geometry(-(-raw.image.file_size // SECTOR), scan.cluster_size)
+    d.images.append(ImageEntry(TOP_GUID, _rel(raw.path, target), "Plain"))
+    d.shots.append(Shot(TOP_GUID, NONE_GUID))
+    check_ploop_rules(d, target)
+    dec = Decision(f"{raw.name} is the only image", "no alternative", "high", None,
+                   f"{raw.name} is a raw disk, the only image; cluster size {scan.cluster_size}")
+    facts = [raw.facts() | {"guid": TOP_GUID, "guid_source": "top", "parent": None}]
+    return Restored(scan.folder, d, [], [], [], Tree((), -1), [dec],
+                    [{"child": raw.name, "parent": None, "decided_by": "no alternative",
+                      "confidence": "high", "text": dec.text}], facts, scan.ignored, [],
+                    {"shared_clusters": 0, "sampled_clusters": 0, "bytes_read": 0})
+
+
+# -- ploop's acceptance rules and the exclusive write ----------------------------------------------
+def check_ploop_rules(d: Descriptor, where: str) -> list[str]:
+    """The rules ploop's parser applies (§5.3), checked on what will be written; the XML is then
+    parsed back by ploopfs' own parser. Returns warnings (e.g. a block size ploop refuses)."""
+    warnings: list[str] = []
+    bs = d.blocksize
+    if not (bs & (bs - 1) == 0 and 64 <= bs <= 131072):
+        warnings.append(f"<Blocksize> {bs} sectors: ploop only accepts powers of two from 64 to "
+                        "131072 (§1.8); ploopfs and qemu read it")
+    if len(d.images) != len(d.shots) or not d.images:
+        raise AssertionError("one <Shot> per <Image> (§5.3)")
+    back = parse_descriptor(render_descriptor(d), where)
+    if [im.guid for im in back.chain()] != [im.guid for im in d.chain()]:
+        raise AssertionError("the rendered descriptor does not parse back to the same chain")
+    if back.shot(back.top_guid).temporary or back.top_guid != TOP_GUID:
+        raise AssertionError("the top must be the non-temporary top GUID (§5.3, §5.4)")
+    return warnings
+
+
+def write_new(target: str, data: bytes) -> None:
+    """Write `target` only if it does not exist, atomically: a private temp file, fsync, then
+    link() which fails if the name was taken meanwhile (a rename would replace it)."""
+    folder = os.path.dirname(os.path.abspath(target))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".restore-", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OutputError(f"cannot create a file here: {e.strerror}", folder) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise OutputError("already exists; refusing to overwrite", target) from None
+        except OSError as e:
+            if isinstance(e, PermissionError) or e.errno in (1, 95):  # no hard links here
+                _write_excl(target, data)
+            else:
+                raise OutputError(f"cannot write: {e.strerror}", target) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _write_excl(target: str, data: bytes) -> None:
+    try:
+        with open(target, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except FileExistsError:
+        raise OutputError("already exists; refusing to overwrite", target) from None
+    except OSError as e:
+        raise OutputError(f"cannot write: {e.strerror}", target) from None
+
+
+def check_args(sample: int) -> None:
+    if sample < 0:
+        raise UsageError("--sample must be 0 (all) or a positive number of clusters")
