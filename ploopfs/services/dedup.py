@@ -1,0 +1,377 @@
+"""Storage what-if (`ploopfs du --dedup DISK...`, issue #6 item 4, docs/dedup.md): how much
+block-level deduplication and compression would save across one or many disks.
+
+Each disk's virtual disk is read through its block map: unallocated ranges are skipped (a
+ploop hole reads as zeros and would not be stored by ZFS either); the allocated ranges, rounded
+out to the large block size, are read in chunks and handed to the C scanner (native/pf_dedup.c),
+which counts all-zero blocks apart and hashes every other small (4 KiB) and large (128 KiB)
+block with XXH3-128 into a reference-count table per size. Reading the next chunk overlaps the
+hashing of the previous one (the C call runs without the GIL).
+
+Memory is bounded: a table that would outgrow its share of --memory switches to consistent
+hash sampling (only hashes whose low k bits are zero are kept, k rising as needed), which keeps
+exact reference counts for a uniform sample of the distinct blocks, so refs / entries estimates
+the dedup ratio without bias. The report says which mode each table ended in.
+
+Compression is measured with the real libraries (zlib level 6, zstd level 3, lz4 block
+default) on a deterministic sample of large blocks: the ones whose content hash satisfies
+(lo >> 32) mod N == 0 (the hash is seeded with a fixed seed), so the same content is always
+in or out of the sample. Each distinct sampled block is compressed once, on another thread.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ploopfs.errors import UsageError
+from ploopfs.native import ffi, lib
+from ploopfs.volume.source import OpenOptions, open_source
+from ploopfs.volume.volume import Volume
+
+KIB = 1024
+MIB = 1 << 20
+CHUNK = 8 * MIB  # bytes read and hashed per step
+MAX_BACKLOG = 64  # sampled blocks waiting for the compressor before the scan waits for it
+LARGE_SHARE = 16  # the large-block table gets 1/16 of --memory (it has 32x fewer entries)
+ASHIFT = 12  # ZFS allocates in 4 KiB sectors on today's disks
+COMPRESSORS = ("gzip-6", "zstd-3", "lz4")
+
+
+@dataclass
+class DedupOptions:
+    small: int = 4 * KIB
+    large: int = 128 * KIB
+    memory: int = 1 << 30  # both tables together
+    shift: int = 0  # start sampled at 1/2^shift (0 = exact until the memory limit)
+    sample_every: int = 256  # compression sample: 1 in N distinct large blocks; 0 = none
+    snapshot: str | None = None
+    open_options: OpenOptions = field(default_factory=OpenOptions)
+
+    def check(self) -> None:
+        if self.small <= 0 or self.large <= 0 or self.large % self.small:
+            raise UsageError(f"--block-sizes: {self.small} must divide {self.large}")
+        if CHUNK % self.large:
+            raise UsageError(f"--block-sizes: the large size must divide {CHUNK} (8 MiB)")
+        if self.memory < 64 * KIB:
+            raise UsageError(f"--memory {self.memory} is below the minimum of 64 KiB")
+        if not 0 <= self.shift <= 40:
+            raise UsageError("--sample-bits must be 0..40")
+        if self.sample_every < 0:
+            raise UsageError("--sample must be >= 0")
+
+
+# -- reading plan --------------------------------------------------------------------------
+def read_ranges(vol: Volume, large: int) -> list[tuple[int, int]]:
+    """[start, end) byte ranges covering every allocated cluster, rounded out to `large`
+    blocks and merged; the rest of the disk is unallocated (reads as zeros)."""
+    if vol.raw_base:
+        return [(0, vol.size)] if vol.size else []
+    c = vol.cluster_size
+    out: list[tuple[int, int]] = []
+    for v, n in zip(vol.map.vstart.tolist(), vol.map.count.tolist(), strict=True):
+        s = v * c // large * large
+        e = min(-(-(v + n) * c // large) * large, vol.size)
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        elif s < e:
+            out.append((s, e))
+    return out
+
+
+def _chunks(ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    for s, e in ranges:
+        for off in range(s, e, CHUNK):
+            yield off, min(CHUNK, e - off)
+
+
+# -- compression ---------------------------------------------------------------------------
+def _compressors() -> dict[str, Callable[[bytes], int]]:
+    import lz4.block
+    import zstandard
+
+    zc = zstandard.ZstdCompressor(level=3, write_content_size=False, write_checksum=False)
+    return {
+        "gzip-6": lambda b: len(zlib.compress(b, 6)),
+        # a compressor object is not thread-safe: only the one compression thread uses it
+        "zstd-3": lambda b: len(zc.compress(b)),
+        "lz4": lambda b: len(lz4.block.compress(b, mode="default", store_size=False)),
+    }
+
+
+def zfs_asize(lsize: int, csize: int) -> int:
+    """Bytes ZFS would allocate for a block: compressed only if that saves at least 1/8
+    (zio_compress_data), rounded up to whole 2^ashift sectors."""
+    psize = csize if csize <= lsize - (lsize >> 3) else lsize
+    sector = 1 << ASHIFT
+    return -(-psize // sector) * sector
+
+
+@dataclass
+class _Sample:
+    lsize: int
+    sizes: dict[str, int]
+    refs: int = 0
+
+
+# -- the scan ------------------------------------------------------------------------------
+class Scanner:
+    """Feeds disks through one C scanner; `report()` once all are in."""
+
+    def __init__(self, o: DedupOptions) -> None:
+        o.check()
+        self.o = o
+        small_mem = o.memory - o.memory // LARGE_SHARE
+        ctx = lib.pf_dedup_new(o.small, o.large, small_mem, o.memory // LARGE_SHARE, o.shift,
+                               max(o.sample_every, 1))
+        if ctx == ffi.NULL:
+            raise UsageError("du --dedup: cannot set up the hash tables (bad sizes or no memory)")
+        self._ctx = ffi.gc(ctx, lib.pf_dedup_free)
+        self._picks = ffi.new("uint64_t[]", 3 * (CHUNK // o.large))
+        self._comp = _compressors() if o.sample_every else {}
+        self._samples: dict[tuple[int, int], _Sample | Future[_Sample]] = {}
+        self._backlog: list[Future[_Sample]] = []
+        self._refs: dict[tuple[int, int], int] = {}  # sampled block -> times seen
+        self._cpool = ThreadPoolExecutor(1, thread_name_prefix="dedup-compress")
+        self.disks: list[dict[str, Any]] = []
+        self.read_bytes = 0
+
+    # -- per chunk (runs on the hashing thread) --
+    def _feed(self, view: memoryview, n: int) -> None:
+        buf = ffi.from_buffer("unsigned char[]", view)
+        got = lib.pf_dedup_feed(self._ctx, buf, n, self._picks, CHUNK // self.o.large)
+        if got < 0:
+            raise MemoryError("du --dedup: the hash table could not grow (out of memory)")
+        if not self._comp:
+            return
+        L = self.o.large
+        for k in range(got):
+            idx, lo, hi = self._picks[3 * k], self._picks[3 * k + 1], self._picks[3 * k + 2]
+            key = (int(lo), int(hi))
+            s = self._samples.get(key)
+            if s is None:
+                data = bytes(view[idx * L: min(idx * L + L, n)])
+                fut = self._cpool.submit(self._compress, data)
+                self._samples[key] = fut
+                self._backlog.append(fut)
+                if len(self._backlog) > MAX_BACKLOG:
+                    self._backlog.pop(0).result()
+            self._refs[key] = self._refs.get(key, 0) + 1
+
+    def _compress(self, data: bytes) -> _Sample:
+        return _Sample(len(data), {name: fn(data) for name, fn in self._comp.items()})
+
+    # -- per disk --
+    def add(self, source: str, progress: Callable[[int], None] | None = None) -> None:
+        with open_source(source, self.o.open_options) as disk:
+            vol = disk.volume(self.o.snapshot)
+            ranges = read_ranges(vol, self.o.large)
+            nread = sum(e - s for s, e in ranges)
+            self._scan(vol, ranges, progress)
+            self.disks.append({
+                "source": source,
+                "snapshot": self.o.snapshot or disk.top_guid,
+                "images": len(vol.images),
+                "image_bytes": sum(os.stat(im.path).st_blocks * 512 for im in vol.images),
+                "virtual_bytes": vol.size,
+                "read_bytes": nread,
+                "unallocated_bytes": vol.size - nread,
+                "warnings": list(disk.warnings),
+            })
+            self.read_bytes += nread
+
+    def _scan(self, vol: Volume, ranges: Sequence[tuple[int, int]],
+              progress: Callable[[int], None] | None) -> None:
+        bufs = [bytearray(CHUNK), bytearray(CHUNK)]
+        views = [memoryview(b) for b in bufs]
+        with ThreadPoolExecutor(1, thread_name_prefix="dedup-hash") as pool:
+            pending: Future[None] | None = None
+            done = 0
+            for i, (off, n) in enumerate(_chunks(ranges)):
+                view = views[i % 2][:n]
+                vol.zero_fill_readinto(view, off)  # overlaps the hashing of the other buffer
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(self._feed, view, n)
+                done += n
+                if progress:
+                    progress(self.read_bytes + done)
+            if pending is not None:
+                pending.result()
+
+    def __enter__(self) -> Scanner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cpool.shutdown(wait=True, cancel_futures=True)
+
+    # -- results --
+    def report(self) -> dict[str, Any]:
+        tables = [self._table(w) for w in (0, 1)]
+        comp = self._compression()
+        out: dict[str, Any] = {
+            "disks": self.disks,
+            "totals": {k: sum(d[k] for d in self.disks) for k in
+                       ("virtual_bytes", "read_bytes", "unallocated_bytes", "image_bytes")},
+            "mode": "exact" if all(t["mode"] == "exact" for t in tables) else "sampled",
+            "block_sizes": tables,
+            "compression": comp,
+        }
+        out["combined"] = _combined(tables[1], comp)
+        return out
+
+    def _table(self, which: int) -> dict[str, Any]:
+        bs = self.o.large if which else self.o.small
+        t = lib.pf_dedup_table(self._ctx, which)
+        shift = int(lib.pf_ddt_shift(t))
+        entries, refs = int(lib.pf_ddt_entries(t)), int(lib.pf_ddt_refs(t))
+        he = ffi.new("uint64_t[]", lib.PF_DDT_BUCKETS)
+        hr = ffi.new("uint64_t[]", lib.PF_DDT_BUCKETS)
+        lib.pf_ddt_histogram(t, he, hr)
+        hashed = int(lib.pf_dedup_blocks(self._ctx, which))
+        zero = int(lib.pf_dedup_zero(self._ctx, which))
+        total = sum(-(-d["virtual_bytes"] // bs) for d in self.disks)
+        referenced = hashed - zero
+        # Sampled: every kept figure stands for referenced / refs (~2^shift) of the real ones.
+        scale = referenced / refs if refs else 0.0
+        unique = int(he[0])  # entries referenced once
+        hist = [{"refcnt": 1 << b, "entries": round(he[b] * scale), "refs": round(hr[b] * scale)}
+                for b in range(lib.PF_DDT_BUCKETS) if he[b]]
+        distinct = round(entries * scale)
+        return {
+            "block_size": bs,
+            "mode": "exact" if shift == 0 else "sampled",
+            "sample_fraction": 1 / (1 << shift),
+            "kept_entries": entries,
+            "blocks": total,
+            "unallocated_blocks": total - hashed,
+            "zero_blocks": zero,
+            "referenced_blocks": referenced,
+            "allocated_blocks": distinct,
+            "unique_entries": round(unique * scale),
+            "duplicate_entries": round((entries - unique) * scale),
+            "duplicate_refs": round((refs - unique) * scale),
+            "saved_blocks": referenced - distinct,
+            "referenced_bytes": referenced * bs,
+            "allocated_bytes": distinct * bs,
+            "dedup_ratio": refs / entries if entries else 1.0,
+            "table_peak_bytes": int(lib.pf_ddt_peak_bytes(t)),
+            "histogram": hist,
+        }
+
+    def _compression(self) -> dict[str, Any] | None:
+        if not self._comp:
+            return None
+        done = {k: (v.result() if isinstance(v, Future) else v) for k, v in self._samples.items()}
+        res: dict[str, Any] = {
+            "sample_every": self.o.sample_every,
+            "block_size": self.o.large,
+            "distinct_blocks": len(done),
+            "referenced_blocks": sum(self._refs.values()),
+            "distinct_bytes": sum(s.lsize for s in done.values()),
+            "referenced_bytes": sum(s.lsize * self._refs[k] for k, s in done.items()),
+        }
+        for name in COMPRESSORS:
+            c_u = sum(s.sizes[name] for s in done.values())
+            c_r = sum(s.sizes[name] * self._refs[k] for k, s in done.items())
+            a_u = sum(zfs_asize(s.lsize, s.sizes[name]) for s in done.values())
+            res[name] = {
+                "distinct_compressed_bytes": c_u,
+                "referenced_compressed_bytes": c_r,
+                "ratio": res["referenced_bytes"] / c_r if c_r else 1.0,
+                "ratio_distinct": res["distinct_bytes"] / c_u if c_u else 1.0,
+                "zfs_ratio_distinct": res["distinct_bytes"] / a_u if a_u else 1.0,
+            }
+        return res
+
+
+def _combined(large: dict[str, Any], comp: dict[str, Any] | None) -> dict[str, Any]:
+    """What a pool with dedup and compression at the large block size would store: the distinct
+    blocks, each compressed (ZFS allocation rules), against everything referenced."""
+    out: dict[str, Any] = {"block_size": large["block_size"],
+                           "referenced_bytes": large["referenced_bytes"]}
+    for name in COMPRESSORS if comp else ():
+        r = comp[name]["zfs_ratio_distinct"]  # type: ignore[index]
+        stored = large["allocated_bytes"] / r
+        out[name] = {"stored_bytes": round(stored),
+                     "ratio": large["referenced_bytes"] / stored if stored else 1.0}
+    return out
+
+
+def planned_bytes(sources: Sequence[str], o: DedupOptions) -> int:
+    """Bytes the scan will read (for a progress bar): opens each disk's block map once."""
+    total = 0
+    for src in sources:
+        with open_source(src, o.open_options) as disk:
+            total += sum(e - s for s, e in read_ranges(disk.volume(o.snapshot), o.large))
+    return total
+
+
+def estimate(sources: Sequence[str], o: DedupOptions,
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    with Scanner(o) as sc:
+        for src in sources:
+            sc.add(src, progress)
+        return sc.report()
+
+
+# -- text ----------------------------------------------------------------------------------
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def format_report(r: dict[str, Any]) -> str:
+    t = r["totals"]
+    lines = [f"du --dedup: {len(r['disks'])} disk(s), {_size(t['virtual_bytes'])} virtual, "
+             f"{_size(t['read_bytes'])} allocated and read, {_size(t['unallocated_bytes'])} "
+             f"unallocated (skipped); image files {_size(t['image_bytes'])}"]
+    for tb in r["block_sizes"]:
+        lines += _table_lines(tb)
+    c = r["compression"]
+    if c:
+        lines.append(f"compression of a sample: 1 in {c['sample_every']} distinct "
+                     f"{_size(c['block_size'])} blocks by content hash (fixed seed): "
+                     f"{c['distinct_blocks']} blocks, {_size(c['distinct_bytes'])}")
+        lines.append("  " + "   ".join(f"{n} {c[n]['ratio']:.2f}x" for n in COMPRESSORS)
+                     + "  (referenced; after dedup: "
+                     + ", ".join(f"{n} {c[n]['ratio_distinct']:.2f}x" for n in COMPRESSORS) + ")")
+        if not c["distinct_blocks"]:
+            lines.append("  (no block was sampled: use a smaller --sample)")
+    cb = r["combined"]
+    if c and c["distinct_blocks"]:
+        lines.append(f"dedup x compress at {_size(cb['block_size'])} (ZFS allocation, ashift "
+                     f"{ASHIFT}): {_size(cb['referenced_bytes'])} referenced -> "
+                     + ", ".join(f"{n} {_size(cb[n]['stored_bytes'])} ({cb[n]['ratio']:.2f}x)"
+                                 for n in COMPRESSORS))
+    return "\n".join(lines)
+
+
+def _table_lines(tb: dict[str, Any]) -> list[str]:
+    bs = tb["block_size"]
+    approx = "" if tb["mode"] == "exact" else "~"
+    mode = ("exact" if tb["mode"] == "exact" else
+            f"sampled: 1/{round(1 / tb['sample_fraction'])} of distinct hashes kept "
+            f"({tb['kept_entries']} entries), an unbiased estimate of the dedup ratio")
+    lines = [
+        f"{_size(bs)} blocks ({mode}):",
+        f"  referenced {tb['referenced_blocks']} ({_size(tb['referenced_bytes'])}), "
+        f"allocated after dedup {approx}{tb['allocated_blocks']} "
+        f"({_size(tb['allocated_bytes'])}); all-zero {tb['zero_blocks']}, "
+        f"unallocated {tb['unallocated_blocks']} (neither stored)",
+        f"  entries: unique (refcnt 1) {approx}{tb['unique_entries']}, duplicate "
+        f"{approx}{tb['duplicate_entries']} holding {approx}{tb['duplicate_refs']} references;"
+        f" dedup ratio {tb['dedup_ratio']:.2f}x",
+        f"  {'refcnt':>8} {'entries':>12} {'LSIZE':>10} {'refs':>12} {'ref LSIZE':>10}",
+    ]
+    for h in tb["histogram"]:
+        lines.append(f"  {h['refcnt']:>8} {h['entries']:>12} {_size(h['entries'] * bs):>10} "
+                     f"{h['refs']:>12} {_size(h['refs'] * bs):>10}")
+    return lines
