@@ -157,15 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("recover", help="a clean ploop disk from a damaged one, plus recovery.json",
-                       description="Read SOURCE with a salvage policy and write a new, clean "
-                                   "single-image v2 ploop disk into the folder OUTDIR, with "
-                                   "recovery.json listing every lost or substituted range "
-                                   "(docs/salvage.md).")
+                       description="Read SOURCE with a salvage policy and write a new, clean ploop "
+                                   "disk into the folder OUTDIR: one v2 delta per readable image, "
+                                   "same GUIDs and snapshot tree (or, with --flatten, one image of "
+                                   "the chosen snapshot), with recovery.json listing every lost or "
+                                   "substituted range (docs/salvage.md).")
     _source_args(p)
     p.add_argument("outdir", metavar="OUTDIR", help="a new or empty folder")
     p.add_argument("--salvage", choices=("zeros", "older"), default="older",
                    help="serve damaged ranges from the next lower delta (older, default) or as "
                         "zeros")
+    p.add_argument("--flatten", action="store_true",
+                   help="write the snapshot (-s, default the top) as one image instead of keeping "
+                        "the snapshot tree")
     p.add_argument("--json", action="store_true", help="print recovery.json on stdout too")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_recover)
@@ -277,16 +281,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from ploopfs.services.export import export_work
-    from ploopfs.services.recover import REPORT_NAME, recover
+    from ploopfs.services.recover import REPORT_NAME, Recovery
 
     with _open(args) as disk:
-        vol = disk.volume(args.snapshot)
-        with progress_bar(export_work(vol), "recover", not args.no_progress) as prog:
-            out = recover(disk, args.outdir, args.snapshot, prog)
+        rec = Recovery(disk, args.outdir, args.snapshot, flatten=args.flatten)
+        with progress_bar(rec.work, "recover", not args.no_progress) as prog:
+            out = rec.run(prog)
         _warn(disk.warnings)
-        assert disk.salvage_log is not None
-        _warn([f"{disk.salvage_log.summary_line()}; see "
+        _warn([f"recover: {len(out.get('dropped_levels', []))} unreadable image(s) left out "
+               f"(their data is lost); see {os.path.join(args.outdir, REPORT_NAME)}"]
+              if out.get("dropped_levels") else [])
+        _warn([f"salvage ({out['policy']}): {out['substituted_ranges']} damaged range(s), "
+               f"{out['substituted_bytes']} bytes served as "
+               f"{'zeros' if out['policy'] == 'zeros' else 'older data or zeros'} "
+               f"({out['bat_entries']} bad BAT entries, {out['read_errors']} read errors); see "
                f"{os.path.join(args.outdir, REPORT_NAME)}"])
     if args.json:
         _print_json(out)

@@ -175,7 +175,7 @@ def test_recover_built_chain(tmp_path: Path, guard_sources, policy: str) -> None
     damaged = damage(ch, "past_eof")
     guard_sources(ch.folder)
     out = tmp_path / "rec"
-    rec = _report(["recover", ch.folder, out, "--salvage", policy])
+    rec = _report(["recover", ch.folder, out, "--salvage", policy, "--flatten"])
     _assert_recovered(out, rec, model(damaged, policy), damaged, tmp_path)
 
 
@@ -254,7 +254,7 @@ def test_corpus_variants(corpus_case, tmp_path: Path, guard_sources, case: str) 
             outs[policy] = (got, rep)
         if m.name == "truncated":
             rec_dir = tmp_path / f"{m.name}-rec"
-            rec = _report(["recover", m.path, rec_dir])
+            rec = _report(["recover", m.path, rec_dir, "--flatten"])
             assert rec["ranges"] == outs["older"][1]["salvage"]["ranges"]
             _assert_recovered(rec_dir, rec, outs["older"][0], damaged, tmp_path)
 

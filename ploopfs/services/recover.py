@@ -1,41 +1,371 @@
 """`ploopfs recover`: a clean, self-consistent ploop disk from a damaged one, plus an account
 of what was lost (docs/salvage.md). Never writes to the source.
 
-This version flattens the chosen snapshot, read with a salvage policy, into one v2 image and a
-DiskDescriptor.xml (export_ploop), and writes recovery.json listing every damaged range and what
-was served in its place. The snapshot structure is not kept.
+By default the snapshot structure is kept: every readable image becomes one new v2 delta with
+the same GUID and parent, holding that level's own clusters as a salvage read serves them, so
+every snapshot of the output reads exactly like the same snapshot of the source read with the
+same salvage policy. Images that cannot be read at all (file missing, header unreadable and not
+inferable) are left out: their children stack directly on their parent ("merged into the level
+above"; their own data is lost) and recovery.json says so. `flatten=True` writes the chosen
+snapshot as one image instead (export_ploop).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from ploopfs.errors import OutputError
+import numpy as np
+
+from ploopfs.errors import BadChainError, OutputError, PloopfsError
+from ploopfs.format.descriptor import Descriptor, ImageEntry, Shot
+from ploopfs.format.header import NONE_GUID, SECTOR, chs_geometry
+from ploopfs.native import is_zero
 from ploopfs.services.export import Progress, export_ploop
-from ploopfs.volume.source import Disk
+from ploopfs.volume.image import Image
+from ploopfs.volume.salvage import SalvageVolume
+from ploopfs.volume.source import DESCRIPTOR_NAME, Disk
+from ploopfs.volume.volume import Volume
+from ploopfs.volume.writer import ImageWriter, write_descriptor
 
 REPORT_NAME = "recovery.json"
+RUN = 32 << 20  # bytes copied per read of a physically contiguous run of clusters
+RESERVED_NAMES = {DESCRIPTOR_NAME, REPORT_NAME}
+
+
+@dataclass
+class _Level:
+    """One image of the source tree and what becomes of it."""
+
+    guid: str
+    parent: str  # source ParentGUID
+    file: str  # source path
+    error: str | None = None  # why the image cannot be read at all (then it is dropped)
+    out_parent: str = NONE_GUID
+    out_name: str | None = None
+    volume: Volume | None = None
+    work: int = 0  # bytes to copy
+    written: int = 0  # clusters written
+    zero_masked: int = 0  # damaged clusters written as explicit zeros ("zeros" policy)
+
+
+@dataclass
+class Recovery:
+    """Plan first (which levels are readable, how much to copy: `work` for a progress bar), then
+    `run`. `disk` must be opened with a salvage policy (OpenOptions.salvage)."""
+
+    disk: Disk
+    outdir: str
+    snapshot: str | None = None
+    flatten: bool = False
+    levels: list[_Level] = field(default_factory=list)
+    top: str = ""
+
+    def __post_init__(self) -> None:
+        if self.disk.salvage_log is None:
+            raise ValueError("recover needs a disk opened with a salvage policy")
+        _check_outdir(self.disk, self.outdir)
+        if not self.flatten:
+            self._plan()
+
+    # -- planning ------------------------------------------------------------------------------
+    def _plan(self) -> None:
+        d = self.disk.descriptor
+        chain = self.disk.chain(self.snapshot)
+        wanted = [e.guid for e in chain] if self.snapshot is not None else [
+            im.guid for im in d.images]
+        depth = {g: len(d.chain(g)) - 1 for g in wanted}
+        for g in wanted:
+            lv = _Level(g, d.shot(g).parent, self.disk.paths[g])
+            try:
+                self.disk.image(g, level=depth[g])
+            except PloopfsError as e:
+                lv.error = e.message()
+            self.levels.append(lv)
+        lost = {lv.guid for lv in self.levels if lv.error}
+        if len(lost) == len(self.levels):
+            raise BadChainError("no image of this disk can be read: " + "; ".join(
+                lv.error or "" for lv in self.levels), self.disk.source)
+        by_guid = {lv.guid: lv for lv in self.levels}
+        for lv in self.levels:
+            lv.out_parent = _kept_ancestor(lv.parent, by_guid, lost)
+        top = chain[-1].guid
+        self.top = top if top not in lost else _kept_ancestor(top, by_guid, lost)
+        names: set[str] = set()
+        for lv in self.levels:
+            if lv.error:
+                continue
+            lv.out_name = _unique_name(os.path.basename(lv.file), names)
+            lv.volume = self.disk.volume(lv.guid, skip=lost)
+            lv.work = _level_work(lv.volume)
+
+    @property
+    def work(self) -> int:
+        if self.flatten:
+            from ploopfs.services.export import export_work
+
+            return export_work(self.disk.volume(self.snapshot))
+        return sum(lv.work for lv in self.levels)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, progress: Progress | None = None) -> dict[str, Any]:
+        out = self._run_flat(progress) if self.flatten else self._run_tree(progress)
+        _write_report(self.outdir, out)
+        return out
+
+    def _run_flat(self, progress: Progress | None) -> dict[str, Any]:
+        report = export_ploop(self.disk, self.outdir, self.snapshot, progress)
+        return {
+            "source": self.disk.source, "snapshot": report.snapshot, "output": self.outdir,
+            "descriptor": os.path.join(self.outdir, DESCRIPTOR_NAME),
+            "size_bytes": report.size_bytes, "data_bytes_written": report.data_bytes_written,
+            "snapshots_kept": False,  # flattened: one image holding the chosen snapshot
+            "warnings": list(self.disk.warnings), **(report.salvage or {}),
+        }
+
+    def _run_tree(self, progress: Progress | None) -> dict[str, Any]:
+        _make_outdir(self.outdir)
+        done = [0]
+
+        def step(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(done[0])
+
+        kept = [lv for lv in self.levels if lv.volume is not None]
+        for lv in kept:
+            _copy_level(lv, os.path.join(self.outdir, lv.out_name or ""), step)
+        top = next(lv for lv in kept if lv.guid == self.top)
+        assert top.volume is not None
+        write_descriptor(os.path.join(self.outdir, DESCRIPTOR_NAME),
+                         self._descriptor(kept, top.volume))
+        return self._report(kept, top.volume)
+
+    def _descriptor(self, kept: list[_Level], top: Volume) -> Descriptor:
+        src = self.disk.descriptor
+        c = top.cluster_size
+        size_sectors = -(-top.size // c) * (c // SECTOR)
+        cyl, heads, _spt = chs_geometry(size_sectors)
+        d = Descriptor(disk_size=size_sectors, cylinders=cyl, heads=heads,
+                       sectors=size_sectors // (cyl * heads) if cyl and heads else 0,
+                       blocksize=c // SECTOR, top_guid=self.top,
+                       encryption_keyid=src.encryption_keyid)
+        for lv in kept:
+            d.images.append(ImageEntry(lv.guid, lv.out_name or "", "Compressed"))
+            d.shots.append(Shot(lv.guid, lv.out_parent, src.shot(lv.guid).temporary))
+        return d
+
+    def _report(self, kept: list[_Level], top: Volume) -> dict[str, Any]:
+        log = self.disk.salvage_log
+        assert log is not None
+        ranges = _own_ranges(kept, log.records())
+        subst = [r for r in ranges if r["substitution"] != "shadowed"]
+        dropped = [{"guid": lv.guid, "file": lv.file, "reason": lv.error,
+                    "merged_into_children_on": lv.out_parent,
+                    "data": "lost: its children read the level below it instead"}
+                   for lv in self.levels if lv.error]
+        c = top.cluster_size
+        return {
+            "source": self.disk.source, "snapshot": self.top, "output": self.outdir,
+            "descriptor": os.path.join(self.outdir, DESCRIPTOR_NAME), "size_bytes": top.size,
+            "data_bytes_written": sum(lv.written for lv in kept) * c,
+            "snapshots_kept": True,
+            "levels": [{"guid": lv.guid, "parent": lv.out_parent, "source_file": lv.file,
+                        "output_file": os.path.join(self.outdir, lv.out_name or ""),
+                        "size_bytes": lv.volume.size if lv.volume else 0,
+                        "clusters_written": lv.written, "zero_masked_clusters": lv.zero_masked}
+                       for lv in kept],
+            "dropped_levels": dropped,
+            "warnings": list(self.disk.warnings),
+            "policy": log.policy, "damaged_ranges": len(ranges),
+            "substituted_ranges": len(subst),
+            "substituted_bytes": sum(r["length"] for r in subst),
+            "bat_entries": sum(r["kind"] == "bat" for r in ranges),
+            "read_errors": sum(r["kind"] == "read" for r in ranges),
+            "ranges": ranges,
+        }
 
 
 def recover(disk: Disk, outdir: str, snapshot: str | None = None,
-            progress: Progress | None = None) -> dict[str, Any]:
+            progress: Progress | None = None, *, flatten: bool = False) -> dict[str, Any]:
     """`disk` must be opened with OpenOptions.salvage set. Returns the recovery.json object."""
-    if disk.salvage_log is None:
-        raise ValueError("recover needs a disk opened with a salvage policy")
-    report = export_ploop(disk, outdir, snapshot, progress)
-    out: dict[str, Any] = {
-        "source": disk.source,
-        "snapshot": report.snapshot,
-        "output": outdir,
-        "descriptor": os.path.join(outdir, "DiskDescriptor.xml"),
-        "size_bytes": report.size_bytes,
-        "data_bytes_written": report.data_bytes_written,
-        "snapshots_kept": False,  # flattened: one image holding the chosen snapshot
-        "warnings": list(disk.warnings),
-        **(report.salvage or {}),
-    }
+    return Recovery(disk, outdir, snapshot, flatten).run(progress)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _check_outdir(disk: Disk, outdir: str) -> None:
+    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
+        raise OutputError("exists and is not an empty folder", outdir)
+    real = os.path.realpath(outdir)
+    for p in [*disk.paths.values(), disk.descriptor_path or ""]:
+        if p and os.path.realpath(p) == real:
+            raise OutputError("output is one of the source files; refusing to write", outdir)
+
+
+def _make_outdir(outdir: str) -> None:
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create folder: {e.strerror}", outdir) from None
+
+
+def _kept_ancestor(guid: str, by_guid: dict[str, _Level], lost: set[str]) -> str:
+    """`guid` itself if readable, else its nearest readable ancestor (NONE_GUID if none)."""
+    while guid != NONE_GUID and guid in lost:
+        guid = by_guid[guid].parent
+    return guid
+
+
+def _unique_name(base: str, taken: set[str]) -> str:
+    name = base if base and base not in RESERVED_NAMES else "image.hds"
+    k = 1
+    while name in taken:
+        name = f"{base or 'image.hds'}.{k}"
+        k += 1
+    taken.add(name)
+    return name
+
+
+def _own(vol: Volume) -> tuple[Image, np.ndarray, np.ndarray]:
+    """The top level's readable clusters below the disk size: vclusters and file offsets,
+    sorted by file offset (the copy then reads the file front to back)."""
+    im = vol.images[-1]
+    m = im.mapping()
+    nclusters = -(-vol.size // vol.cluster_size)
+    keep = m.vclusters < nclusters
+    v = m.vclusters[keep].astype(np.int64)
+    off = m.entries[keep].astype(np.int64) * m.unit
+    order = np.argsort(off, kind="stable")
+    return im, v[order], off[order]
+
+
+def _level_work(vol: Volume) -> int:
+    if vol.images[-1].is_raw:
+        return vol.size
+    _im, v, _off = _own(vol)
+    return int(v.size) * vol.cluster_size
+
+
+def _copy_level(lv: _Level, path: str, step: Callable[[int], None]) -> None:
+    vol = lv.volume
+    assert vol is not None
+    c = vol.cluster_size
+    with ImageWriter.create(path, vol.size, c, 2) as w:
+        if vol.images[-1].is_raw:
+            _copy_raw_base(vol, w, lv, step)
+        else:
+            _copy_delta(vol, w, lv, step)
+            _mask_damaged(vol, w, lv)
+
+
+def _copy_raw_base(vol: Volume, w: ImageWriter, lv: _Level, step: Callable[[int], None]) -> None:
+    """A raw base becomes a v2 image of its non-zero clusters (nothing lies below it)."""
+    c = vol.cluster_size
+    per = max(1, RUN // c)
+    buf = bytearray(per * c)
+    for start in range(0, vol.size, per * c):
+        n = min(per * c, vol.size - start)
+        view = memoryview(buf)[:-(-n // c) * c]
+        got = vol.zero_fill_readinto(view, start)
+        view[got:] = bytes(len(view) - got)
+        for k in range(len(view) // c):
+            cl = view[k * c:(k + 1) * c]
+            if not is_zero(cl):
+                w.write_cluster(start // c + k, cl)
+                lv.written += 1
+        step(n)
+
+
+def _copy_delta(vol: Volume, w: ImageWriter, lv: _Level, step: Callable[[int], None]) -> None:
+    """Every readable cluster of the top level, read in runs that are contiguous in its file and
+    written in that order. A run that fails to read whole goes cluster by cluster through the
+    salvage volume, which retries in pieces and substitutes per the policy."""
+    im, vcl, off = _own(vol)
+    c = vol.cluster_size
+    per = max(1, RUN // c)
+    buf = bytearray(per * c)
+    i = 0
+    n = int(vcl.size)
+    brk = np.flatnonzero(np.diff(off) != c) + 1  # run boundaries in file order
+    bounds = [*brk.tolist(), n]
+    b = 0
+    while i < n:
+        while bounds[b] <= i:
+            b += 1
+        j = min(bounds[b], i + per)
+        k = j - i
+        view = memoryview(buf)[:k * c]
+        if not _read_full(im.fd, view, int(off[i])):
+            for q in range(k):
+                cl = view[q * c:(q + 1) * c]
+                vol.zero_fill_readinto(cl, int(vcl[i + q]) * c)
+        for q in range(k):
+            w.write_cluster(int(vcl[i + q]), view[q * c:(q + 1) * c])
+        lv.written += k
+        step(k * c)
+        i = j
+
+
+def _read_full(fd: int, view: memoryview, offset: int) -> bool:
+    got = 0
+    try:
+        while got < len(view):
+            r = os.preadv(fd, [view[got:]], offset + got)
+            if r == 0:
+                return False
+            got += r
+    except OSError:
+        return False
+    return True
+
+
+def _mask_damaged(vol: Volume, w: ImageWriter, lv: _Level) -> None:
+    """Damaged BAT entries of this level: with "older" they are left out, so the level below
+    shows through as the salvage read serves it; with "zeros" they read as zeros over lower
+    levels, and ploop has no zero marker (§11 trap 24), so an explicit zero cluster is written
+    where a lower level maps something."""
+    if not isinstance(vol, SalvageVolume) or vol.policy != "zeros" or len(vol.images) < 2:
+        return
+    c = vol.cluster_size
+    nclusters = -(-vol.size // c)
+    below = vol.images[:-1]
+    for b in sorted({b.vcluster for b in vol.images[-1].bad_slots}):
+        if b >= nclusters:
+            continue
+        if any(im.is_raw or _maps(im, b) for im in below):
+            w.write_cluster(b, b"")
+            lv.zero_masked += 1
+
+
+def _maps(im: Image, vcluster: int) -> bool:
+    m = im.mapping()
+    i = int(np.searchsorted(m.vclusters, vcluster))
+    return i < m.vclusters.size and int(m.vclusters[i]) == vcluster
+
+
+def _own_ranges(kept: list[_Level], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The salvage records of each level as read in its own snapshot (where it is the top):
+    every damaged range once, with the GUID, the output file and the physical offset."""
+    out = []
+    for lv in kept:
+        vol = lv.volume
+        assert vol is not None
+        top = len(vol.images) - 1
+        im = vol.images[-1]
+        unit = im.header.entry_unit if im.header is not None else 1
+        for r in records:
+            if r["snapshot"] != lv.guid or r["level"] != top:
+                continue
+            r = dict(r, guid=lv.guid, output_file=lv.out_name)
+            r["physical_offset"] = r["entry"] * unit if r["kind"] == "bat" else r["offset"]
+            out.append(r)
+    return out
+
+
+def _write_report(outdir: str, out: dict[str, Any]) -> None:
     path = os.path.join(outdir, REPORT_NAME)
     try:
         with open(path, "x") as f:
@@ -43,4 +373,3 @@ def recover(disk: Disk, outdir: str, snapshot: str | None = None,
             f.write("\n")
     except OSError as e:
         raise OutputError(f"cannot write: {e.strerror}", path) from None
-    return out

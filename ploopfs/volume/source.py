@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from ploopfs.errors import (
@@ -52,6 +53,9 @@ class Disk:
     warnings: list[str] = field(default_factory=list)
     _images: dict[str, Image] = field(default_factory=dict)
     salvage_log: SalvageLog | None = None  # set when options.salvage is
+    # Salvage only: images whose file is missing (GUID -> the error), so that `recover` can keep
+    # the rest of the tree; a strict open fails on the first missing file instead.
+    missing: dict[str, NotFoundError] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.options.salvage is not None and self.salvage_log is None:
@@ -62,6 +66,8 @@ class Disk:
         return self.descriptor.top_guid
 
     def image(self, guid: str, *, level: int) -> Image:
+        if guid in self.missing:
+            raise self.missing[guid]
         if guid not in self._images:
             bs = self.descriptor.blocksize * SECTOR or self.options.cluster_size
             # Only level 0 may be raw (§0), and only if the descriptor calls it Plain: ploop's
@@ -92,9 +98,12 @@ class Disk:
             snapshot = g
         return d.chain(snapshot)
 
-    def volume(self, snapshot: str | None = None) -> Volume:
-        """The virtual disk as seen from `snapshot` (default: the top)."""
-        entries = self.chain(snapshot)
+    def volume(self, snapshot: str | None = None, *, skip: Collection[str] = ()) -> Volume:
+        """The virtual disk as seen from `snapshot` (default: the top). `skip`: GUIDs of levels
+        left out of the chain (`recover` drops unreadable levels so the rest stays readable)."""
+        entries = [e for e in self.chain(snapshot) if e.guid not in skip]
+        if not entries:
+            raise BadChainError("no readable level in this chain", self.source)
         images = [self.image(e.guid, level=i) for i, e in enumerate(entries)]
         top = images[-1]
         ploop_imgs = [im for im in images if not im.is_raw]
@@ -219,8 +228,16 @@ def _open_descriptor(path: str, opts: OpenOptions) -> Disk:
                                element="StorageData/Volume")
     folder = os.path.dirname(os.path.abspath(path))
     for i, im in enumerate(desc.images):
-        disk.paths[im.guid] = resolve_image_path(folder, im.file, opts.allow_outside_paths,
-                                                 disk.warnings, path, f"Storage/Image[{i + 1}]/File")
+        try:
+            disk.paths[im.guid] = resolve_image_path(folder, im.file, opts.allow_outside_paths,
+                                                     disk.warnings, path,
+                                                     f"Storage/Image[{i + 1}]/File")
+        except NotFoundError as e:
+            if opts.salvage is None:
+                raise
+            disk.missing[im.guid] = e
+            disk.paths[im.guid] = os.path.join(folder, im.file)
+            disk.warnings.append(e.message())
     return disk
 
 
