@@ -646,7 +646,7 @@ def infer(scan: Scan, sample: int, target: str) -> Restored:
     decisions, links = _explain(scan, content, scored, notes)
     guids, sources = _guids(scan, best)
     desc = build_descriptor(scan, best, guids, target)
-    check_ploop_rules(desc, target)
+    notes.extend(check_ploop_rules(desc, target))
     facts = []
     for i, c in enumerate(scan.images):
         f = c.facts() | {"guid": guids[i], "guid_source": sources[i],
@@ -670,7 +670,8 @@ def _explain(scan: Scan, content: Content, scored: list[tuple[tuple[int, ...], T
     base_name = scan.raw.name if scan.raw else None
     decisions: list[Decision] = []
     links: list[dict[str, Any]] = []
-    for x, p in best.links():
+    for x in _levels(best):  # base first
+        p = best.parent[x]
         alt = _first(scored, lambda t, x=x, p=p: t.parent[x] != p)
         by, conf, margin = _decide(best_key, alt)
         stats = _link_stats(content, x, p)
@@ -815,13 +816,13 @@ def _raw_only(scan: Scan, target: str) -> Restored:
     d = _geometry(-(-raw.image.file_size // SECTOR), scan.cluster_size)
     d.images.append(ImageEntry(TOP_GUID, _rel(raw.path, target), "Plain"))
     d.shots.append(Shot(TOP_GUID, NONE_GUID))
-    check_ploop_rules(d, target)
+    notes = check_ploop_rules(d, target)
     dec = Decision(f"{raw.name} is the only image", "no alternative", "high", None,
                    f"{raw.name} is a raw disk, the only image; cluster size {scan.cluster_size}")
     facts = [raw.facts() | {"guid": TOP_GUID, "guid_source": "top", "parent": None}]
     return Restored(scan.folder, d, [], [], [], Tree((), -1), [dec],
                     [{"child": raw.name, "parent": None, "decided_by": "no alternative",
-                      "confidence": "high", "text": dec.text}], facts, scan.ignored, [],
+                      "confidence": "high", "text": dec.text}], facts, scan.ignored, notes,
                     {"shared_clusters": 0, "sampled_clusters": 0, "bytes_read": 0})
 
 
