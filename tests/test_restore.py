@@ -393,3 +393,21 @@ def test_raw_only_folder(tmp_path, guard_sources):
     assert rc == 0 and rep["cluster_size"] == 1 << 20 and rep["disk_size"] == 4 << 20
     assert parse_descriptor((d / DD).read_bytes()).images[0].type == "Plain"
     assert export_sha(d, tmp_path) == file_sha(raw)
+
+
+def test_names_against_content_flagged(tmp_path, guard_sources):
+    """File names that say the opposite of clear content evidence: names win (they are what
+    ploop writes, §5.9), but the conflict makes the result low confidence, never silent."""
+    rng = random.Random(9)
+    files = build_chain(tmp_path / "made", rng, 2)
+    made = tmp_path / "made"
+    lying = [made / "root.hds.{0b7e1c2d-0000-4000-8000-000000000001}", made / "root.hds"]
+    for f, new in zip(files, lying, strict=True):
+        f.rename(new)
+    guard_sources(*lying)
+    work = tmp_path / "work"
+    link_images(made, work)
+    rc, rep = restore_json(work)
+    assert chain_files(rep)[0] == "root.hds"  # the names' verdict
+    assert rc == 1 and any(d["what"] == "conflict" for d in rep["decisions"]), rep["decisions"]
+    assert any("contradict" in n for n in rep["notes"])

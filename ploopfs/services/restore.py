@@ -326,11 +326,10 @@ def content_evidence(scan: Scan, sample: int = DEFAULT_SAMPLE) -> Content:
     imgs = scan.images
     n = len(imgs)
     maps = [c.image.mapping() for c in imgs]
-    nclusters = max((c.image.header.bat_entries for c in imgs if c.image.header), default=0)
-    count = np.zeros(nclusters, np.uint8)
-    for m in maps:
-        np.add.at(count, m.vclusters.astype(np.intp), 1) if len(m) else None
-    shared = np.flatnonzero(count >= 2)
+    # Memory follows the mapped clusters, not the virtual size (a 4 PiB disk has 2^32 slots).
+    allv = np.concatenate([m.vclusters for m in maps]) if maps else np.zeros(0, np.uint32)
+    uniq, counts = np.unique(allv, return_counts=True)
+    shared = uniq[counts >= 2].astype(np.int64)
     total = int(shared.size)
     if sample and shared.size > sample:
         shared = shared[np.linspace(0, shared.size - 1, sample).astype(np.intp)]
@@ -338,7 +337,7 @@ def content_evidence(scan: Scan, sample: int = DEFAULT_SAMPLE) -> Content:
     M = np.zeros((V, n), bool)
     offs = np.zeros((V, n), np.int64)
     for x, m in enumerate(maps):
-        pos = np.searchsorted(m.vclusters, shared)
+        pos = np.searchsorted(m.vclusters.astype(np.int64), shared)
         pos_c = np.minimum(pos, max(len(m) - 1, 0))
         hit = (pos < len(m)) & (m.vclusters[pos_c] == shared) if len(m) else np.zeros(V, bool)
         M[:, x] = hit
