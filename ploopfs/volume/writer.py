@@ -69,17 +69,23 @@ class ImageWriter:
         if not 0 <= vcluster < self.header.bat_entries:
             raise ValueError(f"virtual cluster {vcluster} outside 0..{self.header.bat_entries - 1}")
 
-    def write_cluster(self, vcluster: int, data: bytes | bytearray | memoryview) -> None:
-        """Write one whole cluster (shorter data is zero-padded), allocating it if needed."""
+    def allocate(self, vcluster: int) -> int:
+        """File byte offset of `vcluster`'s cluster, appended if new (clusters allocated one
+        after another are contiguous). The caller writes the whole cluster there itself, e.g.
+        with os.copy_file_range."""
         self._check_cluster(vcluster)
-        if len(data) > self.cluster_size:
-            raise ValueError("data larger than a cluster")
         phys = self._bat.get(vcluster)
         if phys is None:
             phys = self._alloc_head
             self._alloc_head += 1
             self._bat[vcluster] = phys
-        off = phys * self.cluster_size
+        return phys * self.cluster_size
+
+    def write_cluster(self, vcluster: int, data: bytes | bytearray | memoryview) -> None:
+        """Write one whole cluster (shorter data is zero-padded), allocating it if needed."""
+        if len(data) > self.cluster_size:
+            raise ValueError("data larger than a cluster")
+        off = self.allocate(vcluster)
         self._pwrite(data, off)
         if len(data) < self.cluster_size:
             self._pwrite(bytes(self.cluster_size - len(data)), off + len(data))
