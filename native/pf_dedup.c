@@ -5,6 +5,7 @@
 
 #include "pf_dedup.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -202,6 +203,7 @@ void pf_ddt_histogram(const pf_ddt *t, uint64_t *entries, uint64_t *refs)
 struct pf_dedup {
     pf_ddt *table[2];
     uint64_t len[2], blocks[2], zero[2], every;
+    pthread_mutex_t lock; /* tables and counters: feeds may run on several threads */
 };
 
 void pf_dedup_hash(const unsigned char *buf, size_t len, uint64_t *out)
@@ -214,11 +216,13 @@ void pf_dedup_hash(const unsigned char *buf, size_t len, uint64_t *out)
 pf_dedup *pf_dedup_new(uint64_t small_len, uint64_t large_len, uint64_t small_mem,
                        uint64_t large_mem, unsigned shift, uint64_t sample_every)
 {
-    if (!small_len || !large_len || large_len % small_len || !sample_every)
+    if (!small_len || !large_len || large_len % small_len || large_len / small_len > 256 ||
+        !sample_every)
         return NULL;
     pf_dedup *d = calloc(1, sizeof *d);
     if (!d)
         return NULL;
+    pthread_mutex_init(&d->lock, NULL);
     d->table[0] = pf_ddt_new(small_mem, shift);
     d->table[1] = pf_ddt_new(large_mem, shift);
     if (!d->table[0] || !d->table[1]) {
@@ -236,23 +240,62 @@ void pf_dedup_free(pf_dedup *d)
     if (d) {
         pf_ddt_free(d->table[0]);
         pf_ddt_free(d->table[1]);
+        pthread_mutex_destroy(&d->lock);
         free(d);
     }
 }
 
-/* One small block: 1 if it is all zeros. */
-static int small_block(pf_dedup *d, const unsigned char *p, size_t n, int *err)
+/* Per-call work list, filled without the lock: for each block, its hash and whether it is
+ * all zeros (small) or its index and whether it is picked (large). */
+typedef struct {
+    uint64_t lo, hi;
+    uint32_t zero, pick;
+    uint64_t idx;
+} hashed_t;
+
+/* Hash the blocks of buf[0..len) (see pf_dedup_feed) into sm[] and lg[]; returns the number
+ * of large blocks, their small blocks' count in *nsm. Touches nothing shared. The large-block
+ * hash is XXH3-128 over the small blocks' hashes (16 bytes each, zero blocks included), so
+ * the data is hashed once: two large blocks share it only if all their small blocks match. */
+static size_t hash_blocks(const pf_dedup *d, const unsigned char *buf, size_t len,
+                          hashed_t *sm, size_t *nsm, hashed_t *lg)
 {
-    d->blocks[0]++;
-    if (pf_first_nonzero(p, n) == n) {
-        d->zero[0]++;
-        return 1;
+    size_t ns = 0, nl = 0;
+    uint64_t list[2 * 256]; /* small hashes of one large block (<= 256, checked at setup) */
+    for (size_t off = 0; off < len; off += d->len[1]) {
+        size_t rec = len - off < d->len[1] ? len - off : d->len[1];
+        hashed_t *L = &lg[nl++];
+        memset(L, 0, sizeof *L);
+        L->idx = off / d->len[1];
+        if (pf_first_nonzero(buf + off, rec) == rec) {
+            L->zero = 1;
+            for (size_t s = 0; s < rec; s += d->len[0]) {
+                memset(&sm[ns], 0, sizeof sm[ns]);
+                sm[ns++].zero = 1;
+            }
+            continue;
+        }
+        size_t k = 0;
+        for (size_t s = 0; s < rec; s += d->len[0], k++) {
+            size_t n = rec - s < d->len[0] ? rec - s : d->len[0];
+            hashed_t *S = &sm[ns++];
+            uint64_t h[2];
+            pf_dedup_hash(buf + off + s, n, h);
+            S->lo = h[0];
+            S->hi = h[1];
+            S->zero = pf_first_nonzero(buf + off + s, n) == n;
+            S->pick = 0;
+            list[2 * k] = h[0];
+            list[2 * k + 1] = h[1];
+        }
+        uint64_t h[2];
+        pf_dedup_hash((const unsigned char *)list, k * 16, h);
+        L->lo = h[0];
+        L->hi = h[1];
+        L->pick = (h[0] >> 32) % d->every == 0;
     }
-    uint64_t h[2];
-    pf_dedup_hash(p, n, h);
-    if (pf_ddt_add(d->table[0], h[0], h[1]) < 0)
-        *err = 1;
-    return 0;
+    *nsm = ns;
+    return nl;
 }
 
 int64_t pf_dedup_feed(pf_dedup *d, const unsigned char *buf, size_t len, uint64_t *picks,
@@ -260,34 +303,47 @@ int64_t pf_dedup_feed(pf_dedup *d, const unsigned char *buf, size_t len, uint64_
 {
     if (!d || (len && !buf))
         return -1;
+    size_t nl_max = len / d->len[1] + 1, ns_max = len / d->len[0] + nl_max;
+    hashed_t *sm = malloc(ns_max * sizeof *sm), *lg = malloc(nl_max * sizeof *lg);
+    if (!sm || !lg) {
+        free(sm);
+        free(lg);
+        return -1;
+    }
+    size_t ns, nl = hash_blocks(d, buf, len, sm, &ns, lg);
     size_t npicks = 0;
-    int err = 0;
-    for (size_t off = 0, idx = 0; off < len; off += d->len[1], idx++) {
-        size_t rec = len - off < d->len[1] ? len - off : d->len[1];
-        int all_zero = 1;
-        for (size_t s = 0; s < rec; s += d->len[0]) {
-            size_t n = rec - s < d->len[0] ? rec - s : d->len[0];
-            all_zero &= small_block(d, buf + off + s, n, &err);
+    for (size_t i = 0; i < nl; i++)
+        npicks += lg[i].pick;
+    int64_t ret = npicks > max_picks ? -1 : (int64_t)npicks;
+    if (ret >= 0) {
+        pthread_mutex_lock(&d->lock);
+        for (size_t i = 0; i < ns; i++) {
+            d->blocks[0]++;
+            if (sm[i].zero)
+                d->zero[0]++;
+            else if (pf_ddt_add(d->table[0], sm[i].lo, sm[i].hi) < 0)
+                ret = -1;
         }
-        d->blocks[1]++;
-        if (all_zero) {
-            d->zero[1]++;
-            continue;
+        for (size_t i = 0; i < nl; i++) {
+            d->blocks[1]++;
+            if (lg[i].zero)
+                d->zero[1]++;
+            else if (pf_ddt_add(d->table[1], lg[i].lo, lg[i].hi) < 0)
+                ret = -1;
         }
-        uint64_t h[2];
-        pf_dedup_hash(buf + off, rec, h);
-        if (pf_ddt_add(d->table[1], h[0], h[1]) < 0)
-            err = 1;
-        if ((h[0] >> 32) % d->every == 0) {
-            if (npicks >= max_picks)
-                return -1;
-            picks[3 * npicks] = idx;
-            picks[3 * npicks + 1] = h[0];
-            picks[3 * npicks + 2] = h[1];
-            npicks++;
+        pthread_mutex_unlock(&d->lock);
+        for (size_t i = 0, k = 0; i < nl && ret >= 0; i++) {
+            if (!lg[i].pick)
+                continue;
+            picks[3 * k] = lg[i].idx;
+            picks[3 * k + 1] = lg[i].lo;
+            picks[3 * k + 2] = lg[i].hi;
+            k++;
         }
     }
-    return err ? -1 : (int64_t)npicks;
+    free(sm);
+    free(lg);
+    return ret;
 }
 
 pf_ddt *pf_dedup_table(pf_dedup *d, int which)

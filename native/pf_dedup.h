@@ -50,11 +50,15 @@ uint64_t pf_ddt_peak_bytes(const pf_ddt *t); /* most slot-array bytes held at on
  * floor(log2(c)) == b, refs[b] = the sum of their counts. */
 void pf_ddt_histogram(const pf_ddt *t, uint64_t *entries, uint64_t *refs);
 
-/* Scanner over two block sizes. small_len divides large_len; buffers passed to pf_dedup_feed
- * start on a large-block boundary of the disk. All-zero blocks are counted apart and never
- * enter a table. Every non-zero large block whose hash satisfies
- * ((lo >> 32) % sample_every) == 0 is reported as a compression sample pick, so the same
- * content is always picked (sample_every >= 1; 1 = every block). */
+/* Scanner over two block sizes. small_len divides large_len (at most 256 small blocks in a
+ * large one); buffers passed to pf_dedup_feed start on a large-block boundary of the disk.
+ * All-zero blocks are counted apart and never enter a table. A small block's hash is
+ * pf_dedup_hash of its bytes; a large block's is pf_dedup_hash of the concatenated 16-byte
+ * (lo, hi little-endian in memory order) hashes of its small blocks, so the data is hashed
+ * once. Every non-zero large block whose hash satisfies ((lo >> 32) % sample_every) == 0 is
+ * reported as a compression sample pick, so the same content is always picked
+ * (sample_every >= 1; 1 = every block). pf_dedup_feed may run on several threads at once:
+ * hashing runs in parallel, the table updates under a mutex. */
 typedef struct pf_dedup pf_dedup;
 pf_dedup *pf_dedup_new(uint64_t small_len, uint64_t large_len, uint64_t small_mem,
                        uint64_t large_mem, unsigned shift, uint64_t sample_every);

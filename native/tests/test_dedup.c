@@ -2,6 +2,7 @@
  * switch) and the block scanner. Run under ASan/UBSan by `make -C native test`. */
 #include "pf_dedup.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,7 @@ static void test_bad_args(void)
     CHECK(pf_ddt_new(1 << 20, 64) == NULL, "shift 64");
     CHECK(pf_dedup_new(3000, 131072, 1 << 20, 1 << 20, 0, 1) == NULL, "small does not divide large");
     CHECK(pf_dedup_new(4096, 131072, 1 << 20, 1 << 20, 0, 0) == NULL, "sample_every 0");
+    CHECK(pf_dedup_new(512, 512 * 257, 1 << 20, 1 << 20, 0, 1) == NULL, "> 256 small per large");
     CHECK(pf_dedup_feed(NULL, NULL, 0, NULL, 0) == -1, "NULL scanner");
 }
 
@@ -175,6 +177,16 @@ static void test_initial_shift(void)
     pf_ddt_free(t);
 }
 
+/* The scanner's large-block hash: XXH3-128 over the small blocks' hashes. */
+static void large_hash(const unsigned char *p, size_t n, size_t small, uint64_t *out)
+{
+    uint64_t list[2 * 256];
+    size_t k = 0;
+    for (size_t s = 0; s < n; s += small, k++)
+        pf_dedup_hash(p + s, n - s < small ? n - s : small, &list[2 * k]);
+    pf_dedup_hash((const unsigned char *)list, 16 * k, out);
+}
+
 /* Scanner: a buffer of 6 large blocks of 64 KiB (16 small of 4 KiB each) plus a 5000-byte
  * tail: zero blocks, repeated small blocks, repeated large blocks, picks. */
 static void test_scanner(void)
@@ -213,7 +225,7 @@ static void test_scanner(void)
     for (int k = 0; k < 6 && k < np; k++)
         CHECK(picks[3 * k] == want_idx[k], "pick %d at %llu", k, (unsigned long long)picks[3 * k]);
     uint64_t h[2];
-    pf_dedup_hash(buf, L, h);
+    large_hash(buf, L, S, h);
     CHECK(picks[1] == h[0] && picks[2] == h[1] && picks[4] == h[0], "pick hashes");
     CHECK(pf_dedup_blocks(d, 0) == 6 * 16 + 2, "small blocks %llu",
           (unsigned long long)pf_dedup_blocks(d, 0));
@@ -236,12 +248,68 @@ static void test_scanner(void)
     int64_t want = 0;
     for (size_t b = 0; b < 7; b++) {
         size_t n = b < 6 ? L : 5000;
-        pf_dedup_hash(buf + b * L, n, h);
+        large_hash(buf + b * L, n, S, h);
         want += b != 2 && (h[0] >> 32) % 3 == 0;
     }
     CHECK(np == want, "every-3 picks %lld, want %lld", (long long)np, (long long)want);
     pf_dedup_free(d);
     free(buf);
+}
+
+struct feeder {
+    pf_dedup *d;
+    const unsigned char *buf;
+    size_t len;
+    int rounds, fails;
+};
+
+static void *feed_loop(void *arg)
+{
+    struct feeder *f = arg;
+    uint64_t picks[3 * 64];
+    for (int r = 0; r < f->rounds; r++)
+        f->fails += pf_dedup_feed(f->d, f->buf, f->len, picks, 64) < 0;
+    return NULL;
+}
+
+/* Two threads feeding one scanner at once count the same as one thread feeding the same
+ * buffers. */
+static void test_threads(void)
+{
+    const size_t len = 1 << 20;
+    unsigned char *bufs[2];
+    uint64_t seed = 7;
+    for (int k = 0; k < 2; k++) {
+        bufs[k] = malloc(len);
+        for (size_t i = 0; i < len; i += 8) {
+            uint64_t v = splitmix(&seed);
+            memcpy(bufs[k] + i, &v, 8);
+        }
+    }
+    pf_dedup *one = pf_dedup_new(4096, 131072, 1 << 20, 1 << 16, 0, 2);
+    pf_dedup *two = pf_dedup_new(4096, 131072, 1 << 20, 1 << 16, 0, 2);
+    struct feeder f1 = {one, bufs[0], len, 20, 0}, f2 = {one, bufs[1], len, 20, 0};
+    feed_loop(&f1);
+    feed_loop(&f2);
+    struct feeder g1 = {two, bufs[0], len, 20, 0}, g2 = {two, bufs[1], len, 20, 0};
+    pthread_t t1, t2;
+    pthread_create(&t1, NULL, feed_loop, &g1);
+    pthread_create(&t2, NULL, feed_loop, &g2);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    CHECK(f1.fails + f2.fails + g1.fails + g2.fails == 0, "feed failures");
+    for (int w = 0; w < 2; w++) {
+        pf_ddt *a = pf_dedup_table(one, w), *b = pf_dedup_table(two, w);
+        CHECK(pf_ddt_entries(a) == pf_ddt_entries(b) && pf_ddt_refs(a) == pf_ddt_refs(b) &&
+              pf_ddt_offered(a) == pf_ddt_offered(b), "table %d differs across threads", w);
+        CHECK(pf_dedup_blocks(one, w) == pf_dedup_blocks(two, w), "blocks %d", w);
+    }
+    CHECK(pf_ddt_entries(pf_dedup_table(one, 0)) == 512 && pf_ddt_refs(pf_dedup_table(one, 0)) == 512 * 20,
+          "512 distinct small blocks, 20 times each");
+    pf_dedup_free(one);
+    pf_dedup_free(two);
+    free(bufs[0]);
+    free(bufs[1]);
 }
 
 void test_dedup_all(void)
@@ -253,4 +321,5 @@ void test_dedup_all(void)
     test_sampling_switch();
     test_initial_shift();
     test_scanner();
+    test_threads();
 }
