@@ -12,6 +12,7 @@ snapshot as one image instead (export_ploop).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -280,33 +281,72 @@ def _copy_raw_base(vol: Volume, w: ImageWriter, lv: _Level, step: Callable[[int]
 
 
 def _copy_delta(vol: Volume, w: ImageWriter, lv: _Level, step: Callable[[int], None]) -> None:
-    """Every readable cluster of the top level, read in runs that are contiguous in its file and
-    written in that order. A run that fails to read whole goes cluster by cluster through the
-    salvage volume, which retries in pieces and substitutes per the policy."""
+    """Every readable cluster of the top level, in runs that are contiguous in its file, copied
+    in that order into contiguous new clusters: by os.copy_file_range (in-kernel, no copy
+    through Python) or else pread/pwrite. A run that fails (read error, file ends early) is
+    redone cluster by cluster through the salvage volume, which retries in pieces and
+    substitutes per the policy."""
     im, vcl, off = _own(vol)
     c = vol.cluster_size
     per = max(1, RUN // c)
-    buf = bytearray(per * c)
-    i = 0
     n = int(vcl.size)
-    brk = np.flatnonzero(np.diff(off) != c) + 1  # run boundaries in file order
-    bounds = [*brk.tolist(), n]
-    b = 0
+    bounds = [*(np.flatnonzero(np.diff(off) != c) + 1).tolist(), n]  # run ends, file order
+    copier = _Copier(im.fd, w, c, per)
+    i = b = 0
     while i < n:
         while bounds[b] <= i:
             b += 1
         j = min(bounds[b], i + per)
-        k = j - i
-        view = memoryview(buf)[:k * c]
-        if not _read_full(im.fd, view, int(off[i])):
-            for q in range(k):
-                cl = view[q * c:(q + 1) * c]
-                vol.zero_fill_readinto(cl, int(vcl[i + q]) * c)
-        for q in range(k):
-            w.write_cluster(int(vcl[i + q]), view[q * c:(q + 1) * c])
-        lv.written += k
-        step(k * c)
+        dst = w.allocate(int(vcl[i]))
+        for q in range(i + 1, j):
+            w.allocate(int(vcl[q]))
+        if not copier.copy(int(off[i]), dst, (j - i) * c):
+            cl = memoryview(bytearray(c))
+            for q in range(i, j):
+                vol.zero_fill_readinto(cl, int(vcl[q]) * c)
+                w.write_cluster(int(vcl[q]), cl)
+        lv.written += j - i
+        step((j - i) * c)
         i = j
+
+
+class _Copier:
+    """Copies byte ranges from a source fd into the writer's file; False when the source range
+    cannot be read whole (the caller salvages it)."""
+
+    def __init__(self, src: int, w: ImageWriter, c: int, per: int) -> None:
+        self.src, self.w = src, w
+        self.kernel = hasattr(os, "copy_file_range")
+        self.buf = memoryview(bytearray(per * c))
+
+    def copy(self, src_off: int, dst_off: int, length: int) -> bool:
+        if self.kernel:
+            try:
+                return self._copy_range(src_off, dst_off, length)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    return False
+                self.kernel = False  # not on these file systems: copy through a buffer
+        view = self.buf[:length]
+        if not _read_full(self.src, view, src_off):
+            return False
+        try:
+            while view:
+                k = os.pwrite(self.w.fd, view, dst_off)
+                view, dst_off = view[k:], dst_off + k
+        except OSError as e:
+            raise OutputError(f"write failed: {e.strerror}", self.w.path, offset=dst_off) from None
+        return True
+
+    def _copy_range(self, src_off: int, dst_off: int, length: int) -> bool:
+        done = 0
+        while done < length:
+            k = os.copy_file_range(self.src, self.w.fd, length - done, src_off + done,
+                                   dst_off + done)
+            if k == 0:
+                return False  # the source ends early
+            done += k
+        return True
 
 
 def _read_full(fd: int, view: memoryview, offset: int) -> bool:
