@@ -30,6 +30,13 @@ def add_parsers(sub: Any) -> None:
                    help="only print the inferred tree and the evidence; write nothing")
     p.add_argument("--sample", type=int, default=None, metavar="N",
                    help="compare at most N shared clusters (default 1024, 0 = all)")
+    old = p.add_mutually_exclusive_group()
+    old.add_argument("--old-descriptor", metavar="FILE",
+                     help="a damaged descriptor to take image GUIDs, parent links and the top "
+                          "from, as far as they can be read (default: DIR/DiskDescriptor.xml if "
+                          "it exists)")
+    old.add_argument("--ignore-old", action="store_true",
+                     help="do not use DIR/DiskDescriptor.xml as evidence")
     p.add_argument("--cluster-size", type=cluster_size_arg, metavar="SIZE",
                    help="cluster size when DIR holds only a raw disk (default: as ploop picks it)")
     p.set_defaults(func=cmd_restore)
@@ -41,7 +48,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     sample = DEFAULT_SAMPLE if args.sample is None else args.sample
     check_args(sample)
     res = restore(args.folder, output=args.output, sample=sample, cluster_size=args.cluster_size,
-                  write=not args.dry_run)
+                  write=not args.dry_run,
+                  old_descriptor=False if args.ignore_old else args.old_descriptor or True)
     if args.json:
         json.dump(res.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")

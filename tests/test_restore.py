@@ -28,7 +28,7 @@ from test_qemu_interop import dissect_read_disk
 
 from ploopfs.format.descriptor import parse_descriptor
 from ploopfs.format.header import NONE_GUID, TOP_GUID
-from ploopfs.volume.source import open_source
+from ploopfs.volume.source import OpenOptions, open_source
 
 DD = "DiskDescriptor.xml"
 
@@ -49,9 +49,9 @@ def restore_json(folder: Path, *extra: str) -> tuple[int, dict]:
     return r.returncode, json.loads(r.stdout)
 
 
-def volume_sha(descriptor: Path, guid: str | None = None) -> str:
+def volume_sha(descriptor: Path, guid: str | None = None, outside: bool = False) -> str:
     h = hashlib.sha256()
-    with open_source(descriptor) as disk:
+    with open_source(descriptor, OpenOptions(allow_outside_paths=outside)) as disk:
         vol = disk.volume(guid)
         pos = 0
         while pos < vol.size:
@@ -429,3 +429,30 @@ def test_names_against_content_flagged(tmp_path, guard_sources):
     assert chain_files(rep)[0] == "root.hds"  # the names' verdict
     assert rc == 1 and any(d["what"] == "conflict" for d in rep["decisions"]), rep["decisions"]
     assert any("contradict" in n for n in rep["notes"])
+
+
+def test_damaged_old_descriptor_keeps_guids(corpus_case, tmp_path):
+    """A truncated DiskDescriptor.xml (not XML any more) still names the images' GUIDs and some
+    parent links; they are reused, so the snapshot GUIDs survive (read by their old GUIDs)."""
+    case = corpus_case("plain-base-chain3")
+    original = parse_descriptor((case / DD).read_bytes())
+    work = tmp_path / "w"
+    link_images(case, work)
+    data = (case / DD).read_bytes()
+    (work / DD).write_bytes(data[:data.index(b"</Shot>") + 20])  # the first Shot, then cut
+    with pytest.raises(Exception):  # noqa: B017 - really damaged: the strict parser refuses it
+        parse_descriptor((work / DD).read_bytes())
+    out = tmp_path / "rebuilt" / DD
+    out.parent.mkdir()
+    rc, rep = restore_json(work, "-o", out)
+    assert rc == 0 and any("old descriptor" in n for n in rep["notes"]), rep["notes"]
+    rebuilt = parse_descriptor(out.read_bytes())
+    assert [im.guid for im in rebuilt.chain()] == [im.guid for im in original.chain()]
+    sources = {i["file"]: i["guid_source"] for i in rep["images"]}
+    assert sources["root.hdd"] == "old descriptor"
+    want = expected_hashes(case)
+    for im in original.chain():
+        assert volume_sha(out, im.guid, outside=True) == want[f"expected-{im.guid}.raw"]
+    # --ignore-old: back to GUIDs from names and uuid5.
+    _, rep2 = restore_json(work, "--dry-run", "--ignore-old", "-o", tmp_path / "x.xml")
+    assert {i["guid_source"] for i in rep2["images"]} <= {"top", "file name", "generated"}

@@ -38,15 +38,18 @@ import numpy as np
 
 from ploopfs.errors import (
     BadChainError,
+    BadDescriptorError,
     BadImageError,
     NotFoundError,
     OutputError,
     UsageError,
 )
 from ploopfs.format.descriptor import (
+    MAX_DESCRIPTOR_BYTES,
     Descriptor,
     ImageEntry,
     Shot,
+    norm_guid,
     parse_descriptor,
     render_descriptor,
 )
@@ -76,8 +79,10 @@ _NOT_IMAGES = re.compile(r"(^DiskDescriptor\.xml|\.xml|\.tmp|\.idx|\.json|\.sha2
                          r"\.drh|\.Backup|^\.statfs|\.md|\.log)$", re.I)
 _IMAGE_LIKE = re.compile(r"\.(hdd|hds|img|raw)$", re.I)
 # Key components, most significant first, and whether a decision by them is strong.
-KEY_NAMES = ("structure", "names", "dirty flag", "content", "fewer branches", "mtimes")
-STRONG = {"structure", "names", "dirty flag"}
+KEY_NAMES = ("structure", "old descriptor", "names", "dirty flag", "content", "fewer branches",
+             "mtimes")
+STRONG = {"structure", "old descriptor", "names", "dirty flag"}
+CONTENT = KEY_NAMES.index("content")
 # A GUID namespace for names that carry none: uuid5(namespace, file name) is stable per name.
 GUID_NAMESPACE = uuid.UUID("8c5e2f0a-5b7e-4f43-9c55-706c6f6f7066")
 
@@ -93,6 +98,8 @@ class Candidate:
     mtime_ns: int
     named_base: bool = False  # other image files are named `<name>.<suffix>` (§5.9)
     file_guid: str | None = None  # a {GUID} in the file name
+    old_guid: str | None = None  # its GUID in a damaged old descriptor
+    old_parent: str | None = None  # its parent's file name there ("" = the base)
 
     @property
     def raw(self) -> bool:
@@ -114,6 +121,7 @@ class Candidate:
             "empty_flag": bool(h and h.flags & CIF_EMPTY), "mtime_ns": self.mtime_ns,
             "mapped_clusters": 0 if h is None else len(self.image.mapping()),
             "named_base": self.named_base, "file_guid": self.file_guid,
+            "old_descriptor_guid": self.old_guid, "old_descriptor_parent": self.old_parent,
         }
 
 
@@ -124,6 +132,8 @@ class Scan:
     raw: Candidate | None
     cluster_size: int
     ignored: list[dict[str, str]] = field(default_factory=list)
+    old_top: str | None = None  # file name of the top in a damaged old descriptor
+    old_notes: list[str] = field(default_factory=list)
 
     def close(self) -> None:
         for c in self.all():
@@ -291,6 +301,69 @@ def _name_evidence(scan: Scan) -> None:
             c.file_guid = "{" + m.group(1).lower() + "}"
 
 
+# -- what survives of an old descriptor ----------------------------------------------------------
+_ELEMENT = {tag: re.compile(rf"<{tag}>(.*?)</{tag}>", re.S) for tag in ("Image", "Shot")}
+_FIELD = {tag: re.compile(rf"<{tag}>\s*([^<]*?)\s*</{tag}>") for tag in
+          ("GUID", "File", "ParentGUID", "TopGUID")}
+
+
+def salvage_old_descriptor(data: bytes) -> tuple[dict[str, str], dict[str, str], str | None]:
+    """GUIDs, parents and the top from a damaged (e.g. truncated) descriptor, found with regular
+    expressions in the text: nothing is parsed as XML, so no entity can be expanded. Returns
+    ({file basename: GUID}, {GUID: parent GUID}, TopGUID). Unreadable parts are skipped."""
+    text = data[:MAX_DESCRIPTOR_BYTES].decode("utf-8", "replace")
+
+    def guid(raw: str | None) -> str | None:
+        try:
+            return norm_guid(raw)
+        except BadDescriptorError:
+            return None
+
+    def field_of(body: str, tag: str) -> str | None:
+        m = _FIELD[tag].search(body)
+        return m.group(1) if m else None
+
+    files: dict[str, str] = {}
+    for m in _ELEMENT["Image"].finditer(text):
+        g, f = guid(field_of(m.group(1), "GUID")), field_of(m.group(1), "File")
+        if g and f and os.path.basename(f):
+            files[os.path.basename(f)] = g
+    parents: dict[str, str] = {}
+    for m in _ELEMENT["Shot"].finditer(text):
+        g, p = guid(field_of(m.group(1), "GUID")), guid(field_of(m.group(1), "ParentGUID"))
+        if g and p:
+            parents[g] = p
+    top = _FIELD["TopGUID"].search(text)
+    return files, parents, guid(top.group(1)) if top else None
+
+
+def apply_old_descriptor(scan: Scan, path: str) -> None:
+    fd = open_readonly(path)
+    try:
+        data = pread_exact(fd, MAX_DESCRIPTOR_BYTES, 0, path)
+    finally:
+        os.close(fd)
+    files, parents, top = salvage_old_descriptor(data)
+    by_guid = {g: f for f, g in files.items()}
+    known = 0
+    for c in scan.all():
+        g = files.get(c.name)
+        if g is None:
+            continue
+        c.old_guid = g
+        known += 1
+        p = parents.get(g)
+        if p == NONE_GUID:
+            c.old_parent = ""
+        elif p in by_guid:
+            c.old_parent = by_guid[p]
+    if top in by_guid and by_guid[top] in {c.name for c in scan.images}:
+        scan.old_top = by_guid[top]
+    links = sum(c.old_parent is not None for c in scan.all())
+    scan.old_notes.append(f"old descriptor {path}: {known} image GUID(s), {links} parent link(s)"
+                          f"{', the top' if scan.old_top else ''} recovered")
+
+
 # -- content evidence ----------------------------------------------------------------------------
 @dataclass
 class Content:
@@ -452,6 +525,9 @@ class Scorer:
             if p >= 0:
                 names += imgs[x].named_base  # `X` is the base of `X.{…}` (§5.9)
                 mtime += imgs[p].mtime_ns > imgs[x].mtime_ns
+        old = sum(1 for x, p in t.links() if imgs[x].old_parent is not None and imgs[x].old_parent
+                  != (imgs[p].name if p >= 0 else self.scan.raw.name if self.scan.raw else ""))
+        old += self.scan.old_top is not None and self.scan.old_top != imgs[t.top].name
         if self.scan.raw is not None and self.scan.raw.named_base:
             names += sum(1 for x, p in t.links() if p == -1 and not imgs[x].name.startswith(
                 self.scan.raw.name + "."))
@@ -460,7 +536,7 @@ class Scorer:
         leaves = t.leaves()
         branches = len(leaves) - 1
         mtime += sum(imgs[leaf].mtime_ns > imgs[t.top].mtime_ns for leaf in leaves)
-        return (structure, names, dirty, content, branches, mtime)
+        return (structure, old, names, dirty, content, branches, mtime)
 
 
 def search(scorer: Scorer, n: int, raw_base: bool) -> list[tuple[tuple[int, ...], Tree]]:
@@ -606,15 +682,21 @@ class Restored:
 
 
 def restore(folder: str, *, output: str | None = None, sample: int = DEFAULT_SAMPLE,
-            cluster_size: int | None = None, write: bool = True) -> Restored:
+            cluster_size: int | None = None, write: bool = True,
+            old_descriptor: str | bool | None = True) -> Restored:
     """Infer the tree of the images in `folder` and (unless `write` is False) write the
-    descriptor to `output` (default: folder/DiskDescriptor.xml), never replacing a file."""
+    descriptor to `output` (default: folder/DiskDescriptor.xml), never replacing a file.
+    `old_descriptor`: a damaged descriptor to take GUIDs and links from; True = the folder's
+    DiskDescriptor.xml if there is one; False/None = none."""
     target = output if output is not None else os.path.join(folder, DESCRIPTOR_NAME)
     if write and os.path.lexists(target):
         hint = "" if output is not None else "; give -o NEW_FILE to write it elsewhere"
         raise OutputError(f"already exists; refusing to overwrite{hint}", target)
     scan = scan_folder(folder, cluster_size)
     try:
+        old = os.path.join(folder, DESCRIPTOR_NAME) if old_descriptor is True else old_descriptor
+        if old and (old_descriptor is not True or os.path.isfile(old)):
+            apply_old_descriptor(scan, old)
         res = infer(scan, sample, target)
     finally:
         scan.close()
@@ -627,7 +709,7 @@ def restore(folder: str, *, output: str | None = None, sample: int = DEFAULT_SAM
 
 def infer(scan: Scan, sample: int, target: str) -> Restored:
     n = len(scan.images)
-    notes: list[str] = []
+    notes: list[str] = list(scan.old_notes)
     if n == 0:
         assert scan.raw is not None
         return _raw_only(scan, target)
@@ -653,8 +735,8 @@ def infer(scan: Scan, sample: int, target: str) -> Restored:
                          (scan.raw.name if scan.raw else None)}
         facts.append(f)
     if scan.raw:
-        facts.insert(0, scan.raw.facts() | {"guid": desc.chain()[0].guid, "guid_source": "generated",
-                                            "parent": None})
+        rg, rsource = raw_guid(scan, guids)
+        facts.insert(0, scan.raw.facts() | {"guid": rg, "guid_source": rsource, "parent": None})
     return Restored(scan.folder, desc, [c.name for c in scan.images], guids, sources, best,
                     decisions, links, facts, scan.ignored, notes,
                     {"shared_clusters": content.shared_total, "sampled_clusters": content.sampled,
@@ -703,6 +785,8 @@ def _explain(scan: Scan, content: Content, scored: list[tuple[tuple[int, ...], T
 def _why(by: str, margin: int | None, child: Candidate, parent: Candidate | None) -> str:
     if by == "content":
         return f"content (the best alternative needs {margin} more written sectors)"
+    if by == "old descriptor":
+        return "what survives of the old descriptor"
     if by == "names":
         return "file names (X is the base of X.{GUID}, §5.9)"
     if by == "dirty flag":
@@ -732,20 +816,22 @@ def _link_stats(content: Content, x: int, p: int) -> dict[str, int]:
 
 def _conflicts(scan: Scan, content: Content, scored: list[tuple[tuple[int, ...], Tree]],
                notes: list[str], decisions: list[Decision]) -> None:
-    """Names or the dirty flag overruling clear content evidence is worth a warning."""
+    """The old descriptor, names or the dirty flag overruling clear content evidence is worth a
+    warning."""
     best_key, best = scored[0]
-    by_content = min(scored, key=lambda kt: (kt[0][0], kt[0][3], kt[0][4:]))
-    ckey, ctree = by_content
-    if ctree.parent != best.parent and best_key[3] - ckey[3] >= CONTENT_MARGIN:
-        msg = (f"file names/dirty flags contradict the content: content alone prefers another tree "
-               f"needing {best_key[3] - ckey[3]} fewer written sectors")
+    ckey, ctree = min(scored, key=lambda kt: (kt[0][0], kt[0][CONTENT:]))
+    gap = best_key[CONTENT] - ckey[CONTENT]
+    if ctree.parent != best.parent and gap >= CONTENT_MARGIN:
+        msg = (f"the old descriptor, file names or dirty flags contradict the content: content "
+               f"alone prefers another tree needing {gap} fewer written sectors")
         notes.append(msg)
-        decisions.append(Decision("conflict", "content", "low", best_key[3] - ckey[3], msg))
+        decisions.append(Decision("conflict", "content", "low", gap, msg))
 
 
 def _guids(scan: Scan, t: Tree) -> tuple[list[str], list[str]]:
-    """The top gets ploop's top GUID (§5.4); others the GUID in their file name (§4.3: really
-    the file GUID, the snapshot GUID is lost) or a stable uuid5 of the file name."""
+    """The top gets ploop's top GUID (§5.4); others their GUID in what survives of the old
+    descriptor, else the GUID in their file name (§4.3: really the file GUID, the snapshot GUID
+    is lost) or a stable uuid5 of the file name."""
     guids: list[str] = []
     sources: list[str] = []
     used = {TOP_GUID, NONE_GUID}
@@ -753,6 +839,9 @@ def _guids(scan: Scan, t: Tree) -> tuple[list[str], list[str]]:
         if i == t.top:
             guids.append(TOP_GUID)
             sources.append("top")
+        elif c.old_guid and c.old_guid not in used:
+            guids.append(c.old_guid)
+            sources.append("old descriptor")
         elif c.file_guid and c.file_guid not in used:
             guids.append(c.file_guid)
             sources.append("file name")
@@ -761,6 +850,15 @@ def _guids(scan: Scan, t: Tree) -> tuple[list[str], list[str]]:
             sources.append("generated")
         used.add(guids[-1])
     return guids, sources
+
+
+def raw_guid(scan: Scan, guids: list[str]) -> tuple[str, str]:
+    """The raw base's GUID and where it came from (it is never the top when deltas exist)."""
+    assert scan.raw is not None
+    old = scan.raw.old_guid
+    if old and old not in (*guids, TOP_GUID, NONE_GUID):
+        return old, "old descriptor"
+    return generated_guid(scan.raw.name), "generated"
 
 
 def generated_guid(name: str) -> str:
@@ -781,7 +879,7 @@ def build_descriptor(scan: Scan, t: Tree, guids: list[str], target: str) -> Desc
     typ = "Plain" if scan.raw else "Compressed"  # ploop labels every image alike (§3)
     order = _levels(t)
     if scan.raw:
-        rg = generated_guid(scan.raw.name)
+        rg, _ = raw_guid(scan, guids)
         d.images.append(ImageEntry(rg, _rel(scan.raw.path, target), typ))
         d.shots.append(Shot(rg, NONE_GUID))
     for x in order:
