@@ -14,10 +14,11 @@ Image files carry no chain links (ploop-format.md §0, §5.8), so the snapshot t
   512-byte sectors that must have been written to explain every delta's clusters from what lies
   below it (zeros, or the raw base, under the lowest one). The true tree needs the fewest: in a
   reversed pair the child's copied-up data would have to be written twice;
-* mtimes: weak, only to break ties.
+* mtimes: weak, only to break ties;
+* what survives of a damaged old descriptor (image GUIDs, parent links, the top), if any.
 
-Candidates are compared lexicographically (structure, names, dirty flag, content, fewer
-branches, mtimes); each link and the top are "high" confidence only when a strong kind of
+Candidates are compared lexicographically (structure, old descriptor, names, dirty flag,
+content, fewer branches, mtimes); each link and the top are "high" confidence only when a strong kind of
 evidence separates the choice from its best alternative.
 """
 
@@ -184,7 +185,7 @@ def _files(folder: str, ignored: list[dict[str, str]]) -> Iterator[tuple[str, st
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         if _NOT_IMAGES.search(name) or name.startswith("."):
-            if os.path.isfile(path):
+            if os.path.isfile(path) and name != DESCRIPTOR_NAME:  # that one is the old descriptor
                 ignored.append({"file": name, "reason": "not an image file by its name (§5.9)"})
             continue
         target = os.path.realpath(path)
@@ -357,6 +358,8 @@ def apply_old_descriptor(scan: Scan, path: str) -> None:
             c.old_parent = ""
         elif p in by_guid:
             c.old_parent = by_guid[p]
+    if top is None and TOP_GUID in by_guid:  # TopGUID lost: ploop's top carries the magic GUID
+        top = TOP_GUID
     if top in by_guid and by_guid[top] in {c.name for c in scan.images}:
         scan.old_top = by_guid[top]
     links = sum(c.old_parent is not None for c in scan.all())
