@@ -1,6 +1,7 @@
 /* ploopfs rdiff engine. See pf_rdiff.h and /work/shared/reference/delta-notes.md §2. */
 #define _GNU_SOURCE
 #include "pf_rdiff.h"
+#include "pf_b2x.h"
 #include "ploopfs_native.h"
 
 #include <blake2.h>
@@ -311,25 +312,72 @@ struct sig_job {
     unsigned char *out;
 };
 
+/* Blocks whose BLAKE2 sums are taken together, one per SIMD lane (pf_b2x.h). */
+#define BATCH 8
+
+/* Strong sums of the full-length, not all-zero blocks among [k0, k1) of buf, in batches
+ * (BLAKE2 only): slot[k - k0] = index of block k's sum in sums, or -1 (not batched: the caller
+ * hashes it itself). */
+static void batch_strong(int hash, uint64_t block_len, const unsigned char *buf, size_t len,
+                         uint64_t k0, uint64_t k1, int *slot, unsigned char *sums)
+{
+    const unsigned char *msgs[BATCH];
+    size_t nb = 0;
+    for (uint64_t k = k0; k < k1; k++) {
+        size_t off = (size_t)(k * block_len);
+        const unsigned char *p = buf + off;
+        slot[k - k0] = -1;
+        if (hash != PF_HASH_BLAKE2 || len - off < block_len ||
+            pf_first_nonzero(p, block_len) == block_len)
+            continue;
+        slot[k - k0] = (int)nb;
+        msgs[nb++] = p;
+    }
+    if (nb)
+        pf_blake2b_many(msgs, nb, (size_t)block_len, PF_BLAKE2_LEN, sums);
+}
+
+/* Threads for nb blocks: no more than there are full SIMD batches to give them (a thread
+ * with half a batch hashes at half the speed, and the other core is better left to the
+ * caller's reader). */
+static int hash_threads(int hash, int nthreads, uint64_t nb)
+{
+    if (hash != PF_HASH_BLAKE2)
+        return nthreads;
+    uint64_t lanes = (uint64_t)pf_blake2b_lanes();
+    uint64_t batches = (nb + lanes - 1) / lanes;
+    return batches < (uint64_t)nthreads ? (int)(batches ? batches : 1) : nthreads;
+}
+
 static void sig_range(void *arg, uint64_t begin, uint64_t end)
 {
     const struct sig_job *j = arg;
     const pf_sigctx *c = j->c;
     size_t rec = 4 + c->sum_len;
     unsigned char strong[PF_MAX_STRONG];
+    unsigned char sums[BATCH * PF_BLAKE2_LEN];
+    int slot[BATCH];
 
-    for (uint64_t k = begin; k < end; k++) {
-        size_t off = (size_t)(k * c->block_len);
-        size_t n = j->len - off < c->block_len ? j->len - off : (size_t)c->block_len;
-        const unsigned char *p = j->buf + off;
-        unsigned char *o = j->out + k * rec;
-        if (n == c->block_len && pf_first_nonzero(p, n) == n) {
-            memcpy(o, c->zero_rec, rec);
-            continue;
+    for (uint64_t k0 = begin; k0 < end; k0 += BATCH) {
+        uint64_t k1 = end - k0 < BATCH ? end : k0 + BATCH;
+        batch_strong(c->hash, c->block_len, j->buf, j->len, k0, k1, slot, sums);
+        for (uint64_t k = k0; k < k1; k++) {
+            size_t off = (size_t)(k * c->block_len);
+            size_t n = j->len - off < c->block_len ? j->len - off : (size_t)c->block_len;
+            const unsigned char *p = j->buf + off;
+            unsigned char *o = j->out + k * rec;
+            if (slot[k - k0] < 0 && n == c->block_len && pf_first_nonzero(p, n) == n) {
+                memcpy(o, c->zero_rec, rec);
+                continue;
+            }
+            put_be32(o, weak_sum(c->weak, p, n));
+            if (slot[k - k0] >= 0) {
+                memcpy(o + 4, sums + (size_t)slot[k - k0] * PF_BLAKE2_LEN, c->sum_len);
+            } else {
+                pf_strong(c->hash, p, n, strong);
+                memcpy(o + 4, strong, c->sum_len);
+            }
         }
-        put_be32(o, weak_sum(c->weak, p, n));
-        pf_strong(c->hash, p, n, strong);
-        memcpy(o + 4, strong, c->sum_len);
     }
 }
 
@@ -340,7 +388,7 @@ int64_t pf_sig_chunk(pf_sigctx *ctx, const unsigned char *buf, size_t len, unsig
     uint64_t nb = (len + ctx->block_len - 1) / ctx->block_len;
     struct sig_job j = {ctx, buf, len, out};
     if (nb)
-        run_parallel(ctx->nthreads, nb, sig_range, &j);
+        run_parallel(hash_threads(ctx->hash, ctx->nthreads, nb), nb, sig_range, &j);
     return (int64_t)(nb * (4 + ctx->sum_len));
 }
 
@@ -473,13 +521,17 @@ static int rec_equal(const pf_index *ix, const unsigned char *r, const unsigned 
     return get_be32(r) == *weak;
 }
 
-static int64_t match_block(const pf_index *ix, uint64_t bi, const unsigned char *p, size_t n)
+/* sum: the block's strong sum if already taken (batch_strong), else NULL. */
+static int64_t match_block(const pf_index *ix, uint64_t bi, const unsigned char *p, size_t n,
+                           const unsigned char *sum)
 {
     unsigned char strong[PF_MAX_STRONG];
     int have_weak = 0;
     uint32_t weak = 0;
 
-    if (n == ix->block_len && pf_first_nonzero(p, n) == n) {
+    if (sum) {
+        memcpy(strong, sum, PF_BLAKE2_LEN);
+    } else if (n == ix->block_len && pf_first_nonzero(p, n) == n) {
         memcpy(strong, ix->zero_strong, sizeof strong);
         weak = ix->zero_weak;
         have_weak = 1;
@@ -505,10 +557,19 @@ static void match_range(void *arg, uint64_t begin, uint64_t end)
 {
     const struct match_job *j = arg;
     const pf_index *ix = j->ix;
-    for (uint64_t k = begin; k < end; k++) {
-        size_t off = (size_t)(k * ix->block_len);
-        size_t n = j->len - off < ix->block_len ? j->len - off : (size_t)ix->block_len;
-        j->match[k] = match_block(ix, j->first_block + k, j->buf + off, n);
+    unsigned char sums[BATCH * PF_BLAKE2_LEN];
+    int slot[BATCH];
+
+    for (uint64_t k0 = begin; k0 < end; k0 += BATCH) {
+        uint64_t k1 = end - k0 < BATCH ? end : k0 + BATCH;
+        batch_strong(ix->hash, ix->block_len, j->buf, j->len, k0, k1, slot, sums);
+        for (uint64_t k = k0; k < k1; k++) {
+            size_t off = (size_t)(k * ix->block_len);
+            size_t n = j->len - off < ix->block_len ? j->len - off : (size_t)ix->block_len;
+            const unsigned char *sum =
+                slot[k - k0] >= 0 ? sums + (size_t)slot[k - k0] * PF_BLAKE2_LEN : NULL;
+            j->match[k] = match_block(ix, j->first_block + k, j->buf + off, n, sum);
+        }
     }
 }
 
@@ -520,7 +581,7 @@ int64_t pf_match_chunk(const pf_index *ix, const unsigned char *buf, size_t len,
     uint64_t nb = (len + ix->block_len - 1) / ix->block_len;
     struct match_job j = {ix, buf, len, first_block, match};
     if (nb)
-        run_parallel(ix->nthreads, nb, match_range, &j);
+        run_parallel(hash_threads(ix->hash, ix->nthreads, nb), nb, match_range, &j);
     return (int64_t)nb;
 }
 

@@ -10,8 +10,8 @@ from ploopfs._native import ffi, lib
 # memoryview, mmap, array.array, numpy arrays); collections.abc.Buffer needs Python 3.12.
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
-__all__ = ["Buffer", "compare_blocks", "count_nonzero_u32", "ffi", "first_nonzero", "is_zero", "lib",
-           "version"]
+__all__ = ["Buffer", "blake2b_lanes", "blake2b_many", "compare_blocks", "count_nonzero_u32", "ffi",
+           "first_nonzero", "is_zero", "lib", "version"]
 
 
 def _view(buf: Buffer) -> memoryview:
@@ -82,3 +82,31 @@ def compare_blocks(a: Buffer, b: Buffer, block_len: int, threads: int = 2) -> by
     lib.pf_compare_blocks(ffi.from_buffer("unsigned char[]", va),
                           ffi.from_buffer("unsigned char[]", vb), va.nbytes, block_len, eq, threads)
     return ffi.buffer(eq, n)[:]
+
+
+def blake2b_many(msgs: list[Buffer], digest_size: int = 32) -> list[bytes]:
+    """BLAKE2b (unkeyed) digests of equal-length messages, hashed side by side in SIMD lanes
+    (native/pf_b2x.h); equal to ``hashlib.blake2b(m, digest_size=digest_size)`` for each."""
+    views = [_view(m) for m in msgs]
+    if not views:
+        return []
+    n = views[0].nbytes
+    if any(v.nbytes != n for v in views):
+        raise ValueError("messages differ in length")
+    if not 1 <= digest_size <= 64:
+        raise ValueError(f"digest size {digest_size} is not 1..64")
+    keep = [ffi.from_buffer("unsigned char[]", v) for v in views]
+    ptrs = ffi.new("const unsigned char *[]", keep)
+    out = ffi.new("unsigned char[]", len(views) * digest_size)
+    if lib.pf_blake2b_many(ptrs, len(views), n, digest_size, out) != 0:
+        raise ValueError("pf_blake2b_many refused its arguments")
+    raw = ffi.buffer(out)[:]
+    return [raw[i * digest_size:(i + 1) * digest_size] for i in range(len(views))]
+
+
+def blake2b_lanes(limit: int | None = None) -> int:
+    """Lanes per batch of the multi-buffer BLAKE2b in use (8 AVX-512, 4 AVX2, 1 libb2);
+    with ``limit``, use at most that many first (tests)."""
+    if limit is not None:
+        return int(lib.pf_blake2b_limit(limit))
+    return int(lib.pf_blake2b_lanes())

@@ -49,7 +49,9 @@ STRONG_MAX = {"md4": 16, "blake2": 32}
 _HASH_ID = {"md4": lib.PF_HASH_MD4, "blake2": lib.PF_HASH_BLAKE2}
 _WEAK_ID = {"rollsum": lib.PF_WEAK_ROLLSUM, "rabinkarp": lib.PF_WEAK_RABINKARP}
 
-CHUNK = 8 << 20  # bytes read and hashed per step (rounded down to whole blocks)
+# Bytes read and hashed per step (rounded down to whole blocks). 16 MiB: with 1 MiB blocks each of
+# two hashing threads gets a full batch of 8 blocks for the 8-lane BLAKE2b (native/pf_b2x.h).
+CHUNK = 16 << 20
 MAX_BLOCK = 64 << 20  # larger blocks would need more than bounded memory per chunk
 LITERAL_MAX = 4 << 20  # longest LITERAL command written (LITERAL_N4); longer runs are split
 PATCH_READ = 1 << 20  # delta bytes fed to the patcher per step
