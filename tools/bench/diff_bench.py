@@ -8,7 +8,8 @@ differing from OLD in a random --rate share of the clusters (default 5 %), plus 
 both for rdiff (which cannot read ploop images). The images share no file, so ploopfs has no
 block-map shortcut here: it reads and compares both disks whole, exactly the work `cat` does.
 
-Cases, each a fresh process, page cache warm, alternating rounds:
+Cases, each a fresh process, page cache warm (or, with --cache cold, the four image files
+evicted with POSIX_FADV_DONTNEED before every command), alternating rounds:
 * `cat OLD NEW > /dev/null` (baseline: reading both images);
 * `ploopfs diff OLD NEW -o DELTA --format rdiff` (default: blake3 of OLD, NEW and the delta in
   the manifest, so every byte is also hashed);
@@ -23,7 +24,11 @@ byte-exactly (the benchmark refuses to run otherwise). Peak RSS of each process 
 
 Targets: ploopfs >= 10x faster than rdiff signature + delta; <= 1.5x the time of cat.
 
-Usage: .venv/bin/python tools/bench/diff_bench.py [--workdir DIR] [--rounds 5] [--json OUT]
+CPU seconds (user + sys) of every command are reported too: on a shared machine they show the
+work done even when no core is free.
+
+Usage: .venv/bin/python tools/bench/diff_bench.py [--workdir DIR] [--rounds 5] [--cache warm|cold]
+       [--json OUT]
 """
 
 from __future__ import annotations
@@ -89,18 +94,36 @@ def build(workdir: str, size: int, cluster: int, rate: float, seed: int) -> dict
     return info
 
 
+CPU: dict[str, list[float]] = {}  # case name -> CPU seconds (user + sys) per sample
+COLD_FILES: list[str] = []  # evicted from the page cache before every command (--cache cold)
+
+
+def evict(paths: list[str]) -> None:
+    """Drop these files' pages from the page cache (POSIX_FADV_DONTNEED; nothing else's)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def timed(cmd: str, rss: dict[str, list[float]] | None = None, name: str = "") -> float:
-    """Wall seconds of a shell command (run under /usr/bin/time for its peak RSS)."""
+    """Wall seconds of a shell command (run under /usr/bin/time for its peak RSS and CPU)."""
+    if COLD_FILES:
+        evict(COLD_FILES)
     tf = tempfile.NamedTemporaryFile(delete=False, suffix=".time")  # noqa: SIM115
     tf.close()
     t0 = time.perf_counter()
-    subprocess.run(["/usr/bin/time", "-o", tf.name, "-f", "%M", "sh", "-c", cmd], check=True)
+    subprocess.run(["/usr/bin/time", "-o", tf.name, "-f", "%M %U %S", "sh", "-c", cmd], check=True)
     dt = time.perf_counter() - t0
     with open(tf.name) as f:
-        kb = int(f.read().split()[-1])
+        kb, user, sys_ = f.read().split()[-3:]
     os.unlink(tf.name)
     if rss is not None:
-        rss.setdefault(name, []).append(kb / 1024)
+        rss.setdefault(name, []).append(int(kb) / 1024)
+        CPU.setdefault(name, []).append(float(user) + float(sys_))
     return dt
 
 
@@ -171,6 +194,9 @@ def run(args: argparse.Namespace, w: str) -> dict:
     with open(q["ploopfs.rdiff"] + ".json") as f:
         manifest = json.load(f)
     rss.clear()
+    CPU.clear()
+    if args.cache == "cold":
+        COLD_FILES[:] = [q["old.hds"], q["new.hds"], q["old.raw"], q["new.raw"]]
     samples = alternate(cases, args.rounds,
                         lambda n, r, v: log(f"  round {r + 1} {n}: {v:.3f} s"))
     series = {n: Series(n, "s", s) for n, s in samples.items()}
@@ -187,6 +213,8 @@ def run(args: argparse.Namespace, w: str) -> dict:
         "speedup_vs_rdiff": {n: s.samples for n, s in vs_rdiff.items()},
         "time_ratio_vs_cat": {n: s.samples for n, s in vs_cat.items()},
         "peak_rss_MiB": rss,
+        "cpu_seconds": dict(CPU),
+        "cache": args.cache,
         "targets": {
             "vs_rdiff": {"min": TARGET_VS_RDIFF,
                          "median": vs_rdiff["ploopfs diff rdiff"].median,
@@ -207,13 +235,15 @@ def report(res: dict) -> None:
         return s.fmt(1.0, d)
 
     print(f"diff_bench: {res['params']['size'] >> 20} MiB disks, {res['params']['cluster'] >> 20} MiB "
-          f"clusters, {res['changed_clusters']} changed clusters; page cache warm")
+          f"clusters, {res['changed_clusters']} changed clusters; page cache {res['cache']}")
     print(f"{'case':34} {'seconds':22} {'GB/s (both disks)':22} {'peak RSS MiB':12}")
     for n, xs in res["seconds"].items():
         r = res["peak_rss_MiB"]
         key = "rdiff delta" if n.startswith("rdiff") else ("cat" if n.startswith("cat") else n)
         peak = f"{max(r[key]):.0f}" if key in r else "-"
         print(f"{n:34} {fmt(xs, 3):22} {fmt(res['read_GBps_of_both_disks'][n]):22} {peak:12}")
+    for n, xs in res["cpu_seconds"].items():
+        print(f"CPU seconds (user + sys) {n}: {fmt(xs, 3)}")
     for n, xs in res["speedup_vs_rdiff"].items():
         print(f"speed-up of {n} over rdiff: {fmt(xs, 1)}x (target >= {TARGET_VS_RDIFF}x)")
     for n, xs in res["time_ratio_vs_cat"].items():
@@ -229,6 +259,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cache", choices=("warm", "cold"), default="warm",
+                    help="cold: evict the four image files from the page cache before every command")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = ap.parse_args()
