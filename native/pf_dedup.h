@@ -2,7 +2,8 @@
  * 128-bit block hashes with reference counts, and a scanner that hashes the small (4 KiB) and
  * large (128 KiB) blocks of a buffer into two such tables.
  *
- * The hash is XXH3-128 from libxxhash (header-only, XXH_INLINE_ALL, seeded with PF_DEDUP_SEED);
+ * The hash is XXH3-128 from libxxhash (header-only, XXH_INLINE_ALL; the default secret, no seed:
+ * a seeded XXH3 derives a new secret on every call, which costs ~10 % on 4 KiB blocks);
  * our code is the table, the sampling and the counting.
  *
  * Sampling (consistent, hash-based): a table at shift k keeps only hashes whose low k bits
@@ -73,10 +74,20 @@ int64_t pf_dedup_feed(pf_dedup *d, const unsigned char *buf, size_t len, uint64_
 pf_ddt *pf_dedup_table(pf_dedup *d, int which);
 uint64_t pf_dedup_blocks(const pf_dedup *d, int which); /* blocks hashed (zero or not) */
 uint64_t pf_dedup_zero(const pf_dedup *d, int which);   /* all-zero blocks */
-/* XXH3-128 (seeded as the scanner does) of buf[0..len) into out[0] = lo, out[1] = hi. */
+/* XXH3-128 of buf[0..len) into out[0] = lo, out[1] = hi. */
 void pf_dedup_hash(const unsigned char *buf, size_t len, uint64_t *out);
 /* CDEF-END */
 
-#define PF_DEDUP_SEED 0x706c6f6f70667364ULL /* "ploopfsd" */
+/* Vector variants of pf_dedup_hash (pf_dedup_x86*.c), chosen at run time; variant 0 is the
+ * baseline build. pf_dedup_hash_variant(v, ...) returns -1 if the CPU lacks variant v
+ * (1 = AVX2, 2 = AVX-512), else hashes like pf_dedup_hash and returns 0. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(__clang__)
+#define PF_DEDUP_X86 1
+void pf_dedup_hash_avx2(const unsigned char *buf, size_t len, uint64_t *out);
+void pf_dedup_hash_avx512(const unsigned char *buf, size_t len, uint64_t *out);
+#else
+#define PF_DEDUP_X86 0
+#endif
+int pf_dedup_hash_variant(int v, const unsigned char *buf, size_t len, uint64_t *out);
 
 #endif /* PF_DEDUP_H */

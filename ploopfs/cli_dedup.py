@@ -31,9 +31,10 @@ def add_dedup_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--memory", default="1G", metavar="SIZE",
                    help="memory for the hash tables (default 1G); past it the tables switch to "
                         "consistent hash sampling, reported as such")
-    g.add_argument("--sample", type=int, default=256, metavar="N",
+    g.add_argument("--sample", type=int, default=1024, metavar="N",
                    help="compression sample: 1 in N distinct LARGE blocks, chosen by content "
-                        "hash with a fixed seed (default 256; 1 = all; 0 = no compression)")
+                        "hash, so always the same ones (default 1024, ~1 MiB per GiB; 1 = all; "
+                        "0 = no compression)")
     g.add_argument("--sample-bits", type=int, default=0, metavar="K",
                    help="start in sampled mode, keeping 1/2^K of the distinct hashes (default "
                         "0: exact while the tables fit --memory)")

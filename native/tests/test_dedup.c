@@ -312,8 +312,45 @@ static void test_threads(void)
     free(bufs[1]);
 }
 
+/* Every vector variant the CPU has gives the baseline's hash, at every length 0..600 and a
+ * few large ones, at odd alignments. */
+static void test_hash_variants(void)
+{
+    const size_t big = 300000;
+    unsigned char *buf = malloc(big + 8);
+    uint64_t seed = 3;
+    for (size_t i = 0; i < big + 8; i++)
+        buf[i] = (unsigned char)splitmix(&seed);
+    unsigned bad = 0, ran = 0;
+    for (int v = 1; v <= 2; v++) {
+        uint64_t a[2], b[2];
+        if (pf_dedup_hash_variant(v, buf, 1, a) < 0)
+            continue;
+        ran++;
+        for (size_t n = 0; n <= 600; n++) {
+            pf_dedup_hash_variant(0, buf + n % 7, n, a);
+            pf_dedup_hash_variant(v, buf + n % 7, n, b);
+            bad += a[0] != b[0] || a[1] != b[1];
+        }
+        const size_t lens[] = {4096, 4097, 131072, 200003, big};
+        for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+            pf_dedup_hash_variant(0, buf + 3, lens[k], a);
+            pf_dedup_hash_variant(v, buf + 3, lens[k], b);
+            bad += a[0] != b[0] || a[1] != b[1];
+        }
+    }
+    uint64_t a[2], b[2];
+    pf_dedup_hash_variant(0, buf, 4096, a);
+    pf_dedup_hash(buf, 4096, b);
+    CHECK(a[0] == b[0] && a[1] == b[1], "dispatch differs from baseline");
+    CHECK(bad == 0, "%u variant hashes differ (%u variants ran)", bad, ran);
+    CHECK(pf_dedup_hash_variant(9, buf, 1, a) == -1, "unknown variant");
+    free(buf);
+}
+
 void test_dedup_all(void)
 {
+    test_hash_variants();
     test_bad_args();
     test_exact_counts();
     test_collisions();

@@ -15,9 +15,9 @@ exact reference counts for a uniform sample of the distinct blocks, so refs / en
 the dedup ratio without bias. The report says which mode each table ended in.
 
 Compression is measured with the real libraries (zlib level 6, zstd level 3, lz4 block
-default) on a deterministic sample of large blocks: the ones whose content hash satisfies
-(lo >> 32) mod N == 0 (the hash is seeded with a fixed seed), so the same content is always
-in or out of the sample. Each distinct sampled block is compressed once, on another thread.
+default) on a deterministic sample of large blocks: the ones whose content hash (XXH3-128, a
+fixed function) satisfies (lo >> 32) mod N == 0, so the same content is always in or out of
+the sample. Each distinct sampled block is compressed once, on another thread.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class DedupOptions:
     large: int = 128 * KIB
     memory: int = 1 << 30  # both tables together
     shift: int = 0  # start sampled at 1/2^shift (0 = exact until the memory limit)
-    sample_every: int = 256  # compression sample: 1 in N distinct large blocks; 0 = none
+    sample_every: int = 1024  # compression sample: 1 in N distinct large blocks; 0 = none
     snapshot: str | None = None
     open_options: OpenOptions = field(default_factory=OpenOptions)
 
@@ -146,6 +146,17 @@ class _Maps:
         if seg.offset + n > len(m[1]):
             return None  # past the end: the read path zero-fills or reports it
         return m[1][seg.offset: seg.offset + n]
+
+    def done(self, off: int, n: int) -> None:
+        """Drop the page-table entries of a hashed stretch (MADV_DONTNEED: the pages stay in
+        the page cache), so the process's RSS does not grow with every file it maps."""
+        seg = next(self.vol.segments(off, n))
+        mm = self._maps[seg.level][0]  # type: ignore[index]
+        page = mmap.PAGESIZE
+        s = -(-seg.offset // page) * page
+        e = (seg.offset + n) // page * page
+        if e > s:
+            mm.madvise(mmap.MADV_DONTNEED, s, e - s)
 
     def close(self) -> None:
         for mm, mv in self._maps.values():
@@ -251,10 +262,12 @@ class Scanner:
                 try:
                     view = maps.view(off, n)
                     if view is None:
-                        view = buf[:n]
-                        vol.zero_fill_readinto(view, off)
-                    self._feed(view, n, picks)
-                    del view
+                        vol.zero_fill_readinto(buf[:n], off)
+                        self._feed(buf[:n], n, picks)
+                    else:
+                        self._feed(view, n, picks)
+                        del view
+                        maps.done(off, n)
                 except BaseException:
                     state["stop"] = True
                     raise
@@ -406,7 +419,7 @@ def format_report(r: dict[str, Any]) -> str:
     c = r["compression"]
     if c:
         lines.append(f"compression of a sample: 1 in {c['sample_every']} distinct "
-                     f"{_size(c['block_size'])} blocks by content hash (fixed seed): "
+                     f"{_size(c['block_size'])} blocks by content hash: "
                      f"{c['distinct_blocks']} blocks, {_size(c['distinct_bytes'])}")
         lines.append("  " + "   ".join(f"{n} {c[n]['ratio']:.2f}x" for n in COMPRESSORS)
                      + "  (referenced; after dedup: "

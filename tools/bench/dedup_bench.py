@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=1 << 30, help="bytes per disk (default 1 GiB)")
     p.add_argument("--disks", type=int, default=10)
     p.add_argument("--seed", type=int, default=6)
-    p.add_argument("--sample", type=int, default=256, help="du --dedup --sample N")
+    p.add_argument("--sample", type=int, default=1024, help="du --dedup --sample N")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json")
     args = p.parse_args(argv)
