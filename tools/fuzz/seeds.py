@@ -1,0 +1,228 @@
+"""Seed corpora for the fuzz targets, made from real inputs (docs/fuzzing.md).
+
+    .venv/bin/python tools/fuzz/seeds.py OUTDIR [TARGET ...]
+
+writes OUTDIR/<target>/seed-* for each target (all by default):
+
+* images made by qemu-img/qemu-io (`-f parallels`, clusters of 512 B to 4 KiB) and v1 images
+  made by ploopfs's writer (qemu only writes v2), each under 64 KiB;
+* headers and BAT prefixes of the sample corpus images (/work/shared/corpus, unpacked into a
+  temporary folder: the corpus itself is only read);
+* the corpus descriptors, and for `check`/`read` the same descriptors pointed at small qemu
+  images (container format of common.pack: descriptor, then files f0, f1, …);
+* signatures and deltas written by `rdiff` (librsync) for every hash/rollsum pair.
+
+Needs qemu-img, qemu-io, rdiff and zstd on PATH.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+
+import common
+
+CORPUS = os.environ.get("PLOOPFS_CORPUS", "/work/shared/corpus/sample-corpus.tar.zst")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+TOP_GUID = "{5fbaabe3-6958-40ff-92a7-860e329aab41}"
+
+
+def run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# -- sources ------------------------------------------------------------------------------------
+def unpack_corpus(tmp: str) -> str:
+    dest = os.path.join(tmp, "corpus")
+    os.makedirs(dest)
+    zst = subprocess.run(["zstd", "-dc", CORPUS], check=True, capture_output=True).stdout
+    tar = os.path.join(tmp, "corpus.tar")
+    common.write(tar, zst)
+    with tarfile.open(tar) as t:
+        t.extractall(dest, filter="data")
+    os.unlink(tar)
+    return dest
+
+
+def qemu_image(path: str, size: int, cluster: int, writes: list[tuple[int, int, int]]) -> bytes:
+    """A v2 image by qemu: `writes` are (pattern byte, offset, length)."""
+    run("qemu-img", "create", "-q", "-f", "parallels", "-o", f"cluster_size={cluster}", path,
+        str(size))
+    if writes:
+        cmds = [a for p, off, n in writes for a in ("-c", f"write -P {p:#x} {off} {n}")]
+        run("qemu-io", "-f", "parallels", *cmds, path)
+    return read(path)
+
+
+def v1_image(path: str, size: int, cluster: int, writes: list[tuple[int, int, int]]) -> bytes:
+    """A v1 image (BAT entries in sectors, §2.2), by ploopfs's writer: qemu writes only v2."""
+    from ploopfs.volume.writer import ImageWriter
+
+    with ImageWriter.create(path, size, cluster, version=1) as w:
+        for p, off, n in writes:
+            w.write(off, bytes([p]) * n)
+    return read(path)
+
+
+WRITES = [
+    [],
+    [(0x41, 0, 1024)],
+    [(0x42, 0, 512), (0x43, 5120, 3072)],
+    [(0x44, 2048, 2048), (0x45, 12288, 4096)],
+]
+
+
+def small_images(tmp: str) -> list[bytes]:
+    out = []
+    for cluster in (512, 1024, 2048, 4096):
+        for i, w in enumerate(WRITES):
+            out.append(qemu_image(os.path.join(tmp, f"q{cluster}-{i}.hdd"), 16384, cluster, w))
+            out.append(v1_image(os.path.join(tmp, f"v1-{cluster}-{i}.hdd"), 16384, cluster, w))
+    return out
+
+
+def corpus_descriptors(corpus: str) -> dict[str, bytes]:
+    return {os.path.basename(os.path.dirname(p)): read(p)
+            for p in sorted(glob.glob(os.path.join(corpus, "*", "DiskDescriptor.xml")))}
+
+
+def corpus_images(corpus: str) -> list[str]:
+    return sorted(p for p in glob.glob(os.path.join(corpus, "*", "root.hdd*")))
+
+
+def retarget(xml: bytes, cluster: int, size: int) -> bytes:
+    """A corpus descriptor pointed at files f0, f1, … (in <Image> order) of a small disk."""
+    n = iter(range(100))
+    xml = re.sub(rb"<File>[^<]*</File>", lambda m: b"<File>f%d</File>" % next(n), xml)
+    xml = re.sub(rb"<Blocksize>\d+</Blocksize>", b"<Blocksize>%d</Blocksize>" % (cluster // 512),
+                 xml)
+    xml = re.sub(rb"<Disk_size>\d+</Disk_size>", b"<Disk_size>%d</Disk_size>" % (size // 512), xml)
+    return re.sub(rb"<End>\d+</End>", b"<End>%d</End>" % (size // 512), xml)
+
+
+def image_guids(xml: bytes) -> int:
+    return len(re.findall(rb"<Image>", xml))
+
+
+def folders(tmp: str, corpus: str) -> list[bytes]:
+    """Containers: each corpus descriptor with as many small images as it lists."""
+    out = []
+    size = 16384
+    for name, xml in corpus_descriptors(corpus).items():
+        levels = image_guids(xml)
+        for cluster in (512, 2048):
+            make = v1_image if name.startswith("v1") else qemu_image
+            files = []
+            for lv in range(levels):
+                w = [(0x50 + lv, lv * cluster, cluster), (0x60 + lv, 8192, 1024 * (lv + 1))]
+                path = os.path.join(tmp, f"{name}-{cluster}-{lv}")
+                if lv == 0 and name.startswith("plain"):
+                    data = bytearray(size)  # a raw base (§3)
+                    data[0:cluster] = b"\x70" * cluster
+                    files.append(bytes(data))
+                else:
+                    files.append(make(path, size, cluster, w))
+            out.append(common.pack([retarget(xml, cluster, size), *files]))
+    return out
+
+
+# -- rdiff --------------------------------------------------------------------------------------
+RDIFF_OPTS = [("blake2", "rabinkarp"), ("md4", "rollsum"), ("blake2", "rollsum"), ("md4", "rabinkarp")]
+
+
+def new_files() -> list[bytes]:
+    b = common.basis_bytes()
+    moved = b[4096:] + b[:4096]
+    edited = bytearray(b)
+    edited[1000:1100] = b"\x00" * 100
+    return [b, moved, bytes(edited) + b"tail", b[:3000], b"", b"\x00" * 5000]
+
+
+def rdiff_seeds(tmp: str) -> tuple[list[bytes], list[bytes]]:
+    basis = common.write(os.path.join(tmp, "basis"), common.basis_bytes())
+    sigs, deltas = [], []
+    for k, (h, r) in enumerate(RDIFF_OPTS):
+        for block in (64, 512, 2048):
+            sig = os.path.join(tmp, f"sig-{k}-{block}")
+            extra = ["-S", "8"] if block == 512 else []
+            run("rdiff", "-H", h, "-R", r, "-b", str(block), *extra, "signature", basis, sig)
+            sigs.append(read(sig))
+            if k:
+                continue
+            for i, new in enumerate(new_files()):
+                nf = common.write(os.path.join(tmp, f"new-{block}-{i}"), new)
+                delta = os.path.join(tmp, f"delta-{block}-{i}")
+                run("rdiff", "delta", sig, nf, delta)
+                deltas.append(read(delta))
+    return sigs, deltas
+
+
+# -- per target ---------------------------------------------------------------------------------
+def seeds_for(tmp: str, corpus: str) -> dict[str, Callable[[], list[bytes]]]:
+    def header() -> list[bytes]:
+        heads = [read(p)[:4096] for p in corpus_images(corpus)]
+        return heads + [img[:4096] for img in small_images(os.path.join(tmp, "h"))]
+
+    def image() -> list[bytes]:
+        prefixes = [read(p)[: common.MAX_LEN - 1] for p in corpus_images(corpus)]
+        return small_images(os.path.join(tmp, "i")) + prefixes
+
+    def descriptor() -> list[bytes]:
+        return list(corpus_descriptors(corpus).values())
+
+    made: dict[str, list[bytes]] = {}
+
+    def folder() -> list[bytes]:
+        if "f" not in made:
+            made["f"] = folders(os.path.join(tmp, "f"), corpus)
+        return made["f"]
+
+    sig_delta: dict[str, tuple[list[bytes], list[bytes]]] = {}
+
+    def rdiff(i: int) -> list[bytes]:
+        if not sig_delta:
+            os.makedirs(os.path.join(tmp, "r"), exist_ok=True)
+            sig_delta["x"] = rdiff_seeds(os.path.join(tmp, "r"))
+        return sig_delta["x"][i]
+
+    return {"header": header, "image": image, "descriptor": descriptor, "check": folder,
+            "read": folder, "rdiff_sig": lambda: rdiff(0), "rdiff_delta": lambda: rdiff(1)}
+
+
+TARGETS = ["header", "image", "descriptor", "check", "read", "rdiff_sig", "rdiff_delta"]
+
+
+def generate(outdir: str, targets: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="ploopfs-seeds-") as tmp:
+        for sub in ("h", "i", "f"):
+            os.makedirs(os.path.join(tmp, sub))
+        corpus = unpack_corpus(tmp)
+        makers = seeds_for(tmp, corpus)
+        for t in targets:
+            d = os.path.join(outdir, t)
+            os.makedirs(d, exist_ok=True)
+            for i, data in enumerate(makers[t]()):
+                if len(data) < common.MAX_LEN:
+                    common.write(os.path.join(d, f"seed-{i:03d}"), data)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    bad = [t for t in sys.argv[2:] if t not in TARGETS]
+    if bad:
+        sys.exit(f"unknown target(s) {bad}; known: {TARGETS}")
+    generate(sys.argv[1], sys.argv[2:] or TARGETS)
