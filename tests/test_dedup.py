@@ -287,3 +287,26 @@ def test_bad_input(tmp_path: Path, fleet: dict) -> None:
         r = run_cli("du", "--dedup", *argv, fleet["images"][0])
         err = r.stderr.decode().strip()
         assert r.returncode == ExitCode.USAGE and what in err and len(err.splitlines()) == 1
+
+
+def test_corpus_disks_together(corpus_case, tmp_path: Path) -> None:
+    """All corpus disks in one run (v1 and v2 images, a raw base, chains, an ext4 disk): the
+    figures equal the count over qemu-img's raw exports of the same chains, whose SHA-256 is
+    first checked against the corpus's expected.sha256. corpus_case checks the sources are
+    unchanged."""
+    from conftest import CORPUS_CASES, expected_hashes, sha256_file
+
+    dirs, raws = [], []
+    for name in CORPUS_CASES:
+        d = corpus_case(name)
+        chain = json.loads((d / "case.json").read_text())["chain_base_to_top"]
+        raw_base = chain[0]["header"] == "raw (no header)"
+        out = tmp_path / f"{name}.raw"
+        qemu_to_raw(qemu_json_chain([d / lv["file"] for lv in chain], raw_base=raw_base), out)
+        assert sha256_file(out) == expected_hashes(d)["expected.raw"], name
+        dirs.append(d)
+        raws.append(out)
+    rep = cli_json("du", "--dedup", "--json", "--sample", "0", *dirs)
+    assert rep["mode"] == "exact" and len(rep["disks"]) == len(dirs)
+    for tb in rep["block_sizes"]:
+        check_table(tb, reference(raws, tb["block_size"]))
