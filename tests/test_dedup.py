@@ -282,6 +282,11 @@ def test_bad_input(tmp_path: Path, fleet: dict) -> None:
     err = r.stderr.decode().strip()
     assert r.returncode == ExitCode.BAD_IMAGE, err
     assert len(err.splitlines()) == 1 and str(junk) in err
+    r = run_cli("du", "--dedup", "--snapshot", "{11111111-2222-3333-4444-555555555555}",
+                fleet["images"][0])
+    err = r.stderr.decode().strip()
+    assert r.returncode == ExitCode.NOT_FOUND and "unknown snapshot" in err
+    assert len(err.splitlines()) == 1 and str(fleet["images"][0]) in err
     for argv, what in ((["--block-sizes", "3000,128K"], "--block-sizes"),
                        (["--memory", "lots"], "--memory"), (["--memory", "1K"], "--memory")):
         r = run_cli("du", "--dedup", *argv, fleet["images"][0])

@@ -279,8 +279,12 @@ class Scanner:
         try:
             with ThreadPoolExecutor(THREADS, thread_name_prefix="dedup") as pool:
                 futs = [pool.submit(worker) for _ in range(THREADS)]
-                for f in futs:
-                    f.result()
+                try:
+                    for f in futs:
+                        f.result()
+                except BaseException:  # a worker failed, or Ctrl-C: the others stop too
+                    state["stop"] = True
+                    raise
         finally:
             maps.close()
 
