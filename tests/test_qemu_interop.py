@@ -466,3 +466,30 @@ def test_writer_images_read_by_qemu(tmp_path: Path, version: int, cluster: int) 
     assert_same(qemu_read(img, tmp_path), want, "qemu read of ImageWriter output")
     assert_same(ploopfs_read(img), want, "ploopfs read of ImageWriter output")
     assert_same(dissect_read_image(img), want, "dissect read of ImageWriter output")
+
+
+def test_write_descriptor_never_clobbers(tmp_path: Path) -> None:
+    """write_descriptor keeps ploop's own half-written `DiskDescriptor.xml.tmp` (a fresh unique
+    temporary name instead), refuses an existing file unless told to overwrite, and leaves no
+    temporary file behind; what it writes opens as a disk."""
+    from ploopfs.errors import OutputError
+
+    size, cluster = 4 << 20, 1 << 20
+    with ImageWriter.create(str(tmp_path / "root.hds"), size, cluster) as w:
+        w.write_cluster(0, b"\x5a" * cluster)
+    target = tmp_path / "DiskDescriptor.xml"
+    ploop_tmp = tmp_path / "DiskDescriptor.xml.tmp"
+    ploop_tmp.write_bytes(b"<Parallels_disk_image> half written by ploop")
+    d = chain_descriptor(["root.hds"], size, cluster)
+    write_descriptor(target, d)
+    assert ploop_tmp.read_bytes() == b"<Parallels_disk_image> half written by ploop"
+    first = target.read_bytes()
+    with pytest.raises(OutputError):
+        write_descriptor(target, chain_descriptor(["other.hds"], size, cluster))
+    assert target.read_bytes() == first
+    write_descriptor(target, d, overwrite=True)
+    assert target.read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "DiskDescriptor.xml", "DiskDescriptor.xml.tmp", "root.hds"]
+    with open_source(str(target)) as disk:
+        assert disk.volume(None).read(0, 4) == b"\x5a" * 4

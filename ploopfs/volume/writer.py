@@ -8,6 +8,7 @@ The result passes `qemu-img check -f parallels` and reads back identically throu
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 
 import numpy as np
@@ -192,16 +193,34 @@ def chain_descriptor(files: list[str], size_bytes: int, cluster_size: int,
 
 
 def write_descriptor(path: str | os.PathLike[str], d: Descriptor, *, overwrite: bool = False) -> None:
-    """Atomic write (tmp, fsync, rename) as ploop does (§5.1); refuses to replace a file unless
-    `overwrite`."""
+    """Atomic write (temporary file, fsync, then into place) as ploop does (§5.1). The
+    temporary file has a fresh unique name (never ploop's own `DiskDescriptor.xml.tmp`, which
+    may hold a half-written descriptor worth keeping). Without `overwrite` the file is put in
+    place with link(), which fails if the name exists, even if it appeared a moment ago."""
     p = os.fspath(path)
     if os.path.exists(p) and not overwrite:
         raise OutputError("already exists; refusing to overwrite", p)
-    tmp = p + ".tmp"
-    fd = _create_exclusive(tmp, exist_ok=True)
+    folder, name = os.path.split(os.path.abspath(p))
     try:
-        os.write(fd, render_descriptor(d))
-        os.fsync(fd)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OutputError(f"cannot create: {e.strerror}", p) from None
+    try:
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, render_descriptor(d))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, p)
+        else:
+            try:
+                os.link(tmp, p)
+            except FileExistsError:
+                raise OutputError("already exists; refusing to overwrite", p) from None
+    except OSError as e:
+        raise OutputError(f"cannot write: {e.strerror}", p) from None
     finally:
-        os.close(fd)
-    os.replace(tmp, p)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
