@@ -11,7 +11,8 @@ is only read, in runs of up to 8 MiB over the block map.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -85,6 +86,31 @@ def compact_plan(disk: Disk, snapshot: str | None = None) -> Plan:
     return Plan(vol, dfs, mapped, keep)
 
 
+def _read_ahead(vol: Volume, work: Iterator[tuple[int, int]]
+                ) -> Iterator[tuple[int, int, memoryview]]:
+    """(first cluster, end cluster, bytes) of each run, the next run read by a helper thread
+    (preadv releases the GIL) while the caller checks and writes the current one."""
+    c = vol.cluster_size
+    bufs = [bytearray(CHUNK), bytearray(CHUNK)]
+
+    def read(i: int, a: int, b: int) -> tuple[int, int, memoryview]:
+        view = memoryview(bufs[i % 2])[: (b - a) * c]
+        got = vol.zero_fill_readinto(view, a * c)
+        if got < len(view):  # the last cluster of a disk that is not a whole number of them
+            view[got:] = bytes(len(view) - got)
+        return a, b, view
+
+    with ThreadPoolExecutor(1, thread_name_prefix="compact-read") as pool:
+        it = enumerate(work)
+        first = next(it, None)
+        fut = pool.submit(read, first[0], *first[1]) if first else None
+        while fut is not None:
+            cur = fut.result()
+            nxt = next(it, None)
+            fut = pool.submit(read, nxt[0], *nxt[1]) if nxt else None
+            yield cur
+
+
 def compact(disk: Disk, outdir: str, snapshot: str | None = None,
             progress: Progress | None = None, plan: Plan | None = None) -> CompactReport:
     plan = plan or compact_plan(disk, snapshot)
@@ -102,21 +128,23 @@ def compact(disk: Disk, outdir: str, snapshot: str | None = None,
                                        for o in dfs.others],
         [f.line() for f in dfs.findings])
     img_path = os.path.join(outdir, IMAGE_NAME)
-    buf = bytearray(CHUNK)
     done = 0
     with ImageWriter.create(img_path, vol.size, c, 2) as w:
-        for a, b in runs(keep, CHUNK // c):
-            view = memoryview(buf)[: (b - a) * c]
-            got = vol.zero_fill_readinto(view, a * c)
-            if got < len(view):  # the last cluster of a disk that is not a whole number of them
-                view[got:] = bytes(len(view) - got)
-            for i in range(b - a):
-                part = view[i * c:(i + 1) * c]
-                if is_zero(part):
+        for a, b, view in _read_ahead(vol, runs(keep, CHUNK // c)):
+            k = 0
+            while k < b - a:  # runs of non-zero clusters, each written with one pwrite
+                if is_zero(view[k * c:(k + 1) * c]):
                     report.clusters_zero_dropped += 1
-                else:
-                    w.write_cluster(a + i, part)
-                    report.clusters_written += 1
+                    k += 1
+                    continue
+                j = k + 1
+                while j < b - a and not is_zero(view[j * c:(j + 1) * c]):
+                    j += 1
+                w.write_clusters(a + k, view[k * c:j * c])
+                report.clusters_written += j - k
+                if j < b - a:
+                    report.clusters_zero_dropped += 1
+                k = j + 1
             done += (b - a) * c
             if progress:
                 progress(done)

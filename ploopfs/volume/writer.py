@@ -91,6 +91,19 @@ class ImageWriter:
         if len(data) < self.cluster_size:
             self._pwrite(bytes(self.cluster_size - len(data)), off + len(data))
 
+    def write_clusters(self, vcluster: int, data: bytes | bytearray | memoryview) -> None:
+        """Write whole clusters vcluster, vcluster+1, … (the last one may be short and is
+        zero-padded); one pwrite when they are all new (appended one after another)."""
+        c = self.cluster_size
+        mv = memoryview(data).cast("B")
+        n = -(-len(mv) // c)
+        offs = [self.allocate(vcluster + i) for i in range(n)]
+        if all(offs[i] == offs[0] + i * c for i in range(n)) and len(mv) == n * c:
+            self._pwrite(mv, offs[0])
+            return
+        for i in range(n):
+            self.write_cluster(vcluster + i, mv[i * c:(i + 1) * c])
+
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write at any virtual offset; partial clusters keep what this image already holds
         there (zeros for a new cluster). No copy-up from lower deltas: callers that stack on a
