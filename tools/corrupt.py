@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import shutil
 import struct
 import sys
@@ -37,6 +38,7 @@ from ploopfs.format.header import (  # noqa: E402
     CIF_FMT_VERSION_CONVERT,
     DISK_CLOSED_V21,
     DISK_IN_USE,
+    HEADER_SIZE,
     SECTOR,
     Header,
     decode_header_fields,
@@ -139,6 +141,14 @@ def _write_at(path: Path, offset: int, data: bytes) -> None:
 # -- header ---------------------------------------------------------------------------------------
 def v_header_signature(t: Target) -> set[str]:
     dm.foreign_signature(t.top)
+    return {"HEADER_SIGNATURE"}
+
+
+def v_header_garbage(t: Target) -> set[str]:
+    """All 64 header bytes overwritten (the BAT behind them intact): `check` cannot read the
+    image; `--salvage` readers infer the header from the BAT (ploopfs/format/infer.py)."""
+    garbage = random.Random(0xBAD).randbytes(HEADER_SIZE)
+    _write_at(t.top, 0, b"\x99" + garbage[1:])  # never "<" (a descriptor) nor a signature
     return {"HEADER_SIGNATURE"}
 
 
@@ -414,6 +424,7 @@ Fn = Callable[[Target], set[str]]
 # name -> (functions applied in order, exit code)
 VARIANTS: dict[str, tuple[tuple[Fn, ...], int]] = {
     "header-signature": ((v_header_signature,), 3),
+    "header-garbage": ((v_header_garbage,), 3),
     "header-type": ((v_header_type,), 2),
     "cluster-size": ((v_cluster_size,), 3),
     "size-fields": ((v_size_fields,), 1),

@@ -13,6 +13,7 @@ from ploopfs.errors import (
     BadImageError,
     CorruptImageError,
     NotFoundError,
+    PloopfsError,
     SourceIOError,
     UnsupportedError,
 )
@@ -26,6 +27,7 @@ from ploopfs.format.bat import (
 )
 from ploopfs.format.extension import FormatExtension, parse_extension
 from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, parse_header, sniff
+from ploopfs.format.infer import Hints, Inference, infer_header
 
 # BAT is scanned in chunks of this many bytes: bounded memory for 64 TiB disks (256 MiB BATs).
 BAT_CHUNK = 1 << 20
@@ -113,12 +115,16 @@ class Image:
         # then dropped into `bad_slots` instead of raising.
         self.salvage = False
         self.bad_slots: list[BadSlot] = []
+        self.inferred: Inference | None = None  # the header was inferred (salvage, infer.py)
+        self.header_error: str | None = None  # why the header on disk could not be used
 
     @classmethod
     def open(cls, path: str, *, raw_cluster_size: int | None = None,
-             allow_raw: bool = True, not_raw_reason: str = "only the base of a chain may be raw (§0)"
-             ) -> Image:
-        """`allow_raw=False` refuses a file without a ploop signature, saying `not_raw_reason`."""
+             allow_raw: bool = True, not_raw_reason: str = "only the base of a chain may be raw (§0)",
+             infer: Hints | None = None) -> Image:
+        """`allow_raw=False` refuses a file without a ploop signature, saying `not_raw_reason`.
+        `infer` (salvage only): when the header is unreadable, infer it from the BAT and data
+        (format/infer.py) instead of failing; `inferred` then says how."""
         fd = open_readonly(path)
         try:
             size = file_size(fd)
@@ -126,29 +132,46 @@ class Image:
                 raise BadImageError("empty file: neither a ploop image nor a raw disk", path)
             head = pread_exact(fd, HEADER_SIZE, 0, path)
             kind = sniff(head)
-            if kind is ImageKind.RAW:
-                if head[:4] == b"QFI\xfb":  # §11 trap 18
-                    raise UnsupportedError("qcow2 image (VZ9 qcow2 mode) is not a ploop image", path)
-                if not allow_raw:
-                    raise BadImageError(
-                        f"not a ploop image (signature {head[:16]!r}); {not_raw_reason}", path,
-                        offset=0)
-                if not raw_cluster_size:
-                    raise BadImageError(
-                        f"not a ploop image (signature {head[:16]!r}); to read it as a raw disk "
-                        "give --cluster-size", path, offset=0)
-                return cls(path, fd, kind, None, size, raw_cluster_size)
-            hdr = parse_header(head, path)
-            img = cls(path, fd, kind, hdr, size, hdr.cluster_size)
-            bat_end = HEADER_SIZE + 4 * hdr.bat_entries
-            if size < bat_end:
-                raise CorruptImageError(
-                    f"file is {size} bytes but its BAT of {hdr.bat_entries} entries ends at byte "
-                    f"{bat_end} (truncated image?)", path, offset=size)
-            return img
+            try:
+                if kind is ImageKind.RAW:
+                    if head[:4] == b"QFI\xfb":  # §11 trap 18
+                        raise UnsupportedError("qcow2 image (VZ9 qcow2 mode) is not a ploop image",
+                                               path)
+                    if not allow_raw:
+                        raise BadImageError(
+                            f"not a ploop image (signature {head[:16]!r}); {not_raw_reason}", path,
+                            offset=0)
+                    if not raw_cluster_size:
+                        infer = None  # a raw base: no ploop header to infer
+                        raise BadImageError(
+                            f"not a ploop image (signature {head[:16]!r}); to read it as a raw disk "
+                            "give --cluster-size", path, offset=0)
+                    return cls(path, fd, kind, None, size, raw_cluster_size)
+                hdr = parse_header(head, path)
+                bat_end = HEADER_SIZE + 4 * hdr.bat_entries
+                if size < bat_end:
+                    raise CorruptImageError(
+                        f"file is {size} bytes but its BAT of {hdr.bat_entries} entries ends at "
+                        f"byte {bat_end} (truncated image?)", path, offset=size)
+            except (BadImageError, CorruptImageError) as e:
+                if infer is None:
+                    raise
+                return cls._inferred(path, fd, size, infer, e)
+            return cls(path, fd, kind, hdr, size, hdr.cluster_size)
         except BaseException:
             os.close(fd)
             raise
+
+    @classmethod
+    def _inferred(cls, path: str, fd: int, size: int, hints: Hints, error: PloopfsError) -> Image:
+        inf, why = infer_header(lambda off, n: pread_exact(fd, n, off, path), size, hints)
+        if inf is None:
+            raise type(error)(f"{error.what}; header inference failed: {why}", path,
+                              offset=error.offset)
+        img = cls(path, fd, inf.header.kind, inf.header, size, inf.header.cluster_size)
+        img.inferred = inf
+        img.header_error = error.what
+        return img
 
     # -- properties ----------------------------------------------------------------------------
     @property

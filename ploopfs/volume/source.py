@@ -13,6 +13,7 @@ from ploopfs.errors import (
     BadDescriptorError,
     BadImageError,
     NotFoundError,
+    PloopfsError,
     UnsafePathError,
     UnsupportedError,
 )
@@ -24,7 +25,16 @@ from ploopfs.format.descriptor import (
     norm_guid,
     parse_descriptor,
 )
-from ploopfs.format.header import NONE_GUID, SECTOR, TOP_GUID, ImageKind, chs_geometry, sniff
+from ploopfs.format.header import (
+    NONE_GUID,
+    SECTOR,
+    TOP_GUID,
+    ImageKind,
+    chs_geometry,
+    parse_header,
+    sniff,
+)
+from ploopfs.format.infer import Hints
 from ploopfs.volume.image import Image, open_readonly, pread_exact
 from ploopfs.volume.salvage import SalvageLog, SalvageVolume
 from ploopfs.volume.volume import Volume
@@ -77,7 +87,10 @@ class Disk:
             reason = ("only the base of a chain may be raw (§0)" if level else
                       "the descriptor's <Type> is not Plain, so it is no raw base (§3)")
             im = Image.open(self.paths[guid], raw_cluster_size=bs, allow_raw=level == 0 and plain,
-                            not_raw_reason=reason)
+                            not_raw_reason=reason,
+                            infer=self._hints(guid) if self.options.salvage is not None else None)
+            if im.inferred is not None:
+                self._warn(f"{im.path}: {im.header_error}; {im.inferred.line()}")
             if im.header is not None and im.header.size_high_v1:
                 self._warn(f"{im.path} at offset 40: the v1 high size word is "
                            f"{im.header.size_high_v1:#x}, should be 0; ignored, as qemu does "
@@ -85,6 +98,25 @@ class Disk:
             im.salvage = self.options.salvage is not None
             self._images[guid] = im
         return self._images[guid]
+
+    def _hints(self, guid: str) -> Hints:
+        """What the descriptor and the other images' readable headers say about a damaged
+        header (§4.2: one cluster size and version per chain)."""
+        sib = []
+        for g, path in self.paths.items():
+            if g == guid or g in self.missing:
+                continue
+            try:
+                fd = open_readonly(path)
+                try:
+                    h = parse_header(pread_exact(fd, 64, 0, path), path)
+                finally:
+                    os.close(fd)
+            except PloopfsError:
+                continue
+            sib.append((h.cluster_sectors, h.version, h.bat_entries))
+        d = self.descriptor
+        return Hints(d.blocksize, d.disk_size if self.descriptor_path else 0, tuple(sib))
 
     def chain(self, snapshot: str | None = None) -> list[ImageEntry]:
         d = self.descriptor
@@ -187,6 +219,8 @@ def open_source(source: str | os.PathLike[str], options: OpenOptions | None = No
     kind = sniff(head)
     if head[:4] == b"QFI\xfb":
         raise UnsupportedError("qcow2 image (VZ9 qcow2 mode) is not a ploop image", src)
+    if kind is ImageKind.RAW and not opts.cluster_size and opts.salvage is not None:
+        return _single_image(src, ImageKind.V2, opts)  # a damaged header: try to infer it
     if kind is ImageKind.RAW and not opts.cluster_size:
         raise BadImageError(
             f"not a ploop image or descriptor (first bytes {head[:16]!r}); to read a raw disk "
