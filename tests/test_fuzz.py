@@ -86,12 +86,8 @@ def regression_inputs() -> list[tuple[str, Path]]:
             for p in sorted(t.iterdir()) if p.is_file()]
 
 
-INFER_BUG = ("format/infer.py _score reads nbat * C bytes with C from the descriptor's <Blocksize> "
-             "without clamping to the file size: 4 GiB for an 8 KiB file (fix pending, infer.py "
-             "is not committed yet)")
 KNOWN_OPEN: dict[str, str] = {
-    # reproducer name -> why it still fails (xfail until the fix lands)
-    "infer-huge-blocksize": INFER_BUG,
+    # reproducer name -> why it still fails (xfail until the fix lands); none open now
 }
 
 
@@ -150,7 +146,6 @@ def _limit_as() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
 
-@pytest.mark.xfail(reason=INFER_BUG, strict=True)
 def test_salvage_infer_reads_are_bounded_by_the_file(tmp_path: Path,
                                                      guard_sources: Callable[..., None]) -> None:
     """An 8 KiB image with a damaged signature under a descriptor claiming 4 GiB clusters

@@ -153,7 +153,9 @@ def _score(cand: _Candidate, read: Read, file_size: int, hints: Hints) -> bool:
     if n <= 0 or 4 * n > MAX_BAT_BYTES or HEADER_SIZE + 4 * n > file_size:
         return False
     nbat = -(-(HEADER_SIZE + 4 * n) // c)
-    raw = read(HEADER_SIZE, nbat * c - HEADER_SIZE)
+    # Never more than the file holds: a candidate cluster size (e.g. a <Blocksize> hint) may be
+    # far larger than a small damaged file; a short read gives the same slots.
+    raw = read(HEADER_SIZE, min(nbat * c, file_size) - HEADER_SIZE)
     slots = np.frombuffer(raw[: len(raw) // 4 * 4], "<u4")
     ent, pad = slots[:n], slots[n:]
     nz = ent[ent != 0].astype(np.int64)
