@@ -59,6 +59,7 @@ Progress = Callable[[int], None]  # bytes of NEW scanned so far
 ReadHook = Callable[[str, int, int], None]  # side ("old"/"new"), virtual offset, length
 CHUNK = 2 << 20  # x 2 sides x SLOTS buffer sets
 MMAP_MIN = 1 << 20  # smaller reads are copied
+AHEAD = 32 << 20  # bytes of a mapped image file asked for beyond the window being read
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 # Manifest hashes. blake3 (the default) runs at ~4.6 GB/s per core here against ~1.3 GB/s for
 # hashlib's sha256, so hashing both whole disks costs less than reading them; its update()
@@ -418,14 +419,17 @@ def _account(side: str, off: int, n: int, o: DiffOptions, stats: DiffStats) -> N
 def _read(vol: Volume, view: memoryview, off: int, o: DiffOptions) -> memoryview:
     """The bytes of `vol` at [off, off+len(view)): a read-only view of the image file mapped
     in memory when one extent serves them all (no copy), else read into `view`."""
-    mapped = _map(vol, off, len(view)) if o.mmap else None
+    # Read-ahead past the window only when the whole disk is read anyway: the fast path must
+    # not make the kernel read clusters it skips.
+    ahead = AHEAD if o.hash or o.full_compare else 0
+    mapped = _map(vol, off, len(view), ahead) if o.mmap else None
     if mapped is not None:
         return mapped
     vol.zero_fill_readinto(view, off)
     return view
 
 
-def _map(vol: Volume, off: int, n: int) -> memoryview | None:
+def _map(vol: Volume, off: int, n: int, ahead: int = 0) -> memoryview | None:
     seg = next(vol.segments(off, n), None)
     if n < MMAP_MIN or seg is None or seg.length != n or seg.level is None:
         return None
@@ -436,8 +440,12 @@ def _map(vol: Volume, off: int, n: int) -> memoryview | None:
     # Page faults of a mapping read a cold file in small pieces; ask for the whole range first
     # so the kernel reads it in large requests (64 GiB snapshot fast path, cold cache:
     # 3.9-5.2 s -> 1.2-1.4 s).
+    # When the next windows follow in the same file, asking for `ahead` bytes more keeps the
+    # disk busy while this window is hashed and compared (cold cache, 1 GiB pair: 2.8-3.0 s ->
+    # 2.2-2.4 s, cat 1.6-2.1 s; a no-op for cached pages).
     with contextlib.suppress(OSError):
-        os.posix_fadvise(im.fd, seg.offset, n, os.POSIX_FADV_WILLNEED)
+        os.posix_fadvise(im.fd, seg.offset, min(n + ahead, im.file_size - seg.offset),
+                         os.POSIX_FADV_WILLNEED)
     try:
         mm = mmap.mmap(im.fd, n + seg.offset - start, flags=mmap.MAP_SHARED | MAP_POPULATE,
                        prot=mmap.PROT_READ, offset=start)
