@@ -311,7 +311,8 @@ def test_header_garbage_inferred(corpus_case, tmp_path: Path, guard_sources, cas
     err = r.stderr.decode().strip()
     assert r.returncode == ExitCode.BAD_IMAGE and len(err.splitlines()) == 1 and "offset 0" in err
     chk = json.loads(run_cli("check", m.path, "--json").stdout)
-    assert {f["code"] for f in chk["findings"]} == {"HEADER_SIGNATURE"}
+    assert {f["code"] for f in chk["findings"]} == {"HEADER_SIGNATURE", "HEADER_INFERRED"}
+    assert chk["exit_code"] == 2  # damaged but salvageable, no longer unreadable
     out = tmp_path / "rec"
     rec = _recover(m.path, out)
     [w] = [w for w in rec["warnings"] if "header inferred" in w]

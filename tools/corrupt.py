@@ -139,17 +139,27 @@ def _write_at(path: Path, offset: int, data: bytes) -> None:
 
 
 # -- header ---------------------------------------------------------------------------------------
+def _header_loss(t: Target) -> set[str]:
+    """What check reports once the top's header is unreadable: HEADER_SIGNATURE, and when the
+    BAT maps at least one cluster check infers the header from it (format/infer.py) and
+    reports HEADER_INFERRED too (damaged, not unreadable). Call before damaging."""
+    return {"HEADER_SIGNATURE", "HEADER_INFERRED"} if dm.bat_entries(t.top) else {"HEADER_SIGNATURE"}
+
+
 def v_header_signature(t: Target) -> set[str]:
+    want = _header_loss(t)
     dm.foreign_signature(t.top)
-    return {"HEADER_SIGNATURE"}
+    return want
 
 
 def v_header_garbage(t: Target) -> set[str]:
-    """All 64 header bytes overwritten (the BAT behind them intact): `check` cannot read the
-    image; `--salvage` readers infer the header from the BAT (ploopfs/format/infer.py)."""
+    """All 64 header bytes overwritten (the BAT behind them intact): strict readers cannot read
+    the image; `check` and `--salvage` readers infer the header from the BAT
+    (ploopfs/format/infer.py)."""
+    want = _header_loss(t)
     garbage = random.Random(0xBAD).randbytes(HEADER_SIZE)
     _write_at(t.top, 0, b"\x99" + garbage[1:])  # never "<" (a descriptor) nor a signature
-    return {"HEADER_SIGNATURE"}
+    return want
 
 
 def v_header_type(t: Target) -> set[str]:
@@ -500,6 +510,8 @@ def make_variants(source: str | os.PathLike[str], outdir: str | os.PathLike[str]
             shutil.rmtree(dest)
             continue
         path = t.folder if t.dd is not None else t.top
+        if "HEADER_INFERRED" in expect and code == 3:
+            code = 2  # the header is lost but inferable: damaged, not unreadable
         made.append(Made(name, path, expect, code, t.top if t.top.exists() else None))
     return made
 

@@ -12,7 +12,7 @@ import errno
 import itertools
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 
@@ -38,6 +38,7 @@ from ploopfs.format.header import (
     Header,
     decode_header_fields,
 )
+from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.services.partitions import LUKS_MAGIC, inspect_disk
 from ploopfs.volume.image import open_readonly
 from ploopfs.volume.source import DESCRIPTOR_NAME, resolve_image_path
@@ -67,6 +68,7 @@ CODES: dict[str, Severity] = {
     "IMAGE_READ_ERROR": Severity.FATAL,
     "HEADER_TRUNCATED": Severity.FATAL,
     "HEADER_SIGNATURE": Severity.FATAL,
+    "HEADER_INFERRED": Severity.INFO,
     "HEADER_TYPE": Severity.DAMAGED,
     "CLUSTER_SIZE": Severity.FATAL,
     "SIZE_FIELDS": Severity.WARNING,
@@ -261,7 +263,8 @@ def _pread(fd: int, n: int, off: int) -> bytes:
     return os.pread(fd, n, off)
 
 
-def _scan_image(r: _Report, path: str, fd: int, *, raw_ok: bool, in_chain: bool) -> _Scanned:
+def _scan_image(r: _Report, path: str, fd: int, *, raw_ok: bool, in_chain: bool,
+                hints: Callable[[], Hints] = Hints) -> _Scanned:
     size = _file_size(fd)
     sev_fatal = Severity.FATAL if in_chain else Severity.DAMAGED
     if size == 0:
@@ -271,11 +274,23 @@ def _scan_image(r: _Report, path: str, fd: int, *, raw_ok: bool, in_chain: bool)
     if head[:16] not in (SIG_V1, SIG_V2):
         if raw_ok:
             return _empty(path, fd, size, raw=True)
-        what = "qcow2 image (VZ9 qcow2 mode)" if head[:4] == b"QFI\xfb" else f"signature {head[:16]!r}"
-        r.add("HEADER_SIGNATURE", f"not a ploop image ({what}); only a Plain base may be raw (§1.1); a raw "
-              "file alone needs --cluster-size",
-              file=path, offset=0, severity=sev_fatal)
-        return _empty(path, fd, size)
+        qcow2 = head[:4] == b"QFI\xfb"
+        what = "qcow2 image (VZ9 qcow2 mode)" if qcow2 else f"signature {head[:16]!r}"
+        inf = None if qcow2 else _infer(fd, size, hints())
+        if inf is None:
+            r.add("HEADER_SIGNATURE", f"not a ploop image ({what}); only a Plain base may be raw "
+                  "(§1.1); a raw file alone needs --cluster-size",
+                  file=path, offset=0, severity=sev_fatal)
+            return _empty(path, fd, size)
+        # The header is gone but the BAT behind it is consistent with one cluster size and
+        # version: --salvage readers read on with the inferred header, so the image is damaged,
+        # not unreadable; check the rest with that header.
+        r.add("HEADER_SIGNATURE", f"not a ploop header ({what}), but the BAT behind it is intact: "
+              "readable with --salvage", file=path, offset=0, severity=Severity.DAMAGED)
+        r.add("HEADER_INFERRED", inf.line(), file=path, offset=0)
+        sc = _scan_bat(r, path, fd, inf.header, size)
+        _check_leaks_and_extension(r, sc)
+        return sc
     if len(head) < HEADER_SIZE:
         r.add("HEADER_TRUNCATED", f"file is {size} bytes, the header needs {HEADER_SIZE}",
               file=path, offset=size, severity=sev_fatal)
@@ -286,6 +301,15 @@ def _scan_image(r: _Report, path: str, fd: int, *, raw_ok: bool, in_chain: bool)
     sc = _scan_bat(r, path, fd, hdr, size)
     _check_leaks_and_extension(r, sc)
     return sc
+
+
+def _infer(fd: int, size: int, hints: Hints) -> Inference | None:
+    """The header as --salvage readers would infer it from the BAT (format/infer.py), or None."""
+    try:
+        inf, _why = infer_header(lambda off, n: _pread(fd, n, off), size, hints)
+    except OSError:
+        return None
+    return inf
 
 
 def _check_header(r: _Report, path: str, h: Header, size: int, sev_fatal: Severity) -> bool:
@@ -624,7 +648,14 @@ def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bo
     for i, im in enumerate(desc.images):
         lvl = in_chain.get(im.guid)
         is_root = any(s.guid == im.guid and s.parent == NONE_GUID for s in desc.shots)
-        sc = _check_listed_image(r, dd, folder, i, im, lvl, allow_outside, fds, is_root)
+        def hints(guid: str = im.guid) -> Hints:
+            """As the salvage readers use them (source.py): <Blocksize>, <Disk_size> and the
+            headers of the images read so far (§4.2: one cluster size and version a chain)."""
+            sib = tuple((sc.header.cluster_sectors, sc.header.version, sc.header.bat_entries)
+                        for g, sc in scanned.items() if g != guid and sc.header is not None)
+            return Hints(desc.blocksize, desc.disk_size, sib)
+
+        sc = _check_listed_image(r, dd, folder, i, im, lvl, allow_outside, fds, is_root, hints)
         if sc is not None:
             scanned[im.guid] = sc
         r.report.images.append(_summary(im.guid, im.file, lvl, sc))
@@ -638,7 +669,8 @@ def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bo
 
 
 def _check_listed_image(r: _Report, dd: str, folder: str, i: int, im: ImageEntry, lvl: int | None,
-                        allow_outside: bool, fds: list[int], is_root: bool) -> _Scanned | None:
+                        allow_outside: bool, fds: list[int], is_root: bool,
+                        hints: Callable[[], Hints] = Hints) -> _Scanned | None:
     element = f"Storage/Image[{i + 1}]/File"
     sev = Severity.FATAL if lvl is not None else Severity.DAMAGED
     try:
@@ -655,7 +687,7 @@ def _check_listed_image(r: _Report, dd: str, folder: str, i: int, im: ImageEntry
     try:
         # Only a base may be raw (§0): level 0 of the checked chain, or a root of another branch.
         raw_ok = plain and (lvl == 0 or (lvl is None and is_root))
-        return _scan_image(r, path, fd, raw_ok=raw_ok, in_chain=lvl is not None)
+        return _scan_image(r, path, fd, raw_ok=raw_ok, in_chain=lvl is not None, hints=hints)
     except OSError as e:
         r.add("IMAGE_READ_ERROR", f"read failed: {e.strerror}", file=path, severity=sev)
         return None
