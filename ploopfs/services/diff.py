@@ -53,13 +53,13 @@ from ploopfs.native import compare_blocks, is_zero
 from ploopfs.services.rdiff import DeltaWriter
 from ploopfs.volume.source import Disk, OpenOptions, open_source
 from ploopfs.volume.volume import Volume
-from ploopfs.volume.writer import ImageWriter, chain_descriptor, new_guid, write_descriptor
+from ploopfs.volume.writer import ImageWriter, chain_descriptor, new_guid, output_folder, write_descriptor
 
 Progress = Callable[[int], None]  # bytes of NEW scanned so far
 ReadHook = Callable[[str, int, int], None]  # side ("old"/"new"), virtual offset, length
 CHUNK = 4 << 20  # x 2 sides x SLOTS windows mapped at most: peak RSS 60 MiB (8 MiB: 72 MiB)
 MMAP_MIN = 1 << 20  # smaller reads are copied
-AHEAD = 32 << 20  # bytes of a mapped image file asked for beyond the window being read
+PREFETCH = 8  # windows ahead whose bytes the kernel is asked to read (POSIX_FADV_WILLNEED)
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 # Manifest hashes. blake3 (the default) runs at ~4.6 GB/s per core here against ~1.3 GB/s for
 # hashlib's sha256, so hashing both whole disks costs less than reading them; its update()
@@ -200,6 +200,7 @@ class _Window:
     ready: list[threading.Event] = field(default_factory=lambda: [threading.Event(),
                                                                   threading.Event()])
     futures: list[Future[None]] = field(default_factory=list)
+    buffered: list[bool] = field(default_factory=lambda: [False, False])  # read into a buffer
 
 
 class _Worker:
@@ -216,14 +217,16 @@ class _Worker:
         self.o = o
         self.pool = ThreadPoolExecutor(1)
 
-    def submit(self, w: _Window, buf: np.ndarray, c: int) -> Future[None]:
+    def submit(self, w: _Window, buf: mmap.mmap, c: int) -> Future[None]:
         return self.pool.submit(self._run, w, buf, c)
 
-    def _run(self, w: _Window, buf: np.ndarray, c: int) -> None:
+    def _run(self, w: _Window, buf: mmap.mmap, c: int) -> None:
         end = w.ob1 if self.side == OLD else w.b1
         try:
             if end > w.b0:
-                got = _read(self.vol, memoryview(buf)[: end - w.b0], w.b0, self.o)
+                into = memoryview(buf)[: end - w.b0]
+                got = _read(self.vol, into, w.b0, self.o)
+                w.buffered[self.side] = got is into
                 w.views[self.side] = np.frombuffer(got, np.uint8)
             else:
                 w.views[self.side] = np.zeros(0, np.uint8)
@@ -266,6 +269,18 @@ def _compare(w: _Window, k0: int, k1: int, c: int) -> None:
             continue
         s, e = k * c, min((k + 1) * c, w.b1 - w.b0)
         w.flags[k] = w.b0 + e > w.ob1 or _differs(bo, bn, s, e - s)  # past OLD's end: new
+
+
+def _lookahead(it: Iterator[tuple[int, int]], k: int,
+               announce: Callable[[int, int], None]) -> Iterator[tuple[int, int]]:
+    """The items of `it`, each announced (prefetched) k items before it is yielded."""
+    pending: deque[tuple[int, int]] = deque()
+    for item in it:
+        announce(*item)
+        pending.append(item)
+        if len(pending) > k:
+            yield pending.popleft()
+    yield from pending
 
 
 def _work(nclusters: int, runs: list[tuple[int, int]], per: int) -> Iterator[tuple[int, int]]:
@@ -332,9 +347,18 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     per = max(1, o.chunk // c)
     work = [(0, nclusters)] if o.full_compare or o.hash else cands
     workers = (_Worker(OLD, old, o.hash, o), _Worker(NEW, new, o.hash, o))
-    # Buffers for reads that cannot be mapped; np.zeros pages are not touched until used.
-    bufs = [(np.zeros(per * c, np.uint8), np.zeros(per * c, np.uint8)) for _ in range(SLOTS)]
+    # Buffers for reads that cannot be mapped (anonymous mappings: untouched pages cost nothing,
+    # and a used one is given back after its window, so at most SLOTS windows per side are
+    # resident, mapped or read: peak RSS stays bounded whatever mix of the two a disk needs).
+    bufs = [(mmap.mmap(-1, per * c), mmap.mmap(-1, per * c)) for _ in range(SLOTS)]
     cand_iter = _RunCursor(cands)
+
+    def prefetch(c0: int, n: int) -> None:
+        b0 = c0 * c
+        b1 = min((c0 + n) * c, new.size)
+        _prefetch(new, b0, b1 - b0)
+        if min(b1, old.size) > b0:
+            _prefetch(old, b0, min(b1, old.size) - b0)
 
     def submit(i: int, c0: int, n: int) -> _Window:
         b0 = c0 * c
@@ -349,7 +373,7 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
 
     done = 0
     pos_c = 0  # next cluster of NEW not yet handed to the sink
-    it = enumerate(_work(nclusters, work, per))
+    it = enumerate(_lookahead(_work(nclusters, work, per), PREFETCH, prefetch))
     queue: deque[_Window] = deque()
     try:
         for i, (c0, n) in itertools.islice(it, SLOTS - 1):
@@ -369,6 +393,9 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
             _emit(sink, w.flags, w.c0, memoryview(vn), c, stats)
             w.views = [None, None]  # a mapped window is unmapped here
             del vn
+            for side in (OLD, NEW):
+                if w.buffered[side]:
+                    bufs[w.slot][side].madvise(mmap.MADV_DONTNEED)
             pos_c = w.c0 + w.n
             done += w.b1 - w.b0
             if o.progress:
@@ -376,7 +403,7 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
         if pos_c < nclusters:
             sink.same(pos_c, nclusters - pos_c)
         if o.hash:
-            _hash_old_tail(new.size, bufs[0][OLD], workers[OLD], o, stats)
+            _hash_old_tail(new.size, memoryview(bufs[0][OLD]), workers[OLD], o, stats)
             stats.old_hash = workers[OLD].hexdigest()
             stats.new_hash = workers[NEW].hexdigest()
     finally:
@@ -419,17 +446,14 @@ def _account(side: str, off: int, n: int, o: DiffOptions, stats: DiffStats) -> N
 def _read(vol: Volume, view: memoryview, off: int, o: DiffOptions) -> memoryview:
     """The bytes of `vol` at [off, off+len(view)): a read-only view of the image file mapped
     in memory when one extent serves them all (no copy), else read into `view`."""
-    # Read-ahead past the window only when the whole disk is read anyway: the fast path must
-    # not make the kernel read clusters it skips.
-    ahead = AHEAD if o.hash or o.full_compare else 0
-    mapped = _map(vol, off, len(view), ahead) if o.mmap else None
+    mapped = _map(vol, off, len(view)) if o.mmap else None
     if mapped is not None:
         return mapped
     vol.zero_fill_readinto(view, off)
     return view
 
 
-def _map(vol: Volume, off: int, n: int, ahead: int = 0) -> memoryview | None:
+def _map(vol: Volume, off: int, n: int) -> memoryview | None:
     seg = next(vol.segments(off, n), None)
     if n < MMAP_MIN or seg is None or seg.length != n or seg.level is None:
         return None
@@ -440,12 +464,8 @@ def _map(vol: Volume, off: int, n: int, ahead: int = 0) -> memoryview | None:
     # Page faults of a mapping read a cold file in small pieces; ask for the whole range first
     # so the kernel reads it in large requests (64 GiB snapshot fast path, cold cache:
     # 3.9-5.2 s -> 1.2-1.4 s).
-    # When the next windows follow in the same file, asking for `ahead` bytes more keeps the
-    # disk busy while this window is hashed and compared (cold cache, 1 GiB pair: 2.8-3.0 s ->
-    # 2.2-2.4 s, cat 1.6-2.1 s; a no-op for cached pages).
     with contextlib.suppress(OSError):
-        os.posix_fadvise(im.fd, seg.offset, min(n + ahead, im.file_size - seg.offset),
-                         os.POSIX_FADV_WILLNEED)
+        os.posix_fadvise(im.fd, seg.offset, n, os.POSIX_FADV_WILLNEED)
     try:
         mm = mmap.mmap(im.fd, n + seg.offset - start, flags=mmap.MAP_SHARED | MAP_POPULATE,
                        prot=mmap.PROT_READ, offset=start)
@@ -455,7 +475,21 @@ def _map(vol: Volume, off: int, n: int, ahead: int = 0) -> memoryview | None:
     return memoryview(mm)[seg.offset - start:seg.offset - start + n]
 
 
-def _hash_old_tail(start: int, buf: np.ndarray, worker: _Worker, o: DiffOptions,
+def _prefetch(vol: Volume, off: int, n: int) -> None:
+    """Ask the kernel to start reading the image-file bytes behind [off, off+n) of `vol`
+    (POSIX_FADV_WILLNEED: asynchronous, a no-op for cached pages). Only bytes the scan will read
+    are named, so the fast path still reads nothing it skips."""
+    for seg in vol.segments(off, n):
+        if seg.level is None:
+            continue
+        im = vol.images[seg.level]
+        end = min(seg.offset + seg.length, im.file_size)
+        if end > seg.offset:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(im.fd, seg.offset, end - seg.offset, os.POSIX_FADV_WILLNEED)
+
+
+def _hash_old_tail(start: int, buf: memoryview, worker: _Worker, o: DiffOptions,
                    stats: DiffStats) -> None:
     """Shrink: OLD's bytes past NEW's end still belong to OLD's hash (the workers are idle)."""
     pos, size = start, worker.vol.size
@@ -753,14 +787,7 @@ def diff_ploop(sides: Sides, outdir: str, opts: DiffOptions) -> dict[str, Any]:
     by paths relative to `outdir` (§5.6), so opening the result with ploopfs needs
     --allow-outside-paths. OLD's files are never written. On failure what was written is
     removed again."""
-    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
-        raise OutputError("exists and is not an empty folder", outdir)
-    _refuse_sources(sides, outdir)
-    made = not os.path.exists(outdir)
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create folder: {e.strerror}", outdir) from None
+    made = output_folder(outdir, [*sides.old_disk.source_files(), *sides.new_disk.source_files()])
     try:
         return _ploop_into(sides, outdir, opts)
     except BaseException:
