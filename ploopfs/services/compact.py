@@ -17,14 +17,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ploopfs.errors import OutputError
 from ploopfs.native import is_zero
 from ploopfs.services.du import CHUNK, keep_map, runs
-from ploopfs.services.export import _refuse_source
 from ploopfs.services.fsusage import DiskFs, analyse_disk
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
-from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descriptor
+from ploopfs.volume.writer import ImageWriter, chain_descriptor, output_folder, write_descriptor
 
 Progress = Callable[[int], None]
 IMAGE_NAME = "root.hds"
@@ -53,16 +51,6 @@ class CompactReport:
 
     def to_json(self) -> dict:
         return asdict(self) | {"saved_bytes": self.saved_bytes}
-
-
-def prepare_outdir(disk: Disk, outdir: str) -> None:
-    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
-        raise OutputError("exists and is not an empty folder; refusing to write", outdir)
-    _refuse_source(disk, outdir)
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create folder: {e.strerror}", outdir) from None
 
 
 @dataclass
@@ -115,7 +103,7 @@ def compact(disk: Disk, outdir: str, snapshot: str | None = None,
             progress: Progress | None = None, plan: Plan | None = None) -> CompactReport:
     plan = plan or compact_plan(disk, snapshot)
     vol, dfs, keep, mapped = plan.vol, plan.dfs, plan.keep, plan.mapped
-    prepare_outdir(disk, outdir)
+    output_folder(outdir, disk.source_files())
     c = vol.cluster_size
     chain = disk.chain(snapshot)
     report = CompactReport(

@@ -14,7 +14,7 @@ from ploopfs.errors import OutputError
 from ploopfs.native import is_zero
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
-from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descriptor
+from ploopfs.volume.writer import ImageWriter, chain_descriptor, output_folder, write_descriptor
 
 Progress = Callable[[int], None]  # called with bytes done so far
 CHUNK = 4 << 20
@@ -140,13 +140,7 @@ def export_ploop(disk: Disk, outdir: str, snapshot: str | None = None,
     order, and its DiskDescriptor.xml."""
     vol = disk.volume(snapshot)
     guid = disk.chain(snapshot)[-1].guid
-    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
-        raise OutputError("exists and is not an empty folder", outdir)
-    _refuse_source(disk, outdir)
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create folder: {e.strerror}", outdir) from None
+    output_folder(outdir, disk.source_files())
     c = vol.cluster_size
     report = ExportReport(outdir, "ploop", guid, vol.size, 0, 0)
     img_path = os.path.join(outdir, image_name)

@@ -30,7 +30,7 @@ from ploopfs.volume.image import Image
 from ploopfs.volume.salvage import SalvageVolume
 from ploopfs.volume.source import DESCRIPTOR_NAME, Disk
 from ploopfs.volume.volume import Volume
-from ploopfs.volume.writer import ImageWriter, write_descriptor
+from ploopfs.volume.writer import ImageWriter, check_output_folder, output_folder, write_descriptor
 
 REPORT_NAME = "recovery.json"
 RUN = 32 << 20  # bytes copied per read of a physically contiguous run of clusters
@@ -68,7 +68,7 @@ class Recovery:
     def __post_init__(self) -> None:
         if self.disk.salvage_log is None:
             raise ValueError("recover needs a disk opened with a salvage policy")
-        _check_outdir(self.disk, self.outdir)
+        check_output_folder(self.outdir, self.disk.source_files())
         if not self.flatten:
             self._plan()
 
@@ -128,7 +128,7 @@ class Recovery:
         }
 
     def _run_tree(self, progress: Progress | None) -> dict[str, Any]:
-        _make_outdir(self.outdir)
+        output_folder(self.outdir, self.disk.source_files())
         done = [0]
 
         def step(n: int) -> None:
@@ -197,22 +197,6 @@ def recover(disk: Disk, outdir: str, snapshot: str | None = None,
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def _check_outdir(disk: Disk, outdir: str) -> None:
-    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
-        raise OutputError("exists and is not an empty folder", outdir)
-    real = os.path.realpath(outdir)
-    for p in [*disk.paths.values(), disk.descriptor_path or ""]:
-        if p and os.path.realpath(p) == real:
-            raise OutputError("output is one of the source files; refusing to write", outdir)
-
-
-def _make_outdir(outdir: str) -> None:
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create folder: {e.strerror}", outdir) from None
-
-
 def _kept_ancestor(guid: str, by_guid: dict[str, _Level], lost: set[str]) -> str:
     """`guid` itself if readable, else its nearest readable ancestor (NONE_GUID if none)."""
     while guid != NONE_GUID and guid in lost:

@@ -118,6 +118,10 @@ class Disk:
         d = self.descriptor
         return Hints(d.blocksize, d.disk_size if self.descriptor_path else 0, tuple(sib))
 
+    def source_files(self) -> list[str]:
+        """Every file this disk reads: the image files and the descriptor."""
+        return [*self.paths.values(), *([self.descriptor_path] if self.descriptor_path else [])]
+
     def chain(self, snapshot: str | None = None) -> list[ImageEntry]:
         d = self.descriptor
         if snapshot is not None:

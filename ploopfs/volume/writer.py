@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -237,3 +238,26 @@ def write_descriptor(path: str | os.PathLike[str], d: Descriptor, *, overwrite: 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_output_folder(outdir: str, sources: Iterable[str]) -> None:
+    """`outdir` may receive a new disk: absent or an empty folder, and neither one of the
+    `sources` files (the images and descriptor being read) nor the folder holding one."""
+    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
+        raise OutputError("exists and is not an empty folder; refusing to write", outdir)
+    real = os.path.realpath(outdir)
+    for p in sources:
+        if p and real in (os.path.realpath(p), os.path.realpath(os.path.dirname(os.path.abspath(p)))):
+            raise OutputError("output is (or holds) a source file; refusing to write", outdir)
+
+
+def output_folder(outdir: str, sources: Iterable[str]) -> bool:
+    """check_output_folder, then create it; True if it did not exist before (so a failed
+    command can remove it again)."""
+    check_output_folder(outdir, sources)
+    made = not os.path.exists(outdir)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create folder: {e.strerror}", outdir) from None
+    return made
