@@ -8,6 +8,7 @@ median and min–max over the rounds, plus the ratio to the baseline.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -150,3 +151,16 @@ def run_child(argv: list[str], who: str) -> tuple[float, str]:
     if proc.returncode != 0:
         raise SystemExit(f"{who}: child failed ({proc.returncode}): {shlex.join(argv)}")
     return wall, proc.stdout.decode()
+
+
+def bench_parser(doc: str | None, shared_with: str, size: int, seed: int,
+                 rounds: int = 5) -> argparse.ArgumentParser:
+    """The options every throughput benchmark takes: --workdir (kept and reused, shared with
+    another benchmark that builds the same input), --size, --seed, --rounds, --json."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", help=f"keep (and reuse) the input here (shared with {shared_with})")
+    p.add_argument("--size", type=int, default=size)
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--json", help="also write the results here")
+    return p

@@ -23,7 +23,17 @@ import subprocess
 import sys
 import time
 
-from _common import Series, alternate, dump_json, in_workdir, log, machine_info, ratio_series, verdict
+from _common import (
+    Series,
+    alternate,
+    bench_parser,
+    dump_json,
+    in_workdir,
+    log,
+    machine_info,
+    ratio_series,
+    verdict,
+)
 from read_chain import build
 
 from ploopfs.services.check import check
@@ -65,13 +75,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", help="keep (and reuse) the images here (shared with read_chain.py)")
-    p.add_argument("--size", type=int, default=1 << 30)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--json")
-    args = p.parse_args(argv)
+    args = bench_parser(__doc__, "read_chain.py", 1 << 30, 1).parse_args(argv)
     res = in_workdir(args.workdir, "ploopfs-bench-deep-", lambda d: run(args, d))
     s = res["setup"]
     print(f"check_deep: {s['params']['size'] / GB * 1.073741824:.0f} GiB disk, 4 images, "

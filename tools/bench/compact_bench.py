@@ -23,7 +23,18 @@ import os
 import shutil
 import sys
 
-from _common import Series, alternate, dump_json, in_workdir, log, machine_info, row, run_child, verdict
+from _common import (
+    Series,
+    alternate,
+    bench_parser,
+    dump_json,
+    in_workdir,
+    log,
+    machine_info,
+    row,
+    run_child,
+    verdict,
+)
 from du_bench import PLOOPFS, GiB, MiB, build
 
 TARGET_RATIO = 0.8
@@ -105,13 +116,8 @@ def report(res: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", help="keep (and reuse) the disk here (shared with du_bench.py)")
-    p.add_argument("--size", type=int, default=100 * GiB)
+    p = bench_parser(__doc__, "du_bench.py", 100 * GiB, 6)
     p.add_argument("--fill-mib", type=int, default=3072)
-    p.add_argument("--seed", type=int, default=6)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     res = in_workdir(args.workdir, "ploopfs-bench-du-", lambda d: run(args, d))
     report(res)
