@@ -183,6 +183,23 @@ SLOTS = 2  # windows in flight: one being emitted, one being read, hashed and co
 PIECE = 1 << 20  # bytes a worker hashes and then compares while they are still in its cache
 
 
+class _Buffer:
+    """A window's read buffer for one side (an anonymous mapping: untouched pages cost
+    nothing). When its slot's window was mapped instead, a buffer filled earlier is given back
+    (MADV_DONTNEED), so at most one of the two is resident per slot and side: peak RSS stays
+    bounded whatever mix of mapped and read windows a disk needs, and a disk whose windows are
+    always read (or always mapped) never pays for re-faulting the pages."""
+
+    def __init__(self, size: int) -> None:
+        self.mm = mmap.mmap(-1, size)
+        self.filled = False
+
+    def used(self, filled: bool) -> None:
+        if not filled and self.filled:
+            self.mm.madvise(mmap.MADV_DONTNEED)
+        self.filled = filled
+
+
 @dataclass
 class _Window:
     """A window of whole clusters [c0, c0+n) of NEW: bytes [b0, b1) of NEW and [b0, ob1) of OLD
@@ -200,7 +217,6 @@ class _Window:
     ready: list[threading.Event] = field(default_factory=lambda: [threading.Event(),
                                                                   threading.Event()])
     futures: list[Future[None]] = field(default_factory=list)
-    buffered: list[bool] = field(default_factory=lambda: [False, False])  # read into a buffer
 
 
 class _Worker:
@@ -217,16 +233,16 @@ class _Worker:
         self.o = o
         self.pool = ThreadPoolExecutor(1)
 
-    def submit(self, w: _Window, buf: mmap.mmap, c: int) -> Future[None]:
+    def submit(self, w: _Window, buf: _Buffer, c: int) -> Future[None]:
         return self.pool.submit(self._run, w, buf, c)
 
-    def _run(self, w: _Window, buf: mmap.mmap, c: int) -> None:
+    def _run(self, w: _Window, buf: _Buffer, c: int) -> None:
         end = w.ob1 if self.side == OLD else w.b1
         try:
             if end > w.b0:
-                into = memoryview(buf)[: end - w.b0]
+                into = memoryview(buf.mm)[: end - w.b0]
                 got = _read(self.vol, into, w.b0, self.o)
-                w.buffered[self.side] = got is into
+                buf.used(got is into)
                 w.views[self.side] = np.frombuffer(got, np.uint8)
             else:
                 w.views[self.side] = np.zeros(0, np.uint8)
@@ -347,10 +363,8 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     per = max(1, o.chunk // c)
     work = [(0, nclusters)] if o.full_compare or o.hash else cands
     workers = (_Worker(OLD, old, o.hash, o), _Worker(NEW, new, o.hash, o))
-    # Buffers for reads that cannot be mapped (anonymous mappings: untouched pages cost nothing,
-    # and a used one is given back after its window, so at most SLOTS windows per side are
-    # resident, mapped or read: peak RSS stays bounded whatever mix of the two a disk needs).
-    bufs = [(mmap.mmap(-1, per * c), mmap.mmap(-1, per * c)) for _ in range(SLOTS)]
+    # Buffers for reads that cannot be mapped (see _Buffer).
+    bufs = [(_Buffer(per * c), _Buffer(per * c)) for _ in range(SLOTS)]
     cand_iter = _RunCursor(cands)
 
     def prefetch(c0: int, n: int) -> None:
@@ -393,9 +407,6 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
             _emit(sink, w.flags, w.c0, memoryview(vn), c, stats)
             w.views = [None, None]  # a mapped window is unmapped here
             del vn
-            for side in (OLD, NEW):
-                if w.buffered[side]:
-                    bufs[w.slot][side].madvise(mmap.MADV_DONTNEED)
             pos_c = w.c0 + w.n
             done += w.b1 - w.b0
             if o.progress:
@@ -403,7 +414,7 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
         if pos_c < nclusters:
             sink.same(pos_c, nclusters - pos_c)
         if o.hash:
-            _hash_old_tail(new.size, memoryview(bufs[0][OLD]), workers[OLD], o, stats)
+            _hash_old_tail(new.size, memoryview(bufs[0][OLD].mm), workers[OLD], o, stats)
             stats.old_hash = workers[OLD].hexdigest()
             stats.new_hash = workers[NEW].hexdigest()
     finally:
