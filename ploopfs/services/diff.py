@@ -194,10 +194,12 @@ class _Buffer:
         self.mm = mmap.mmap(-1, size)
         self.filled = False
 
-    def used(self, filled: bool) -> None:
-        if not filled and self.filled:
+    def release(self) -> None:
+        """Called before a mapping takes this buffer's place (not after: both at once would be
+        one window too many)."""
+        if self.filled:
             self.mm.madvise(mmap.MADV_DONTNEED)
-        self.filled = filled
+            self.filled = False
 
 
 @dataclass
@@ -241,8 +243,8 @@ class _Worker:
         try:
             if end > w.b0:
                 into = memoryview(buf.mm)[: end - w.b0]
-                got = _read(self.vol, into, w.b0, self.o)
-                buf.used(got is into)
+                got = _read(self.vol, into, w.b0, self.o, buf.release)
+                buf.filled = got is into
                 w.views[self.side] = np.frombuffer(got, np.uint8)
             else:
                 w.views[self.side] = np.zeros(0, np.uint8)
@@ -454,17 +456,20 @@ def _account(side: str, off: int, n: int, o: DiffOptions, stats: DiffStats) -> N
         stats.bytes_read_new += n
 
 
-def _read(vol: Volume, view: memoryview, off: int, o: DiffOptions) -> memoryview:
+def _read(vol: Volume, view: memoryview, off: int, o: DiffOptions,
+          before_map: Callable[[], None] | None = None) -> memoryview:
     """The bytes of `vol` at [off, off+len(view)): a read-only view of the image file mapped
-    in memory when one extent serves them all (no copy), else read into `view`."""
-    mapped = _map(vol, off, len(view)) if o.mmap else None
+    in memory when one extent serves them all (no copy; `before_map` is called first), else
+    read into `view`."""
+    mapped = _map(vol, off, len(view), before_map) if o.mmap else None
     if mapped is not None:
         return mapped
     vol.zero_fill_readinto(view, off)
     return view
 
 
-def _map(vol: Volume, off: int, n: int) -> memoryview | None:
+def _map(vol: Volume, off: int, n: int,
+         before_map: Callable[[], None] | None = None) -> memoryview | None:
     seg = next(vol.segments(off, n), None)
     if n < MMAP_MIN or seg is None or seg.length != n or seg.level is None:
         return None
@@ -477,6 +482,8 @@ def _map(vol: Volume, off: int, n: int) -> memoryview | None:
     # 3.9-5.2 s -> 1.2-1.4 s).
     with contextlib.suppress(OSError):
         os.posix_fadvise(im.fd, seg.offset, n, os.POSIX_FADV_WILLNEED)
+    if before_map is not None:
+        before_map()
     try:
         mm = mmap.mmap(im.fd, n + seg.offset - start, flags=mmap.MAP_SHARED | MAP_POPULATE,
                        prot=mmap.PROT_READ, offset=start)
