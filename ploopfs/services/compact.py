@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from ploopfs.native import is_zero
 from ploopfs.services.du import CHUNK, keep_map, runs
 from ploopfs.services.fsusage import DiskFs, analyse_disk
+from ploopfs.volume.readahead import read_ahead
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
 from ploopfs.volume.writer import ImageWriter, chain_descriptor, output_folder, write_descriptor
@@ -81,22 +81,15 @@ def _read_ahead(vol: Volume, work: Iterator[tuple[int, int]]
     c = vol.cluster_size
     bufs = [bytearray(CHUNK), bytearray(CHUNK)]
 
-    def read(i: int, a: int, b: int) -> tuple[int, int, memoryview]:
-        view = memoryview(bufs[i % 2])[: (b - a) * c]
+    def read(item: tuple[int, tuple[int, int]]) -> tuple[int, int, memoryview]:
+        i, (a, b) = item
+        view = memoryview(bufs[i % 2])[: (b - a) * c]  # two buffers: read_ahead keeps two alive
         got = vol.zero_fill_readinto(view, a * c)
         if got < len(view):  # the last cluster of a disk that is not a whole number of them
             view[got:] = bytes(len(view) - got)
         return a, b, view
 
-    with ThreadPoolExecutor(1, thread_name_prefix="compact-read") as pool:
-        it = enumerate(work)
-        first = next(it, None)
-        fut = pool.submit(read, first[0], *first[1]) if first else None
-        while fut is not None:
-            cur = fut.result()
-            nxt = next(it, None)
-            fut = pool.submit(read, nxt[0], *nxt[1]) if nxt else None
-            yield cur
+    return read_ahead(enumerate(work), read, "compact-read")
 
 
 def compact(disk: Disk, outdir: str, snapshot: str | None = None,

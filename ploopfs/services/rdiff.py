@@ -23,7 +23,6 @@ import os
 import stat
 import struct
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Literal
 
@@ -36,6 +35,7 @@ from ploopfs.errors import (
     UnsupportedError,
     UsageError,
 )
+from ploopfs.volume.readahead import read_ahead
 
 DELTA_MAGIC = 0x72730236
 MAGICS: dict[tuple[str, str], int] = {
@@ -169,18 +169,8 @@ def _chunks(read_at: ReadAt, size: int, step: int, where: str | None):
                                 offset=off + len(data))
         return data
 
-    if size <= 0:
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="ploopfs-read") as pool:
-        fut = pool.submit(read, 0)
-        off = 0
-        while off < size:
-            data = fut.result()
-            nxt = off + len(data)
-            if nxt < size:
-                fut = pool.submit(read, nxt)
-            yield off, data
-            off = nxt
+    offsets = range(0, max(size, 0), step)
+    yield from zip(offsets, read_ahead(offsets, read), strict=True)
 
 
 def write_signature(read_at: ReadAt, size: int, out: BinaryIO, params: SigParams | None = None,
