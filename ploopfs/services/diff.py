@@ -53,7 +53,14 @@ from ploopfs.native import compare_blocks, is_zero
 from ploopfs.services.rdiff import DeltaWriter
 from ploopfs.volume.source import Disk, OpenOptions, open_source
 from ploopfs.volume.volume import Volume
-from ploopfs.volume.writer import ImageWriter, chain_descriptor, new_guid, output_folder, write_descriptor
+from ploopfs.volume.writer import (
+    ImageWriter,
+    chain_descriptor,
+    new_guid,
+    output_folder,
+    refuse_sources,
+    write_descriptor,
+)
 
 Progress = Callable[[int], None]  # bytes of NEW scanned so far
 ReadHook = Callable[[str, int, int], None]  # side ("old"/"new"), virtual offset, length
@@ -699,13 +706,8 @@ def _side_json(disk: Disk, vol: Volume, snapshot: str, digest: str | None,
     return d
 
 
-def _refuse_sources(sides: Sides, out: str) -> None:
-    real = os.path.realpath(out)
-    for disk in (sides.old_disk, sides.new_disk):
-        for p in [*disk.paths.values(), disk.descriptor_path or ""]:
-            if p and (os.path.realpath(p) == real or
-                      os.path.realpath(os.path.dirname(os.path.abspath(p))) == real):
-                raise OutputError("output is (or holds) a source file; refusing to write", out)
+def _source_files(sides: Sides) -> list[str]:
+    return [*sides.old_disk.source_files(), *sides.new_disk.source_files()]
 
 
 def _create(path: str) -> IO[bytes]:
@@ -767,7 +769,7 @@ def diff_rdiff(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
     manifest = out + MANIFEST_SUFFIX
     if os.path.exists(manifest):
         raise OutputError("already exists; refusing to overwrite", manifest)
-    _refuse_sources(sides, out)
+    refuse_sources(out, _source_files(sides))
     f = _create(out)
     try:
         hf = _HashingFile(f, opts.hash)
@@ -805,7 +807,7 @@ def diff_ploop(sides: Sides, outdir: str, opts: DiffOptions) -> dict[str, Any]:
     by paths relative to `outdir` (§5.6), so opening the result with ploopfs needs
     --allow-outside-paths. OLD's files are never written. On failure what was written is
     removed again."""
-    made = output_folder(outdir, [*sides.old_disk.source_files(), *sides.new_disk.source_files()])
+    made = output_folder(outdir, _source_files(sides))
     try:
         return _ploop_into(sides, outdir, opts)
     except BaseException:

@@ -14,7 +14,13 @@ from ploopfs.errors import OutputError
 from ploopfs.native import is_zero
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
-from ploopfs.volume.writer import ImageWriter, chain_descriptor, output_folder, write_descriptor
+from ploopfs.volume.writer import (
+    ImageWriter,
+    chain_descriptor,
+    output_folder,
+    refuse_sources,
+    write_descriptor,
+)
 
 Progress = Callable[[int], None]  # called with bytes done so far
 CHUNK = 4 << 20
@@ -35,14 +41,6 @@ class ExportReport:
         if d["salvage"] is None:  # strict exports: the report is unchanged
             del d["salvage"]
         return d
-
-
-def _refuse_source(disk: Disk, out: str) -> None:
-    """The output must not be (or be inside the chain of) a source file."""
-    real = os.path.realpath(out)
-    for p in [*disk.paths.values(), disk.descriptor_path or ""]:
-        if p and os.path.realpath(p) == real:
-            raise OutputError("output is one of the source files; refusing to write", out)
 
 
 def _chunks(vol: Volume) -> list[tuple[int, int]]:
@@ -66,7 +64,7 @@ def export_raw(disk: Disk, out: str, snapshot: str | None = None,
     if out == "-":
         _stream(vol, sys.stdout.buffer, report, progress)
         return _with_salvage(disk, report)
-    _refuse_source(disk, out)
+    refuse_sources(out, disk.source_files())
     try:
         if os.path.exists(out) and not stat.S_ISREG(os.stat(out).st_mode):
             raise OutputError("exists and is not a regular file", out)

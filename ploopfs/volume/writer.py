@@ -245,10 +245,16 @@ def check_output_folder(outdir: str, sources: Iterable[str]) -> None:
     `sources` files (the images and descriptor being read) nor the folder holding one."""
     if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
         raise OutputError("exists and is not an empty folder; refusing to write", outdir)
-    real = os.path.realpath(outdir)
+    refuse_sources(outdir, sources)
+
+
+def refuse_sources(out: str, sources: Iterable[str]) -> None:
+    """An output path must be neither one of the `sources` files (the images and descriptor
+    being read) nor the folder holding one."""
+    real = os.path.realpath(out)
     for p in sources:
         if p and real in (os.path.realpath(p), os.path.realpath(os.path.dirname(os.path.abspath(p)))):
-            raise OutputError("output is (or holds) a source file; refusing to write", outdir)
+            raise OutputError("output is (or holds) a source file; refusing to write", out)
 
 
 def output_folder(outdir: str, sources: Iterable[str]) -> bool:
