@@ -264,8 +264,7 @@ class _Worker:
             if self.h is not None and k0 * c < view.size:
                 self.h.update(view[k0 * c: k1 * c])
             if j % 2 == self.side:
-                if not w.ready[1 - self.side].is_set():
-                    w.ready[1 - self.side].wait()
+                w.ready[1 - self.side].wait()  # returns at once when already set
                 other = w.views[1 - self.side]
                 if other is None:
                     return  # the other side's read failed; its future reports it
