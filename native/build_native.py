@@ -15,6 +15,18 @@ HEADERS = [HERE / "ploopfs_native.h", *sorted(HERE.glob("pf_*.h"))]
 SOURCES = [HERE / "ploopfs_native.c", *sorted(HERE.glob("pf_*.c"))]
 
 
+def _blake3_dir() -> str:
+    """The official BLAKE3 C sources, as Debian ships them inside librust-blake3-dev (the Rust
+    crate builds them too); the newest version present. tools/setup installs the package."""
+    found = sorted(Path("/usr/share/cargo/registry").glob("blake3-*/c/blake3.c"),
+                   key=lambda p: [int(x) if x.isdigit() else 0
+                                  for x in p.parent.parent.name[7:].split(".")])
+    if not found:
+        raise SystemExit("native build: the BLAKE3 C sources are missing; install the Debian "
+                         "package librust-blake3-dev (tools/setup does)")
+    return str(found[-1].parent)
+
+
 def _cdef_text() -> str:
     """Declarations between the CDEF markers of the headers (cdef() has no preprocessor)."""
     parts = []
@@ -34,9 +46,10 @@ ffibuilder.set_source(
     # Relative to the project root, where setuptools runs the build.  An absolute path would
     # be baked into the generated C file and break sdists built elsewhere.
     sources=[str(src.relative_to(HERE.parent)) for src in SOURCES],
-    include_dirs=[str(HERE.relative_to(HERE.parent))],
+    include_dirs=[str(HERE.relative_to(HERE.parent)), _blake3_dir()],
     # Hash primitives come from libraries (delta-notes §2.2): BLAKE2b from libb2, MD4 from
-    # nettle (OpenSSL 3 only has MD4 in its legacy provider).
+    # nettle (OpenSSL 3 only has MD4 in its legacy provider), BLAKE3 from its official C
+    # sources (pf_b3.h).
     libraries=["b2", "nettle", "pthread"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-pthread"],
 )

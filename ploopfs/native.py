@@ -10,8 +10,8 @@ from ploopfs._native import ffi, lib
 # memoryview, mmap, array.array, numpy arrays); collections.abc.Buffer needs Python 3.12.
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
-__all__ = ["Buffer", "blake2b_lanes", "blake2b_many", "compare_blocks", "count_nonzero_u32", "ffi",
-           "first_nonzero", "is_zero", "lib", "version"]
+__all__ = ["Blake3", "Buffer", "blake2b_lanes", "blake2b_many", "compare_blocks",
+           "count_nonzero_u32", "diff_window", "ffi", "first_nonzero", "is_zero", "lib", "version"]
 
 
 def _view(buf: Buffer) -> memoryview:
@@ -110,3 +110,72 @@ def blake2b_lanes(limit: int | None = None) -> int:
     if limit is not None:
         return int(lib.pf_blake2b_limit(limit))
     return int(lib.pf_blake2b_lanes())
+
+
+class Blake3:
+    """BLAKE3 (the official C implementation, native/pf_b3.h) with hashlib's interface, plus
+    `feed`: a stream given piece by piece, each by its pair (its subtree's two top chaining
+    values, from `diff_window`) where one is at hand, else by its bytes. The digest is BLAKE3 of
+    the stream either way (what `b3sum` prints)."""
+
+    name = "blake3"
+    digest_size = 32
+
+    def __init__(self, data: Buffer | None = None) -> None:
+        self._st = ffi.new("unsigned char[]", lib.pf_b3_state_size())
+        lib.pf_b3_init(self._st)
+        if data is not None:
+            self.update(data)
+
+    def update(self, data: Buffer) -> None:
+        mv = _view(data)
+        if mv.nbytes:
+            lib.pf_b3_update(self._st, ffi.from_buffer("unsigned char[]", mv), mv.nbytes)
+
+    def feed(self, data: Buffer | None, length: int, piece: int, pairs: Buffer,
+             have: Buffer) -> None:
+        """`length` bytes in pieces of `piece` bytes: piece j by pairs[64 j:64 j + 64] when
+        have[j] is set (and the stream is at a piece boundary), else by data's bytes."""
+        ptr = ffi.NULL
+        if data is not None:
+            mv = _view(data)
+            if mv.nbytes < length:
+                raise ValueError(f"{mv.nbytes} bytes of data for a length of {length}")
+            ptr = ffi.from_buffer("unsigned char[]", mv)
+        if length and lib.pf_b3_feed(self._st, ptr, length, piece,
+                                     ffi.from_buffer("unsigned char[]", _view(pairs)),
+                                     ffi.from_buffer("unsigned char[]", _view(have))) != 0:
+            raise ValueError("a piece has neither a usable pair nor data")
+
+    @property
+    def count(self) -> int:
+        """Bytes of the stream so far."""
+        return int(lib.pf_b3_count(self._st))
+
+    def digest(self) -> bytes:
+        out = ffi.new("unsigned char[32]")
+        lib.pf_b3_final(self._st, out)
+        return bytes(ffi.buffer(out))
+
+    def hexdigest(self) -> str:
+        return self.digest().hex()
+
+
+def diff_window(old: Buffer, new: Buffer, offset: int, c: int, per: int, n: int, maybe: Buffer,
+                flags: Buffer, first: int = 0, stride: int = 1,
+                pairs: tuple[Buffer, Buffer, Buffer, Buffer] | None = None) -> None:
+    """Compare pieces first, first + stride, ... (`per` clusters of `c` bytes each) of a window
+    of n clusters at byte `offset` of two disks: flags[k] = 1 where candidate cluster k
+    (maybe[k]) differs or reaches past OLD's end; with `pairs` = (pairs_old, have_old,
+    pairs_new, have_new), also each piece's BLAKE3 pair for `Blake3.feed`, NEW's copied from
+    OLD's for equal pieces (native/pf_b3.h). Without the GIL."""
+    vo, vn = _view(old), _view(new)
+    p = [ffi.from_buffer("unsigned char[]", _view(x)) for x in pairs] if pairs else [ffi.NULL] * 4
+    if lib.pf_diff_window(ffi.from_buffer("unsigned char[]", vo) if vo.nbytes else ffi.NULL,
+                          vo.nbytes,
+                          ffi.from_buffer("unsigned char[]", vn) if vn.nbytes else ffi.NULL,
+                          vn.nbytes, offset, c, per, n,
+                          ffi.from_buffer("unsigned char[]", _view(maybe)),
+                          ffi.from_buffer("unsigned char[]", _view(flags)), first, stride,
+                          p[0], p[1], p[2], p[3]) != 0:
+        raise ValueError("pf_diff_window refused its arguments")

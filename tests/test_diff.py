@@ -56,8 +56,8 @@ def truly_changed(old_raw: Path, new_raw: Path, c: int) -> list[int]:
 
 
 def b3sum(data: Path | bytes) -> str:
-    """BLAKE3 by the `b3sum` tool (the reference Rust implementation's CLI), not by the Python
-    `blake3` package ploopfs uses."""
+    """BLAKE3 by the `b3sum` tool (the reference Rust implementation's CLI), not by the C
+    implementation ploopfs builds in (native/pf_b3.h)."""
     args = ["b3sum", "--no-names"]
     if isinstance(data, Path):
         r = subprocess.run([*args, str(data)], capture_output=True, check=True, timeout=120)

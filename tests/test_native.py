@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import random
 import struct
+import subprocess
 
 import pytest
 
@@ -169,3 +170,84 @@ def test_blake2b_many_bad_arguments() -> None:
     with pytest.raises(ValueError):
         native.blake2b_many([b"ab"], 65)
     assert native.blake2b_many([]) == []
+
+
+# -- BLAKE3 as a tree (native/pf_b3.h), checked against b3sum (the reference Rust CLI) --------
+def b3sum(data: bytes) -> str:
+    r = subprocess.run(["b3sum", "--no-names"], input=data, capture_output=True, check=True,
+                       timeout=60)
+    return r.stdout.decode().split()[0]
+
+
+def test_blake3_equals_b3sum() -> None:
+    rng = random.Random(3)
+    data = rng.randbytes(3 << 20)
+    for n in (0, 1, 63, 64, 1023, 1024, 1025, 2048, 65537, 1 << 20, (3 << 20) - 7):
+        h = native.Blake3()
+        cut = n // 3
+        h.update(data[:cut])
+        h.update(memoryview(data)[cut:n])
+        assert h.hexdigest() == b3sum(data[:n]), n
+        assert h.count == n
+
+
+@pytest.mark.parametrize(("c", "per", "n", "old_len", "new_len", "offset"), [
+    (65536, 16, 48, 48 << 16, 48 << 16, 0),               # three 1 MiB pieces
+    (65536, 16, 48, 48 << 16, 48 << 16, 4 << 20),         # at 4 MiB of the disks
+    (65536, 16, 40, 20 << 16, 40 << 16, 0),               # OLD ends mid-window (growth)
+    (65536, 16, 40, (40 << 16) + 999, (39 << 16) + 5, 0),  # NEW ends mid-cluster (shrink)
+    (4096, 3, 30, 30 * 4096, 30 * 4096, 0),               # 12 KiB pieces: no pairs, bytes
+    (1 << 20, 1, 5, 5 << 20, 5 << 20, 0),                 # 1 MiB clusters
+])
+def test_diff_window_flags_and_tree_hashes(c: int, per: int, n: int, old_len: int,
+                                           new_len: int, offset: int) -> None:
+    """Flags are the changed clusters (candidates only), and feeding the window's pairs gives
+    b3sum of each side: NEW's pairs of equal pieces come from OLD's."""
+    rng = random.Random(c + n + old_len)
+    head = rng.randbytes(offset)  # the bytes before the window, the same on both sides
+    old = bytearray(rng.randbytes(old_len))
+    new = bytearray(old[:new_len] + rng.randbytes(max(0, new_len - old_len)))
+    pool = [k for k in range(min(n, old_len // c, new_len // c)) if k // per != 1]  # piece 1 equal
+    changed = set(rng.sample(pool, len(pool) // 4))
+    for k in changed:
+        new[k * c + rng.randrange(c)] ^= 0xA5
+    maybe = bytearray(1 if rng.random() < 0.9 or k in changed else 0 for k in range(n))
+    for k in range(n):  # a non-candidate is equal by proof: make it so
+        if not maybe[k]:
+            e = min((k + 1) * c, new_len, old_len)
+            new[k * c:e] = old[k * c:e]
+    npieces = -(-n // per)
+    pairs = (bytearray(64 * npieces), bytearray(npieces), bytearray(64 * npieces),
+             bytearray(npieces))
+    flags = bytearray(n)
+    for first in (0, 1):  # two workers
+        native.diff_window(old, new, offset, c, per, n, maybe, flags, first, 2, pairs)
+    ends = [min((k + 1) * c, new_len) for k in range(n)]
+    want = [k for k in range(n) if maybe[k] and (ends[k] > old_len or
+                                                  old[k * c:ends[k]] != new[k * c:ends[k]])]
+    assert [k for k in range(n) if flags[k]] == want
+    for side, data, plen, ps in ((0, old, old_len, pairs[:2]), (1, new, new_len, pairs[2:])):
+        h = native.Blake3(head)
+        h.feed(data, plen, per * c, *ps)
+        assert h.hexdigest() == b3sum(head + bytes(data)), side
+    p = per * c
+    if p >= 2048 and p & (p - 1) == 0 and offset % p == 0 and 2 * p <= min(old_len, new_len):
+        equal = [j for j in range(npieces) if pairs[3][j] and not any(
+            flags[j * per:(j + 1) * per])]
+        assert equal, "some pieces are equal and reuse OLD's pair"
+        for j in equal:
+            assert pairs[2][64 * j:64 * j + 64] == pairs[0][64 * j:64 * j + 64]
+        h = native.Blake3(head)  # pairs alone, no bytes: proves they are what is fed
+        if all(pairs[3][j] for j in range(new_len // (per * c))) and new_len % (per * c) == 0:
+            h.feed(None, new_len, per * c, *pairs[2:])
+            assert h.hexdigest() == b3sum(head + bytes(new))
+
+
+def test_diff_window_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        native.diff_window(b"x" * 10, b"y" * 10, 0, 4, 1, 5, bytes(5), bytearray(5))
+    h = native.Blake3()
+    with pytest.raises(ValueError):
+        h.feed(None, 4096, 4096, bytearray(64), bytearray(1))
+    with pytest.raises(ValueError):
+        h.feed(b"short", 4096, 4096, bytearray(64), bytearray(1))

@@ -20,5 +20,6 @@ extern unsigned passed, failed;
 
 void test_rdiff_all(void);
 void test_dedup_all(void);
+void test_b3_all(void);
 
 #endif

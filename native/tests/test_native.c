@@ -193,6 +193,7 @@ int main(void)
     test_count_nonzero_u32();
     test_rdiff_all();
     test_dedup_all();
+    test_b3_all();
     printf("%u passed, %u failed\n", passed, failed);
     return failed ? 1 : 0;
 }

@@ -18,9 +18,10 @@ Sizes. Cluster k of NEW is unchanged iff its bytes (clipped to NEW's size) lie i
 are equal. When NEW is larger every cluster reaching past OLD's end is "new" (changed); when it
 is smaller the report says so through the sizes (rdiff output simply stops earlier).
 
-Reading maps the image files (mmap, read-only, MAP_POPULATE) chunk by chunk where one extent
-serves a whole chunk, instead of copying from the page cache: this is what makes the compare
-run at memory speed. A source file truncated *while* a diff runs would then kill the process
+Reading maps each image file once (mmap, read-only) and takes a window as a slice of the
+mapping where one extent serves it whole (a hole: the zero page), instead of copying from the
+page cache: this is what makes the compare run at memory speed. A window's pages are given back
+once it is done (`_Maps`). A source file truncated *while* a diff runs would then kill the process
 with SIGBUS instead of a one-line error; `mmap=False` (`--no-mmap`) reads with preadv only.
 
 Memory is bounded: buffer sets of `chunk` bytes per side, whatever the disk size; the json
@@ -30,7 +31,6 @@ ranges are streamed to the output file.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import itertools
 import json
@@ -44,12 +44,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol
 
-import blake3
 import numpy as np
 
 from ploopfs.errors import BadImageError, OutputError, UnsupportedError, UsageError
 from ploopfs.format.header import TOP_GUID
-from ploopfs.native import compare_blocks, is_zero
+from ploopfs.native import Blake3, diff_window, is_zero
 from ploopfs.services.rdiff import DeltaWriter
 from ploopfs.volume.source import Disk, OpenOptions, open_source
 from ploopfs.volume.volume import Volume
@@ -67,14 +66,14 @@ ReadHook = Callable[[str, int, int], None]  # side ("old"/"new"), virtual offset
 CHUNK = 4 << 20  # x 2 sides x SLOTS windows mapped at most: peak RSS 60 MiB (8 MiB: 72 MiB)
 MMAP_MIN = 1 << 20  # smaller reads are copied
 PREFETCH = 8  # windows ahead whose bytes the kernel is asked to read (POSIX_FADV_WILLNEED)
-MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-# Manifest hashes. blake3 (the default) runs at ~4.6 GB/s per core here against ~1.3 GB/s for
-# hashlib's sha256, so hashing both whole disks costs less than reading them; its update()
-# releases the GIL, so each side's worker thread hashes what it has just read (`_Worker`) in
-# parallel with the other side. One blake3 thread per side (max_threads=1):
-# the two sides already fill both cores, and AUTO measured no faster here.
+Mapped = tuple[mmap.mmap, int, int]  # a window's pages in a mapping: map, start, length
+# Manifest hashes. blake3 (the default) is BLAKE3 as a tree (native/pf_b3.h): the workers hash
+# pieces of both sides on both cores in any order, and a piece of NEW equal to OLD's takes OLD's
+# subtree values without being hashed, so a diff hashes OLD once and only NEW's changes. sha256
+# and blake2b are streams: each side's worker hashes its side in order (`_Worker`).
 HASHES: dict[str, Callable[[], Any]] = {
-    "blake3": blake3.blake3, "sha256": hashlib.sha256, "blake2b": hashlib.blake2b}
+    "blake3": Blake3, "sha256": hashlib.sha256, "blake2b": hashlib.blake2b}
+TREE_HASHES = {"blake3"}
 DEFAULT_HASH = "blake3"
 FORMATS = ("rdiff", "ploop", "json")
 MANIFEST_SUFFIX = ".json"  # rdiff: the manifest is written next to the delta, OUT + this
@@ -186,7 +185,7 @@ def candidate_runs(old: Volume, new: Volume) -> list[tuple[int, int]]:
 
 # -- the scan -----------------------------------------------------------------------------------
 OLD, NEW = 0, 1  # side indexes
-SLOTS = 2  # windows in flight: one being emitted, one being read, hashed and compared
+SLOTS = 2  # windows live: one being emitted while the next is read, hashed and compared
 PIECE = 1 << 20  # bytes a worker hashes and then compares while they are still in its cache
 
 
@@ -222,23 +221,29 @@ class _Window:
     slot: int
     maybe: np.ndarray  # candidate flag per cluster (only candidates are compared)
     flags: np.ndarray  # changed flag per cluster, filled in by the workers
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None  # see native.diff_window
     views: list[np.ndarray | None] = field(default_factory=lambda: [None, None])
+    mapped: list[Mapped | None] = field(default_factory=lambda: [None, None])
     ready: list[threading.Event] = field(default_factory=lambda: [threading.Event(),
                                                                   threading.Event()])
     futures: list[Future[None]] = field(default_factory=list)
 
 
 class _Worker:
-    """One side's thread. For every window, in order: read (or map) the side's bytes, then for
-    each piece hash it (the whole-disk hash, if any) and, for every other piece, compare it with
-    the other side's bytes right away, while the piece is still in this core's cache. The two
-    workers share the compare and each hashes its own side, so both cores do equal work and no
-    byte is read from memory more than needed (the two reads and the hashing are the floor)."""
+    """One side's thread. For every window, in order: read (or map) the side's bytes, then
+    compare half of the window's pieces (the other worker takes the other half) in C without
+    the GIL; with the tree hash (blake3) the same call hashes each of its pieces of both sides
+    while they are in this core's cache, NEW's only where it differs. A stream hash (sha256,
+    blake2b) must see its side in order: each worker then hashes its own side piece by piece and
+    compares every other piece right after, while that piece is still in its cache. Both cores
+    do equal work and no byte is read from memory more than needed."""
 
-    def __init__(self, side: int, vol: Volume, alg: str | None, o: DiffOptions) -> None:
+    def __init__(self, side: int, vol: Volume, alg: str | None, o: DiffOptions,
+                 maps: _Maps) -> None:
         self.side = side
+        self.maps = maps
         self.vol = vol
-        self.h = HASHES[alg]() if alg else None
+        self.h = HASHES[alg]() if alg and alg not in TREE_HASHES else None  # stream hash
         self.o = o
         self.pool = ThreadPoolExecutor(1)
 
@@ -250,7 +255,8 @@ class _Worker:
         try:
             if end > w.b0:
                 into = memoryview(buf.mm)[: end - w.b0]
-                got = _read(self.vol, into, w.b0, self.o, buf.release)
+                got, w.mapped[self.side] = _read(self.vol, into, w.b0, self.o, self.maps,
+                                                 buf.release)
                 buf.filled = got is into
                 w.views[self.side] = np.frombuffer(got, np.uint8)
             else:
@@ -259,40 +265,30 @@ class _Worker:
             w.ready[self.side].set()  # also on failure: the other worker must not wait forever
         view = w.views[self.side]
         per = max(1, PIECE // c)
-        for j, k0 in enumerate(range(0, w.n, per)):
-            k1 = min(k0 + per, w.n)
-            if self.h is not None and k0 * c < view.size:
+        npieces = -(-w.n // per)
+        if self.h is None:
+            w.ready[1 - self.side].wait()  # returns at once when already set
+            if w.views[1 - self.side] is not None:  # else its read failed; its future says so
+                self._compare(w, c, per, self.side, 2)
+            return
+        for j in range(npieces):
+            k0, k1 = j * per, min((j + 1) * per, w.n)
+            if k0 * c < view.size:
                 self.h.update(view[k0 * c: k1 * c])
             if j % 2 == self.side:
-                w.ready[1 - self.side].wait()  # returns at once when already set
-                other = w.views[1 - self.side]
-                if other is None:
-                    return  # the other side's read failed; its future reports it
-                _compare(w, k0, k1, c)
+                w.ready[1 - self.side].wait()
+                if w.views[1 - self.side] is None:
+                    return
+                self._compare(w, c, per, j, npieces)
 
-    def hexdigest(self) -> str | None:
-        return self.h.hexdigest() if self.h is not None else None
+    @staticmethod
+    def _compare(w: _Window, c: int, per: int, first: int, stride: int) -> None:
+        bo, bn = w.views[OLD], w.views[NEW]
+        assert bo is not None and bn is not None
+        diff_window(bo, bn, w.b0, c, per, w.n, w.maybe, w.flags, first, stride, w.pairs)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _compare(w: _Window, k0: int, k1: int, c: int) -> None:
-    """Changed flags of clusters [k0, k1) of the window; only candidates are compared."""
-    bo, bn = w.views[OLD], w.views[NEW]
-    assert bo is not None and bn is not None
-    full = min(w.ob1 - w.b0, w.b1 - w.b0) // c  # clusters wholly inside both disks
-    a = min(k1, full)
-    maybe = w.maybe
-    if a > k0 and maybe[k0:a].all():  # every cluster a candidate: one C call, GIL released
-        eq = compare_blocks(bo[k0 * c: a * c], bn[k0 * c: a * c], c, threads=1)
-        w.flags[k0:a] = np.frombuffer(eq, np.uint8) == 0
-        k0 = a
-    for k in range(k0, k1):
-        if not maybe[k]:
-            continue
-        s, e = k * c, min((k + 1) * c, w.b1 - w.b0)
-        w.flags[k] = w.b0 + e > w.ob1 or _differs(bo, bn, s, e - s)  # past OLD's end: new
 
 
 def _lookahead(it: Iterator[tuple[int, int]], k: int,
@@ -311,21 +307,6 @@ def _work(nclusters: int, runs: list[tuple[int, int]], per: int) -> Iterator[tup
     for c0, n in runs:
         for a in range(c0, c0 + n, per):
             yield a, min(per, c0 + n - a)
-
-
-def _memcmp_fn() -> Callable[[int, int, int], int]:
-    """libc memcmp through ctypes: memcmp speed, and the GIL is released during the call."""
-    f = ctypes.CDLL(None).memcmp
-    f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    f.restype = ctypes.c_int
-    return f
-
-
-_memcmp = _memcmp_fn()
-
-
-def _differs(bo: np.ndarray, bn: np.ndarray, start: int, length: int) -> bool:
-    return _memcmp(bo.ctypes.data + start, bn.ctypes.data + start, length) != 0
 
 
 def _emit(sink: Sink, flags: np.ndarray, c0: int, view: memoryview, c: int,
@@ -370,7 +351,10 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     stats.candidate_clusters = sum(n for _, n in cands)
     per = max(1, o.chunk // c)
     work = [(0, nclusters)] if o.full_compare or o.hash else cands
-    workers = (_Worker(OLD, old, o.hash, o), _Worker(NEW, new, o.hash, o))
+    maps = _Maps()
+    workers = (_Worker(OLD, old, o.hash, o, maps), _Worker(NEW, new, o.hash, o, maps))
+    trees = (Blake3(), Blake3()) if o.hash in TREE_HASHES else None  # fed here, in order
+    piece = max(1, PIECE // c) * c
     # Buffers for reads that cannot be mapped (see _Buffer).
     bufs = [(_Buffer(per * c), _Buffer(per * c)) for _ in range(SLOTS)]
     cand_iter = _RunCursor(cands)
@@ -386,7 +370,10 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
         b0 = c0 * c
         b1 = min((c0 + n) * c, new.size)
         ob1 = max(b0, min(b1, old.size))
-        w = _Window(c0, n, b0, b1, ob1, i % SLOTS, cand_iter.mask(c0, n), np.zeros(n, bool))
+        npieces = -(-n * c // piece)
+        pairs = (np.empty(64 * npieces, np.uint8), np.zeros(npieces, np.uint8),
+                 np.empty(64 * npieces, np.uint8), np.zeros(npieces, np.uint8)) if trees else None
+        w = _Window(c0, n, b0, b1, ob1, i % SLOTS, cand_iter.mask(c0, n), np.zeros(n, bool), pairs)
         _account("new", b0, b1 - b0, o, stats)
         if ob1 > b0:
             _account("old", b0, ob1 - b0, o, stats)
@@ -398,23 +385,30 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     it = enumerate(_lookahead(_work(nclusters, work, per), PREFETCH, prefetch))
     queue: deque[_Window] = deque()
     try:
-        for i, (c0, n) in itertools.islice(it, SLOTS - 1):
+        for i, (c0, n) in itertools.islice(it, SLOTS):
             queue.append(submit(i, c0, n))
         while queue:
             w = queue.popleft()
             for f in w.futures:
                 f.result()
-            nxt = next(it, None)
-            if nxt is not None:
-                queue.append(submit(nxt[0], *nxt[1]))
             if w.c0 > pos_c:
                 sink.same(pos_c, w.c0 - pos_c)
             stats.new_clusters += int(np.count_nonzero(w.flags[(w.ob1 - w.b0) // c:]))
             vn = w.views[NEW]
             assert vn is not None
+            if trees and w.pairs:
+                trees[OLD].feed(w.views[OLD], w.ob1 - w.b0, piece, *w.pairs[:2])
+                trees[NEW].feed(vn, w.b1 - w.b0, piece, *w.pairs[2:])
             _emit(sink, w.flags, w.c0, memoryview(vn), c, stats)
-            w.views = [None, None]  # a mapped window is unmapped here
+            w.views = [None, None]
             del vn
+            for m in w.mapped:
+                maps.release(m)
+            # Its slot is free: the next window goes to the workers now, so they go on to it
+            # straight from the window they are on (not after this thread next waits).
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append(submit(nxt[0], *nxt[1]))
             pos_c = w.c0 + w.n
             done += w.b1 - w.b0
             if o.progress:
@@ -422,12 +416,16 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
         if pos_c < nclusters:
             sink.same(pos_c, nclusters - pos_c)
         if o.hash:
-            _hash_old_tail(new.size, memoryview(bufs[0][OLD].mm), workers[OLD], o, stats)
-            stats.old_hash = workers[OLD].hexdigest()
-            stats.new_hash = workers[NEW].hexdigest()
+            hashers = trees or (workers[OLD].h, workers[NEW].h)
+            _hash_old_tail(new.size, memoryview(bufs[0][OLD].mm), old, hashers[OLD], o, stats,
+                           maps)
+            stats.old_hash = hashers[OLD].hexdigest()
+            stats.new_hash = hashers[NEW].hexdigest()
     finally:
         for worker in workers:
             worker.close()
+        queue.clear()
+        maps.close()
     stats.equal_candidate_clusters = stats.candidate_clusters - stats.changed_clusters
     stats.seconds = round(time.perf_counter() - t0, 3)
     return stats
@@ -462,41 +460,77 @@ def _account(side: str, off: int, n: int, o: DiffOptions, stats: DiffStats) -> N
         stats.bytes_read_new += n
 
 
-def _read(vol: Volume, view: memoryview, off: int, o: DiffOptions,
-          before_map: Callable[[], None] | None = None) -> memoryview:
-    """The bytes of `vol` at [off, off+len(view)): a read-only view of the image file mapped
-    in memory when one extent serves them all (no copy; `before_map` is called first), else
-    read into `view`."""
-    mapped = _map(vol, off, len(view), before_map) if o.mmap else None
+class _Maps:
+    """One read-only mapping of each image file for the whole scan, made on first use: a window
+    is a slice of it. An mmap()/munmap() per window took the process's memory-map lock for
+    writing, which serialised the two workers' reads (and each munmap flushed TLBs); page faults
+    on a standing mapping run side by side. A window's pages are given back when it is done
+    (`release`, MADV_DONTNEED: the page cache keeps them), so the RSS stays what the windows in
+    flight hold."""
+
+    def __init__(self) -> None:
+        self._maps: dict[int, mmap.mmap | None] = {}
+        self._zero: mmap.mmap | None = None
+        self._lock = threading.Lock()
+
+    def view(self, vol: Volume, off: int, n: int,
+             before_map: Callable[[], None] | None = None) -> tuple[memoryview, Mapped] | None:
+        """A view of [off, off+n) of `vol` when one extent of one image file serves it all, and
+        the page range to release after use; else None."""
+        seg = next(vol.segments(off, n), None)
+        if n < MMAP_MIN or seg is None or seg.length != n:
+            return None
+        if seg.level is None:  # a hole: the zero page, mapped read-only (no RSS, no copy)
+            with self._lock:
+                if self._zero is None or len(self._zero) < n:
+                    self._zero = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                                           prot=mmap.PROT_READ)
+                return memoryview(self._zero)[:n], None
+        im = vol.images[seg.level]
+        if seg.offset + n > im.file_size:  # a raw base ending early: zeros past its end
+            return None
+        with self._lock:
+            if id(im) not in self._maps:
+                try:
+                    self._maps[id(im)] = mmap.mmap(im.fd, 0, flags=mmap.MAP_SHARED,
+                                                   prot=mmap.PROT_READ)
+                except (OSError, ValueError, OverflowError):
+                    self._maps[id(im)] = None  # not mappable (e.g. some special files): read
+            mm = self._maps[id(im)]
+        if mm is None or seg.offset + n > len(mm):
+            return None
+        # The pages are faulted in by the compare itself (the caller announced the range with
+        # _prefetch first, so a cold file is read in large requests, not fault by fault).
+        if before_map is not None:
+            before_map()
+        start = seg.offset - seg.offset % mmap.PAGESIZE
+        return memoryview(mm)[seg.offset:seg.offset + n], (mm, start, seg.offset + n - start)
+
+    @staticmethod
+    def release(m: Mapped | None) -> None:
+        if m is not None:
+            with contextlib.suppress(OSError, ValueError):
+                m[0].madvise(mmap.MADV_DONTNEED, m[1], m[2])
+
+    def close(self) -> None:
+        """After every view is dropped."""
+        for mm in [*self._maps.values(), self._zero]:
+            if mm is not None:
+                with contextlib.suppress(BufferError):
+                    mm.close()
+        self._maps.clear()
+
+
+def _read(vol: Volume, view: memoryview, off: int, o: DiffOptions, maps: _Maps,
+          before_map: Callable[[], None] | None = None) -> tuple[memoryview, Mapped | None]:
+    """The bytes of `vol` at [off, off+len(view)): a read-only view of the image file's
+    mapping when one extent serves them all (no copy; `before_map` is called first; the second
+    item says what to release after use), else read into `view`."""
+    mapped = maps.view(vol, off, len(view), before_map) if o.mmap else None
     if mapped is not None:
         return mapped
     vol.zero_fill_readinto(view, off)
-    return view
-
-
-def _map(vol: Volume, off: int, n: int,
-         before_map: Callable[[], None] | None = None) -> memoryview | None:
-    seg = next(vol.segments(off, n), None)
-    if n < MMAP_MIN or seg is None or seg.length != n or seg.level is None:
-        return None
-    im = vol.images[seg.level]
-    if seg.offset + n > im.file_size:  # a raw base ending early: zeros past its end
-        return None
-    start = seg.offset - seg.offset % mmap.ALLOCATIONGRANULARITY
-    # Page faults of a mapping read a cold file in small pieces; ask for the whole range first
-    # so the kernel reads it in large requests (64 GiB snapshot fast path, cold cache:
-    # 3.9-5.2 s -> 1.2-1.4 s).
-    with contextlib.suppress(OSError):
-        os.posix_fadvise(im.fd, seg.offset, n, os.POSIX_FADV_WILLNEED)
-    if before_map is not None:
-        before_map()
-    try:
-        mm = mmap.mmap(im.fd, n + seg.offset - start, flags=mmap.MAP_SHARED | MAP_POPULATE,
-                       prot=mmap.PROT_READ, offset=start)
-    except (OSError, ValueError, OverflowError):
-        return None  # not mappable (e.g. some special files): read instead
-    # Unmapped when the last view of it is dropped, at the end of the chunk.
-    return memoryview(mm)[seg.offset - start:seg.offset - start + n]
+    return view, None
 
 
 def _prefetch(vol: Volume, off: int, n: int) -> None:
@@ -513,16 +547,17 @@ def _prefetch(vol: Volume, off: int, n: int) -> None:
                 os.posix_fadvise(im.fd, seg.offset, end - seg.offset, os.POSIX_FADV_WILLNEED)
 
 
-def _hash_old_tail(start: int, buf: memoryview, worker: _Worker, o: DiffOptions,
-                   stats: DiffStats) -> None:
+def _hash_old_tail(start: int, buf: memoryview, vol: Volume, h: Any, o: DiffOptions,
+                   stats: DiffStats, maps: _Maps) -> None:
     """Shrink: OLD's bytes past NEW's end still belong to OLD's hash (the workers are idle)."""
-    pos, size = start, worker.vol.size
+    pos, size = start, vol.size
+    _prefetch(vol, pos, size - pos)
     while pos < size:
         n = min(len(buf), size - pos)
         _account("old", pos, n, o, stats)
-        got = _read(worker.vol, memoryview(buf)[:n], pos, o)
-        if worker.h is not None:
-            worker.h.update(got)
+        got, mapped = _read(vol, memoryview(buf)[:n], pos, o, maps)
+        h.update(got)
+        maps.release(mapped)
         pos += n
         del got
 
