@@ -9,8 +9,8 @@ native/pf_rdiff.c (formats: delta-notes §2).
   moves by less than a cluster, so on images this finds what rdiff's rolling search finds, at
   a cost that does not depend on the content (no pathological inputs, §4.5).
 * `DeltaWriter` encodes commands with minimal-width big-endian parameters (§2.4), merging
-  contiguous COPYs and adjacent literals; a literal command carries at most
-  `LITERAL_MAX` (4 MiB) so memory stays bounded.
+  contiguous COPYs and adjacent short literals (< `LITERAL_GATHER`, 64 KiB); longer literals
+  are written straight from the caller's buffer, in commands of at most `LITERAL_MAX` (4 MiB).
 * `patch` applies any librsync delta like `rdiff patch`, streaming, with bounded memory.
 
 Memory: two read chunks of `CHUNK` bytes (rounded to whole blocks), one pending literal and
@@ -54,6 +54,9 @@ _WEAK_ID = {"rollsum": lib.PF_WEAK_ROLLSUM, "rabinkarp": lib.PF_WEAK_RABINKARP}
 CHUNK = 16 << 20
 MAX_BLOCK = 64 << 20  # larger blocks would need more than bounded memory per chunk
 LITERAL_MAX = 4 << 20  # longest LITERAL command written (LITERAL_N4); longer runs are split
+LITERAL_GATHER = 64 << 10  # shorter literals are gathered into one command; longer ones are
+# written as they come, from the caller's buffer (a copy into a gathering buffer of up to
+# LITERAL_MAX cost time and 4-8 MiB of RSS for nothing: big runs need no merging)
 PATCH_READ = 1 << 20  # delta bytes fed to the patcher per step
 
 ReadAt = Callable[[int, int], bytes | bytearray | memoryview]
@@ -252,8 +255,8 @@ class DeltaStats:
 
 class DeltaWriter:
     """Writes a librsync delta (§2.4) to `out`: magic now, commands as they come, END on
-    close(). Contiguous copies become one COPY; adjacent literals are merged into commands of
-    up to LITERAL_MAX bytes."""
+    close(). Contiguous copies become one COPY; adjacent short literals are gathered into one
+    command, long ones written as they come (commands of up to LITERAL_MAX bytes)."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
@@ -288,16 +291,15 @@ class DeltaWriter:
         if not len(mv):
             return
         self._flush_copy()
-        while len(mv):
-            if not self._lit and len(mv) >= LITERAL_MAX:  # a whole command: no copy
-                self._emit_literal(mv[:LITERAL_MAX])
-                mv = mv[LITERAL_MAX:]
-                continue
-            room = LITERAL_MAX - len(self._lit)
-            self._lit += mv[:room]
-            mv = mv[room:]
-            if len(self._lit) == LITERAL_MAX:
-                self._flush_literal()
+        if len(self._lit) + len(mv) <= LITERAL_GATHER:
+            self._lit += mv
+            return
+        self._flush_literal()
+        if len(mv) < LITERAL_GATHER:
+            self._lit += mv
+            return
+        for i in range(0, len(mv), LITERAL_MAX):
+            self._emit_literal(mv[i:i + LITERAL_MAX])
 
     def _emit_literal(self, data: bytes | bytearray | memoryview) -> None:
         n = lib.pf_cmd_literal(self._cmd, len(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,20 @@ import numpy as np
 from ploopfs.errors import CorruptImageError, SourceIOError
 from ploopfs.volume.blockmap import BlockMap
 from ploopfs.volume.image import Image
+
+# Read-only private anonymous memory: every page of it is the kernel's one zero page, so it
+# costs no RSS. Holes are copied from it (a fresh bytes(n) per hole was a transient allocation
+# of the hole's size, up to a whole read window per thread).
+ZEROS = memoryview(mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                             prot=mmap.PROT_READ))
+
+
+def zero_fill(dst: memoryview) -> None:
+    """Write zeros into all of `dst`."""
+    step = len(ZEROS)
+    for i in range(0, len(dst), step):
+        n = min(step, len(dst) - i)
+        dst[i:i + n] = ZEROS[:n]
 
 
 @dataclass(frozen=True)
@@ -107,7 +122,7 @@ class Volume:
         for seg in self.segments(offset, total):
             dst = view[seg.voffset - offset: seg.voffset - offset + seg.length]
             if seg.level is None:
-                dst[:] = bytes(seg.length)
+                zero_fill(dst)
             else:
                 self._fill(seg, dst)
         return total
@@ -138,7 +153,7 @@ class Volume:
                     f"cluster data ends early: read {got} of {want} bytes (file shrank?)",
                     self.images[level].path, offset=offset + got)
             if zero_rest:
-                dst[got:] = bytes(want - got)
+                zero_fill(dst[got:])
 
     def close(self) -> None:
         for im in self.images:
