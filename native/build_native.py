@@ -12,7 +12,8 @@ HERE = Path(__file__).resolve().parent
 # ploopfs_native.{c,h} plus every pf_<part>.{c,h} pair (pf_rdiff, pf_dedup, ...): a new part is
 # picked up without editing this file.
 HEADERS = [HERE / "ploopfs_native.h", *sorted(HERE.glob("pf_*.h"))]
-SOURCES = [HERE / "ploopfs_native.c", *sorted(HERE.glob("pf_*.c"))]
+# pf_*.S: BLAKE3's x86-64 assembly back ends (empty files elsewhere).
+SOURCES = [HERE / "ploopfs_native.c", *sorted(HERE.glob("pf_*.c")), *sorted(HERE.glob("pf_*.S"))]
 
 
 def _blake3_dir() -> str:
@@ -27,6 +28,18 @@ def _blake3_dir() -> str:
     return str(found[-1].parent)
 
 
+def _allow_assembly() -> None:
+    """distutils compiles only the suffixes it knows; .S (assembly through the C preprocessor:
+    BLAKE3's SIMD back ends, pf_b3_*.S) is plain gcc input."""
+    for mod in ("setuptools._distutils.unixccompiler", "distutils.unixccompiler"):
+        try:
+            cc = __import__(mod, fromlist=["UnixCCompiler"]).UnixCCompiler
+        except ImportError:
+            continue
+        if ".S" not in cc.src_extensions:
+            cc.src_extensions = [*cc.src_extensions, ".S"]
+
+
 def _cdef_text() -> str:
     """Declarations between the CDEF markers of the headers (cdef() has no preprocessor)."""
     parts = []
@@ -38,6 +51,8 @@ def _cdef_text() -> str:
     return "\n".join(parts)
 
 
+B3 = _blake3_dir()
+_allow_assembly()
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
@@ -46,7 +61,7 @@ ffibuilder.set_source(
     # Relative to the project root, where setuptools runs the build.  An absolute path would
     # be baked into the generated C file and break sdists built elsewhere.
     sources=[str(src.relative_to(HERE.parent)) for src in SOURCES],
-    include_dirs=[str(HERE.relative_to(HERE.parent)), _blake3_dir()],
+    include_dirs=[str(HERE.relative_to(HERE.parent)), B3],
     # Hash primitives come from libraries (delta-notes §2.2): BLAKE2b from libb2, MD4 from
     # nettle (OpenSSL 3 only has MD4 in its legacy provider), BLAKE3 from its official C
     # sources (pf_b3.h).

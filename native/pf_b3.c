@@ -2,8 +2,8 @@
  *
  * blake3.c is included, not linked, so that the pair helpers can use its internal functions
  * (compress_subtree_to_parent_node, hasher_push_cv: the very steps blake3_hasher_update() takes
- * for a whole subtree). The SIMD back ends are compiled by pf_b3_x86_*.c, the dispatcher and
- * the portable code by pf_b3_base.c.
+ * for a whole subtree). The dispatcher and the portable code are compiled by pf_b3_base.c,
+ * the SIMD back ends from the project's x86-64 assembly (pf_b3_*.S).
  */
 #include "pf_b3.h"
 
