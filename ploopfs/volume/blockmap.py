@@ -81,8 +81,11 @@ class BlockMap:
     def _windows(levels: list[tuple[int, np.ndarray, Mapping | None]], nclusters: int
                  ) -> list[int]:
         starts: set[int] = set()
-        for _lv, v, _m in levels:
-            starts.update((np.unique(v // np.uint32(WINDOW)).astype(np.int64) * WINDOW).tolist())
+        for _lv, v, _m in levels:  # v is sorted: its windows change where the quotient does
+            if v.size:
+                w = (v // np.uint32(WINDOW)).astype(np.int64)
+                firsts = w[np.concatenate(([0], np.flatnonzero(np.diff(w)) + 1))]
+                starts.update((firsts * WINDOW).tolist())
         return sorted(starts)
 
     def _merge_window(self, levels: list[tuple[int, np.ndarray, Mapping | None]], w0: int, w1: int,
