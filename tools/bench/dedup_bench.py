@@ -6,7 +6,8 @@ Builds --disks (default 10) ploop disks of --size (default 1 GiB; the issue's 4 
 40 GiB of free space) with ploopfs.volume.writer.ImageWriter, 1 MiB clusters, like containers
 made from one OS template: the first 50 % of each disk's clusters hold the same "template" data
 (half random, half 4-bit-entropy bytes that compress ~2x), the next 30 % data unique to the disk,
-the last 20 % stay unallocated. With the page cache warm, alternating round by round, it times
+the last 20 % stay unallocated. With the page cache warm (at the issue's 10 x 4 GiB the files
+exceed this machine's RAM, so both sides then read the disk), alternating round by round, it times
 the CLI `ploopfs du --dedup --json DISK...` (a child process, as users run it) and
 `cat` of the same image files to /dev/null. Throughput = bytes of the image files / seconds.
 Each du run must report exactly the constructed 4 KiB figures (referenced and distinct blocks,
