@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -369,6 +370,56 @@ def test_raw_sources(tmp_path: Path, guard_sources) -> None:
     check_rdiff(old_raw, new, old_raw, new_raw, tmp_path, "--hash", "sha256")
     man = check_ploop(old_raw, new, new_raw, tmp_path)
     assert man["version"] == 2
+
+
+# -- memory -------------------------------------------------------------------------------------
+RSS_SCRIPT = r"""
+import contextlib, io, sys
+from ploopfs.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    rc = main(sys.argv[1:])
+# VmHWM: the peak RSS of this process image (ru_maxrss would carry pytest's across exec).
+with open("/proc/self/status") as f:
+    print(rc, next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")))
+"""
+
+
+def qemu_pair(tmp: Path, size: int) -> tuple[Path, Path]:
+    """Two qemu-written parallels disks of `size` bytes: all but the last 32 MiB written
+    (a pattern), NEW with five 1 MiB spots rewritten."""
+    paths = tmp / f"old{size}.hds", tmp / f"new{size}.hds"
+    data = size - (32 << 20)
+    for i, p in enumerate(paths):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "parallels", str(p), str(size)],
+                       check=True, timeout=60)
+        cmds = ["-c", f"write -q -P 0x11 0 {data}"]
+        if i:
+            cmds += [a for k in range(5) for a in (
+                "-c", f"write -q -P 0x22 {(k * data // 5) & -(1 << 20)} 1M")]
+        subprocess.run(["qemu-io", "-f", "parallels", *cmds, str(p)], check=True, timeout=300)
+    return paths
+
+
+def test_peak_rss_does_not_grow_with_disk_size(tmp_path: Path, guard_sources) -> None:
+    """Memory is bounded by the windows in flight, not by the disk: a default diff (BLAKE3 of
+    both disks, rdiff output) of two 1 GiB disks peaks within 8 MiB of the same diff of two
+    96 MiB disks, and under the issue's 64 MiB."""
+    peaks = []
+    for size in (96 << 20, 1 << 30):
+        old, new = qemu_pair(tmp_path, size)
+        guard_sources(old, new)
+        out = tmp_path / f"d{size}.rdiff"
+        r = subprocess.run([sys.executable, "-c", RSS_SCRIPT, "diff", str(old), str(new), "-o",
+                            str(out), "--no-progress"], capture_output=True, text=True,
+                           timeout=300, check=False)
+        rc, peak = (int(x) for x in r.stdout.split())
+        assert rc == 0, r.stderr
+        man = json.loads(Path(str(out) + ".json").read_text())
+        assert man["stats"]["changed_clusters"] == 5 and man["new"]["size"] == size
+        peaks.append(peak)
+    print(f"peak RSS {peaks} KiB")
+    assert peaks[1] <= peaks[0] + 8 * 1024, f"peak RSS {peaks} KiB"
+    assert peaks[1] < 64 * 1024, f"peak RSS {peaks[1]} KiB"
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
