@@ -564,16 +564,30 @@ def _hash_old_tail(start: int, buf: memoryview, vol: Volume, h: Any, o: DiffOpti
 
 # -- sinks --------------------------------------------------------------------------------------
 class _HashingFile:
+    """The delta file: hashed as it is written, and its writeback started every WRITEBACK
+    bytes (POSIX_FADV_DONTNEED starts writing dirty pages and drops the clean ones), so the
+    final fsync waits only for the tail and the output does not crowd the page cache."""
+
+    WRITEBACK = 16 << 20
+
     def __init__(self, f: IO[bytes], alg: str | None) -> None:
         self.f = f
         self.h = HASHES[alg]() if alg else None
         self.size = 0
+        self._kicked = 0  # bytes whose writeback was started
 
     def write(self, data: bytes | memoryview) -> int:
         if self.h:
             self.h.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        n = self.f.write(data)
+        if self.size - self._kicked >= self.WRITEBACK:
+            self.f.flush()
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.f.fileno(), self._kicked, self.size - self._kicked,
+                                 os.POSIX_FADV_DONTNEED)
+            self._kicked = self.size
+        return n
 
 
 class RangesSink:
