@@ -585,40 +585,6 @@ int64_t pf_match_chunk(const pf_index *ix, const unsigned char *buf, size_t len,
     return (int64_t)nb;
 }
 
-/* -- block compare ------------------------------------------------------------------------- */
-
-struct cmp_job {
-    const unsigned char *a, *b;
-    size_t len;
-    uint64_t block_len;
-    unsigned char *eq;
-};
-
-static void cmp_range(void *arg, uint64_t begin, uint64_t end)
-{
-    const struct cmp_job *j = arg;
-    for (uint64_t k = begin; k < end; k++) {
-        size_t off = (size_t)(k * j->block_len);
-        size_t n = j->len - off < j->block_len ? j->len - off : (size_t)j->block_len;
-        j->eq[k] = memcmp(j->a + off, j->b + off, n) == 0;
-    }
-}
-
-int64_t pf_compare_blocks(const unsigned char *a, const unsigned char *b, size_t len,
-                          uint64_t block_len, unsigned char *eq, int nthreads)
-{
-    if (block_len == 0 || (len && (!a || !b || !eq)))
-        return -1;
-    uint64_t nb = (len + block_len - 1) / block_len;
-    struct cmp_job j = {a, b, len, block_len, eq};
-    if (nb)
-        run_parallel(nthreads, nb, cmp_range, &j);
-    int64_t same = 0;
-    for (uint64_t k = 0; k < nb; k++)
-        same += eq[k];
-    return same;
-}
-
 /* -- command encoding (§2.4) --------------------------------------------------------------- */
 
 /* Minimal big-endian width of v: 1, 2, 4 or 8 (like librsync's rs_int_len). */

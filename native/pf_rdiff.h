@@ -64,12 +64,6 @@ uint64_t pf_index_size(const pf_index *ix);
 int64_t pf_match_chunk(const pf_index *ix, const unsigned char *buf, size_t len,
                        uint64_t first_block, int64_t *match);
 
-/* Block compare: eq[k] = 1 if block k of a and b (block_len bytes, the last one may be short)
- * is equal, else 0, for the ceil(len / block_len) blocks of a[0..len) and b[0..len); split
- * over nthreads. Returns the number of equal blocks, or -1 on bad arguments. */
-int64_t pf_compare_blocks(const unsigned char *a, const unsigned char *b, size_t len,
-                          uint64_t block_len, unsigned char *eq, int nthreads);
-
 /* Delta command headers with minimal-width big-endian parameters (§2.4). Return the header
  * length (<= PF_CMD_MAX), or 0 when len is 0. A LITERAL header is followed by len payload
  * bytes. */

@@ -10,8 +10,8 @@ from ploopfs._native import ffi, lib
 # memoryview, mmap, array.array, numpy arrays); collections.abc.Buffer needs Python 3.12.
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
-__all__ = ["Blake3", "Buffer", "blake2b_lanes", "blake2b_many", "compare_blocks",
-           "count_nonzero_u32", "diff_window", "ffi", "first_nonzero", "is_zero", "lib", "version"]
+__all__ = ["Blake3", "Buffer", "blake2b_lanes", "blake2b_many", "count_nonzero_u32",
+           "diff_window", "ffi", "first_nonzero", "is_zero", "lib", "version"]
 
 
 def _view(buf: Buffer) -> memoryview:
@@ -64,24 +64,6 @@ def count_nonzero_u32(buf: Buffer) -> int:
         ffi.memmove(aligned, mv, n)
         return int(lib.pf_count_nonzero_u32(aligned, n // 4))
     return int(lib.pf_count_nonzero_u32(ffi.cast("const uint32_t *", ptr), n // 4))
-
-
-def compare_blocks(a: Buffer, b: Buffer, block_len: int, threads: int = 2) -> bytes:
-    """Per-block equality of two equal-length buffers: byte k is 1 if block k (``block_len``
-    bytes, the last one may be short) is equal, else 0. memcmp in C over ``threads`` threads,
-    without the GIL."""
-    va, vb = _view(a), _view(b)
-    if va.nbytes != vb.nbytes:
-        raise ValueError(f"buffers differ in length ({va.nbytes} vs {vb.nbytes})")
-    if block_len <= 0:
-        raise ValueError(f"block length {block_len} must be positive")
-    n = -(-va.nbytes // block_len)
-    if n == 0:
-        return b""
-    eq = ffi.new("unsigned char[]", n)
-    lib.pf_compare_blocks(ffi.from_buffer("unsigned char[]", va),
-                          ffi.from_buffer("unsigned char[]", vb), va.nbytes, block_len, eq, threads)
-    return ffi.buffer(eq, n)[:]
 
 
 def blake2b_many(msgs: list[Buffer], digest_size: int = 32) -> list[bytes]:

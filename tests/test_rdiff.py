@@ -597,18 +597,3 @@ def test_native_match_chunk_from_python() -> None:
         lib.pf_index_free(ix)
 
 
-def test_native_compare_blocks() -> None:
-    from ploopfs.native import compare_blocks
-
-    rng = random.Random(6)
-    a = rnd(rng, 10 * 4096 + 5)
-    b = bytearray(a)
-    b[4096 * 3 + 17] ^= 0xFF
-    b[-1] ^= 1
-    for threads in (1, 2, 3):
-        flags = compare_blocks(a, b, 4096, threads)
-        assert list(flags) == [1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0]
-        assert flags == bytes(int(a[i:i + 4096] == b[i:i + 4096]) for i in range(0, len(a), 4096))
-    assert compare_blocks(b"", b"", 512) == b""
-    with pytest.raises(ValueError):
-        compare_blocks(a, a[:-1], 4096)

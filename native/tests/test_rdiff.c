@@ -455,29 +455,6 @@ static void test_patch(void)
     CHECK(strcmp(pf_patch_error(NULL, &off, NULL), "no patch state") == 0, "NULL state");
 }
 
-static void test_compare_blocks(void)
-{
-    const size_t len = 10 * 1000 + 7;
-    unsigned char *a = xmalloc(len), *b = xmalloc(len), eq[11];
-    fill_random(a, len);
-    memcpy(b, a, len);
-    b[0] ^= 1;        /* block 0 */
-    b[4999] ^= 0x80;  /* last byte of block 4 */
-    b[len - 1] ^= 1;  /* the short last block 10 */
-    for (int t = 1; t <= 4; t++) {
-        memset(eq, 9, sizeof eq);
-        int64_t same = pf_compare_blocks(a, b, len, 1000, eq, t);
-        CHECK(same == 8, "threads %d: %lld equal", t, (long long)same);
-        for (int k = 0; k < 11; k++)
-            CHECK(eq[k] == (k != 0 && k != 4 && k != 10), "threads %d block %d = %d", t, k,
-                  eq[k]);
-    }
-    CHECK(pf_compare_blocks(a, b, 0, 1000, NULL, 2) == 0, "empty");
-    CHECK(pf_compare_blocks(a, b, len, 0, eq, 2) == -1, "block 0");
-    free(a);
-    free(b);
-}
-
 /* Multi-buffer BLAKE2b equals libb2 for every lane width the CPU has, message lengths around
  * the 128-byte block edges, digest lengths 1..64, batch sizes that leave partial batches, and
  * messages at unaligned addresses. Then the signature and match paths (which batch full,
@@ -543,7 +520,6 @@ static void test_blake2b_many(void)
 
 void test_rdiff_all(void)
 {
-    test_compare_blocks();
     test_blake2b_many();
     test_md4_kat();
     test_blake2_kat();
