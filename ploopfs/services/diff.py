@@ -51,7 +51,7 @@ from ploopfs.format.header import TOP_GUID
 from ploopfs.native import Blake3, diff_window, is_zero
 from ploopfs.services.rdiff import DeltaWriter
 from ploopfs.volume.source import Disk, OpenOptions, open_source
-from ploopfs.volume.volume import Volume
+from ploopfs.volume.volume import Volume, zeros
 from ploopfs.volume.writer import (
     ImageWriter,
     chain_descriptor,
@@ -239,9 +239,10 @@ class _Worker:
     do equal work and no byte is read from memory more than needed."""
 
     def __init__(self, side: int, vol: Volume, alg: str | None, o: DiffOptions,
-                 maps: _Maps) -> None:
+                 maps: _Maps, per: int) -> None:
         self.side = side
         self.maps = maps
+        self.per = per  # clusters per piece
         self.vol = vol
         self.h = HASHES[alg]() if alg and alg not in TREE_HASHES else None  # stream hash
         self.o = o
@@ -264,7 +265,7 @@ class _Worker:
         finally:
             w.ready[self.side].set()  # also on failure: the other worker must not wait forever
         view = w.views[self.side]
-        per = max(1, PIECE // c)
+        per = self.per
         npieces = -(-w.n // per)
         if self.h is None:
             w.ready[1 - self.side].wait()  # returns at once when already set
@@ -351,10 +352,12 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     stats.candidate_clusters = sum(n for _, n in cands)
     per = max(1, o.chunk // c)
     work = [(0, nclusters)] if o.full_compare or o.hash else cands
+    piece_clusters = max(1, PIECE // c)
+    piece = piece_clusters * c
     maps = _Maps()
-    workers = (_Worker(OLD, old, o.hash, o, maps), _Worker(NEW, new, o.hash, o, maps))
+    workers = (_Worker(OLD, old, o.hash, o, maps, piece_clusters),
+               _Worker(NEW, new, o.hash, o, maps, piece_clusters))
     trees = (Blake3(), Blake3()) if o.hash in TREE_HASHES else None  # fed here, in order
-    piece = max(1, PIECE // c) * c
     # Buffers for reads that cannot be mapped (see _Buffer).
     bufs = [(_Buffer(per * c), _Buffer(per * c)) for _ in range(SLOTS)]
     cand_iter = _RunCursor(cands)
@@ -370,7 +373,7 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
         b0 = c0 * c
         b1 = min((c0 + n) * c, new.size)
         ob1 = max(b0, min(b1, old.size))
-        npieces = -(-n * c // piece)
+        npieces = -(-n // piece_clusters)
         pairs = (np.empty(64 * npieces, np.uint8), np.zeros(npieces, np.uint8),
                  np.empty(64 * npieces, np.uint8), np.zeros(npieces, np.uint8)) if trees else None
         w = _Window(c0, n, b0, b1, ob1, i % SLOTS, cand_iter.mask(c0, n), np.zeros(n, bool), pairs)
@@ -470,7 +473,6 @@ class _Maps:
 
     def __init__(self) -> None:
         self._maps: dict[int, mmap.mmap | None] = {}
-        self._zero: mmap.mmap | None = None
         self._lock = threading.Lock()
 
     def view(self, vol: Volume, off: int, n: int,
@@ -481,11 +483,7 @@ class _Maps:
         if n < MMAP_MIN or seg is None or seg.length != n:
             return None
         if seg.level is None:  # a hole: the zero page, mapped read-only (no RSS, no copy)
-            with self._lock:
-                if self._zero is None or len(self._zero) < n:
-                    self._zero = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                                           prot=mmap.PROT_READ)
-                return memoryview(self._zero)[:n], None
+            return zeros(n), None
         im = vol.images[seg.level]
         if seg.offset + n > im.file_size:  # a raw base ending early: zeros past its end
             return None
@@ -514,7 +512,7 @@ class _Maps:
 
     def close(self) -> None:
         """After every view is dropped."""
-        for mm in [*self._maps.values(), self._zero]:
+        for mm in self._maps.values():
             if mm is not None:
                 with contextlib.suppress(BufferError):
                     mm.close()

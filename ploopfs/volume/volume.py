@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -13,19 +14,26 @@ from ploopfs.errors import CorruptImageError, SourceIOError
 from ploopfs.volume.blockmap import BlockMap
 from ploopfs.volume.image import Image
 
-# Read-only private anonymous memory: every page of it is the kernel's one zero page, so it
-# costs no RSS. Holes are copied from it (a fresh bytes(n) per hole was a transient allocation
-# of the hole's size, up to a whole read window per thread).
-ZEROS = memoryview(mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                             prot=mmap.PROT_READ))
+_zeros = memoryview(b"")
+_zeros_lock = threading.Lock()
+
+
+def zeros(n: int) -> memoryview:
+    """`n` zero bytes, read-only, costing no RSS: a private anonymous read-only mapping, every
+    page of which is the kernel's one zero page. It grows (never shrinks) to the largest `n`
+    asked for; a view handed out earlier keeps its own mapping alive."""
+    global _zeros
+    with _zeros_lock:
+        if len(_zeros) < n:
+            _zeros = memoryview(mmap.mmap(-1, max(n, 4 << 20), prot=mmap.PROT_READ,
+                                          flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+        return _zeros[:n]
 
 
 def zero_fill(dst: memoryview) -> None:
-    """Write zeros into all of `dst`."""
-    step = len(ZEROS)
-    for i in range(0, len(dst), step):
-        n = min(step, len(dst) - i)
-        dst[i:i + n] = ZEROS[:n]
+    """Write zeros into all of `dst`, copied from `zeros` (a fresh bytes(n) per hole was a
+    transient allocation of the hole's size, up to a whole read window per thread)."""
+    dst[:] = zeros(len(dst))
 
 
 @dataclass(frozen=True)
