@@ -26,16 +26,13 @@ import sys
 from _common import (
     Series,
     alternate,
-    bench_parser,
-    dump_json,
-    in_workdir,
     log,
     machine_info,
     row,
     run_child,
     verdict,
 )
-from du_bench import PLOOPFS, GiB, MiB, build
+from du_bench import PLOOPFS, GiB, MiB, bench_main, build
 
 TARGET_RATIO = 0.8
 WIDTHS = (34, 24, 24)
@@ -116,13 +113,7 @@ def report(res: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = bench_parser(__doc__, "du_bench.py", 100 * GiB, 6)
-    p.add_argument("--fill-mib", type=int, default=3072)
-    args = p.parse_args(argv)
-    res = in_workdir(args.workdir, "ploopfs-bench-du-", lambda d: run(args, d))
-    report(res)
-    dump_json(args.json, res)
-    return 0 if res["target"]["met"] else 1
+    return bench_main(__doc__, "du_bench.py", run, report, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 
 from _common import (
     REPO,
@@ -155,14 +156,21 @@ def report(res: dict) -> None:
     print(f"target: du < {t['du_s_max']} s: median {t['du_s']:.3f} s -> {verdict(t['met'])}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = bench_parser(__doc__, "compact_bench.py", 100 * GiB, 6)
+def bench_main(doc: str | None, shared_with: str, run_fn: Callable[[argparse.Namespace, str], dict],
+               report_fn: Callable[[dict], None], argv: list[str] | None) -> int:
+    """The main of du_bench and compact_bench: the same options and the same (shared) work
+    directory of disks built by `build`."""
+    p = bench_parser(doc, shared_with, 100 * GiB, 6)
     p.add_argument("--fill-mib", type=int, default=3072)
     args = p.parse_args(argv)
-    res = in_workdir(args.workdir, "ploopfs-bench-du-", lambda d: run(args, d))
-    report(res)
+    res = in_workdir(args.workdir, "ploopfs-bench-du-", lambda d: run_fn(args, d))
+    report_fn(res)
     dump_json(args.json, res)
     return 0 if res["target"]["met"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(__doc__, "compact_bench.py", run, report, argv)
 
 
 if __name__ == "__main__":
