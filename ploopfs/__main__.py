@@ -1,5 +1,3 @@
-import sys
+from ploopfs.cli import run
 
-from ploopfs.cli import main
-
-sys.exit(main())
+run()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import re
@@ -407,3 +408,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ploopfs: internal error: {type(e).__name__}: {e} (run with --debug for details)",
               file=sys.stderr)
         return ExitCode.INTERNAL
+
+
+def run() -> None:
+    """The console script (and `python -m ploopfs`): main(), then exit without the
+    interpreter's final full garbage collection. gc.freeze() puts every object left out of the
+    collector's sight; the process ends anyway, and that last pass walked every object of numpy
+    and the modules loaded: 15-25 ms of each short command (perf of `ploopfs diff`)."""
+    rc = main()
+    gc.freeze()
+    sys.exit(rc)
+

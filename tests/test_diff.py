@@ -12,6 +12,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -370,6 +371,40 @@ def test_raw_sources(tmp_path: Path, guard_sources) -> None:
     check_rdiff(old_raw, new, old_raw, new_raw, tmp_path, "--hash", "sha256")
     man = check_ploop(old_raw, new, new_raw, tmp_path)
     assert man["version"] == 2
+
+
+@pytest.mark.parametrize("hash_alg", ["blake3", "sha256", None])
+def test_sink_error_ends_the_scan(tmp_path: Path, guard_sources, hash_alg: str | None) -> None:
+    """An error while windows are still queued with the workers (here the sink's, as a full
+    output disk would raise) comes out of scan() as it is, and the workers end: none waits for
+    a window its partner skipped."""
+    old, new, _, _ = two_disks(tmp_path, 64, 64, 0.5, seed=9)
+    guard_sources(old.parent)
+
+    class Full(RangesSink):
+        def changed(self, c0: int, n: int, data: memoryview) -> None:
+            if c0 >= 8:
+                raise OSError(28, "No space left on device")
+            super().changed(c0, n, data)
+
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        sides = open_sides(str(old), str(new), None, None, OpenOptions())
+        try:
+            scan(sides.old, sides.new, Full(C, None), DiffOptions(hash=hash_alg, chunk=C))
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(e)
+        finally:
+            sides.close()
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "scan did not end after its sink failed"
+    assert len(outcome) == 1 and isinstance(outcome[0], OSError) and outcome[0].errno == 28
+    assert not [x.name for x in threading.enumerate() if x.name.startswith("ploopfs-diff-")]
 
 
 # -- memory -------------------------------------------------------------------------------------

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass, field
-
-from lxml import etree
+from typing import TYPE_CHECKING
 
 from ploopfs.errors import BadChainError, BadDescriptorError
 from ploopfs.format.header import NONE_GUID, TOP_GUID
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 MAX_DESCRIPTOR_BYTES = 4 << 20  # real descriptors are a few KiB; a cap stops memory attacks
 TEMPORARY_MARKERS = ("Temporary", "TemporaryZero", "TemporaryZeroSwap")
@@ -167,6 +169,8 @@ def load_root(data: bytes) -> etree._Element:
             "size", f"descriptor is {len(data)} bytes, larger than the {MAX_DESCRIPTOR_BYTES} byte cap")
     if _declares_dtd(data):
         raise XmlRefused("dtd")
+    from lxml import etree  # here, not at the top: a disk given as an image file needs no XML
+
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
                              dtd_validation=False, huge_tree=False, remove_pis=True)
     try:
@@ -322,6 +326,8 @@ def render_descriptor(d: Descriptor) -> bytes:
     """XML as ploop's store_diskdescriptor writes it, obeying its parser's quirks (§5.1, §5.3):
     Images and Shots last in their parents, TopGUID first, numbers never zero-padded, one Storage,
     no attributes."""
+    from lxml import etree
+
     root = etree.Element(d.root_name)
     params = etree.SubElement(root, "Disk_Parameters")
 

@@ -36,11 +36,11 @@ import itertools
 import json
 import mmap
 import os
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol
 
@@ -226,7 +226,7 @@ class _Window:
     mapped: list[Mapped | None] = field(default_factory=lambda: [None, None])
     ready: list[threading.Event] = field(default_factory=lambda: [threading.Event(),
                                                                   threading.Event()])
-    futures: list[Future[None]] = field(default_factory=list)
+    futures: list[_Job] = field(default_factory=list)
 
 
 class _Worker:
@@ -246,10 +246,30 @@ class _Worker:
         self.vol = vol
         self.h = HASHES[alg]() if alg and alg not in TREE_HASHES else None  # stream hash
         self.o = o
-        self.pool = ThreadPoolExecutor(1)
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.closing = False
+        self.thread = threading.Thread(target=self._loop, daemon=True,
+                                       name=f"ploopfs-diff-{('old', 'new')[side]}")
+        self.thread.start()
 
-    def submit(self, w: _Window, buf: _Buffer, c: int) -> Future[None]:
-        return self.pool.submit(self._run, w, buf, c)
+    def submit(self, w: _Window, buf: _Buffer, c: int) -> _Job:
+        job = _Job((w, buf, c))
+        self.jobs.put(job)
+        return job
+
+    def _loop(self) -> None:
+        """The windows, in order (what a ThreadPoolExecutor(1) gave; concurrent.futures and the
+        logging it imports were 8 ms of every start)."""
+        while (job := self.jobs.get()) is not None:
+            try:
+                if self.closing:  # after close(): skipped, and the other side's worker, which
+                    job.args[0].ready[self.side].set()  # may wait for this side, told so
+                else:
+                    self._run(*job.args)
+            except BaseException as e:  # raised again by job.result(), on the caller's thread
+                job.error = e
+            finally:
+                job.done.set()
 
     def _run(self, w: _Window, buf: _Buffer, c: int) -> None:
         end = w.ob1 if self.side == OLD else w.b1
@@ -289,7 +309,25 @@ class _Worker:
         diff_window(bo, bn, w.b0, c, per, w.n, w.maybe, w.flags, first, stride, w.pairs)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.closing = True
+        self.jobs.put(None)
+        self.thread.join()
+
+
+class _Job:
+    """A window handed to a side's worker; result() waits for it and raises what it raised."""
+
+    __slots__ = ("args", "done", "error")
+
+    def __init__(self, args: tuple[_Window, _Buffer, int]) -> None:
+        self.args = args
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def result(self) -> None:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
 
 
 def _lookahead(it: Iterator[tuple[int, int]], k: int,
