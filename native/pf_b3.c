@@ -5,9 +5,12 @@
  * for a whole subtree). The dispatcher and the portable code are compiled by pf_b3_base.c,
  * the SIMD back ends from the project's x86-64 assembly (pf_b3_*.S).
  */
+#define _DEFAULT_SOURCE /* madvise, MADV_DONTNEED (-std=c11 hides them) */
 #include "pf_b3.h"
 
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wsign-compare"
@@ -84,14 +87,29 @@ int pf_b3_feed(void *state, const unsigned char *data, size_t len, size_t piece,
     return 0;
 }
 
+/* The whole pages inside [p, p + len) of a shared file mapping, given back (see pf_b3.h). */
+static void release_pages(const unsigned char *p, size_t len)
+{
+    static size_t page;
+    if (page == 0) {
+        long ps = sysconf(_SC_PAGESIZE);
+        page = ps > 0 ? (size_t)ps : 4096;
+    }
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t e = ((uintptr_t)p + len) & ~(uintptr_t)(page - 1);
+    if (e > a)
+        (void)madvise((void *)a, e - a, MADV_DONTNEED); /* advice: a failure changes nothing */
+}
+
 int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *new_,
                    size_t nlen, uint64_t offset, size_t c, size_t per, size_t n,
                    const unsigned char *maybe, unsigned char *flags, size_t first,
                    size_t stride, unsigned char *pairs_old, unsigned char *have_old,
-                   unsigned char *pairs_new, unsigned char *have_new)
+                   unsigned char *pairs_new, unsigned char *have_new, unsigned release)
 {
     if (c == 0 || per == 0 || stride == 0 || nlen > n * c || (n > 0 && nlen <= (n - 1) * c) ||
-        (olen && !old) || (nlen && !new_) || (n && (!maybe || !flags)))
+        (olen && !old) || (nlen && !new_) || (n && (!maybe || !flags)) ||
+        (release & ~(unsigned)(PF_RELEASE_OLD | PF_RELEASE_NEW)))
         return -1;
     const int hashing = pairs_old && have_old && pairs_new && have_new;
     const size_t piece = per * c;
@@ -106,19 +124,23 @@ int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *n
             flags[k] = e > olen || memcmp(old + s, new_ + s, e - s) != 0;
             same &= !flags[k];
         }
-        if (!hashing)
-            continue;
         size_t b0 = j * piece;
-        have_old[j] = b0 + piece <= olen && pf_b3_pairable(offset + b0, piece);
-        have_new[j] = b0 + piece <= nlen && pf_b3_pairable(offset + b0, piece);
-        if (have_old[j])
-            pf_b3_pair(old + b0, piece, offset + b0, pairs_old + 64 * j);
-        if (have_new[j]) {
-            if (same && have_old[j])
-                memcpy(pairs_new + 64 * j, pairs_old + 64 * j, 64);
-            else
-                pf_b3_pair(new_ + b0, piece, offset + b0, pairs_new + 64 * j);
+        if (hashing) {
+            have_old[j] = b0 + piece <= olen && pf_b3_pairable(offset + b0, piece);
+            have_new[j] = b0 + piece <= nlen && pf_b3_pairable(offset + b0, piece);
+            if (have_old[j])
+                pf_b3_pair(old + b0, piece, offset + b0, pairs_old + 64 * j);
+            if (have_new[j]) {
+                if (same && have_old[j])
+                    memcpy(pairs_new + 64 * j, pairs_old + 64 * j, 64);
+                else
+                    pf_b3_pair(new_ + b0, piece, offset + b0, pairs_new + 64 * j);
+            }
         }
+        if ((release & PF_RELEASE_OLD) && b0 < olen)
+            release_pages(old + b0, olen - b0 < piece ? olen - b0 : piece);
+        if ((release & PF_RELEASE_NEW) && same && b0 < nlen)
+            release_pages(new_ + b0, nlen - b0 < piece ? nlen - b0 : piece);
     }
     return 0;
 }

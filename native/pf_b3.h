@@ -48,13 +48,20 @@ uint64_t pf_b3_count(const void *state);
  *   past OLD's end (clusters with maybe[k] == 0 are proven equal and keep flags[k] == 0);
  *   with pairs_old/pairs_new (may be NULL): the pair of OLD's piece when OLD holds all of it
  *   and it is pairable (have_old[j] = 1), and NEW's the same way, copied from OLD's when every
- *   cluster of the piece is equal (no bytes of NEW hashed).
+ *   cluster of the piece is equal (no bytes of NEW hashed);
+ *   then, with PF_RELEASE_OLD in `release`, the whole pages of OLD's piece are given back
+ *   (madvise MADV_DONTNEED), and NEW's with PF_RELEASE_NEW when the piece is equal. Only for
+ *   read-only views of a shared file mapping: the page cache keeps the bytes and a later access
+ *   faults them in again, so what is read never changes; the resident set holds the pieces in
+ *   work and NEW's changes, not whole windows.
  * Returns 0, or -1 on bad arguments. */
+#define PF_RELEASE_OLD 1
+#define PF_RELEASE_NEW 2
 int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *new_,
                    size_t nlen, uint64_t offset, size_t c, size_t per, size_t n,
                    const unsigned char *maybe, unsigned char *flags, size_t first,
                    size_t stride, unsigned char *pairs_old, unsigned char *have_old,
-                   unsigned char *pairs_new, unsigned char *have_new);
+                   unsigned char *pairs_new, unsigned char *have_new, unsigned release);
 /* CDEF-END */
 
 #endif /* PF_B3_H */

@@ -143,14 +143,20 @@ class Blake3:
         return self.digest().hex()
 
 
+RELEASE_OLD, RELEASE_NEW = lib.PF_RELEASE_OLD, lib.PF_RELEASE_NEW
+
+
 def diff_window(old: Buffer, new: Buffer, offset: int, c: int, per: int, n: int, maybe: Buffer,
                 flags: Buffer, first: int = 0, stride: int = 1,
-                pairs: tuple[Buffer, Buffer, Buffer, Buffer] | None = None) -> None:
+                pairs: tuple[Buffer, Buffer, Buffer, Buffer] | None = None,
+                release: int = 0) -> None:
     """Compare pieces first, first + stride, ... (`per` clusters of `c` bytes each) of a window
     of n clusters at byte `offset` of two disks: flags[k] = 1 where candidate cluster k
     (maybe[k]) differs or reaches past OLD's end; with `pairs` = (pairs_old, have_old,
     pairs_new, have_new), also each piece's BLAKE3 pair for `Blake3.feed`, NEW's copied from
-    OLD's for equal pieces (native/pf_b3.h). Without the GIL."""
+    OLD's for equal pieces (native/pf_b3.h). `release` (RELEASE_OLD | RELEASE_NEW, only for
+    views of a shared file mapping) gives back each compared piece's pages of OLD, and of NEW
+    where equal. Without the GIL."""
     vo, vn = _view(old), _view(new)
     p = [ffi.from_buffer("unsigned char[]", _view(x)) for x in pairs] if pairs else [ffi.NULL] * 4
     if lib.pf_diff_window(ffi.from_buffer("unsigned char[]", vo) if vo.nbytes else ffi.NULL,
@@ -159,5 +165,5 @@ def diff_window(old: Buffer, new: Buffer, offset: int, c: int, per: int, n: int,
                           vn.nbytes, offset, c, per, n,
                           ffi.from_buffer("unsigned char[]", _view(maybe)),
                           ffi.from_buffer("unsigned char[]", _view(flags)), first, stride,
-                          p[0], p[1], p[2], p[3]) != 0:
+                          p[0], p[1], p[2], p[3], release) != 0:
         raise ValueError("pf_diff_window refused its arguments")

@@ -28,6 +28,7 @@ from ploopfs.volume.source import OpenOptions, open_source
 from ploopfs.volume.writer import ImageWriter, chain_descriptor, new_guid, write_descriptor
 
 KiB = 1 << 10
+MiB = 1 << 20
 C = 64 * KiB  # cluster size of the generated disks
 
 
@@ -357,6 +358,43 @@ def test_independent_images(tmp_path: Path, guard_sources, n_old: int, n_new: in
     inside_zero = [k for k in clusters_of(doc["ranges"])
                    if k < n_old and data[k * C:(k + 1) * C].count(0) == C]
     assert man["zero_clusters_written"] == len(inside_zero) > 0
+
+
+def test_scattered_and_contiguous_windows(tmp_path: Path, guard_sources) -> None:
+    """Default window sizes over qemu disks (1 MiB clusters) where some windows are one extent
+    of each file (mapped, 8 MiB) and others are scattered (read, 4 MiB): OLD written in
+    shuffled cluster order except its first 16 MiB, NEW in order; 3 clusters changed, one grown.
+    Every output equals the truth, and the reads of a mapped window are its whole window."""
+    size, rng = 40 << 20, np.random.default_rng(12)
+    order = [*range(16), *(16 + rng.permutation(24))]
+    changed = {3, 21, 38}
+    paths = tmp_path / "old.hds", tmp_path / "new.hds"
+    for p, ks in ((paths[0], order), (paths[1], range(41))):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "parallels", str(p),
+                        str(size + (MiB if p == paths[1] else 0))], check=True, timeout=60)
+        pat = [f"write -q -P {(k * 7 + (k in changed and p == paths[1])) % 251} {k}M 1M"
+               for k in ks if k < 40 or p == paths[1]]
+        subprocess.run(["qemu-io", "-f", "parallels", *(a for c in pat for a in ("-c", c)),
+                        str(p)], check=True, timeout=300)
+    guard_sources(*paths)
+    raws = tmp_path / "old.raw", tmp_path / "new.raw"
+    for p, r in zip(paths, raws, strict=True):
+        qemu_to_raw(str(p), r)
+    doc = check_json(*paths, *raws, tmp_path / "d.json")
+    assert clusters_of(doc["ranges"]) == [3, 21, 38, 40]
+    check_rdiff(*paths, *raws, tmp_path)
+    check_ploop(*paths, raws[1], tmp_path)
+    reads: list[tuple[str, int, int]] = []
+    sides = open_sides(str(paths[0]), str(paths[1]), None, None, OpenOptions())
+    try:
+        scan(sides.old, sides.new, RangesSink(MiB, None),
+             DiffOptions(on_read=lambda side, off, n: reads.append((side, off, n))))
+    finally:
+        sides.close()
+    new_reads = [(off, n) for side, off, n in reads if side == "new"]
+    assert new_reads[:2] == [(0, 8 * MiB), (8 * MiB, 8 * MiB)]  # both sides one extent each
+    assert all(n <= 4 * MiB for off, n in new_reads if off >= 16 * MiB)  # OLD scattered there
+    assert sum(n for _, n in new_reads) == size + MiB
 
 
 def test_raw_sources(tmp_path: Path, guard_sources) -> None:

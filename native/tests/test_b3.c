@@ -1,9 +1,12 @@
 /* pf_b3: feeding pairs equals feeding bytes; pf_diff_window flags and pairs. */
+#define _DEFAULT_SOURCE /* mmap, fileno */
 #include "pf_b3.h"
 
 #include <blake3.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "check.h"
 
@@ -93,9 +96,25 @@ static void test_feed(void)
     free(data);
 }
 
+/* `len` bytes as a read-only shared mapping of a temporary file (NULL for len 0). */
+static unsigned char *file_map(const unsigned char *data, size_t len)
+{
+    if (len == 0)
+        return NULL;
+    FILE *f = tmpfile();
+    CHECK(f != NULL && fwrite(data, 1, len, f) == len && fflush(f) == 0, "temporary file");
+    void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fileno(f), 0);
+    CHECK(m != MAP_FAILED, "mmap");
+    fclose(f); /* the mapping keeps the file */
+    return m;
+}
+
 /* Two disks differing in chosen clusters: flags, and the new disk's digest from the window's
- * pairs equals BLAKE3 of its bytes (pairs reused for equal pieces). */
-static void window_case(size_t c, size_t per, size_t n, size_t olen, size_t nlen, int stride)
+ * pairs equals BLAKE3 of its bytes (pairs reused for equal pieces). With `mapped`, both disks
+ * are file mappings whose compared pages the window gives back: everything read afterwards
+ * (the digests below, the bytes themselves) is still the disks' bytes. */
+static void window_case_m(size_t c, size_t per, size_t n, size_t olen, size_t nlen, int stride,
+                          int mapped)
 {
     unsigned char *old = malloc(olen + 1), *new_ = malloc(nlen + 1);
     for (size_t i = 0; i < olen; i++)
@@ -119,27 +138,44 @@ static void window_case(size_t c, size_t per, size_t n, size_t olen, size_t nlen
     size_t np = (n + per - 1) / per;
     unsigned char *po = calloc(np, 64), *pn = calloc(np, 64), *ho = calloc(np, 1),
                   *hn = calloc(np, 1);
+    unsigned char *mo = mapped ? file_map(old, olen) : NULL;
+    unsigned char *mn = mapped ? file_map(new_, nlen) : NULL;
+    unsigned release = (mo ? PF_RELEASE_OLD : 0) | (mn ? PF_RELEASE_NEW : 0);
+    const unsigned char *vo = mo ? mo : old, *vn = mn ? mn : new_;
     for (int f = 0; f < stride; f++)
-        CHECK(pf_diff_window(old, olen, new_, nlen, 0, c, per, n, maybe, flags, (size_t)f,
-                             (size_t)stride, po, ho, pn, hn) == 0, "window");
+        CHECK(pf_diff_window(vo, olen, vn, nlen, 0, c, per, n, maybe, flags, (size_t)f,
+                             (size_t)stride, po, ho, pn, hn, release) == 0, "window");
+    CHECK(memcmp(vo, old, olen) == 0 && memcmp(vn, new_, nlen) == 0, "bytes after release");
     CHECK(memcmp(flags, want, n) == 0, "flags c %zu n %zu", c, n);
     unsigned char a[32], b[32];
     void *st = malloc(pf_b3_state_size());
     pf_b3_init(st);
-    pf_b3_feed(st, new_, nlen, per * c, pn, hn);
+    pf_b3_feed(st, vn, nlen, per * c, pn, hn);
     pf_b3_final(st, a);
     ref_digest(new_, nlen, b);
     CHECK(memcmp(a, b, 32) == 0, "new digest c %zu per %zu n %zu", c, per, n);
     pf_b3_init(st);
-    pf_b3_feed(st, old, olen, per * c, po, ho);
+    pf_b3_feed(st, vo, olen, per * c, po, ho);
     pf_b3_final(st, a);
     ref_digest(old, olen, b);
     CHECK(memcmp(a, b, 32) == 0, "old digest c %zu per %zu n %zu", c, per, n);
     CHECK(pf_diff_window(old, olen, new_, nlen, 0, c, per, n + 2, maybe, flags, 0, 1, NULL,
-                         NULL, NULL, NULL) == -1, "n past NEW's end refused");
+                         NULL, NULL, NULL, 0) == -1, "n past NEW's end refused");
+    CHECK(pf_diff_window(old, olen, new_, nlen, 0, c, per, n, maybe, flags, 0, 1, NULL,
+                         NULL, NULL, NULL, 4) == -1, "unknown release flag refused");
+    if (mo)
+        munmap(mo, olen);
+    if (mn)
+        munmap(mn, nlen);
     free(st);
     free(old), free(new_), free(maybe), free(flags), free(want);
     free(po), free(pn), free(ho), free(hn);
+}
+
+static void window_case(size_t c, size_t per, size_t n, size_t olen, size_t nlen, int stride)
+{
+    window_case_m(c, per, n, olen, nlen, stride, 0);
+    window_case_m(c, per, n, olen, nlen, stride, 1);
 }
 
 static void test_window(void)

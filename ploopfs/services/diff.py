@@ -48,10 +48,10 @@ import numpy as np
 
 from ploopfs.errors import BadImageError, OutputError, UnsupportedError, UsageError
 from ploopfs.format.header import TOP_GUID
-from ploopfs.native import Blake3, diff_window, is_zero
+from ploopfs.native import RELEASE_NEW, RELEASE_OLD, Blake3, diff_window, is_zero
 from ploopfs.services.rdiff import DeltaWriter
 from ploopfs.volume.source import Disk, OpenOptions, open_source
-from ploopfs.volume.volume import Volume, zeros
+from ploopfs.volume.volume import Segment, Volume, zeros
 from ploopfs.volume.writer import (
     ImageWriter,
     chain_descriptor,
@@ -63,7 +63,15 @@ from ploopfs.volume.writer import (
 
 Progress = Callable[[int], None]  # bytes of NEW scanned so far
 ReadHook = Callable[[str, int, int], None]  # side ("old"/"new"), virtual offset, length
-CHUNK = 4 << 20  # x 2 sides x SLOTS windows mapped at most: peak RSS 60 MiB (8 MiB: 72 MiB)
+# Bytes per window where both sides are slices of file mappings. Their compared pieces are
+# given back at once (diff_window's release), so what stays resident is at most NEW's changed
+# bytes of SLOTS windows: peak RSS 47 MiB at 5 % changed, 55 MiB with every byte changed
+# (4 MiB windows: 47 / 47 MiB, but 0.03-0.05 s more per GiB of per-window work; 16 MiB: 72).
+CHUNK = 8 << 20
+# Bytes per window where a side must be read (copied into a buffer that stays resident, one
+# per side and slot): 4 MiB keeps those buffers at 16 MiB in all (8 MiB: 68 MiB peak RSS for a
+# disk written in random order, whose clusters are scattered in its file).
+READ_CHUNK = 4 << 20
 MMAP_MIN = 1 << 20  # smaller reads are copied
 PREFETCH = 8  # windows ahead whose bytes the kernel is asked to read (POSIX_FADV_WILLNEED)
 Mapped = tuple[mmap.mmap, int, int]  # a window's pages in a mapping: map, start, length
@@ -82,7 +90,7 @@ PLOOP_MANIFEST = "diff-manifest.json"
 
 @dataclass
 class DiffOptions:
-    chunk: int = CHUNK  # bytes per read (rounded to whole clusters)
+    chunk: int = CHUNK  # bytes per window (whole clusters; windows read, not mapped: READ_CHUNK)
     hash: str | None = DEFAULT_HASH  # whole-disk hashes of OLD and NEW; None: read only candidates
     full_compare: bool = False  # ignore the block maps: read and compare every cluster
     progress: Progress | None = None
@@ -227,6 +235,9 @@ class _Window:
     ready: list[threading.Event] = field(default_factory=lambda: [threading.Event(),
                                                                   threading.Event()])
     futures: list[_Job] = field(default_factory=list)
+    # (start, end of NEW's bytes, end of OLD's) of windows further on, whose bytes each side's
+    # worker asks the kernel to start reading (_prefetch) before it reads this window's
+    prefetch: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 class _Worker:
@@ -274,6 +285,10 @@ class _Worker:
     def _run(self, w: _Window, buf: _Buffer, c: int) -> None:
         end = w.ob1 if self.side == OLD else w.b1
         try:
+            for b0, b1, ob1 in w.prefetch:
+                e = ob1 if self.side == OLD else b1
+                if e > b0:
+                    _prefetch(self.vol, b0, e - b0)
             if end > w.b0:
                 into = memoryview(buf.mm)[: end - w.b0]
                 got, w.mapped[self.side] = _read(self.vol, into, w.b0, self.o, self.maps,
@@ -289,8 +304,11 @@ class _Worker:
         npieces = -(-w.n // per)
         if self.h is None:
             w.ready[1 - self.side].wait()  # returns at once when already set
-            if w.views[1 - self.side] is not None:  # else its read failed; its future says so
-                self._compare(w, c, per, self.side, 2)
+            if w.views[1 - self.side] is not None:  # else its read failed; its job says so
+                # Pieces done are given back at once (file mappings only, see diff_window).
+                release = (RELEASE_OLD if w.mapped[OLD] else 0) | \
+                    (RELEASE_NEW if w.mapped[NEW] else 0)
+                self._compare(w, c, per, self.side, 2, release)
             return
         for j in range(npieces):
             k0, k1 = j * per, min((j + 1) * per, w.n)
@@ -303,10 +321,11 @@ class _Worker:
                 self._compare(w, c, per, j, npieces)
 
     @staticmethod
-    def _compare(w: _Window, c: int, per: int, first: int, stride: int) -> None:
+    def _compare(w: _Window, c: int, per: int, first: int, stride: int, release: int = 0) -> None:
         bo, bn = w.views[OLD], w.views[NEW]
         assert bo is not None and bn is not None
-        diff_window(bo, bn, w.b0, c, per, w.n, w.maybe, w.flags, first, stride, w.pairs)
+        diff_window(bo, bn, w.b0, c, per, w.n, w.maybe, w.flags, first, stride, w.pairs,
+                    release)
 
     def close(self) -> None:
         self.closing = True
@@ -388,7 +407,10 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
                       hash=o.hash)
     cands = [(0, nclusters)] if o.full_compare else candidate_runs(old, new)
     stats.candidate_clusters = sum(n for _, n in cands)
-    per = max(1, o.chunk // c)
+    read_per = max(1, min(o.chunk, READ_CHUNK) // c)
+    # Large windows only where compared pieces are given back (a stream hash reads its side in
+    # order, behind the compare: its windows stay whole until emitted).
+    per = max(1, o.chunk // c) if o.hash is None or o.hash in TREE_HASHES else read_per
     work = [(0, nclusters)] if o.full_compare or o.hash else cands
     piece_clusters = max(1, PIECE // c)
     piece = piece_clusters * c
@@ -400,12 +422,15 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     bufs = [(_Buffer(per * c), _Buffer(per * c)) for _ in range(SLOTS)]
     cand_iter = _RunCursor(cands)
 
+    # Windows to prefetch, handed to the workers with the next window submitted: the page
+    # cache walk of POSIX_FADV_WILLNEED (~0.1 ms per MiB even when every page is cached) is
+    # then done by each side's worker, not on the thread the workers wait for.
+    to_prefetch: list[tuple[int, int, int]] = []
+
     def prefetch(c0: int, n: int) -> None:
         b0 = c0 * c
         b1 = min((c0 + n) * c, new.size)
-        _prefetch(new, b0, b1 - b0)
-        if min(b1, old.size) > b0:
-            _prefetch(old, b0, min(b1, old.size) - b0)
+        to_prefetch.append((b0, b1, max(b0, min(b1, old.size))))
 
     def submit(i: int, c0: int, n: int) -> _Window:
         b0 = c0 * c
@@ -415,6 +440,8 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
         pairs = (np.empty(64 * npieces, np.uint8), np.zeros(npieces, np.uint8),
                  np.empty(64 * npieces, np.uint8), np.zeros(npieces, np.uint8)) if trees else None
         w = _Window(c0, n, b0, b1, ob1, i % SLOTS, cand_iter.mask(c0, n), np.zeros(n, bool), pairs)
+        w.prefetch = to_prefetch[:]
+        to_prefetch.clear()
         _account("new", b0, b1 - b0, o, stats)
         if ob1 > b0:
             _account("old", b0, ob1 - b0, o, stats)
@@ -423,13 +450,25 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
 
     done = 0
     pos_c = 0  # next cluster of NEW not yet handed to the sink
-    it = enumerate(_lookahead(_work(nclusters, work, per), PREFETCH, prefetch))
-    queue: deque[_Window] = deque()
+    def windows() -> Iterator[tuple[int, int]]:
+        """Windows of `per` clusters where both sides map whole, else of `read_per`."""
+        for c0, n in _work(nclusters, work, per):
+            b0 = c0 * c
+            b1 = min((c0 + n) * c, new.size)
+            ob1 = max(b0, min(b1, old.size))
+            if n <= read_per or (o.mmap and _Maps.extent(new, b0, b1 - b0) is not None and
+                                 (ob1 == b0 or _Maps.extent(old, b0, ob1 - b0) is not None)):
+                yield c0, n
+            else:
+                yield from _work(nclusters, [(c0, n)], read_per)
+
+    it = enumerate(_lookahead(windows(), PREFETCH, prefetch))
+    inflight: deque[_Window] = deque()
     try:
         for i, (c0, n) in itertools.islice(it, SLOTS):
-            queue.append(submit(i, c0, n))
-        while queue:
-            w = queue.popleft()
+            inflight.append(submit(i, c0, n))
+        while inflight:
+            w = inflight.popleft()
             for f in w.futures:
                 f.result()
             if w.c0 > pos_c:
@@ -449,7 +488,7 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
             # straight from the window they are on (not after this thread next waits).
             nxt = next(it, None)
             if nxt is not None:
-                queue.append(submit(nxt[0], *nxt[1]))
+                inflight.append(submit(nxt[0], *nxt[1]))
             pos_c = w.c0 + w.n
             done += w.b1 - w.b0
             if o.progress:
@@ -465,7 +504,7 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     finally:
         for worker in workers:
             worker.close()
-        queue.clear()
+        inflight.clear()
         maps.close()
     stats.equal_candidate_clusters = stats.candidate_clusters - stats.changed_clusters
     stats.seconds = round(time.perf_counter() - t0, 3)
@@ -517,14 +556,12 @@ class _Maps:
              before_map: Callable[[], None] | None = None) -> tuple[memoryview, Mapped] | None:
         """A view of [off, off+n) of `vol` when one extent of one image file serves it all, and
         the page range to release after use; else None."""
-        seg = next(vol.segments(off, n), None)
-        if n < MMAP_MIN or seg is None or seg.length != n:
+        seg = self.extent(vol, off, n)
+        if seg is None:
             return None
         if seg.level is None:  # a hole: the zero page, mapped read-only (no RSS, no copy)
             return zeros(n), None
         im = vol.images[seg.level]
-        if seg.offset + n > im.file_size:  # a raw base ending early: zeros past its end
-            return None
         with self._lock:
             if id(im) not in self._maps:
                 try:
@@ -541,6 +578,17 @@ class _Maps:
             before_map()
         start = seg.offset - seg.offset % mmap.PAGESIZE
         return memoryview(mm)[seg.offset:seg.offset + n], (mm, start, seg.offset + n - start)
+
+    @staticmethod
+    def extent(vol: Volume, off: int, n: int) -> Segment | None:
+        """The one extent (or hole) serving all of [off, off+n) of `vol` when a view of a
+        mapping can serve it (not too small, not past the end of a raw base's file); else None."""
+        seg = next(vol.segments(off, n), None)
+        if n < MMAP_MIN or seg is None or seg.length != n:
+            return None
+        if seg.level is not None and seg.offset + n > vol.images[seg.level].file_size:
+            return None  # a raw base ending early: zeros past its end
+        return seg
 
     @staticmethod
     def release(m: Mapped | None) -> None:
