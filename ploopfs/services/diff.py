@@ -205,7 +205,9 @@ class _Buffer:
     always read (or always mapped) never pays for re-faulting the pages."""
 
     def __init__(self, size: int) -> None:
-        self.mm = mmap.mmap(-1, size)
+        # Private: MADV_DONTNEED then frees the pages. Python's default for an anonymous map
+        # is MAP_SHARED (shmem), where it only unmaps them: out of the RSS, still in memory.
+        self.mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.filled = False
 
     def release(self) -> None:
@@ -217,25 +219,35 @@ class _Buffer:
 
 
 @dataclass
-class _Window:
-    """A window of whole clusters [c0, c0+n) of NEW: bytes [b0, b1) of NEW and [b0, ob1) of OLD
-    (ob1 < b1 when NEW is larger), worked on by both side workers at once."""
+class _Part:
+    """Whole clusters [c0, c0+n) of NEW: bytes [b0, b1) of NEW and [b0, ob1) of OLD (ob1 < b1
+    when NEW is larger)."""
 
     c0: int
     n: int
     b0: int
     b1: int
     ob1: int
-    slot: int
     maybe: np.ndarray  # candidate flag per cluster (only candidates are compared)
     flags: np.ndarray  # changed flag per cluster, filled in by the workers
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None  # see native.diff_window
     views: list[np.ndarray | None] = field(default_factory=lambda: [None, None])
     mapped: list[Mapped | None] = field(default_factory=lambda: [None, None])
+    g0: int = 0  # number of the part's first piece within its window (who compares which)
+
+
+@dataclass
+class _Window:
+    """One job of both side workers at once: a part of NEW's clusters, or several small parts
+    (candidate runs of a snapshot diff, often one cluster each) handed over together, so the
+    threads meet once per window, not once per run."""
+
+    slot: int
+    parts: list[_Part]
     ready: list[threading.Event] = field(default_factory=lambda: [threading.Event(),
                                                                   threading.Event()])
     futures: list[_Job] = field(default_factory=list)
-    # (start, end of NEW's bytes, end of OLD's) of windows further on, whose bytes each side's
+    # (start, end of NEW's bytes, end of OLD's) of parts further on, whose bytes each side's
     # worker asks the kernel to start reading (_prefetch) before it reads this window's
     prefetch: list[tuple[int, int, int]] = field(default_factory=list)
 
@@ -283,48 +295,59 @@ class _Worker:
                 job.done.set()
 
     def _run(self, w: _Window, buf: _Buffer, c: int) -> None:
-        end = w.ob1 if self.side == OLD else w.b1
+        side = self.side
         try:
             for b0, b1, ob1 in w.prefetch:
-                e = ob1 if self.side == OLD else b1
+                e = ob1 if side == OLD else b1
                 if e > b0:
                     _prefetch(self.vol, b0, e - b0)
-            if end > w.b0:
-                into = memoryview(buf.mm)[: end - w.b0]
-                got, w.mapped[self.side] = _read(self.vol, into, w.b0, self.o, self.maps,
-                                                 buf.release)
-                buf.filled = got is into
-                w.views[self.side] = np.frombuffer(got, np.uint8)
-            else:
-                w.views[self.side] = np.zeros(0, np.uint8)
+            pos = 0  # bytes of the buffer taken by this window's parts read so far
+            for p in w.parts:
+                end = p.ob1 if side == OLD else p.b1
+                if end > p.b0:
+                    into = memoryview(buf.mm)[pos: pos + end - p.b0]
+                    # A mapping takes the buffer's place (its pages given back first), unless
+                    # a part before it in this window is in the buffer.
+                    got, p.mapped[side] = _read(self.vol, into, p.b0, self.o, self.maps,
+                                                None if pos else buf.release)
+                    if got is into:
+                        pos += len(into)
+                        buf.filled = True
+                    p.views[side] = np.frombuffer(got, np.uint8)
+                else:
+                    p.views[side] = np.zeros(0, np.uint8)
         finally:
-            w.ready[self.side].set()  # also on failure: the other worker must not wait forever
-        view = w.views[self.side]
+            w.ready[side].set()  # also on failure: the other worker must not wait forever
         per = self.per
-        npieces = -(-w.n // per)
         if self.h is None:
-            w.ready[1 - self.side].wait()  # returns at once when already set
-            if w.views[1 - self.side] is not None:  # else its read failed; its job says so
+            w.ready[1 - side].wait()  # returns at once when already set
+            for p in w.parts:
+                if p.views[1 - side] is None:
+                    return  # its read failed; its job says so
                 # Pieces done are given back at once (file mappings only, see diff_window).
-                release = (RELEASE_OLD if w.mapped[OLD] else 0) | \
-                    (RELEASE_NEW if w.mapped[NEW] else 0)
-                self._compare(w, c, per, self.side, 2, release)
+                release = (RELEASE_OLD if p.mapped[OLD] else 0) | \
+                    (RELEASE_NEW if p.mapped[NEW] else 0)
+                self._compare(p, c, per, (side - p.g0) % 2, 2, release)
             return
-        for j in range(npieces):
-            k0, k1 = j * per, min((j + 1) * per, w.n)
-            if k0 * c < view.size:
-                self.h.update(view[k0 * c: k1 * c])
-            if j % 2 == self.side:
-                w.ready[1 - self.side].wait()
-                if w.views[1 - self.side] is None:
-                    return
-                self._compare(w, c, per, j, npieces)
+        for p in w.parts:
+            view = p.views[side]
+            assert view is not None
+            npieces = -(-p.n // per)
+            for j in range(npieces):
+                k0, k1 = j * per, min((j + 1) * per, p.n)
+                if k0 * c < view.size:
+                    self.h.update(view[k0 * c: k1 * c])
+                if (p.g0 + j) % 2 == side:
+                    w.ready[1 - side].wait()
+                    if p.views[1 - side] is None:
+                        return
+                    self._compare(p, c, per, j, npieces)
 
     @staticmethod
-    def _compare(w: _Window, c: int, per: int, first: int, stride: int, release: int = 0) -> None:
-        bo, bn = w.views[OLD], w.views[NEW]
+    def _compare(p: _Part, c: int, per: int, first: int, stride: int, release: int = 0) -> None:
+        bo, bn = p.views[OLD], p.views[NEW]
         assert bo is not None and bn is not None
-        diff_window(bo, bn, w.b0, c, per, w.n, w.maybe, w.flags, first, stride, w.pairs,
+        diff_window(bo, bn, p.b0, c, per, p.n, p.maybe, p.flags, first, stride, p.pairs,
                     release)
 
     def close(self) -> None:
@@ -349,16 +372,34 @@ class _Job:
             raise self.error
 
 
-def _lookahead(it: Iterator[tuple[int, int]], k: int,
-               announce: Callable[[int, int], None]) -> Iterator[tuple[int, int]]:
+def _lookahead(it: Iterator[tuple[int, int, bool]], k: int,
+               announce: Callable[[int, int], None]) -> Iterator[tuple[int, int, bool]]:
     """The items of `it`, each announced (prefetched) k items before it is yielded."""
-    pending: deque[tuple[int, int]] = deque()
+    pending: deque[tuple[int, int, bool]] = deque()
     for item in it:
-        announce(*item)
+        announce(item[0], item[1])
         pending.append(item)
         if len(pending) > k:
             yield pending.popleft()
     yield from pending
+
+
+def _batches(parts: Iterator[tuple[int, int, bool]], per: int,
+             read_per: int) -> Iterator[list[tuple[int, int]]]:
+    """Consecutive parts (c0, n, both sides map) gathered into windows of at most `per`
+    clusters, of which at most `read_per` are read into the buffers (the rest are mappings)."""
+    batch: list[tuple[int, int]] = []
+    total = read = 0
+    for c0, n, maps in parts:
+        r = 0 if maps else n
+        if batch and (total + n > per or read + r > read_per):
+            yield batch
+            batch, total, read = [], 0, 0
+        batch.append((c0, n))
+        total += n
+        read += r
+    if batch:
+        yield batch
 
 
 def _work(nclusters: int, runs: list[tuple[int, int]], per: int) -> Iterator[tuple[int, int]]:
@@ -392,9 +433,9 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     """Compare OLD and NEW cluster by cluster, in order, telling `sink` about every run of
     clusters of NEW (same or changed, with NEW's bytes). Returns the statistics.
 
-    Pipeline: NEW is cut into windows of `chunk` bytes; one worker thread per side reads,
-    hashes and compares (`_Worker`), up to SLOTS windows ahead, while the caller's thread feeds
-    the sink with the windows done, in order."""
+    Pipeline: NEW is cut into windows of `chunk` bytes (or of several small parts: candidate
+    runs); one worker thread per side reads, hashes and compares (`_Worker`), up to SLOTS
+    windows ahead, while the caller's thread feeds the sink with the windows done, in order."""
     o = opts or DiffOptions()
     if old.cluster_size != new.cluster_size:
         raise UnsupportedError(
@@ -422,75 +463,86 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     bufs = [(_Buffer(per * c), _Buffer(per * c)) for _ in range(SLOTS)]
     cand_iter = _RunCursor(cands)
 
-    # Windows to prefetch, handed to the workers with the next window submitted: the page
+    # Parts to prefetch, handed to the workers with the next window submitted: the page
     # cache walk of POSIX_FADV_WILLNEED (~0.1 ms per MiB even when every page is cached) is
     # then done by each side's worker, not on the thread the workers wait for.
     to_prefetch: list[tuple[int, int, int]] = []
 
-    def prefetch(c0: int, n: int) -> None:
+    def extent(c0: int, n: int) -> tuple[int, int, int]:
+        """NEW's bytes [b0, b1) of clusters [c0, c0+n), and the end of OLD's (ob1 <= b1)."""
         b0 = c0 * c
         b1 = min((c0 + n) * c, new.size)
-        to_prefetch.append((b0, b1, max(b0, min(b1, old.size))))
+        return b0, b1, max(b0, min(b1, old.size))
 
-    def submit(i: int, c0: int, n: int) -> _Window:
-        b0 = c0 * c
-        b1 = min((c0 + n) * c, new.size)
-        ob1 = max(b0, min(b1, old.size))
-        npieces = -(-n // piece_clusters)
-        pairs = (np.empty(64 * npieces, np.uint8), np.zeros(npieces, np.uint8),
-                 np.empty(64 * npieces, np.uint8), np.zeros(npieces, np.uint8)) if trees else None
-        w = _Window(c0, n, b0, b1, ob1, i % SLOTS, cand_iter.mask(c0, n), np.zeros(n, bool), pairs)
+    def prefetch(c0: int, n: int) -> None:
+        to_prefetch.append(extent(c0, n))
+
+    def submit(i: int, batch: list[tuple[int, int]]) -> _Window:
+        parts = []
+        g0 = 0
+        for c0, n in batch:
+            b0, b1, ob1 = extent(c0, n)
+            npieces = -(-n // piece_clusters)
+            pairs = (np.empty(64 * npieces, np.uint8), np.zeros(npieces, np.uint8),
+                     np.empty(64 * npieces, np.uint8), np.zeros(npieces, np.uint8)) \
+                if trees else None
+            parts.append(_Part(c0, n, b0, b1, ob1, cand_iter.mask(c0, n), np.zeros(n, bool),
+                               pairs, g0=g0))
+            g0 += npieces
+            _account("new", b0, b1 - b0, o, stats)
+            if ob1 > b0:
+                _account("old", b0, ob1 - b0, o, stats)
+        w = _Window(i % SLOTS, parts)
         w.prefetch = to_prefetch[:]
         to_prefetch.clear()
-        _account("new", b0, b1 - b0, o, stats)
-        if ob1 > b0:
-            _account("old", b0, ob1 - b0, o, stats)
         w.futures = [workers[side].submit(w, bufs[w.slot][side], c) for side in (OLD, NEW)]
         return w
 
+    def parts() -> Iterator[tuple[int, int, bool]]:
+        """(c0, n, both sides map): parts of `per` clusters where both sides map whole, else
+        of at most `read_per`."""
+        for c0, n in _work(nclusters, work, per):
+            b0, b1, ob1 = extent(c0, n)
+            maps_both = o.mmap and _Maps.extent(new, b0, b1 - b0) is not None and \
+                (ob1 == b0 or _Maps.extent(old, b0, ob1 - b0) is not None)
+            if n <= read_per or maps_both:
+                yield c0, n, maps_both
+            else:
+                for a, k in _work(nclusters, [(c0, n)], read_per):
+                    yield a, k, False
+
     done = 0
     pos_c = 0  # next cluster of NEW not yet handed to the sink
-    def windows() -> Iterator[tuple[int, int]]:
-        """Windows of `per` clusters where both sides map whole, else of `read_per`."""
-        for c0, n in _work(nclusters, work, per):
-            b0 = c0 * c
-            b1 = min((c0 + n) * c, new.size)
-            ob1 = max(b0, min(b1, old.size))
-            if n <= read_per or (o.mmap and _Maps.extent(new, b0, b1 - b0) is not None and
-                                 (ob1 == b0 or _Maps.extent(old, b0, ob1 - b0) is not None)):
-                yield c0, n
-            else:
-                yield from _work(nclusters, [(c0, n)], read_per)
-
-    it = enumerate(_lookahead(windows(), PREFETCH, prefetch))
+    it = enumerate(_batches(_lookahead(parts(), PREFETCH, prefetch), per, read_per))
     inflight: deque[_Window] = deque()
     try:
-        for i, (c0, n) in itertools.islice(it, SLOTS):
-            inflight.append(submit(i, c0, n))
+        for i, batch in itertools.islice(it, SLOTS):
+            inflight.append(submit(i, batch))
         while inflight:
             w = inflight.popleft()
             for f in w.futures:
                 f.result()
-            if w.c0 > pos_c:
-                sink.same(pos_c, w.c0 - pos_c)
-            stats.new_clusters += int(np.count_nonzero(w.flags[(w.ob1 - w.b0) // c:]))
-            vn = w.views[NEW]
-            assert vn is not None
-            if trees and w.pairs:
-                trees[OLD].feed(w.views[OLD], w.ob1 - w.b0, piece, *w.pairs[:2])
-                trees[NEW].feed(vn, w.b1 - w.b0, piece, *w.pairs[2:])
-            _emit(sink, w.flags, w.c0, memoryview(vn), c, stats)
-            w.views = [None, None]
-            del vn
-            for m in w.mapped:
-                maps.release(m)
+            for p in w.parts:
+                if p.c0 > pos_c:
+                    sink.same(pos_c, p.c0 - pos_c)
+                stats.new_clusters += int(np.count_nonzero(p.flags[(p.ob1 - p.b0) // c:]))
+                vn = p.views[NEW]
+                assert vn is not None
+                if trees and p.pairs:
+                    trees[OLD].feed(p.views[OLD], p.ob1 - p.b0, piece, *p.pairs[:2])
+                    trees[NEW].feed(vn, p.b1 - p.b0, piece, *p.pairs[2:])
+                _emit(sink, p.flags, p.c0, memoryview(vn), c, stats)
+                p.views = [None, None]
+                del vn
+                for m in p.mapped:
+                    maps.release(m)
+                pos_c = p.c0 + p.n
+                done += p.b1 - p.b0
             # Its slot is free: the next window goes to the workers now, so they go on to it
             # straight from the window they are on (not after this thread next waits).
             nxt = next(it, None)
             if nxt is not None:
-                inflight.append(submit(nxt[0], *nxt[1]))
-            pos_c = w.c0 + w.n
-            done += w.b1 - w.b0
+                inflight.append(submit(*nxt))
             if o.progress:
                 o.progress(done)
         if pos_c < nclusters:
