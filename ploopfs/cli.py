@@ -215,11 +215,15 @@ def _warn(lines: Sequence[str]) -> None:
 
 
 @contextmanager
-def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar on a terminal (stderr), nothing otherwise."""
+def progress_bar(total: int | Callable[[], int], label: str,
+                 enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on a terminal (stderr), nothing otherwise. `total` may be a function,
+    called only when a bar is shown (diff's walks both block maps for it)."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    if callable(total):
+        total = total()
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -314,7 +318,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
                        OpenOptions(cluster_size=args.cluster_size,
                                    allow_outside_paths=args.allow_outside_paths))
     try:
-        with progress_bar(work_bytes(sides, opts), "diff", not args.no_progress) as prog:
+        with progress_bar(lambda: work_bytes(sides, opts), "diff", not args.no_progress) as prog:
             opts.progress = prog
             report = diff(sides, args.output, args.format, opts)
         _warn(sides.old_disk.warnings + [w for w in sides.new_disk.warnings

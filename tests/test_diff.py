@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import expected_hashes, qemu_json_chain, qemu_to_raw, run_cli, sha256_file
+from conftest import (
+    PLOOPFS,
+    expected_hashes,
+    qemu_json_chain,
+    qemu_to_raw,
+    run_cli,
+    sha256_file,
+)
 
 from ploopfs.errors import ExitCode
 from ploopfs.format.descriptor import ImageEntry, Shot
@@ -460,6 +467,38 @@ def test_small_runs_share_windows(tmp_path: Path, guard_sources) -> None:
                 assert stats.old_hash == sha256_file(old_raw)
     finally:
         sides.close()
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path, guard_sources) -> None:
+    """With stderr on a terminal (a pty) diff draws a progress bar of the candidates' bytes
+    (work_bytes, computed only then); the result is the same as without one."""
+    import os
+    import pty
+
+    old, new, old_raw, new_raw = two_disks(tmp_path, 64, 64, 0.1, seed=5)
+    guard_sources(old.parent)
+    cmd = [str(PLOOPFS)] if PLOOPFS.exists() else [sys.executable, "-m", "ploopfs"]
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([*cmd, "diff", str(old), str(new), "-o", str(tmp_path / "t.json"),
+                              "-f", "json", "--hash", "none"], stderr=slave,
+                             stdout=subprocess.DEVNULL)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert p.wait(timeout=120) == 0, shown.decode(errors="replace")
+    finally:
+        os.close(master)
+    assert b"diff" in shown and b"\x1b[" in shown  # rich drew (and cleared) its bar
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert clusters_of(doc["ranges"]) == truly_changed(old_raw, new_raw, C)
 
 
 def test_raw_sources(tmp_path: Path, guard_sources) -> None:
