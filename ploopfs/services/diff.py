@@ -73,7 +73,7 @@ CHUNK = 8 << 20
 # disk written in random order, whose clusters are scattered in its file).
 READ_CHUNK = 4 << 20
 MMAP_MIN = 1 << 20  # smaller reads are copied
-PREFETCH = 8  # windows ahead whose bytes the kernel is asked to read (POSIX_FADV_WILLNEED)
+PREFETCH = 8  # parts ahead whose bytes the kernel is asked to read (POSIX_FADV_WILLNEED)
 Mapped = tuple[mmap.mmap, int, int]  # a window's pages in a mapping: map, start, length
 # Manifest hashes. blake3 (the default) is BLAKE3 as a tree (native/pf_b3.h): the workers hash
 # pieces of both sides on both cores in any order, and a piece of NEW equal to OLD's takes OLD's
@@ -198,7 +198,7 @@ PIECE = 1 << 20  # bytes a worker hashes and then compares while they are still 
 
 
 class _Buffer:
-    """A window's read buffer for one side (an anonymous mapping: untouched pages cost
+    """A window's read buffer for one side (a private anonymous mapping: untouched pages cost
     nothing). When its slot's window was mapped instead, a buffer filled earlier is given back
     (MADV_DONTNEED), so at most one of the two is resident per slot and side: peak RSS stays
     bounded whatever mix of mapped and read windows a disk needs, and a disk whose windows are
