@@ -750,6 +750,40 @@ def test_readahead_and_direct_io(corpus_case: CaseFactory, mounter: Mounter) -> 
     assert sha256_of(whole) == want
 
 
+def test_diff_of_mounted_disks(corpus_case: CaseFactory, mounter: Mounter, tmp_path: Path) -> None:
+    """`ploopfs diff` of the `disk` files of a mount (raw sources, read through FUSE: mapped,
+    or copied where --direct-io refuses a shared mapping), against the descriptor and against
+    each other: the changed clusters are those whose bytes differ, and `rdiff patch` of the
+    delta onto the mounted base snapshot gives the top's expected bytes."""
+    d = corpus_case("ext4-gpt-chain2")
+    want = snapshot_hashes(d)
+    meta = case_meta(d)
+    top = bare_guid(meta["top_guid"])
+    base = next(g for g in want if g != top)
+    c = meta["ddxml_blocksize_sectors"] * 512
+    for args, name in (((), "plain"), (("--direct-io",), "dio")):
+        m = mounter.mount(d, *args, name=name)
+        old, new = m / f"snapshots/{base}/disk", m / "disk"
+        ob, nb = old.read_bytes(), new.read_bytes()
+        assert (sha256_of(ob), sha256_of(nb)) == (want[base], want[top])
+        truth = [k for k in range(-(-len(nb) // c)) if ob[k * c:(k + 1) * c] != nb[k * c:(k + 1) * c]]
+        assert truth  # the snapshot changed something
+        out = tmp_path / f"{name}.json"
+        r = mounter.run("diff", old, d, "-o", out, "-f", "json", "--hash", "sha256")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(out.read_text())
+        got = [k for rg in doc["ranges"] for k in range(rg["cluster"], rg["cluster"] + rg["clusters"])]
+        assert got == truth and doc["cluster_size"] == c
+        assert (doc["old"]["sha256"], doc["new"]["sha256"]) == (want[base], want[top])
+        delta, patched = tmp_path / f"{name}.rdiff", tmp_path / f"{name}.raw"
+        r = mounter.run("diff", old, new, "-o", delta, "-f", "rdiff", "--cluster-size", str(c))
+        assert r.returncode == 0, r.stderr
+        subprocess.run(["rdiff", "patch", str(old), str(delta), str(patched)], check=True,
+                       capture_output=True, timeout=120)
+        assert sha256_file(patched) == want[top]
+        assert m.error_lines() == []
+
+
 # -- 9. mount.fuse3 and fstab ---------------------------------------------------------------------
 def test_mount_helper_form(corpus_case: CaseFactory, mounter: Mounter) -> None:
     """What mount.fuse3 runs: `ploopfs SOURCE MOUNTPOINT -o OPTIONS`, with mount(8)-isms
