@@ -11,7 +11,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -209,7 +209,7 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _warn(lines: Sequence[str]) -> None:
+def _warn(lines: Iterable[str]) -> None:
     for w in lines:
         print(f"ploopfs: warning: {w}", file=sys.stderr)
 
@@ -307,7 +307,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from ploopfs.services.diff import DiffOptions, diff, open_sides, work_bytes
+    from ploopfs.services.diff import DiffOptions, diff, in_use_images, open_sides, work_bytes
     from ploopfs.volume.source import OpenOptions
 
     if args.json and args.format == "json" and args.output == "-":
@@ -323,6 +323,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
             report = diff(sides, args.output, args.format, opts)
         _warn(sides.old_disk.warnings + [w for w in sides.new_disk.warnings
                                          if w not in sides.old_disk.warnings])
+        _warn(f"{path}: marked in use (m_DiskInUse): a running container may be writing it; "
+              "the diff holds its bytes as they were read"
+              for path in dict.fromkeys(in_use_images(sides.old) + in_use_images(sides.new)))
     finally:
         sides.close()
     if args.json:

@@ -219,6 +219,26 @@ def test_corpus_snapshot_pairs(corpus_case: Callable[[str], Path], tmp_path: Pat
         check_ploop(src, src, raws[b], work, *snap, old_snapshot=a)
 
 
+def test_in_use_image_is_reported(corpus_case: Callable[[str], Path], tmp_path: Path) -> None:
+    """A side whose image is marked in use (m_DiskInUse "Ynot": a running container may be
+    writing it) is diffed as read, named in the report (`in_use`) and in one warning line."""
+    old, new = corpus_case("v2-single"), corpus_case("v2-dirty-inuse")
+    raws = tmp_path / "old.raw", tmp_path / "new.raw"
+    for src, raw in zip((old, new), raws, strict=True):
+        qemu_to_raw(str(src / "root.hdd"), raw)
+        assert sha256_file(raw) == expected_hashes(src)["expected.raw"]
+    out = tmp_path / "d.json"
+    r = run_cli("diff", old, new, "-o", out, "-f", "json", "--hash", "sha256")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stderr.decode().splitlines() == [
+        f"ploopfs: warning: {new / 'root.hdd'}: marked in use (m_DiskInUse): a running "
+        "container may be writing it; the diff holds its bytes as they were read"]
+    doc = json.loads(out.read_text())
+    assert doc["new"]["in_use"] == [str(new / "root.hdd")] and "in_use" not in doc["old"]
+    assert clusters_of(doc["ranges"]) == truly_changed(*raws, doc["cluster_size"])
+    assert (doc["old"]["sha256"], doc["new"]["sha256"]) == tuple(map(sha256_file, raws))
+
+
 def test_corpus_fast_path_skips_base(corpus_case: Callable[[str], Path], tmp_path: Path) -> None:
     """ext4-gpt-chain2: from the base snapshot to the top only the top delta's clusters are read."""
     src = corpus_case("ext4-gpt-chain2")

@@ -884,7 +884,16 @@ def _side_json(disk: Disk, vol: Volume, snapshot: str, digest: str | None,
     d: dict[str, Any] = {"source": disk.source, "snapshot": snapshot, "size": vol.size}
     if alg:
         d[alg] = digest
+    if in_use := in_use_images(vol):
+        d["in_use"] = in_use
     return d
+
+
+def in_use_images(vol: Volume) -> list[str]:
+    """The image files of a side marked in use (m_DiskInUse "Ynot", §1.3): open read-write by a
+    ploop kernel when read, or left so by a crash. Such a side may be changing under the diff,
+    which then holds the bytes as they were read; the report and the CLI say so."""
+    return [im.path for im in vol.images if im.header is not None and im.header.dirty]
 
 
 def _source_files(sides: Sides) -> list[str]:
@@ -1053,4 +1062,5 @@ def diff(sides: Sides, out: str, fmt: str, opts: DiffOptions | None = None) -> d
 
 
 __all__ = ["DEFAULT_HASH", "FORMATS", "HASHES", "DiffOptions", "DiffStats", "PloopSink", "RangesSink",
-           "RdiffSink", "Sides", "candidate_runs", "diff", "open_sides", "scan", "work_bytes"]
+           "RdiffSink", "Sides", "candidate_runs", "diff", "in_use_images", "open_sides", "scan",
+           "work_bytes"]
