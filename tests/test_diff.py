@@ -30,7 +30,14 @@ from conftest import (
 from ploopfs.errors import ExitCode
 from ploopfs.format.descriptor import ImageEntry, Shot
 from ploopfs.format.header import TOP_GUID
-from ploopfs.services.diff import DiffOptions, RangesSink, _batches, open_sides, scan
+from ploopfs.services.diff import (
+    DiffOptions,
+    RangesSink,
+    _batches,
+    candidate_runs,
+    open_sides,
+    scan,
+)
 from ploopfs.volume.source import OpenOptions, open_source
 from ploopfs.volume.writer import ImageWriter, chain_descriptor, new_guid, write_descriptor
 
@@ -422,6 +429,56 @@ def test_scattered_and_contiguous_windows(tmp_path: Path, guard_sources) -> None
     assert new_reads[:2] == [(0, 8 * MiB), (8 * MiB, 8 * MiB)]  # both sides one extent each
     assert all(n <= 4 * MiB for off, n in new_reads if off >= 16 * MiB)  # OLD scattered there
     assert sum(n for _, n in new_reads) == size + MiB
+
+
+def test_candidate_runs_across_map_windows(tmp_path: Path, guard_sources) -> None:
+    """The block maps are compared in windows of 65536 clusters, cut where either side's
+    extents start or end, and a stretch without any cut is taken whole: candidates at and
+    across window edges, a run crossing one, a stretch of more than two windows with nothing
+    on either side before a last candidate, a cluster re-written with equal bytes. The
+    candidates are exactly the clusters written above OLD; the changes exactly those whose
+    bytes differ (only candidates read)."""
+    c, W = 4 * KiB, 65536
+    n = 6 * W + 123  # [3W+1, n-1): nothing on either side, two windows and more without a cut
+    rng = np.random.default_rng(31)
+    base = {k: rng.bytes(c) for k in [*range(0, 10), *range(W - 3, W + 200), 2 * W + 50]}
+    mid = {k: rng.bytes(c) for k in [W - 1, W, 2 * W - 1, 2 * W, 2 * W + 1, n - 1]}
+    top = {k: rng.bytes(c) for k in [5, *range(W + 100, W + 300), 3 * W]}
+    top[2 * W + 50] = base[2 * W + 50]  # same bytes: a candidate, not a change
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    files = ["l0.hds", "l1.hds", "l2.hds"]
+    for f, clusters in zip(files, (base, mid, top), strict=True):
+        with ImageWriter.create(disk / f, n * c, c, 2) as w:
+            for k in sorted(clusters):
+                w.write_cluster(k, clusters[k])
+    d = chain_descriptor(files, n * c, c)
+    write_descriptor(disk / "DiskDescriptor.xml", d)
+    guard_sources(disk)
+    above = sorted({*mid, *top})
+    want_runs: list[tuple[int, int]] = []
+    for k in above:
+        if want_runs and sum(want_runs[-1]) == k:
+            want_runs[-1] = (want_runs[-1][0], want_runs[-1][1] + 1)
+        else:
+            want_runs.append((k, 1))
+    final = {**base, **mid, **top}
+    truth = [k for k in above if final[k] != base.get(k, bytes(c))]
+    sides = open_sides(str(disk), str(disk), d.images[0].guid, None, OpenOptions())
+    try:
+        assert list(candidate_runs(sides.old, sides.new)) == want_runs
+        assert list(candidate_runs(sides.new, sides.old)) == want_runs
+        assert list(candidate_runs(sides.new, sides.new)) == []
+        sink = RangesSink(c, "sha256")
+        stats = scan(sides.old, sides.new, sink, DiffOptions(hash=None))
+        sink.flush()
+    finally:
+        sides.close()
+    assert clusters_of(sink.ranges) == truth
+    assert stats.bytes_read_new == len(above) * c
+    for r in sink.ranges:
+        data = b"".join(final[k] for k in range(r["cluster"], r["cluster"] + r["clusters"]))
+        assert r["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_batches_plan() -> None:

@@ -40,7 +40,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol
 
@@ -50,6 +50,7 @@ from ploopfs.errors import BadImageError, OutputError, UnsupportedError, UsageEr
 from ploopfs.format.header import TOP_GUID
 from ploopfs.native import RELEASE_NEW, RELEASE_OLD, Blake3, diff_window, is_zero
 from ploopfs.services.rdiff import DeltaWriter
+from ploopfs.volume.blockmap import WINDOW
 from ploopfs.volume.source import Disk, OpenOptions, open_source
 from ploopfs.volume.volume import Segment, Volume, zeros
 from ploopfs.volume.writer import (
@@ -132,63 +133,88 @@ class Sink(Protocol):
 
 
 # -- which clusters may differ ------------------------------------------------------------------
-def _file_ids(vol: Volume) -> list[tuple[int, int]]:
-    ids = []
+def _file_keys(vol: Volume, keys: dict[tuple[int, int], int]) -> np.ndarray:
+    """A number per level of `vol` naming its image file (same inode: same number, through
+    `keys`, which both sides share)."""
+    out = []
     for im in vol.images:
         st = os.fstat(im.fd)
-        ids.append((st.st_dev, st.st_ino))
-    return ids
+        out.append(keys.setdefault((st.st_dev, st.st_ino), len(keys)))
+    return np.array(out, np.int64)
 
 
-def _pieces(vol: Volume, end: int) -> Iterator[tuple[int, int, tuple[int, int] | None, int]]:
-    """(start, end, file id or None for zeros, file offset at start) over [0, end)."""
-    ids = _file_ids(vol)
-    for s in vol.segments(0, end):
-        key = None if s.level is None else ids[s.level]
-        yield s.voffset, s.voffset + s.length, key, s.offset
+class Runs(Sequence[tuple[int, int]]):
+    """Sorted (first cluster, count) runs kept as two int64 arrays: 16 bytes a run, where a
+    list of tuples took ~110 (27 MB for the 241,063 runs between two snapshots of a 1 TiB disk
+    mapped in a million extents)."""
+
+    __slots__ = ("count", "first")
+
+    def __init__(self, first: np.ndarray, count: np.ndarray) -> None:
+        self.first = first
+        self.count = count
+
+    def __len__(self) -> int:
+        return int(self.first.size)
+
+    def __getitem__(self, i: int) -> tuple[int, int]:  # type: ignore[override]
+        return int(self.first[i]), int(self.count[i])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for k in range(0, len(self), 1 << 16):
+            yield from zip(self.first[k: k + (1 << 16)].tolist(),
+                           self.count[k: k + (1 << 16)].tolist(), strict=True)
+
+    def clusters(self) -> int:
+        return int(self.count.sum())
 
 
-class _Runs:
-    """Sorted, merged runs of clusters, built by appending in increasing order."""
-
-    def __init__(self) -> None:
-        self.runs: list[list[int]] = []
-
-    def add(self, c0: int, c1: int) -> None:
-        if c1 <= c0:
-            return
-        if self.runs and self.runs[-1][1] >= c0:
-            self.runs[-1][1] = max(self.runs[-1][1], c1)
-        else:
-            self.runs.append([c0, c1])
-
-    def pairs(self) -> list[tuple[int, int]]:
-        return [(a, b - a) for a, b in self.runs]
-
-
-def candidate_runs(old: Volume, new: Volume) -> list[tuple[int, int]]:
+def candidate_runs(old: Volume, new: Volume) -> Runs:
     """(first cluster, count) runs of NEW's clusters that may differ from OLD: every cluster
-    not proven equal by the block maps (same file and offset, or zeros in both)."""
+    not proven equal by the block maps (same file and offset, or zeros in both).
+
+    Both maps are walked side by side in windows of WINDOW clusters, vectorised: a window is
+    cut where an extent of either side starts or ends, and the source of each piece (its first
+    cluster's file and offset: `Volume.sources_at`) is compared; a stretch where neither side
+    changes source is one piece, however long. (A Python loop over the extents took 10.6 s for
+    two snapshots of a 1 TiB disk mapped in a million extents.)"""
     c = new.cluster_size
-    common = min(old.size, new.size)
-    runs = _Runs()
-    it_o, it_n = _pieces(old, common), _pieces(new, common)
-    po, pn = next(it_o, None), next(it_n, None)
-    pos = 0
-    while po is not None and pn is not None and pos < common:
-        step = min(po[1], pn[1])
-        same = po[2] == pn[2] and (po[2] is None or po[3] + pos - po[0] == pn[3] + pos - pn[0])
-        if not same:
-            runs.add(pos // c, -(-step // c))
-        pos = step
-        if po[1] == pos:
-            po = next(it_o, None)
-        if pn[1] == pos:
-            pn = next(it_n, None)
+    common = -(-min(old.size, new.size) // c)  # clusters holding bytes of both
+    keys: dict[tuple[int, int], int] = {}
+    file_keys = (_file_keys(old, keys), _file_keys(new, keys))
+    firsts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    w0 = 0
+    while w0 < common:
+        w1 = min(w0 + WINDOW, common)
+        cuts = (old.map.breaks(w0, w1), new.map.breaks(w0, w1))
+        if not (cuts[0].size or cuts[1].size):  # one source per side: as far as that lasts
+            w1 = min(common, old.map.next_break(w0), new.map.next_break(w0))
+        bounds = np.sort(np.concatenate(([w0, w1], *cuts)))
+        bounds = bounds[np.concatenate(([True], bounds[1:] != bounds[:-1]))]
+        starts = bounds[:-1]
+        src = []
+        for vol, fk in zip((old, new), file_keys, strict=True):
+            level, off = vol.sources_at(starts)
+            src.append((np.where(level >= 0, fk[np.maximum(level, 0)], -1), off))
+        (ko, oo), (kn, on) = src
+        differ = (ko != kn) | ((ko >= 0) & (oo != on))
+        firsts.append(starts[differ])
+        ends.append(bounds[1:][differ])
+        w0 = w1
     nclusters = -(-new.size // c)
-    if new.size > old.size:  # every cluster reaching past OLD's end is new
-        runs.add(old.size // c, nclusters)
-    return runs.pairs()
+    if new.size > old.size:  # every cluster reaching past OLD's end is new (the first of them
+        firsts.append(np.array([old.size // c]))  # may be a candidate already: merged below)
+        ends.append(np.array([nclusters]))
+    s0 = np.concatenate(firsts).astype(np.int64) if firsts else np.zeros(0, np.int64)
+    e0 = np.concatenate(ends).astype(np.int64) if ends else np.zeros(0, np.int64)
+    if not s0.size:
+        return Runs(s0, e0)
+    # Merge pieces that touch (or overlap: only the growth run can) into runs.
+    reach = np.maximum.accumulate(e0)
+    first = np.flatnonzero(np.concatenate(([True], s0[1:] > reach[:-1])))
+    last = np.append(first[1:] - 1, s0.size - 1)
+    return Runs(s0[first], reach[last] - s0[first])
 
 
 # -- the scan -----------------------------------------------------------------------------------
@@ -402,7 +428,7 @@ def _batches(parts: Iterator[tuple[int, int]], limit: int) -> Iterator[list[tupl
         yield batch
 
 
-def _work(nclusters: int, runs: list[tuple[int, int]], per: int) -> Iterator[tuple[int, int]]:
+def _work(nclusters: int, runs: Sequence[tuple[int, int]], per: int) -> Iterator[tuple[int, int]]:
     for c0, n in runs:
         for a in range(c0, c0 + n, per):
             yield a, min(per, c0 + n - a)
@@ -446,8 +472,9 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
     nclusters = -(-new.size // c)
     stats = DiffStats(c, old.size, new.size, nclusters, "full" if o.full_compare else "map",
                       hash=o.hash)
-    cands = [(0, nclusters)] if o.full_compare else candidate_runs(old, new)
-    stats.candidate_clusters = sum(n for _, n in cands)
+    cands = Runs(np.array([0]), np.array([nclusters])) if o.full_compare else \
+        candidate_runs(old, new)
+    stats.candidate_clusters = cands.clusters()
     read_per = max(1, min(o.chunk, READ_CHUNK) // c)
     # Large windows only where compared pieces are given back (a stream hash reads its side in
     # order, behind the compare: its windows stay whole until emitted).
@@ -563,7 +590,7 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
 class _RunCursor:
     """Is cluster k a candidate? For increasing queries over sorted runs."""
 
-    def __init__(self, runs: list[tuple[int, int]]) -> None:
+    def __init__(self, runs: Runs) -> None:
         self.runs = runs
         self.i = 0
 
@@ -1062,5 +1089,5 @@ def diff(sides: Sides, out: str, fmt: str, opts: DiffOptions | None = None) -> d
 
 
 __all__ = ["DEFAULT_HASH", "FORMATS", "HASHES", "DiffOptions", "DiffStats", "PloopSink", "RangesSink",
-           "RdiffSink", "Sides", "candidate_runs", "diff", "in_use_images", "open_sides", "scan",
+           "RdiffSink", "Runs", "Sides", "candidate_runs", "diff", "in_use_images", "open_sides", "scan",
            "work_bytes"]

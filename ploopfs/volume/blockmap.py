@@ -132,6 +132,22 @@ class BlockMap:
     def clusters_per_level(self, levels: int) -> list[int]:
         return [int(self.count[self.level == lv].sum(dtype=np.int64)) for lv in range(levels)]
 
+    def breaks(self, c0: int, c1: int) -> np.ndarray:
+        """The clusters strictly inside (c0, c1) where an extent starts or ends: where the
+        source of the clusters may change (int64, not sorted, may repeat)."""
+        a = max(0, int(np.searchsorted(self.vstart, c0, side="right")) - 1)
+        b = int(np.searchsorted(self.vstart, c1, side="left"))
+        vs = self.vstart[a:b].astype(np.int64)
+        pts = np.concatenate((vs, vs + self.count[a:b]))
+        return pts[(pts > c0) & (pts < c1)]
+
+    def next_break(self, c: int) -> int:
+        """The first cluster after `c` where an extent starts or ends (2**63 - 1 if none)."""
+        i = int(np.searchsorted(self.vstart, c, side="right")) - 1
+        if i >= 0 and int(self.vstart[i]) + int(self.count[i]) > c:
+            return int(self.vstart[i]) + int(self.count[i])
+        return int(self.vstart[i + 1]) if i + 1 < len(self) else (1 << 63) - 1
+
     def find(self, vcluster: int) -> int:
         """Index of the extent containing `vcluster`, or -(i+1) where i is the index of the
         first extent after it (len(self) if none)."""
