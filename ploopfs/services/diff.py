@@ -1070,7 +1070,8 @@ def work_bytes(sides: Sides, opts: DiffOptions) -> int:
     if opts.full_compare or opts.hash:
         return sides.new.size
     c = sides.new.cluster_size
-    return sum(min(n * c, sides.new.size - c0 * c) for c0, n in candidate_runs(sides.old, sides.new))
+    runs = candidate_runs(sides.old, sides.new)
+    return int(np.minimum(runs.count * c, sides.new.size - runs.first * c).sum())
 
 
 def diff(sides: Sides, out: str, fmt: str, opts: DiffOptions | None = None) -> dict[str, Any]:
