@@ -307,7 +307,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from ploopfs.services.diff import DiffOptions, diff, in_use_images, open_sides, work_bytes
+    from ploopfs.services.diff import DiffOptions, diff, open_sides, work_bytes
     from ploopfs.volume.source import OpenOptions
 
     if args.json and args.format == "json" and args.output == "-":
@@ -325,7 +325,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
                                          if w not in sides.old_disk.warnings])
         _warn(f"{path}: marked in use (m_DiskInUse): a running container may be writing it; "
               "the diff holds its bytes as they were read"
-              for path in dict.fromkeys(in_use_images(sides.old) + in_use_images(sides.new)))
+              for path in dict.fromkeys(report["old"].get("in_use", []) +
+                                        report["new"].get("in_use", [])))
     finally:
         sides.close()
     if args.json:
