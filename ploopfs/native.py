@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence
 from typing import TypeAlias
 
 from ploopfs._native import ffi, lib
@@ -10,8 +12,14 @@ from ploopfs._native import ffi, lib
 # memoryview, mmap, array.array, numpy arrays); collections.abc.Buffer needs Python 3.12.
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
-__all__ = ["Blake3", "Buffer", "blake2b_lanes", "blake2b_many", "count_nonzero_u32",
-           "diff_window", "ffi", "first_nonzero", "is_zero", "lib", "version"]
+__all__ = ["Blake3", "Buffer", "MapArrays", "bat_nonzero", "blake2b_lanes", "blake2b_many",
+           "candidate_runs", "count_nonzero_u32", "diff_window", "ffi", "first_nonzero",
+           "is_zero", "lib", "map_merge", "version"]
+
+# Block maps and BAT slots live in array.array (numpy is not imported on the way to a read or
+# a diff: it cost every command ~75 ms of its start). Their item sizes, checked once:
+assert array("I").itemsize == 4 and array("q").itemsize == 8
+_FAILED = int(ffi.cast("size_t", -1))  # the (size_t)-1 of the pf_map functions
 
 
 def _view(buf: Buffer) -> memoryview:
@@ -167,3 +175,91 @@ def diff_window(old: Buffer, new: Buffer, offset: int, c: int, per: int, n: int,
                           ffi.from_buffer("unsigned char[]", _view(flags)), first, stride,
                           p[0], p[1], p[2], p[3], release) != 0:
         raise ValueError("pf_diff_window refused its arguments")
+
+
+# -- block maps (native/pf_map.h) ------------------------------------------------------------
+def bat_nonzero(raw: Buffer, first: int, lowest: int, highest: int, vclusters: array,
+                entries: array) -> int:
+    """Append the non-zero slots of a piece of a BAT (little-endian u32 entries, the first one
+    being slot `first`) to `vclusters` and their entries to `entries` (both array("I")).
+    Returns how many of them lie outside [lowest, highest] (entry units): unreadable."""
+    mv = _view(raw)
+    n = mv.nbytes // 4
+    if n == 0:
+        return 0
+    ov = ffi.new("uint32_t[]", n)
+    oe = ffi.new("uint32_t[]", n)
+    bad = ffi.new("size_t *")
+    k = lib.pf_bat_nonzero(ffi.from_buffer("unsigned char[]", mv), n, first, lowest, highest,
+                           ov, oe, bad)
+    vclusters.frombytes(ffi.buffer(ov, 4 * k))
+    entries.frombytes(ffi.buffer(oe, 4 * k))
+    return int(bad[0])
+
+
+def map_merge(levels: Sequence[tuple[array, array | None, int, int]], nclusters: int,
+              cluster_size: int) -> tuple[array, array, array, array]:
+    """Merge a chain's levels, bottom to top, into extents (pf_map_merge): each level given as
+    (vclusters, entries or None for a zero mask, entry unit in bytes, level number).
+    Returns (vstart "I", count "I", level "B", offset "q")."""
+    levels = [lv for lv in levels if len(lv[0])]
+    cap = sum(len(lv[0]) for lv in levels)
+    out = (array("I", [0]) * cap, array("I", [0]) * cap, array("B", [0]) * cap,
+           array("q", [0]) * cap)
+    if cap:
+        cl = ffi.new("pf_map_level[]", len(levels))
+        keep = []  # the buffers' cdata must live through the call
+        for i, (v, e, unit, level) in enumerate(levels):
+            keep.append(ffi.from_buffer("uint32_t[]", v))
+            cl[i].v = keep[-1]
+            if e is not None:
+                keep.append(ffi.from_buffer("uint32_t[]", e))
+                cl[i].e = keep[-1]
+            cl[i].n = len(v)
+            cl[i].unit = unit
+            cl[i].level = level
+        ptrs = [ffi.from_buffer(t, a) for t, a in zip(
+            ("uint32_t[]", "uint32_t[]", "uint8_t[]", "int64_t[]"), out, strict=True)]
+        n = lib.pf_map_merge(cl, len(levels), nclusters, cluster_size, *ptrs, cap)
+        del ptrs
+        if n == _FAILED:
+            raise MemoryError("block map: no memory for the merge")
+    else:
+        n = 0
+    for a in out:
+        del a[n:]
+    return out
+
+
+# A merged map as pf_candidate_runs sees it: (vstart, count, level, offset) from map_merge,
+# the file key of each level, the level number of zero masks, and whether the base is raw.
+MapArrays: TypeAlias = tuple[array, array, array, array, Sequence[int], int, bool]
+
+
+def candidate_runs(a: MapArrays, b: MapArrays, common: int, cluster_size: int
+                   ) -> tuple[array, array]:
+    """Runs of clusters [0, common) whose source differs between the maps a and b (not the
+    same file and offset, not zeros in both), merged; as (first, count), both array("q")."""
+    views = ffi.new("pf_map_view[2]")
+    keep = []
+    for i, (vstart, count, level, offset, keys, zero_level, raw_base) in enumerate((a, b)):
+        ptrs = [ffi.from_buffer(t, x) if len(x) else ffi.NULL for t, x in zip(
+            ("uint32_t[]", "uint32_t[]", "uint8_t[]", "int64_t[]"),
+            (vstart, count, level, offset), strict=True)]
+        keyarr = ffi.new("int64_t[]", list(keys) or [0])
+        keep += [*ptrs, keyarr]
+        views[i].vstart, views[i].count, views[i].level, views[i].offset = ptrs
+        views[i].n = len(vstart)
+        views[i].key = keyarr
+        views[i].zero_level = zero_level
+        views[i].raw_base = int(raw_base)
+    cap = 2 * (len(a[0]) + len(b[0])) + 1
+    first = array("q", [0]) * cap
+    runs = array("q", [0]) * cap
+    pf, pr = ffi.from_buffer("int64_t[]", first), ffi.from_buffer("int64_t[]", runs)
+    k = lib.pf_candidate_runs(views, views + 1, common, cluster_size, pf, pr, cap)
+    del pf, pr
+    if k == _FAILED:
+        raise ValueError("pf_candidate_runs: more runs than room (maps not sorted?)")
+    del first[k:], runs[k:]
+    return first, runs

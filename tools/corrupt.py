@@ -23,6 +23,7 @@ import shutil
 import struct
 import sys
 import uuid
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +127,9 @@ def _virtual_location(t: Target, voffset: int) -> tuple[Path, int]:
             if im.is_raw:
                 return Path(im.path), voffset
             m = im.mapping()
-            hits = (m.vclusters == vc).nonzero()[0]
-            if hits.size:
-                return Path(im.path), int(m.entries[hits[0]]) * m.unit + within
+            i = bisect_left(m.vclusters, vc)  # sorted
+            if i < len(m.vclusters) and m.vclusters[i] == vc:
+                return Path(im.path), m.entries[i] * m.unit + within
     raise NotApplicable(f"virtual byte {voffset} is not allocated in any level")
 
 

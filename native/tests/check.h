@@ -21,5 +21,6 @@ extern unsigned passed, failed;
 void test_rdiff_all(void);
 void test_dedup_all(void);
 void test_b3_all(void);
+void test_map_all(void);
 
 #endif

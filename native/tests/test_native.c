@@ -194,6 +194,7 @@ int main(void)
     test_rdiff_all();
     test_dedup_all();
     test_b3_all();
+    test_map_all();
     printf("%u passed, %u failed\n", passed, failed);
     return failed ? 1 : 0;
 }

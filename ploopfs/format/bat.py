@@ -7,11 +7,13 @@ return numbers or arrays; the volume layer does the reading.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ploopfs.errors import CorruptImageError
 from ploopfs.format.header import HEADER_SIZE, Header
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ENTRY_SIZE = 4
 BAT_RESERVED = 0xFFFFFFFF  # never valid on disk (§2.3)
@@ -33,6 +35,8 @@ def offset_to_entry(offset: int, header: Header) -> int:
 
 def decode_entries(raw: bytes | bytearray | memoryview) -> np.ndarray:
     """Little-endian u32 BAT slots as a numpy array (a view, no copy)."""
+    import numpy as np  # here only: reading an image never imports numpy
+
     return np.frombuffer(raw, dtype="<u4")
 
 
@@ -50,6 +54,8 @@ def find_bad_entries(index: np.ndarray, entries: np.ndarray, header: Header,
 
     v1 entries that are not cluster-aligned are readable (qemu reads them) and are left to
     `check` (§2.2, §11 trap 21)."""
+    import numpy as np  # here only: reading an image never imports numpy
+
     if entries.size == 0:
         return []
     offs = entries.astype(np.uint64) * np.uint64(header.entry_unit)
@@ -96,6 +102,8 @@ class EntryProblems:
 def classify_entries(entries: np.ndarray, header: Header, file_size: int) -> EntryProblems:
     """Every problem of every non-zero entry at once (find_bad_entries stops at the first);
     pure arithmetic on u32 arrays, for `check`."""
+    import numpy as np  # here only: reading an image never imports numpy
+
     offs = entries.astype(np.uint64) * np.uint64(header.entry_unit)
     data_start = np.uint64(header.bat_clusters * header.cluster_size)
     reserved = entries == BAT_RESERVED

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, new_header
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_BAT_BYTES = 256 << 20  # candidates needing a larger BAT are not tried
 CANDIDATE_SECTORS = [1 << k for k in range(3, 18)]  # 4 KiB .. 64 MiB clusters
@@ -125,6 +127,7 @@ def _estimate_entries(read: Read, file_size: int, cs: int, version: int) -> int:
     """The last slot mapping a cluster inside the file, + 1: a lower bound of m_Size (the clusters
     of a larger disk after it would be unmapped and read as zeros). Slots are read up to the
     lowest referenced cluster, where the data area begins."""
+    import numpy as np  # salvage only: opening an intact image stays free of numpy
     c = cs * SECTOR
     if file_size < c:
         return 0
@@ -148,6 +151,8 @@ def _estimate_entries(read: Read, file_size: int, cs: int, version: int) -> int:
 
 
 def _score(cand: _Candidate, read: Read, file_size: int, hints: Hints) -> bool:
+    import numpy as np  # salvage only: opening an intact image stays free of numpy
+
     c = cand.sectors * SECTOR
     n = cand.entries
     if n <= 0 or 4 * n > MAX_BAT_BYTES or HEADER_SIZE + 4 * n > file_size:

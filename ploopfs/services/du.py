@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,7 @@ def image_usage(im: Image, nclusters: int, served: int | None) -> dict[str, Any]
     m = im.mapping()
     first = im.header.bat_clusters
     nslots = max(0, -(-im.file_size // c) - first)
-    phys = (m.entries.astype(np.int64) * m.unit // c) - first
+    phys = (np.frombuffer(m.entries, np.uint32).astype(np.int64) * m.unit // c) - first
     refd = np.zeros(nslots, bool)
     refd[phys[(phys >= 0) & (phys < nslots)]] = True
     referenced = int(refd.sum())
@@ -80,7 +81,7 @@ def image_usage(im: Image, nclusters: int, served: int | None) -> dict[str, Any]
     has = _slots_with_data(ext, nslots + first, c)[first:]
     leaked = ~refd[: last + 1]
     tail_lo = (first + last + 1) * c
-    in_volume = int(np.searchsorted(m.vclusters, nclusters))
+    in_volume = bisect_left(m.vclusters, nclusters)
     out.update({
         "cluster_size": c,
         "header_bat_clusters": first,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -220,9 +221,10 @@ def _own(vol: Volume) -> tuple[Image, np.ndarray, np.ndarray]:
     im = vol.images[-1]
     m = im.mapping()
     nclusters = -(-vol.size // vol.cluster_size)
-    keep = m.vclusters < nclusters
-    v = m.vclusters[keep].astype(np.int64)
-    off = m.entries[keep].astype(np.int64) * m.unit
+    vcl, ent = np.frombuffer(m.vclusters, np.uint32), np.frombuffer(m.entries, np.uint32)
+    keep = vcl < nclusters
+    v = vcl[keep].astype(np.int64)
+    off = ent[keep].astype(np.int64) * m.unit
     order = np.argsort(off, kind="stable")
     return im, v[order], off[order]
 
@@ -366,8 +368,8 @@ def _mask_damaged(vol: Volume, w: ImageWriter, lv: _Level) -> None:
 
 def _maps(im: Image, vcluster: int) -> bool:
     m = im.mapping()
-    i = int(np.searchsorted(m.vclusters, vcluster))
-    return i < m.vclusters.size and int(m.vclusters[i]) == vcluster
+    i = bisect_left(m.vclusters, vcluster)  # sorted
+    return i < len(m.vclusters) and m.vclusters[i] == vcluster
 
 
 def _own_ranges(kept: list[_Level], records: list[dict[str, Any]]) -> list[dict[str, Any]]:

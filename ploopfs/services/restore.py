@@ -403,7 +403,8 @@ def content_evidence(scan: Scan, sample: int = DEFAULT_SAMPLE) -> Content:
     n = len(imgs)
     maps = [c.image.mapping() for c in imgs]
     # Memory follows the mapped clusters, not the virtual size (a 4 PiB disk has 2^32 slots).
-    allv = np.concatenate([m.vclusters for m in maps]) if maps else np.zeros(0, np.uint32)
+    vcls = [np.frombuffer(m.vclusters, np.uint32) for m in maps]
+    allv = np.concatenate(vcls) if maps else np.zeros(0, np.uint32)
     uniq, counts = np.unique(allv, return_counts=True)
     shared = uniq[counts >= 2].astype(np.int64)
     total = int(shared.size)
@@ -413,11 +414,12 @@ def content_evidence(scan: Scan, sample: int = DEFAULT_SAMPLE) -> Content:
     M = np.zeros((V, n), bool)
     offs = np.zeros((V, n), np.int64)
     for x, m in enumerate(maps):
-        pos = np.searchsorted(m.vclusters.astype(np.int64), shared)
+        vcl, ent = vcls[x], np.frombuffer(m.entries, np.uint32)
+        pos = np.searchsorted(vcl.astype(np.int64), shared)
         pos_c = np.minimum(pos, max(len(m) - 1, 0))
-        hit = (pos < len(m)) & (m.vclusters[pos_c] == shared) if len(m) else np.zeros(V, bool)
+        hit = (pos < len(m)) & (vcl[pos_c] == shared) if len(m) else np.zeros(V, bool)
         M[:, x] = hit
-        offs[hit, x] = m.entries[pos_c[hit]].astype(np.int64) * m.unit
+        offs[hit, x] = ent[pos_c[hit]].astype(np.int64) * m.unit
     D = np.zeros((V, n, n + 1), np.int32)
     E = np.zeros((V, n, n + 1), np.int32)
     c = scan.cluster_size

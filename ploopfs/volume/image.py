@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from array import array
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ploopfs.errors import (
     BadImageError,
@@ -18,16 +18,18 @@ from ploopfs.errors import (
     UnsupportedError,
 )
 from ploopfs.format.bat import (
-    BAT_RESERVED,
     bat_entry_off,
     classify_entries,
-    decode_entries,
     find_bad_entries,
     raise_bad_entry,
 )
 from ploopfs.format.extension import FormatExtension, parse_extension
 from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, parse_header, sniff
 from ploopfs.format.infer import Hints, Inference, infer_header
+from ploopfs.native import bat_nonzero
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # BAT is scanned in chunks of this many bytes: bounded memory for 64 TiB disks (256 MiB BATs).
 BAT_CHUNK = 1 << 20
@@ -76,16 +78,21 @@ class Mapping:
     """The non-zero BAT slots of one image, 8 bytes each: virtual cluster numbers (sorted) and
     the raw entries; a cluster's file byte offset is `entry * unit` (§2.2)."""
 
-    vclusters: np.ndarray  # uint32
-    entries: np.ndarray  # uint32
+    vclusters: array  # array("I")
+    entries: array  # array("I")
     unit: int  # bytes per entry unit: 512 (v1) or the cluster size (v2)
 
     @classmethod
     def empty(cls, unit: int = 1) -> Mapping:
-        return cls(np.zeros(0, np.uint32), np.zeros(0, np.uint32), unit)
+        return cls(array("I"), array("I"), unit)
 
     def __len__(self) -> int:
-        return int(self.vclusters.size)
+        return len(self.vclusters)
+
+
+def _u32(a: np.ndarray) -> array:
+    """A numpy result back as array("I") (salvage's rare paths use numpy)."""
+    return array("I", a.astype("=u4").tobytes())
 
 
 @dataclass(frozen=True)
@@ -208,8 +215,11 @@ class Image:
         """Salvage: of the slots sharing one physical cluster (§2.3) the lowest virtual cluster
         keeps it; the others are recorded in `bad_slots` and dropped, exactly the slots `check`
         reports as BAT_DUPLICATE."""
-        order = np.argsort(m.entries, kind="stable")  # vclusters ascending within one entry
-        se = m.entries[order]
+        import numpy as np  # salvage only: the usual open stays free of numpy's import
+
+        vcl, ent = np.frombuffer(m.vclusters, "=u4"), np.frombuffer(m.entries, "=u4")
+        order = np.argsort(ent, kind="stable")  # vclusters ascending within one entry
+        se = ent[order]
         dup = np.flatnonzero(se[1:] == se[:-1]) + 1
         if not dup.size:
             return m
@@ -217,13 +227,13 @@ class Image:
             k = j - 1  # the owner: first slot of this run of equal entries
             while k > 0 and se[k - 1] == se[j]:
                 k -= 1
-            v, first, e = int(m.vclusters[order[j]]), int(m.vclusters[order[k]]), int(se[j])
+            v, first, e = int(vcl[order[j]]), int(vcl[order[k]]), int(se[j])
             self.bad_slots.append(BadSlot(
                 v, e, "BAT_DUPLICATE", f"shares its cluster (byte {e * m.unit}) with virtual "
                 f"cluster {first} (§2.3)"))
         keep = np.ones(len(m), bool)
         keep[order[dup]] = False
-        return Mapping(m.vclusters[keep], m.entries[keep], m.unit)
+        return Mapping(_u32(vcl[keep]), _u32(ent[keep]), m.unit)
 
     def _read_mapping(self) -> Mapping:
         hdr = self.header
@@ -234,8 +244,7 @@ class Image:
         # within the file (§2.3, §2.8); checked in entry units on u32 arrays.
         lowest = -(-hdr.bat_clusters * c // unit)
         highest = (self.file_size - c) // unit
-        v_parts: list[np.ndarray] = []
-        e_parts: list[np.ndarray] = []
+        vclusters, entries = array("I"), array("I")
         start = bat_entry_off(0)
         end = bat_entry_off(hdr.bat_entries)
         pos = start
@@ -251,26 +260,27 @@ class Image:
             if len(raw) != n:
                 raise CorruptImageError(f"BAT truncated: read {len(raw)} of {n} bytes", self.path,
                                         offset=pos + len(raw))
-            entries = decode_entries(raw)
-            nz = np.flatnonzero(entries).astype(np.uint32)
-            if nz.size:
-                nz += np.uint32((pos - start) // 4)
-                vals = entries[nz - np.uint32((pos - start) // 4)]
-                if (vals == BAT_RESERVED).any() or int(vals.min()) < lowest or \
-                        int(vals.max()) > highest:
-                    if not self.salvage:
-                        bad = find_bad_entries(nz, vals, hdr, self.file_size)
-                        raise_bad_entry(bad[0], self.path)
-                    nz, vals = self._drop_bad(nz, vals)
-                v_parts.append(nz)
-                e_parts.append(vals)
+            # `highest` capped below the reserved value 0xffffffff, never readable (§2.3).
+            v, e = array("I"), array("I")
+            bad = bat_nonzero(raw, (pos - start) // 4, lowest, min(highest, 0xfffffffe), v, e)
+            if bad:
+                import numpy as np  # rare: say which entry is wrong, or drop the bad ones
+
+                nz, vals = np.frombuffer(v, "=u4"), np.frombuffer(e, "=u4")
+                if not self.salvage:
+                    raise_bad_entry(find_bad_entries(nz, vals, hdr, self.file_size)[0],
+                                    self.path)
+                nz, vals = self._drop_bad(nz, vals)
+                v, e = _u32(nz), _u32(vals)
+            vclusters += v
+            entries += e
             pos += n
-        if not v_parts:
-            return Mapping.empty(unit)
-        return Mapping(np.concatenate(v_parts), np.concatenate(e_parts), unit)
+        return Mapping(vclusters, entries, unit)
 
     def _drop_bad(self, nz: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Salvage: keep the readable entries, record the others in `bad_slots` (§2.3, §2.8)."""
+        import numpy as np  # salvage only
+
         hdr = self.header
         assert hdr is not None
         p = classify_entries(vals, hdr, self.file_size)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
-
-import numpy as np
 
 from ploopfs.errors import CorruptImageError, SourceIOError
 from ploopfs.format.bat import bat_entry_off
@@ -79,8 +79,7 @@ class SalvageVolume(Volume):
         mappings = [im.mapping() for im in images]  # lenient: Image.salvage is set
         zero = None
         if policy == "zeros":
-            zero = [np.array(sorted({b.vcluster for b in im.bad_slots}), np.uint32)
-                    for im in images]
+            zero = [array("I", sorted({b.vcluster for b in im.bad_slots})) for im in images]
         super().__init__(images, size, cluster_size, zero)
         self._mappings = mappings
         self._record_bat_damage(nclusters)
@@ -227,9 +226,9 @@ class SalvageVolume(Volume):
                 self._salvage_pread(lv, dst, voffset, voffset, True)
                 return lv
             m = self._mappings[lv]
-            i = int(np.searchsorted(m.vclusters, vc))
-            if i < m.vclusters.size and int(m.vclusters[i]) == vc:
-                off = int(m.entries[i]) * m.unit + voffset % c
+            i = bisect_left(m.vclusters, vc)
+            if i < len(m.vclusters) and m.vclusters[i] == vc:
+                off = m.entries[i] * m.unit + voffset % c
                 self._salvage_pread(lv, dst, off, voffset, False)
                 return lv
         dst[:] = bytes(len(dst))

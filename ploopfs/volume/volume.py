@@ -5,13 +5,12 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ploopfs.errors import CorruptImageError, SourceIOError
-from ploopfs.volume.blockmap import ZERO_LEVEL, BlockMap
+from ploopfs.volume.blockmap import BlockMap
 from ploopfs.volume.image import Image
 
 _zeros = memoryview(b"")
@@ -51,7 +50,7 @@ class Segment:
 
 class Volume:
     def __init__(self, images: Sequence[Image], size: int, cluster_size: int,
-                 zero: Sequence[np.ndarray] | None = None) -> None:
+                 zero: Sequence[array] | None = None) -> None:
         """`images[0]` is the base, `images[-1]` the top. `size` is the virtual disk size.
         `zero`: per level, clusters masked as zeros (salvage, BlockMap)."""
         self.images = list(images)
@@ -87,29 +86,6 @@ class Volume:
                 else:
                     yield Segment(pos, n, None, 0)
             pos += n
-
-    def sources_at(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`segments` vectorised for single clusters (sorted int64 cluster numbers): the level
-        serving each and the file offset of its bytes. Level -1 where the cluster reads as
-        zeros (a hole, or salvage's zero level); a hole over a raw base is level 0 at the
-        cluster's own offset (§4.1 rule 3), as `segments` has it."""
-        m, c = self.map, self.cluster_size
-        level = np.full(clusters.shape, -1, np.int64)
-        off = np.zeros(clusters.shape, np.int64)
-        inside = np.zeros(clusters.shape, bool)
-        if len(m):
-            # (keys in the map's own dtype: int64 keys made numpy convert the whole map)
-            i = np.searchsorted(m.vstart, clusters.astype(m.vstart.dtype), side="right") - 1
-            j = np.maximum(i, 0)
-            vs = m.vstart[j].astype(np.int64)
-            inside = (i >= 0) & (clusters < vs + m.count[j])
-            lv = m.level[j].astype(np.int64)
-            level = np.where(inside & (lv != ZERO_LEVEL), lv, -1)
-            off = np.where(level >= 0, m.offset[j] + (clusters - vs) * c, 0)
-        if self.raw_base:
-            level = np.where(inside, level, 0)
-            off = np.where(inside, off, clusters * c)
-        return level, off
 
     # -- reading -------------------------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes | bytearray:

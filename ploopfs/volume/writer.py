@@ -8,16 +8,18 @@ The result passes `qemu-img check -f parallels` and reads back identically throu
 from __future__ import annotations
 
 import os
+import sys
 import uuid
+from array import array
 from collections.abc import Iterable
-
-import numpy as np
 
 from ploopfs.errors import OutputError
 from ploopfs.format.bat import bat_entry_off
 from ploopfs.format.descriptor import Descriptor, ImageEntry, Shot, render_descriptor
 from ploopfs.format.header import CIF_EMPTY, NONE_GUID, SECTOR, TOP_GUID, Header, new_header
 from ploopfs.format.header import chs_geometry as _chs
+
+BIG_ENDIAN = sys.byteorder == "big"
 
 DEFAULT_CLUSTER = 1 << 20
 
@@ -137,22 +139,23 @@ class ImageWriter:
         if self.fd < 0:
             return self.header
         unit = self.header.entry_unit
-        if self._bat:
-            keys = np.fromiter(self._bat.keys(), np.int64, len(self._bat))
-            vals = np.fromiter(self._bat.values(), np.int64, len(self._bat))
-            order = np.argsort(keys)
-            keys, vals = keys[order], vals[order] * self.cluster_size // unit
-            page = 16384  # slots per write
-            pages = keys // page
-            for p in np.unique(pages).tolist():
-                sel = pages == p
-                first = p * page
-                last = min(first + page, self.header.bat_entries)
-                slots = np.zeros(last - first, "<u4")
-                existing = os.pread(self.fd, 4 * (last - first), bat_entry_off(first))
-                slots[: len(existing) // 4] = np.frombuffer(existing, "<u4")[: len(slots)]
-                slots[keys[sel] - first] = vals[sel]
-                self._pwrite(slots.tobytes(), bat_entry_off(first))
+        page = 16384  # slots per write
+        per_page: dict[int, list[int]] = {}
+        for k in self._bat:
+            per_page.setdefault(k // page, []).append(k)
+        for p in sorted(per_page):
+            first = p * page
+            last = min(first + page, self.header.bat_entries)
+            existing = os.pread(self.fd, 4 * (last - first), bat_entry_off(first))
+            slots = array("I", existing[: len(existing) // 4 * 4])
+            slots.frombytes(bytes(4 * (last - first - len(slots))))  # past EOF: zeros
+            if BIG_ENDIAN:
+                slots.byteswap()  # BAT entries are little-endian (§2.1)
+            for k in per_page[p]:
+                slots[k - first] = self._bat[k] * self.cluster_size // unit
+            if BIG_ENDIAN:
+                slots.byteswap()
+            self._pwrite(slots.tobytes(), bat_entry_off(first))
         flags = self.header.flags & ~CIF_EMPTY if self._bat else self.header.flags
         self.header = self.header.with_(flags=flags)
         self._pwrite(self.header.pack(), 0)
