@@ -20,6 +20,7 @@ __all__ = ["Blake3", "Buffer", "MapArrays", "bat_nonzero", "blake2b_lanes", "bla
 # a diff: it cost every command ~75 ms of its start). Their item sizes, checked once:
 assert array("I").itemsize == 4 and array("q").itemsize == 8
 _FAILED = int(ffi.cast("size_t", -1))  # the (size_t)-1 of the pf_map functions
+_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 
 def _view(buf: Buffer) -> memoryview:
@@ -204,8 +205,9 @@ def map_merge(levels: Sequence[tuple[array, array | None, int, int]], nclusters:
     Returns (vstart "I", count "I", level "B", offset "q")."""
     levels = [lv for lv in levels if len(lv[0])]
     cap = sum(len(lv[0]) for lv in levels)
-    out = (array("I", [0]) * cap, array("I", [0]) * cap, array("B", [0]) * cap,
-           array("q", [0]) * cap)
+    types = (("I", "uint32_t[]", 4), ("I", "uint32_t[]", 4), ("B", "uint8_t[]", 1),
+             ("q", "int64_t[]", 8))
+    out = (array("I"), array("I"), array("B"), array("q"))
     if cap:
         cl = ffi.new("pf_map_level[]", len(levels))
         keep = []  # the buffers' cdata must live through the call
@@ -218,16 +220,15 @@ def map_merge(levels: Sequence[tuple[array, array | None, int, int]], nclusters:
             cl[i].n = len(v)
             cl[i].unit = unit
             cl[i].level = level
-        ptrs = [ffi.from_buffer(t, a) for t, a in zip(
-            ("uint32_t[]", "uint32_t[]", "uint8_t[]", "int64_t[]"), out, strict=True)]
-        n = lib.pf_map_merge(cl, len(levels), nclusters, cluster_size, *ptrs, cap)
-        del ptrs
+        # Room for the worst case (every cluster its own extent), uncleared: only what the
+        # merge writes is touched, and then copied out.
+        room = [_uncleared(c, cap) for _t, c, _s in types]
+        n = lib.pf_map_merge(cl, len(levels), nclusters, cluster_size, *room, cap)
         if n == _FAILED:
             raise MemoryError("block map: no memory for the merge")
-    else:
-        n = 0
-    for a in out:
-        del a[n:]
+        for i, (a, (_t, _c, size)) in enumerate(zip(out, types, strict=True)):
+            a.frombytes(ffi.buffer(room[i], size * n))
+            room[i] = ffi.NULL  # freed now: at most one array held twice
     return out
 
 
@@ -253,13 +254,15 @@ def candidate_runs(a: MapArrays, b: MapArrays, common: int, cluster_size: int
         views[i].key = keyarr
         views[i].zero_level = zero_level
         views[i].raw_base = int(raw_base)
+    # Room for the worst case, most of which is never written: uncleared (untouched pages
+    # cost no memory), then the runs found are copied out (a million-extent pair: 67 MB of
+    # room, ~2 MB of runs).
     cap = 2 * (len(a[0]) + len(b[0])) + 1
-    first = array("q", [0]) * cap
-    runs = array("q", [0]) * cap
-    pf, pr = ffi.from_buffer("int64_t[]", first), ffi.from_buffer("int64_t[]", runs)
+    pf, pr = _uncleared("int64_t[]", cap), _uncleared("int64_t[]", cap)
     k = lib.pf_candidate_runs(views, views + 1, common, cluster_size, pf, pr, cap)
-    del pf, pr
     if k == _FAILED:
         raise ValueError("pf_candidate_runs: more runs than room (maps not sorted?)")
-    del first[k:], runs[k:]
+    first, runs = array("q"), array("q")
+    first.frombytes(ffi.buffer(pf, 8 * k))
+    runs.frombytes(ffi.buffer(pr, 8 * k))
     return first, runs

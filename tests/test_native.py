@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import itertools
 import random
 import struct
 import subprocess
@@ -251,3 +252,83 @@ def test_diff_window_bad_arguments() -> None:
         h.feed(None, 4096, 4096, bytearray(64), bytearray(1))
     with pytest.raises(ValueError):
         h.feed(b"short", 4096, 4096, bytearray(64), bytearray(1))
+
+
+# -- block maps (pf_map.c) -----------------------------------------------------------------------
+def _dense_chain(levels: list[tuple[array.array, array.array | None, int, int]], n: int,
+                 c: int) -> list[tuple[int, int] | None]:
+    """(level, file offset) of every cluster, later levels winning: the model of the merge."""
+    out: list[tuple[int, int] | None] = [None] * n
+    for v, e, unit, lv in levels:
+        for i, x in enumerate(v):
+            if x < n:
+                out[x] = (lv, e[i] * unit if e is not None else x * c)
+    return out
+
+
+def _random_levels(rng: random.Random, n: int, nlevels: int, zero: bool
+                   ) -> list[tuple[array.array, array.array | None, int, int]]:
+    levels = []
+    for lv in range(nlevels):
+        v = array.array("I", sorted(rng.sample(range(n + 5), rng.randint(0, n))))
+        nxt, ents = 0, []
+        for _ in v:  # mostly consecutive file clusters
+            nxt += 1 if rng.random() < 0.8 else rng.randint(2, 50)
+            ents.append(nxt)
+        levels.append((v, array.array("I", ents), rng.choice([512, 4096]), lv))
+        if zero and rng.random() < 0.5:
+            levels.append((array.array("I", sorted(rng.sample(range(n), rng.randint(0, n // 4)))),
+                           None, 1, 255))
+    return levels
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_map_merge_and_candidate_runs_match_dense_models(seed: int) -> None:
+    rng = random.Random(seed)
+    c = 4096
+    na, nb = rng.randint(1, 300), rng.randint(1, 300)
+    la = _random_levels(rng, na, rng.randint(0, 4), zero=seed % 3 == 0)
+    lb = la[: rng.randint(0, len(la))] + _random_levels(rng, nb, rng.randint(0, 3), zero=False)
+    maps = []
+    for levels, n in ((la, na), (lb, nb)):
+        vstart, count, level, offset = native.map_merge(levels, n, c)
+        dense = _dense_chain(levels, n, c)
+        got: list[tuple[int, int] | None] = [None] * n
+        for s, k, lv, off in zip(vstart, count, level, offset, strict=True):
+            assert k > 0
+            for j in range(k):
+                got[s + j] = (lv, off + j * c)
+        assert got == dense
+        # maximal extents: none continues the one before it
+        for i in range(1, len(vstart)):
+            assert not (vstart[i - 1] + count[i - 1] == vstart[i] and level[i - 1] == level[i]
+                        and offset[i - 1] + count[i - 1] * c == offset[i])
+        maps.append((vstart, count, level, offset, dense))
+    keys_a = list(range(10))
+    keys_b = [k if rng.random() < 0.7 else 100 + k for k in keys_a]  # shared files, mostly
+    raw_a = rng.random() < 0.3
+    raw_b = raw_a and rng.random() < 0.7
+    common = min(na, nb)
+
+    def source(dense: list, keys: list[int], raw: bool, x: int) -> tuple[int, int]:
+        d = dense[x]
+        if d is None:
+            return (keys[0], x * c) if raw else (-1, 0)
+        return (-1, 0) if d[0] == 255 else (keys[d[0]], d[1])
+
+    want = [x for x in range(common)
+            if source(maps[0][4], keys_a, raw_a, x) != source(maps[1][4], keys_b, raw_b, x)]
+    first, runs = native.candidate_runs((*maps[0][:4], keys_a, 255, raw_a),
+                                        (*maps[1][:4], keys_b, 255, raw_b), common, c)
+    got_runs = list(zip(first, runs, strict=True))
+    assert [x for f, k in got_runs for x in range(f, f + k)] == want
+    assert all(f2 > f1 + k1 for (f1, k1), (f2, _k2) in itertools.pairwise(got_runs))  # merged
+
+
+def test_bat_nonzero_reads_little_endian_slots() -> None:
+    entries = [0, 7, 0, 0xFFFFFFFF, 3, 100, 0]
+    raw = struct.pack(f"<{len(entries)}I", *entries)
+    v, e = array.array("I"), array.array("I")
+    bad = native.bat_nonzero(raw, 1000, 5, 99, v, e)
+    assert list(v) == [1001, 1003, 1004, 1005] and list(e) == [7, 0xFFFFFFFF, 3, 100]
+    assert bad == 3  # 0xffffffff, 3 (< 5) and 100 (> 99)

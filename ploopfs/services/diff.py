@@ -415,7 +415,8 @@ def _batches(parts: Iterator[tuple[int, int]], limit: int) -> Iterator[list[tupl
         yield batch
 
 
-def _work(nclusters: int, runs: Sequence[tuple[int, int]], per: int) -> Iterator[tuple[int, int]]:
+def _work(runs: Sequence[tuple[int, int]], per: int) -> Iterator[tuple[int, int]]:
+    """The runs cut into parts of at most `per` clusters."""
     for c0, n in runs:
         for a in range(c0, c0 + n, per):
             yield a, min(per, c0 + n - a)
@@ -518,13 +519,13 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
 
     def parts() -> Iterator[tuple[int, int]]:
         """Parts of `per` clusters where both sides map whole, else of at most `read_per`."""
-        for c0, n in _work(nclusters, work, per):
+        for c0, n in _work(work, per):
             b0, b1, ob1 = extent(c0, n)
             if n <= read_per or (o.mmap and _Maps.extent(new, b0, b1 - b0) is not None and
                                  (ob1 == b0 or _Maps.extent(old, b0, ob1 - b0) is not None)):
                 yield c0, n
             else:
-                yield from _work(nclusters, [(c0, n)], read_per)
+                yield from _work([(c0, n)], read_per)
 
     done = 0
     pos_c = 0  # next cluster of NEW not yet handed to the sink
