@@ -4,9 +4,7 @@ Pure parsing of the extension cluster and of bitmap data handed in by the caller
 
 from __future__ import annotations
 
-import hashlib
 import struct
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -77,6 +75,9 @@ def parse_extension(cluster: bytes, cluster_size: int, where: str = "",
     magic, md5 = _CHECK.unpack_from(cluster, 0)
     if magic != FORMAT_EXTENSION_MAGIC:
         raise CorruptImageError(f"format extension magic is {magic:#018x}", where, offset=offset)
+    import hashlib  # here, not at the top: most images have no extension (start time)
+    import uuid
+
     ext = FormatExtension(md5_ok=hashlib.md5(cluster[24:cluster_size]).digest() == md5)
     pos = _CHECK.size
     while pos + _ELEM.size <= cluster_size:

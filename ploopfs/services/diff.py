@@ -31,7 +31,6 @@ ranges are streamed to the output file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import mmap
@@ -87,8 +86,11 @@ Mapped = tuple[mmap.mmap, int, int]  # a window's pages in a mapping: map, start
 # pieces of both sides on both cores in any order, and a piece of NEW equal to OLD's takes OLD's
 # subtree values without being hashed, so a diff hashes OLD once and only NEW's changes. sha256
 # and blake2b are streams: each side's worker hashes its side in order (`_Worker`).
+# hashlib (OpenSSL: 3-6 ms of a start) is imported only when one of its hashes is asked for.
 HASHES: dict[str, Callable[[], Any]] = {
-    "blake3": Blake3, "sha256": hashlib.sha256, "blake2b": hashlib.blake2b}
+    "blake3": Blake3,
+    "sha256": lambda: __import__("hashlib").sha256(),
+    "blake2b": lambda: __import__("hashlib").blake2b()}
 TREE_HASHES = {"blake3"}
 DEFAULT_HASH = "blake3"
 FORMATS = ("rdiff", "ploop", "json")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from array import array
 from collections.abc import Iterable
 
@@ -183,6 +182,8 @@ class ImageWriter:
 
 
 def new_guid() -> str:
+    import uuid  # here: uuid imports platform, 3 ms of every start otherwise
+
     return "{" + str(uuid.uuid4()) + "}"
 
 
