@@ -2,6 +2,7 @@
 #ifndef PF_TEST_CHECK_H
 #define PF_TEST_CHECK_H
 
+#include <stddef.h>
 #include <stdio.h>
 
 extern unsigned passed, failed;
@@ -17,6 +18,9 @@ extern unsigned passed, failed;
             fputc('\n', stderr);                                           \
         }                                                                  \
     } while (0)
+
+/* malloc(n), or exit(2) when there is no memory (n == 0 allowed). */
+void *xmalloc(size_t n);
 
 void test_rdiff_all(void);
 void test_dedup_all(void);

@@ -17,16 +17,6 @@ static uint64_t rng(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        perror("malloc");
-        exit(2);
-    }
-    return p;
-}
-
 static void test_bat_nonzero(void)
 {
     uint64_t s = 7;

@@ -11,6 +11,16 @@
 
 unsigned passed, failed;
 
+void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        perror("malloc");
+        exit(2);
+    }
+    return p;
+}
+
 /* Obvious byte-by-byte reference. */
 static size_t ref_first_nonzero(const unsigned char *buf, size_t len)
 {

@@ -18,16 +18,6 @@
 
 #include "check.h"
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        perror("malloc");
-        exit(2);
-    }
-    return p;
-}
-
 static void tohex(const unsigned char *d, size_t n, char *out)
 {
     for (size_t i = 0; i < n; i++)
