@@ -87,25 +87,41 @@ int pf_b3_feed(void *state, const unsigned char *data, size_t len, size_t piece,
     return 0;
 }
 
-/* The whole pages inside [p, p + len) of a shared file mapping, given back (see pf_b3.h). */
-static void release_pages(const unsigned char *p, size_t len)
+static size_t page_size(void)
 {
     static size_t page;
     if (page == 0) {
         long ps = sysconf(_SC_PAGESIZE);
         page = ps > 0 ? (size_t)ps : 4096;
     }
+    return page;
+}
+
+/* The whole pages inside [p, p + len) of a shared file mapping, given back (see pf_b3.h). */
+static void release_pages(const unsigned char *p, size_t len)
+{
+    size_t page = page_size();
     uintptr_t a = ((uintptr_t)p + page - 1) & ~(uintptr_t)(page - 1);
     uintptr_t e = ((uintptr_t)p + len) & ~(uintptr_t)(page - 1);
     if (e > a)
         (void)madvise((void *)a, e - a, MADV_DONTNEED); /* advice: a failure changes nothing */
 }
 
+/* The pages holding [p, p + len) of a file mapping, asked for (read ahead, asynchronously). */
+static void willneed_pages(const unsigned char *p, size_t len)
+{
+    size_t page = page_size();
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page - 1);
+    uintptr_t e = ((uintptr_t)p + len + page - 1) & ~(uintptr_t)(page - 1);
+    (void)madvise((void *)a, e - a, MADV_WILLNEED); /* advice: a failure changes nothing */
+}
+
 int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *new_,
                    size_t nlen, uint64_t offset, size_t c, size_t per, size_t n,
                    const unsigned char *maybe, unsigned char *flags, size_t first,
                    size_t stride, unsigned char *pairs_old, unsigned char *have_old,
-                   unsigned char *pairs_new, unsigned char *have_new, unsigned release)
+                   unsigned char *pairs_new, unsigned char *have_new, unsigned release,
+                   size_t probe)
 {
     if (c == 0 || per == 0 || stride == 0 || nlen > n * c || (n > 0 && nlen <= (n - 1) * c) ||
         (olen && !old) || (nlen && !new_) || (n && (!maybe || !flags)) ||
@@ -114,6 +130,7 @@ int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *n
     const int hashing = pairs_old && have_old && pairs_new && have_new;
     const size_t piece = per * c;
     const size_t npieces = (n + per - 1) / per;
+    int missed = 0; /* clusters the probe did not decide */
     for (size_t j = first; j < npieces; j += stride) {
         size_t k0 = j * per, k1 = k0 + per < n ? k0 + per : n;
         int same = 1;
@@ -121,7 +138,21 @@ int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *n
             if (!maybe[k])
                 continue;
             size_t s = k * c, e = (k + 1) * c < nlen ? (k + 1) * c : nlen;
-            flags[k] = e > olen || memcmp(old + s, new_ + s, e - s) != 0;
+            if (e > olen) {
+                flags[k] = 1;
+            } else if (probe && e - s > probe) {
+                flags[k] = memcmp(old + s, new_ + s, probe) != 0;
+                if (!flags[k]) {
+                    missed++;
+                    if (release & PF_RELEASE_OLD)
+                        willneed_pages(old + s + probe, e - s - probe);
+                    if (release & PF_RELEASE_NEW)
+                        willneed_pages(new_ + s + probe, e - s - probe);
+                    flags[k] = memcmp(old + s + probe, new_ + s + probe, e - s - probe) != 0;
+                }
+            } else {
+                flags[k] = memcmp(old + s, new_ + s, e - s) != 0;
+            }
             same &= !flags[k];
         }
         size_t b0 = j * piece;
@@ -142,5 +173,5 @@ int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *n
         if ((release & PF_RELEASE_NEW) && same && b0 < nlen)
             release_pages(new_ + b0, nlen - b0 < piece ? nlen - b0 : piece);
     }
-    return 0;
+    return missed;
 }

@@ -54,14 +54,21 @@ uint64_t pf_b3_count(const void *state);
  *   read-only views of a shared file mapping: the page cache keeps the bytes and a later access
  *   faults them in again, so what is read never changes; the resident set holds the pieces in
  *   work and NEW's changes, not whole windows.
- * Returns 0, or -1 on bad arguments. */
+ * probe (0: off): each candidate cluster longer than `probe` bytes is compared in two steps,
+ *   its first `probe` bytes, then, only when they are equal, the rest, asked for first with
+ *   MADV_WILLNEED on the sides named in `release` (file mappings). For windows whose pages were
+ *   announced only `probe` bytes a cluster (scan's PROBE): a cluster changed early is never
+ *   read whole, and one equal so far is read ahead in one request, not fault by fault.
+ * Returns the number of clusters compared past their probe (0 without one), or -1 on bad
+ * arguments. */
 #define PF_RELEASE_OLD 1
 #define PF_RELEASE_NEW 2
 int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *new_,
                    size_t nlen, uint64_t offset, size_t c, size_t per, size_t n,
                    const unsigned char *maybe, unsigned char *flags, size_t first,
                    size_t stride, unsigned char *pairs_old, unsigned char *have_old,
-                   unsigned char *pairs_new, unsigned char *have_new, unsigned release);
+                   unsigned char *pairs_new, unsigned char *have_new, unsigned release,
+                   size_t probe);
 /* CDEF-END */
 
 #endif /* PF_B3_H */

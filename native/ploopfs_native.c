@@ -5,7 +5,7 @@
 
 int pf_version(void)
 {
-    return 1;
+    return 2;
 }
 
 /* Load one machine word from an arbitrary address; memcpy keeps it free of alignment and

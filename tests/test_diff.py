@@ -30,6 +30,7 @@ from conftest import (
 from ploopfs.errors import ExitCode
 from ploopfs.format.descriptor import ImageEntry, Shot
 from ploopfs.format.header import TOP_GUID
+from ploopfs.services import diff as diff_mod
 from ploopfs.services.diff import (
     DiffOptions,
     RangesSink,
@@ -347,6 +348,79 @@ def test_diff_and_export_do_not_import_numpy(tmp_path: Path, guard_sources) -> N
     assert (out / "new.raw").read_bytes() == new_raw.read_bytes()
     subprocess.run(["rdiff", "patch", old_raw, out / "d.rdiff", out / "patched.raw"], check=True)
     assert (out / "patched.raw").read_bytes() == new_raw.read_bytes()
+
+
+def _probe_scan(tmp_path: Path, top_of: Callable[[dict[int, bytes]], dict[int, bytes]],
+                n: int = 96) -> tuple[list[dict], object, Path, Path]:
+    """A two-level chain, TOP made from BASE by `top_of`; the json fast path without hashes
+    (probing) checked against the full compare and against qemu's raw disks."""
+    rng = np.random.default_rng(21)
+    base = rand_clusters(rng, range(n))
+    disk = tmp_path / "disk"
+    g_base, _g_top = make_chain(disk, n * C, [base, top_of(base)])
+    old_raw = qemu_raw(disk, g_base, tmp_path / "old.raw")
+    new_raw = qemu_raw(disk, None, tmp_path / "new.raw")
+    sides = open_sides(str(disk), str(disk), g_base, None, OpenOptions())
+    try:
+        sink = RangesSink(C, None)
+        stats = scan(sides.old, sides.new, sink, DiffOptions(hash=None))
+        sink.flush()
+        full_sink = RangesSink(C, None)
+        scan(sides.old, sides.new, full_sink, DiffOptions(hash=None, full_compare=True))
+        full_sink.flush()
+        rd = scan(sides.old, sides.new, RangesSink(C, "sha256"), DiffOptions(hash=None))
+    finally:
+        sides.close()
+    assert sink.ranges == full_sink.ranges
+    assert clusters_of(sink.ranges) == truly_changed(old_raw, new_raw, C)
+    assert rd.probe_clusters == 0  # hashed ranges need every byte: no probing
+    return sink.ranges, stats, old_raw, new_raw
+
+
+def test_probe_decides_clusters_changed_from_their_start(tmp_path: Path, guard_sources,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """json without hashes compares each candidate over its first PROBE bytes first (mapped
+    windows: the rest is asked for only when they are equal). Clusters changed from their start,
+    zeroed, changed in their last byte and re-written equal all come out right, and the counts
+    say which probes decided."""
+    monkeypatch.setattr(diff_mod, "PROBE", 4096)
+    monkeypatch.setattr(diff_mod, "MMAP_MIN", C)  # windows of one cluster are mapped too
+    guard_sources(tmp_path)
+
+    def top_of(base: dict[int, bytes]) -> dict[int, bytes]:
+        rng = np.random.default_rng(5)
+        top = {k: rng.bytes(C) for k in range(0, 40, 2)}  # changed from their first bytes
+        top[41] = bytes(C)  # zeroed
+        for k in (50, 52, 54):  # changed in their last byte only
+            top[k] = base[k][:-1] + bytes([base[k][-1] ^ 1])
+        top[60] = base[60]  # re-written with the same bytes
+        return top
+
+    ranges, stats, _o, _n = _probe_scan(tmp_path, top_of)
+    assert stats.candidate_clusters == 25
+    assert stats.probe_clusters == 25 and stats.probe_undecided == 4  # 50, 52, 54, 60
+    assert any(r["zero"] for r in ranges)
+
+
+def test_probing_stops_when_probes_do_not_decide(tmp_path: Path, guard_sources,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clusters changed only at their end (or equal) defeat the probe: after at most the parts
+    already announced, the scan announces whole clusters again, with the same result."""
+    monkeypatch.setattr(diff_mod, "PROBE", 4096)
+    monkeypatch.setattr(diff_mod, "MMAP_MIN", C)
+    guard_sources(tmp_path)
+
+    def top_of(base: dict[int, bytes]) -> dict[int, bytes]:
+        top = {k: base[k][:-1] + bytes([base[k][-1] ^ 1]) for k in range(0, 380, 2)}
+        top.update({k: base[k] for k in range(1, 20, 2)})  # and some re-written equal
+        return top
+
+    # Single-cluster candidates, 64 a window: several windows, so results come back while
+    # later parts are still to be announced.
+    _ranges, stats, _o, _n = _probe_scan(tmp_path, top_of, n=400)
+    assert stats.candidate_clusters == 200 and stats.changed_clusters == 190
+    assert 0 < stats.probe_clusters < 200
+    assert stats.probe_undecided == stats.probe_clusters
 
 
 def test_fast_path_across_branches(tmp_path: Path, guard_sources) -> None:

@@ -114,7 +114,7 @@ static unsigned char *file_map(const unsigned char *data, size_t len)
  * are file mappings whose compared pages the window gives back: everything read afterwards
  * (the digests below, the bytes themselves) is still the disks' bytes. */
 static void window_case_m(size_t c, size_t per, size_t n, size_t olen, size_t nlen, int stride,
-                          int mapped)
+                          int mapped, size_t probe)
 {
     unsigned char *old = malloc(olen + 1), *new_ = malloc(nlen + 1);
     for (size_t i = 0; i < olen; i++)
@@ -142,11 +142,21 @@ static void window_case_m(size_t c, size_t per, size_t n, size_t olen, size_t nl
     unsigned char *mn = mapped ? file_map(new_, nlen) : NULL;
     unsigned release = (mo ? PF_RELEASE_OLD : 0) | (mn ? PF_RELEASE_NEW : 0);
     const unsigned char *vo = mo ? mo : old, *vn = mn ? mn : new_;
-    for (int f = 0; f < stride; f++)
-        CHECK(pf_diff_window(vo, olen, vn, nlen, 0, c, per, n, maybe, flags, (size_t)f,
-                             (size_t)stride, po, ho, pn, hn, release) == 0, "window");
+    int missed = 0, want_missed = 0;
+    for (size_t k = 0; k < n; k++) { /* candidates whose first probe bytes are equal */
+        size_t s = k * c, e = (k + 1) * c < nlen ? (k + 1) * c : nlen;
+        want_missed += probe && maybe[k] && e <= olen && e - s > probe &&
+                       memcmp(old + s, new_ + s, probe) == 0;
+    }
+    for (int f = 0; f < stride; f++) {
+        int r = pf_diff_window(vo, olen, vn, nlen, 0, c, per, n, maybe, flags, (size_t)f,
+                               (size_t)stride, po, ho, pn, hn, release, probe);
+        CHECK(r >= 0, "window");
+        missed += r;
+    }
+    CHECK(missed == want_missed, "missed %d of %d, probe %zu", missed, want_missed, probe);
     CHECK(memcmp(vo, old, olen) == 0 && memcmp(vn, new_, nlen) == 0, "bytes after release");
-    CHECK(memcmp(flags, want, n) == 0, "flags c %zu n %zu", c, n);
+    CHECK(memcmp(flags, want, n) == 0, "flags c %zu n %zu probe %zu", c, n, probe);
     unsigned char a[32], b[32];
     void *st = malloc(pf_b3_state_size());
     pf_b3_init(st);
@@ -160,9 +170,9 @@ static void window_case_m(size_t c, size_t per, size_t n, size_t olen, size_t nl
     ref_digest(old, olen, b);
     CHECK(memcmp(a, b, 32) == 0, "old digest c %zu per %zu n %zu", c, per, n);
     CHECK(pf_diff_window(old, olen, new_, nlen, 0, c, per, n + 2, maybe, flags, 0, 1, NULL,
-                         NULL, NULL, NULL, 0) == -1, "n past NEW's end refused");
+                         NULL, NULL, NULL, 0, 0) == -1, "n past NEW's end refused");
     CHECK(pf_diff_window(old, olen, new_, nlen, 0, c, per, n, maybe, flags, 0, 1, NULL,
-                         NULL, NULL, NULL, 4) == -1, "unknown release flag refused");
+                         NULL, NULL, NULL, 4, 0) == -1, "unknown release flag refused");
     if (mo)
         munmap(mo, olen);
     if (mn)
@@ -174,8 +184,11 @@ static void window_case_m(size_t c, size_t per, size_t n, size_t olen, size_t nl
 
 static void window_case(size_t c, size_t per, size_t n, size_t olen, size_t nlen, int stride)
 {
-    window_case_m(c, per, n, olen, nlen, stride, 0);
-    window_case_m(c, per, n, olen, nlen, stride, 1);
+    window_case_m(c, per, n, olen, nlen, stride, 0, 0);
+    window_case_m(c, per, n, olen, nlen, stride, 1, 0);
+    /* compared in two steps: a change before, at or after the probe's end (random positions) */
+    window_case_m(c, per, n, olen, nlen, stride, 1, c / 3);
+    window_case_m(c, per, n, olen, nlen, stride, 0, c / 2 + 1);
 }
 
 static void test_window(void)

@@ -81,6 +81,11 @@ CHUNK = 8 << 20
 READ_CHUNK = 4 << 20
 MMAP_MIN = 1 << 20  # smaller reads are copied
 PREFETCH = 8  # parts ahead whose bytes the kernel is asked to read (POSIX_FADV_WILLNEED)
+# Bytes of each candidate cluster announced (_prefetch) while most candidates turn out changed
+# and nothing needs NEW's bytes (json ranges without hashes): the compare stops at the first
+# difference, so the rest of a changed cluster is never asked for; an equal cluster's rest is
+# read when the compare reaches it (page faults on the mapping, read around by the kernel).
+PROBE = 64 << 10
 Mapped = tuple[mmap.mmap, int, int]  # a window's pages in a mapping: map, start, length
 # Manifest hashes. blake3 (the default) is BLAKE3 as a tree (native/pf_b3.h): the workers hash
 # pieces of both sides on both cores in any order, and a piece of NEW equal to OLD's takes OLD's
@@ -122,8 +127,10 @@ class DiffStats:
     new_clusters: int = 0  # changed clusters reaching past OLD's size (growth)
     zero_clusters: int = 0  # changed clusters whose NEW bytes are all zero
     equal_candidate_clusters: int = 0  # candidates whose bytes were equal after all (re-written)
-    bytes_read_old: int = 0
-    bytes_read_new: int = 0
+    bytes_read_old: int = 0  # bytes handed to the compare (a probed cluster may be read only in
+    bytes_read_new: int = 0  # part: see probe_clusters)
+    probe_clusters: int = 0  # candidates compared from a PROBE first (json without hashes)
+    probe_undecided: int = 0  # ... whose probe was equal, so the rest was read too
     hash: str | None = None
     old_hash: str | None = None
     new_hash: str | None = None
@@ -137,6 +144,10 @@ class DiffStats:
 
 
 class Sink(Protocol):
+    # False when the sink looks at NEW's changed bytes only to tell all-zero ranges (is_zero
+    # stops at the first non-zero byte): then a changed cluster need not be read whole.
+    needs_bytes: bool
+
     def same(self, c0: int, n: int) -> None: ...
     def changed(self, c0: int, n: int, data: memoryview) -> None: ...
 
@@ -249,6 +260,8 @@ class _Part:
     views: list[memoryview | None] = field(default_factory=lambda: [None, None])
     mapped: list[Mapped | None] = field(default_factory=lambda: [None, None])
     g0: int = 0  # number of the part's first piece within its window (who compares which)
+    probe: bool = False  # announced PROBE bytes a cluster: compared in two steps (diff_window)
+    missed: list[int] = field(default_factory=lambda: [0, 0])  # per side: probes undecided
 
 
 @dataclass
@@ -342,7 +355,7 @@ class _Worker:
                 # Pieces done are given back at once (file mappings only, see diff_window).
                 release = (RELEASE_OLD if p.mapped[OLD] else 0) | \
                     (RELEASE_NEW if p.mapped[NEW] else 0)
-                self._compare(p, c, per, (side - p.g0) % 2, 2, release)
+                p.missed[side] = self._compare(p, c, per, (side - p.g0) % 2, 2, release)
             return
         for p in w.parts:
             view = p.views[side]
@@ -359,11 +372,11 @@ class _Worker:
                     self._compare(p, c, per, j, npieces)
 
     @staticmethod
-    def _compare(p: _Part, c: int, per: int, first: int, stride: int, release: int = 0) -> None:
+    def _compare(p: _Part, c: int, per: int, first: int, stride: int, release: int = 0) -> int:
         bo, bn = p.views[OLD], p.views[NEW]
         assert bo is not None and bn is not None
-        diff_window(bo, bn, p.b0, c, per, p.n, p.maybe, p.flags, first, stride, p.pairs,
-                    release)
+        return diff_window(bo, bn, p.b0, c, per, p.n, p.maybe, p.flags, first, stride, p.pairs,
+                           release, PROBE if p.probe else 0)
 
     def close(self) -> None:
         self.closing = True
@@ -495,8 +508,22 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
         b1 = min((c0 + n) * c, new.size)
         return b0, b1, max(b0, min(b1, old.size))
 
+    # Probing: only the first PROBE bytes of each candidate cluster are announced, as long as
+    # the probes decide at least half the clusters compared with one (a snapshot's rewritten
+    # clusters, changed from their start); equal clusters, or clusters changed only further
+    # in, make the scan announce parts whole again (read ahead as before, no waiting).
+    probing = o.hash is None and not o.full_compare and c > PROBE and not sink.needs_bytes
+    seen = [0, 0]  # candidate clusters compared with a probe, and those it did not decide
+    probed: set[int] = set()  # first clusters of the parts announced so
+
     def prefetch(c0: int, n: int) -> None:
-        to_prefetch.append(extent(c0, n))
+        b0, b1, ob1 = extent(c0, n)
+        if probing and 2 * seen[1] <= seen[0]:
+            probed.add(c0)
+            for a in range(b0, b1, c):
+                to_prefetch.append((a, min(b1, a + PROBE), max(a, min(ob1, a + PROBE))))
+        else:
+            to_prefetch.append((b0, b1, ob1))
 
     def submit(i: int, batch: list[tuple[int, int]]) -> _Window:
         parts = []
@@ -508,7 +535,8 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
                      bytearray(npieces)) \
                 if trees else None
             parts.append(_Part(c0, n, b0, b1, ob1, cand_iter.mask(c0, n), bytearray(n),
-                               pairs, g0=g0))
+                               pairs, g0=g0, probe=c0 in probed))
+            probed.discard(c0)
             g0 += npieces
             _account("new", b0, b1 - b0, o, stats)
             if ob1 > b0:
@@ -550,6 +578,10 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
                     trees[OLD].feed(p.views[OLD], p.ob1 - p.b0, piece, *p.pairs[:2])
                     trees[NEW].feed(vn, p.b1 - p.b0, piece, *p.pairs[2:])
                 _emit(sink, p.flags, p.c0, memoryview(vn), c, stats)
+                if p.probe:
+                    seen[0] += p.maybe.count(1)
+                    seen[1] += sum(p.missed)
+                    stats.probe_clusters, stats.probe_undecided = seen
                 p.views = [None, None]
                 del vn
                 for m in p.mapped:
@@ -753,6 +785,7 @@ class RangesSink:
                  emit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.c = cluster_size
         self.alg = alg
+        self.needs_bytes = alg is not None  # else only is_zero looks at them
         self.emit = emit
         self.ranges: list[dict[str, Any]] = []
         self._cur: dict[str, Any] | None = None
@@ -792,6 +825,8 @@ class RdiffSink:
     """COPY of unchanged clusters from the basis (at the same offset), LITERALs of changed
     bytes; DeltaWriter merges contiguous copies and adjacent literals."""
 
+    needs_bytes = True  # NEW's changed bytes go into the delta
+
     def __init__(self, writer: DeltaWriter, cluster_size: int, new_size: int) -> None:
         self.w = writer
         self.c = cluster_size
@@ -812,6 +847,8 @@ class PloopSink:
     """Changed clusters into a new delta image. A change to all-zero is written as an explicit
     zero cluster: a hole would fall through to OLD's data (§11 trap 24). Only zero clusters that
     no image of OLD's chain can map (past every one of them, §1.4, §11 trap 7) stay holes."""
+
+    needs_bytes = True  # NEW's changed bytes go into the delta image
 
     def __init__(self, writer: ImageWriter, zero_hole_from: int) -> None:
         self.w = writer

@@ -17,7 +17,10 @@ parameters are unchanged; ~4.6 GiB written, a minute or less):
   the page cache without disk I/O. `qemu-img check -f parallels` must find BASE clean.
 * TOP: a delta written by ploopfs.volume.writer.ImageWriter holding 1 % of the clusters
   (--rate; 655 of 65536, random positions, seed --seed) with pseudo-random data that differs
-  from BASE in every one of them (a distinct stamp in each cluster's first 8 bytes).
+  from BASE in every one of them (a distinct stamp in each cluster's first 8 bytes). With
+  `--change-at end` each of them is instead BASE's cluster with only its last 8 bytes changed:
+  the worst case for the json fast path, whose compare stops at a cluster's first difference
+  and so reads only the first pages of a cluster changed from its start (diff.md, PROBE).
 
 What is measured (each a fresh process, alternating rounds A B C D, D C B A, …):
 
@@ -146,15 +149,27 @@ def _write_base(path: str, size: int, c: int, every: int, pool: memoryview) -> N
         os.close(fd)
 
 
-def _write_top(path: str, size: int, c: int, changed: list[int], pool: memoryview) -> None:
+def _write_top(path: str, size: int, c: int, changed: list[int], pool: memoryview, every: int,
+               change_at: str) -> None:
+    """TOP's clusters differ from BASE's from their first bytes on ("start": new data), or only
+    in their last 8 bytes ("end": BASE's cluster with a stamp at its end, the worst case for a
+    compare that stops at the first difference)."""
     with ImageWriter.create(path, size, c, 2) as w:
         for k in changed:
-            w.write_cluster(k, _cluster_data(pool, k + 7, (1 << 63) | k, c))
+            if change_at == "start":
+                data = _cluster_data(pool, k + 7, (1 << 63) | k, c)
+            else:
+                data = _cluster_data(pool, k, k, c) if k % every == 0 else bytearray(c)
+                data[-8:] = ((1 << 63) | k).to_bytes(8, "little")
+            w.write_cluster(k, data)
 
 
-def build(workdir: str, size: int, c: int, every: int, rate: float, seed: int) -> Setup:
-    params: dict[str, int | float] = {"size": size, "cluster": c, "data_every": every,
-                                      "rate": rate, "seed": seed, "v": VERSION}
+def build(workdir: str, size: int, c: int, every: int, rate: float, seed: int,
+          change_at: str = "start") -> Setup:
+    params: dict[str, int | float | str] = {"size": size, "cluster": c, "data_every": every,
+                                            "rate": rate, "seed": seed, "v": VERSION}
+    if change_at != "start":  # (so that a work dir built before the option is still reused)
+        params["change_at"] = change_at
     stamp = os.path.join(workdir, "params.json")
     if os.path.exists(stamp):
         with open(stamp) as f:
@@ -175,7 +190,7 @@ def build(workdir: str, size: int, c: int, every: int, rate: float, seed: int) -
     log(f"diff_fastpath: writing BASE ({n // every} data clusters of {n}) …")
     _write_base(base, size, c, every, pool)
     log(f"diff_fastpath: writing TOP ({len(changed)} clusters) …")
-    _write_top(os.path.join(diskdir, top_name), size, c, changed, pool)
+    _write_top(os.path.join(diskdir, top_name), size, c, changed, pool, every, change_at)
     d = chain_descriptor(["root.hds", top_name], size, c, [base_guid, TOP_GUID])
     descriptor = os.path.join(diskdir, "DiskDescriptor.xml")
     write_descriptor(descriptor, d)
@@ -371,6 +386,9 @@ def main() -> int:
                     help="one BASE cluster in N holds data, the rest are sparse holes")
     ap.add_argument("--rate", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=4)
+    ap.add_argument("--change-at", choices=("start", "end"), default="start",
+                    help="where TOP's clusters differ from BASE's: from their first bytes (new "
+                         "data) or only in their last 8 bytes (a compare must read them whole)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cache", choices=("warm", "cold", "both"), default="both",
                     help="page-cache state of the pair's files before each run (default both)")
@@ -378,7 +396,7 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
-    s = build(a.workdir, a.size_gib * GiB, a.cluster, a.data_every, a.rate, a.seed)
+    s = build(a.workdir, a.size_gib * GiB, a.cluster, a.data_every, a.rate, a.seed, a.change_at)
     tmp = os.path.join(a.workdir, "out")
     os.makedirs(tmp, exist_ok=True)
     floor = run_child(["--import-only"], os.path.join(tmp, "hwm"), json_out=False).rss_kib / 1024
@@ -392,7 +410,9 @@ def main() -> int:
     rss_all += [v["rss_mib"] for v in fmts.values()]
     print(f"setup: {a.size_gib} GiB virtual, {a.cluster // MiB} MiB clusters, BASE all mapped "
           f"({s.params['size'] // a.cluster // a.data_every} data clusters, rest sparse holes), "
-          f"TOP {len(s.changed)} changed clusters; built in {s.build_seconds} s")
+          f"TOP {len(s.changed)} changed clusters, differing from BASE "
+          f"{'from their first bytes' if a.change_at == 'start' else 'in their last 8 bytes only'}"
+          f"; built in {s.build_seconds} s")
     print(f"disk: sequential cold read() {rate / 1e6:.0f} MB/s; reading a fully allocated "
           f"{a.size_gib} GiB BASE cold would take >= {a.size_gib * GiB / rate:.0f} s "
           "(extrapolated, not measured)")
