@@ -192,8 +192,8 @@ def bat_nonzero(raw: Buffer, first: int, lowest: int, highest: int, vclusters: a
     n = mv.nbytes // 4
     if n == 0:
         return 0
-    ov = ffi.new("uint32_t[]", n)
-    oe = ffi.new("uint32_t[]", n)
+    ov = _uncleared("uint32_t[]", n)  # only the first k are written, then copied out
+    oe = _uncleared("uint32_t[]", n)
     bad = ffi.new("size_t *")
     k = lib.pf_bat_nonzero(ffi.from_buffer("unsigned char[]", mv), n, first, lowest, highest,
                            ov, oe, bad)
@@ -209,8 +209,7 @@ def map_merge(levels: Sequence[tuple[array, array | None, int, int]], nclusters:
     Returns (vstart "I", count "I", level "B", offset "q")."""
     levels = [lv for lv in levels if len(lv[0])]
     cap = sum(len(lv[0]) for lv in levels)
-    types = (("I", "uint32_t[]", 4), ("I", "uint32_t[]", 4), ("B", "uint8_t[]", 1),
-             ("q", "int64_t[]", 8))
+    types = (("uint32_t[]", 4), ("uint32_t[]", 4), ("uint8_t[]", 1), ("int64_t[]", 8))
     out = (array("I"), array("I"), array("B"), array("q"))
     if cap:
         cl = ffi.new("pf_map_level[]", len(levels))
@@ -226,11 +225,11 @@ def map_merge(levels: Sequence[tuple[array, array | None, int, int]], nclusters:
             cl[i].level = level
         # Room for the worst case (every cluster its own extent), uncleared: only what the
         # merge writes is touched, and then copied out.
-        room = [_uncleared(c, cap) for _t, c, _s in types]
+        room = [_uncleared(c, cap) for c, _size in types]
         n = lib.pf_map_merge(cl, len(levels), nclusters, cluster_size, *room, cap)
         if n == _FAILED:
             raise MemoryError("block map: no memory for the merge")
-        for i, (a, (_t, _c, size)) in enumerate(zip(out, types, strict=True)):
+        for i, (a, (_c, size)) in enumerate(zip(out, types, strict=True)):
             a.frombytes(ffi.buffer(room[i], size * n))
             room[i] = ffi.NULL  # freed now: at most one array held twice
     return out

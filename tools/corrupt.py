@@ -23,7 +23,6 @@ import shutil
 import struct
 import sys
 import uuid
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +125,9 @@ def _virtual_location(t: Target, voffset: int) -> tuple[Path, int]:
         for im in reversed(vol.images):
             if im.is_raw:
                 return Path(im.path), voffset
-            m = im.mapping()
-            i = bisect_left(m.vclusters, vc)  # sorted
-            if i < len(m.vclusters) and m.vclusters[i] == vc:
-                return Path(im.path), m.entries[i] * m.unit + within
+            off = im.mapping().offset(vc)
+            if off is not None:
+                return Path(im.path), off + within
     raise NotApplicable(f"virtual byte {voffset} is not allocated in any level")
 
 

@@ -81,10 +81,10 @@ CHUNK = 8 << 20
 READ_CHUNK = 4 << 20
 MMAP_MIN = 1 << 20  # smaller reads are copied
 PREFETCH = 8  # parts ahead whose bytes the kernel is asked to read (POSIX_FADV_WILLNEED)
-# Bytes of each candidate cluster announced (_prefetch) while most candidates turn out changed
+# Bytes of each candidate cluster announced (_prefetch) while the probes decide most clusters
 # and nothing needs NEW's bytes (json ranges without hashes): the compare stops at the first
-# difference, so the rest of a changed cluster is never asked for; an equal cluster's rest is
-# read when the compare reaches it (page faults on the mapping, read around by the kernel).
+# difference, so the rest of a changed cluster is never asked for; when the first PROBE bytes
+# are equal, diff_window asks for the rest (MADV_WILLNEED) before comparing it.
 PROBE = 64 << 10
 Mapped = tuple[mmap.mmap, int, int]  # a window's pages in a mapping: map, start, length
 # Manifest hashes. blake3 (the default) is BLAKE3 as a tree (native/pf_b3.h): the workers hash
@@ -194,8 +194,8 @@ def candidate_runs(old: Volume, new: Volume) -> Runs:
     Both maps' extents are walked side by side in C (native/pf_map.c, pf_candidate_runs): the
     clusters are cut where an extent of either side starts or ends, and each piece's source
     (its first cluster's file and offset) is compared; a stretch where neither side changes
-    source is one piece, however long. 0.3 s for two snapshots of a 1 TiB disk mapped in a
-    million extents (a Python loop over the extents took 10.6 s)."""
+    source is one piece, however long. 0.02 s for two snapshots of a 1 TiB disk mapped in a
+    million extents (a Python loop over the extents took 10.6 s, numpy windows 0.3 s)."""
     c = new.cluster_size
     common = -(-min(old.size, new.size) // c)  # clusters holding bytes of both
     keys: dict[tuple[int, int], int] = {}

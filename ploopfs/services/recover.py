@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -367,9 +366,7 @@ def _mask_damaged(vol: Volume, w: ImageWriter, lv: _Level) -> None:
 
 
 def _maps(im: Image, vcluster: int) -> bool:
-    m = im.mapping()
-    i = bisect_left(m.vclusters, vcluster)  # sorted
-    return i < len(m.vclusters) and m.vclusters[i] == vcluster
+    return im.mapping().offset(vcluster) is not None
 
 
 def _own_ranges(kept: list[_Level], records: list[dict[str, Any]]) -> list[dict[str, Any]]:

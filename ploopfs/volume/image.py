@@ -6,6 +6,7 @@ import errno
 import os
 import stat
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,13 @@ class Mapping:
 
     def __len__(self) -> int:
         return len(self.vclusters)
+
+    def offset(self, vcluster: int) -> int | None:
+        """File byte offset of `vcluster`'s data, or None if this image does not map it."""
+        i = bisect_left(self.vclusters, vcluster)  # sorted
+        if i < len(self.vclusters) and self.vclusters[i] == vcluster:
+            return self.entries[i] * self.unit
+        return None
 
 
 def _u32(a: np.ndarray) -> array:

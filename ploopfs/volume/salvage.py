@@ -13,7 +13,6 @@ import errno
 import os
 import threading
 from array import array
-from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -225,11 +224,9 @@ class SalvageVolume(Volume):
             if im.is_raw:
                 self._salvage_pread(lv, dst, voffset, voffset, True)
                 return lv
-            m = self._mappings[lv]
-            i = bisect_left(m.vclusters, vc)
-            if i < len(m.vclusters) and m.vclusters[i] == vc:
-                off = m.entries[i] * m.unit + voffset % c
-                self._salvage_pread(lv, dst, off, voffset, False)
+            off = self._mappings[lv].offset(vc)
+            if off is not None:
+                self._salvage_pread(lv, dst, off + voffset % c, voffset, False)
                 return lv
         dst[:] = bytes(len(dst))
         return None
