@@ -7,6 +7,7 @@
  */
 #define _DEFAULT_SOURCE /* madvise, MADV_DONTNEED (-std=c11 hides them) */
 #include "pf_b3.h"
+#include "ploopfs_native.h"
 
 #include <string.h>
 #include <sys/mman.h>
@@ -118,10 +119,10 @@ static void willneed_pages(const unsigned char *p, size_t len)
 
 int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *new_,
                    size_t nlen, uint64_t offset, size_t c, size_t per, size_t n,
-                   const unsigned char *maybe, unsigned char *flags, size_t first,
-                   size_t stride, unsigned char *pairs_old, unsigned char *have_old,
-                   unsigned char *pairs_new, unsigned char *have_new, unsigned release,
-                   size_t probe)
+                   const unsigned char *maybe, unsigned char *flags, unsigned char *zero,
+                   size_t first, size_t stride, unsigned char *pairs_old,
+                   unsigned char *have_old, unsigned char *pairs_new, unsigned char *have_new,
+                   unsigned release, size_t probe)
 {
     if (c == 0 || per == 0 || stride == 0 || nlen > n * c || (n > 0 && nlen <= (n - 1) * c) ||
         (olen && !old) || (nlen && !new_) || (n && (!maybe || !flags)) ||
@@ -153,6 +154,8 @@ int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *n
             } else {
                 flags[k] = memcmp(old + s, new_ + s, e - s) != 0;
             }
+            if (zero)
+                zero[k] = flags[k] && pf_first_nonzero(new_ + s, e - s) == e - s;
             same &= !flags[k];
         }
         size_t b0 = j * piece;

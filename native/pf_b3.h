@@ -46,6 +46,10 @@ uint64_t pf_b3_count(const void *state);
  * last may be partial: NEW ends). For pieces j = first, first + stride, ... :
  *   flags[k] = 1 for every cluster k of the piece with maybe[k] set that differs or reaches
  *   past OLD's end (clusters with maybe[k] == 0 are proven equal and keep flags[k] == 0);
+ *   with `zero` (may be NULL), zero[k] = 1 for such a changed cluster whose bytes in NEW are
+ *   all zero, else 0 (for candidates; others are left alone): the sinks need it (a change to
+ *   zeros), and here NEW's cluster is still in this core's cache, scanned up to its first
+ *   non-zero byte, on the worker threads;
  *   with pairs_old/pairs_new (may be NULL): the pair of OLD's piece when OLD holds all of it
  *   and it is pairable (have_old[j] = 1), and NEW's the same way, copied from OLD's when every
  *   cluster of the piece is equal (no bytes of NEW hashed);
@@ -65,10 +69,10 @@ uint64_t pf_b3_count(const void *state);
 #define PF_RELEASE_NEW 2
 int pf_diff_window(const unsigned char *old, size_t olen, const unsigned char *new_,
                    size_t nlen, uint64_t offset, size_t c, size_t per, size_t n,
-                   const unsigned char *maybe, unsigned char *flags, size_t first,
-                   size_t stride, unsigned char *pairs_old, unsigned char *have_old,
-                   unsigned char *pairs_new, unsigned char *have_new, unsigned release,
-                   size_t probe);
+                   const unsigned char *maybe, unsigned char *flags, unsigned char *zero,
+                   size_t first, size_t stride, unsigned char *pairs_old,
+                   unsigned char *have_old, unsigned char *pairs_new, unsigned char *have_new,
+                   unsigned release, size_t probe);
 /* CDEF-END */
 
 #endif /* PF_B3_H */

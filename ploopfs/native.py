@@ -158,11 +158,12 @@ RELEASE_OLD, RELEASE_NEW = lib.PF_RELEASE_OLD, lib.PF_RELEASE_NEW
 def diff_window(old: Buffer, new: Buffer, offset: int, c: int, per: int, n: int, maybe: Buffer,
                 flags: Buffer, first: int = 0, stride: int = 1,
                 pairs: tuple[Buffer, Buffer, Buffer, Buffer] | None = None,
-                release: int = 0, probe: int = 0) -> int:
+                release: int = 0, probe: int = 0, zero: Buffer | None = None) -> int:
     """Compare pieces first, first + stride, ... (`per` clusters of `c` bytes each) of a window
     of n clusters at byte `offset` of two disks: flags[k] = 1 where candidate cluster k
-    (maybe[k]) differs or reaches past OLD's end; with `pairs` = (pairs_old, have_old,
-    pairs_new, have_new), also each piece's BLAKE3 pair for `Blake3.feed`, NEW's copied from
+    (maybe[k]) differs or reaches past OLD's end, and zero[k] (when given) = 1 where such a
+    changed cluster is all zeros in NEW, 0 for other candidates; with `pairs` = (pairs_old,
+    have_old, pairs_new, have_new), also each piece's BLAKE3 pair for `Blake3.feed`, NEW's copied from
     OLD's for equal pieces (native/pf_b3.h). `release` (RELEASE_OLD | RELEASE_NEW, only for
     views of a shared file mapping) gives back each compared piece's pages of OLD, and of NEW
     where equal. `probe` (bytes, 0: off): each candidate cluster is compared first over its
@@ -170,13 +171,18 @@ def diff_window(old: Buffer, new: Buffer, offset: int, c: int, per: int, n: int,
     mapped sides (scan's PROBE windows); returns how many clusters the probe did not decide.
     Without the GIL."""
     vo, vn = _view(old), _view(new)
+    per_cluster = [_view(maybe), _view(flags)] + ([] if zero is None else [_view(zero)])
+    npieces = -(-n // per) if per > 0 else 0
+    if any(a.nbytes < n for a in per_cluster) or (pairs and any(
+            _view(x).nbytes < (64 if i % 2 == 0 else 1) * npieces for i, x in enumerate(pairs))):
+        raise ValueError("diff_window: maybe, flags, zero or pairs shorter than the window")
     p = [ffi.from_buffer("unsigned char[]", _view(x)) for x in pairs] if pairs else [ffi.NULL] * 4
+    a = [ffi.from_buffer("unsigned char[]", x) for x in per_cluster]
     missed = lib.pf_diff_window(
         ffi.from_buffer("unsigned char[]", vo) if vo.nbytes else ffi.NULL, vo.nbytes,
         ffi.from_buffer("unsigned char[]", vn) if vn.nbytes else ffi.NULL, vn.nbytes,
-        offset, c, per, n, ffi.from_buffer("unsigned char[]", _view(maybe)),
-        ffi.from_buffer("unsigned char[]", _view(flags)), first, stride,
-        p[0], p[1], p[2], p[3], release, probe)
+        offset, c, per, n, a[0], a[1], a[2] if zero is not None else ffi.NULL,
+        first, stride, p[0], p[1], p[2], p[3], release, probe)
     if missed < 0:
         raise ValueError("pf_diff_window refused its arguments")
     return int(missed)

@@ -705,10 +705,10 @@ def test_sink_error_ends_the_scan(tmp_path: Path, guard_sources, hash_alg: str |
     guard_sources(old.parent)
 
     class Full(RangesSink):
-        def changed(self, c0: int, n: int, data: memoryview) -> None:
+        def changed(self, c0: int, n: int, data: memoryview, zero: bytes | bytearray) -> None:
             if c0 >= 8:
                 raise OSError(28, "No space left on device")
-            super().changed(c0, n, data)
+            super().changed(c0, n, data, zero)
 
     outcome: list[BaseException | None] = []
 

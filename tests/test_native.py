@@ -33,7 +33,7 @@ def sparse_buffer(rng: random.Random, n: int, nonzero: int) -> bytes:
 
 
 def test_version() -> None:
-    assert native.version() == 2
+    assert native.version() == 3
 
 
 @pytest.mark.parametrize("empty", [b"", bytearray(), memoryview(b""), memoryview(b"abc")[3:]])
@@ -212,6 +212,8 @@ def test_diff_window_flags_and_tree_hashes(c: int, per: int, n: int, old_len: in
     changed = set(rng.sample(pool, len(pool) // 4))
     for k in changed:
         new[k * c + rng.randrange(c)] ^= 0xA5
+    for k in rng.sample(sorted(changed), -(-len(changed) // 3)):  # changed to zeros
+        new[k * c:(k + 1) * c] = bytes(c)
     maybe = bytearray(1 if rng.random() < 0.9 or k in changed else 0 for k in range(n))
     for k in range(n):  # a non-candidate is equal by proof: make it so
         if not maybe[k]:
@@ -220,13 +222,17 @@ def test_diff_window_flags_and_tree_hashes(c: int, per: int, n: int, old_len: in
     npieces = -(-n // per)
     pairs = (bytearray(64 * npieces), bytearray(npieces), bytearray(64 * npieces),
              bytearray(npieces))
-    flags = bytearray(n)
+    flags, zero = bytearray(n), bytearray(b"\x07" * n)
     for first in (0, 1):  # two workers
-        native.diff_window(old, new, offset, c, per, n, maybe, flags, first, 2, pairs)
+        native.diff_window(old, new, offset, c, per, n, maybe, flags, first, 2, pairs, zero=zero)
     ends = [min((k + 1) * c, new_len) for k in range(n)]
     want = [k for k in range(n) if maybe[k] and (ends[k] > old_len or
                                                   old[k * c:ends[k]] != new[k * c:ends[k]])]
     assert [k for k in range(n) if flags[k]] == want
+    want_zero = [k for k in want if new[k * c:ends[k]].count(0) == ends[k] - k * c]
+    assert want_zero or not changed
+    assert [k for k in range(n) if zero[k] == 1] == want_zero
+    assert all(zero[k] == (7 if not maybe[k] else k in want_zero) for k in range(n))
     for side, data, plen, ps in ((0, old, old_len, pairs[:2]), (1, new, new_len, pairs[2:])):
         h = native.Blake3(head)
         h.feed(data, plen, per * c, *ps)
@@ -247,6 +253,11 @@ def test_diff_window_flags_and_tree_hashes(c: int, per: int, n: int, old_len: in
 def test_diff_window_bad_arguments() -> None:
     with pytest.raises(ValueError):
         native.diff_window(b"x" * 10, b"y" * 10, 0, 4, 1, 5, bytes(5), bytearray(5))
+    with pytest.raises(ValueError):  # per-cluster outputs shorter than the window
+        native.diff_window(b"x" * 20, b"y" * 20, 0, 4, 1, 5, bytes(5), bytearray(5),
+                           zero=bytearray(4))
+    with pytest.raises(ValueError):
+        native.diff_window(b"x" * 20, b"y" * 20, 0, 4, 1, 5, bytes(5), bytearray(4))
     h = native.Blake3()
     with pytest.raises(ValueError):
         h.feed(None, 4096, 4096, bytearray(64), bytearray(1))

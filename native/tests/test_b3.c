@@ -121,19 +121,34 @@ static void window_case_m(size_t c, size_t per, size_t n, size_t olen, size_t nl
         old[i] = (unsigned char)rnd();
     for (size_t i = 0; i < nlen; i++)
         new_[i] = i < olen ? old[i] : (unsigned char)rnd();
-    unsigned char *maybe = malloc(n), *flags = calloc(n, 1), *want = calloc(n, 1);
+    unsigned char *maybe = malloc(n), *flags = calloc(n, 1), *want = malloc(n);
     for (size_t k = 0; k < n; k++) {
         maybe[k] = rnd() % 8 != 0;
         size_t s = k * c, e = (k + 1) * c < nlen ? (k + 1) * c : nlen;
-        if (maybe[k] && rnd() % 5 == 0 && e > s) {
+        if (maybe[k] && rnd() % 5 == 0 && e > s)
             new_[s + rnd() % (e - s)] ^= 0x5a;
-            want[k] = 1;
-        }
-        if (maybe[k] && e > olen)
-            want[k] = 1;
         if (!maybe[k]) /* proven equal: make it so */
             for (size_t i = s; i < e && i < olen; i++)
                 new_[i] = old[i];
+        else if (rnd() % 6 == 0) { /* NEW's cluster all zero; OLD's too, every other time */
+            int both = rnd() % 2;
+            for (size_t i = s; i < e; i++) {
+                new_[i] = 0;
+                if (both && i < olen)
+                    old[i] = 0;
+            }
+        }
+    }
+    /* what the window must find: changed candidates, and those of them zero in NEW */
+    unsigned char *want_zero = malloc(n), *zero = malloc(n);
+    memset(zero, 0x77, n); /* left alone where not a candidate */
+    for (size_t k = 0; k < n; k++) {
+        size_t s = k * c, e = (k + 1) * c < nlen ? (k + 1) * c : nlen;
+        want[k] = maybe[k] && (e > olen || memcmp(old + s, new_ + s, e - s) != 0);
+        int z = 1;
+        for (size_t i = s; i < e && z; i++)
+            z = new_[i] == 0;
+        want_zero[k] = !maybe[k] ? 0x77 : want[k] && z;
     }
     size_t np = (n + per - 1) / per;
     unsigned char *po = calloc(np, 64), *pn = calloc(np, 64), *ho = calloc(np, 1),
@@ -149,7 +164,7 @@ static void window_case_m(size_t c, size_t per, size_t n, size_t olen, size_t nl
                        memcmp(old + s, new_ + s, probe) == 0;
     }
     for (int f = 0; f < stride; f++) {
-        int r = pf_diff_window(vo, olen, vn, nlen, 0, c, per, n, maybe, flags, (size_t)f,
+        int r = pf_diff_window(vo, olen, vn, nlen, 0, c, per, n, maybe, flags, zero, (size_t)f,
                                (size_t)stride, po, ho, pn, hn, release, probe);
         CHECK(r >= 0, "window");
         missed += r;
@@ -157,6 +172,7 @@ static void window_case_m(size_t c, size_t per, size_t n, size_t olen, size_t nl
     CHECK(missed == want_missed, "missed %d of %d, probe %zu", missed, want_missed, probe);
     CHECK(memcmp(vo, old, olen) == 0 && memcmp(vn, new_, nlen) == 0, "bytes after release");
     CHECK(memcmp(flags, want, n) == 0, "flags c %zu n %zu probe %zu", c, n, probe);
+    CHECK(memcmp(zero, want_zero, n) == 0, "zero c %zu n %zu probe %zu", c, n, probe);
     unsigned char a[32], b[32];
     void *st = malloc(pf_b3_state_size());
     pf_b3_init(st);
@@ -169,16 +185,16 @@ static void window_case_m(size_t c, size_t per, size_t n, size_t olen, size_t nl
     pf_b3_final(st, a);
     ref_digest(old, olen, b);
     CHECK(memcmp(a, b, 32) == 0, "old digest c %zu per %zu n %zu", c, per, n);
-    CHECK(pf_diff_window(old, olen, new_, nlen, 0, c, per, n + 2, maybe, flags, 0, 1, NULL,
-                         NULL, NULL, NULL, 0, 0) == -1, "n past NEW's end refused");
-    CHECK(pf_diff_window(old, olen, new_, nlen, 0, c, per, n, maybe, flags, 0, 1, NULL,
+    CHECK(pf_diff_window(old, olen, new_, nlen, 0, c, per, n + 2, maybe, flags, NULL, 0, 1,
+                         NULL, NULL, NULL, NULL, 0, 0) == -1, "n past NEW's end refused");
+    CHECK(pf_diff_window(old, olen, new_, nlen, 0, c, per, n, maybe, flags, NULL, 0, 1, NULL,
                          NULL, NULL, NULL, 4, 0) == -1, "unknown release flag refused");
     if (mo)
         munmap(mo, olen);
     if (mn)
         munmap(mn, nlen);
     free(st);
-    free(old), free(new_), free(maybe), free(flags), free(want);
+    free(old), free(new_), free(maybe), free(flags), free(want), free(want_zero), free(zero);
     free(po), free(pn), free(ho), free(hn);
 }
 

@@ -122,9 +122,11 @@ static void test_large(void)
         for (size_t off = 0; off < 8; off += 3) {
             unsigned char *b = buf + off;
             CHECK(pf_first_nonzero(b, len) == len, "zero len=%zu off=%zu", len, off);
-            const size_t positions[] = {0, 1, 31, 32, 33, len / 2, len - 9, len - 2, len - 1};
+            /* around the 4 KiB blocks compared whole first, too */
+            const size_t positions[] = {0, 1, 31, 32, 33, 4095, 4096, 4097, 8191, len / 2,
+                                        len - 4097, len - 4096, len - 9, len - 2, len - 1};
             for (size_t k = 0; k < sizeof positions / sizeof positions[0]; k++) {
-                size_t pos = positions[k];
+                size_t pos = positions[k] < len ? positions[k] : len - 1;
                 b[pos] = 0x40;
                 size_t got = pf_first_nonzero(b, len);
                 CHECK(got == pos, "len=%zu off=%zu pos=%zu got %zu", len, off, pos, got);
@@ -139,7 +141,8 @@ static void test_random(void)
 {
     srand(12345);
     for (int iter = 0; iter < 2000; iter++) {
-        size_t len = (size_t)rand() % 600;
+        /* every fourth buffer over a few 4 KiB blocks */
+        size_t len = (size_t)rand() % (iter % 4 == 0 ? 13000 : 600);
         unsigned char *b = malloc(len ? len : 1);
         memset(b, 0, len);
         /* mostly-zero buffers with a few sprinkled bytes */

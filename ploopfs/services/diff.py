@@ -52,7 +52,6 @@ from ploopfs.native import (
     Blake3,
     MapArrays,
     diff_window,
-    is_zero,
 )
 from ploopfs.native import candidate_runs as native_candidate_runs
 from ploopfs.services.rdiff import DeltaWriter
@@ -144,12 +143,14 @@ class DiffStats:
 
 
 class Sink(Protocol):
-    # False when the sink looks at NEW's changed bytes only to tell all-zero ranges (is_zero
-    # stops at the first non-zero byte): then a changed cluster need not be read whole.
+    # False when the sink does not look at NEW's changed bytes (which clusters are all zero,
+    # `zero`, is found by the compare, up to a cluster's first non-zero byte): then a changed
+    # cluster need not be read whole.
     needs_bytes: bool
 
     def same(self, c0: int, n: int) -> None: ...
-    def changed(self, c0: int, n: int, data: memoryview) -> None: ...
+    # n changed clusters from c0: NEW's bytes, and 1 per cluster all zero in them (else 0)
+    def changed(self, c0: int, n: int, data: memoryview, zero: bytes | bytearray) -> None: ...
 
 
 # -- which clusters may differ ------------------------------------------------------------------
@@ -256,6 +257,7 @@ class _Part:
     ob1: int
     maybe: bytearray  # candidate flag (0/1) per cluster (only candidates are compared)
     flags: bytearray  # changed flag (0/1) per cluster, filled in by the workers
+    zero: bytearray  # 1 per changed cluster all zero in NEW, filled in by the workers
     pairs: tuple[bytearray, bytearray, bytearray, bytearray] | None  # see native.diff_window
     views: list[memoryview | None] = field(default_factory=lambda: [None, None])
     mapped: list[Mapped | None] = field(default_factory=lambda: [None, None])
@@ -376,7 +378,7 @@ class _Worker:
         bo, bn = p.views[OLD], p.views[NEW]
         assert bo is not None and bn is not None
         return diff_window(bo, bn, p.b0, c, per, p.n, p.maybe, p.flags, first, stride, p.pairs,
-                           release, PROBE if p.probe else 0)
+                           release, PROBE if p.probe else 0, p.zero)
 
     def close(self) -> None:
         self.closing = True
@@ -437,9 +439,10 @@ def _work(runs: Sequence[tuple[int, int]], per: int) -> Iterator[tuple[int, int]
             yield a, min(per, c0 + n - a)
 
 
-def _emit(sink: Sink, flags: bytearray, c0: int, view: memoryview, c: int,
+def _emit(sink: Sink, flags: bytearray, zero: bytearray, c0: int, view: memoryview, c: int,
           stats: DiffStats) -> None:
-    """Hand runs of equal flags to the sink; `view` holds NEW's bytes from cluster c0."""
+    """Hand runs of equal flags to the sink; `view` holds NEW's bytes from cluster c0, `zero`
+    marks the changed clusters that are all zero there."""
     n = len(flags)
     a = 0
     while a < n:
@@ -457,8 +460,9 @@ def _emit(sink: Sink, flags: bytearray, c0: int, view: memoryview, c: int,
         stats.last_changed_end = c0 + b
         stats.changed_clusters += b - a
         stats.changed_bytes += len(data)
-        stats.zero_clusters += sum(1 for k in range(b - a) if is_zero(data[k * c:(k + 1) * c]))
-        sink.changed(c0 + a, b - a, data)
+        zeros = zero[a:b]
+        stats.zero_clusters += zeros.count(1)
+        sink.changed(c0 + a, b - a, data, zeros)
         a = b
 
 
@@ -535,7 +539,7 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
                      bytearray(npieces)) \
                 if trees else None
             parts.append(_Part(c0, n, b0, b1, ob1, cand_iter.mask(c0, n), bytearray(n),
-                               pairs, g0=g0, probe=c0 in probed))
+                               bytearray(n), pairs, g0=g0, probe=c0 in probed))
             probed.discard(c0)
             g0 += npieces
             _account("new", b0, b1 - b0, o, stats)
@@ -577,7 +581,7 @@ def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) 
                 if trees and p.pairs:
                     trees[OLD].feed(p.views[OLD], p.ob1 - p.b0, piece, *p.pairs[:2])
                     trees[NEW].feed(vn, p.b1 - p.b0, piece, *p.pairs[2:])
-                _emit(sink, p.flags, p.c0, memoryview(vn), c, stats)
+                _emit(sink, p.flags, p.zero, p.c0, memoryview(vn), c, stats)
                 if p.probe:
                     seen[0] += p.maybe.count(1)
                     seen[1] += sum(p.missed)
@@ -785,7 +789,7 @@ class RangesSink:
                  emit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.c = cluster_size
         self.alg = alg
-        self.needs_bytes = alg is not None  # else only is_zero looks at them
+        self.needs_bytes = alg is not None  # for the hash of each range
         self.emit = emit
         self.ranges: list[dict[str, Any]] = []
         self._cur: dict[str, Any] | None = None
@@ -795,7 +799,7 @@ class RangesSink:
     def same(self, c0: int, n: int) -> None:
         self.flush()
 
-    def changed(self, c0: int, n: int, data: memoryview) -> None:
+    def changed(self, c0: int, n: int, data: memoryview, zero: bytes | bytearray) -> None:
         cur = self._cur
         if cur is None or cur["cluster"] + cur["clusters"] != c0:
             self.flush()
@@ -806,7 +810,7 @@ class RangesSink:
         cur["length"] += len(data)
         if self._h:
             self._h.update(data)
-        self._zero = self._zero and is_zero(data)
+        self._zero = self._zero and zero.count(0) == 0
 
     def flush(self) -> None:
         if self._cur is None:
@@ -836,7 +840,7 @@ class RdiffSink:
         start = c0 * self.c
         self.w.copy(start, min(n * self.c, self.size - start))
 
-    def changed(self, c0: int, n: int, data: memoryview) -> None:
+    def changed(self, c0: int, n: int, data: memoryview, zero: bytes | bytearray) -> None:
         self.w.literal(data)
 
     def close(self) -> dict[str, int]:
@@ -860,16 +864,14 @@ class PloopSink:
     def same(self, c0: int, n: int) -> None:
         pass
 
-    def changed(self, c0: int, n: int, data: memoryview) -> None:
+    def changed(self, c0: int, n: int, data: memoryview, zero: bytes | bytearray) -> None:
         c = self.c
         for k in range(n):
-            piece = data[k * c:(k + 1) * c]
-            zero = is_zero(piece)
-            if zero and c0 + k >= self.zero_hole_from:
+            if zero[k] and c0 + k >= self.zero_hole_from:
                 continue
-            self.w.write_cluster(c0 + k, piece)
+            self.w.write_cluster(c0 + k, data[k * c:(k + 1) * c])
             self.written += 1
-            self.zero_written += zero
+            self.zero_written += zero[k]
 
 
 # -- opening the two sides ----------------------------------------------------------------------
