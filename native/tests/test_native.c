@@ -54,7 +54,7 @@ static unsigned char *exact_copy(const unsigned char *src, size_t len)
 
 static void test_version(void)
 {
-    CHECK(pf_version() == 2, "got %d", pf_version());
+    CHECK(pf_version() == 3, "got %d", pf_version());
 }
 
 static void test_empty(void)
