@@ -163,8 +163,8 @@ def diff_window(old: Buffer, new: Buffer, offset: int, c: int, per: int, n: int,
     of n clusters at byte `offset` of two disks: flags[k] = 1 where candidate cluster k
     (maybe[k]) differs or reaches past OLD's end, and zero[k] (when given) = 1 where such a
     changed cluster is all zeros in NEW, 0 for other candidates; with `pairs` = (pairs_old,
-    have_old, pairs_new, have_new), also each piece's BLAKE3 pair for `Blake3.feed`, NEW's copied from
-    OLD's for equal pieces (native/pf_b3.h). `release` (RELEASE_OLD | RELEASE_NEW, only for
+    have_old, pairs_new, have_new), also each piece's BLAKE3 pair for `Blake3.feed`, NEW's
+    copied from OLD's for equal pieces (native/pf_b3.h). `release` (RELEASE_OLD | RELEASE_NEW, only for
     views of a shared file mapping) gives back each compared piece's pages of OLD, and of NEW
     where equal. `probe` (bytes, 0: off): each candidate cluster is compared first over its
     first `probe` bytes and only when they are equal over the rest, asked for first on the
@@ -172,11 +172,12 @@ def diff_window(old: Buffer, new: Buffer, offset: int, c: int, per: int, n: int,
     Without the GIL."""
     vo, vn = _view(old), _view(new)
     per_cluster = [_view(maybe), _view(flags)] + ([] if zero is None else [_view(zero)])
+    pv = [_view(x) for x in pairs] if pairs else []
     npieces = -(-n // per) if per > 0 else 0
-    if any(a.nbytes < n for a in per_cluster) or (pairs and any(
-            _view(x).nbytes < (64 if i % 2 == 0 else 1) * npieces for i, x in enumerate(pairs))):
+    if any(a.nbytes < n for a in per_cluster) or any(
+            x.nbytes < (64 if i % 2 == 0 else 1) * npieces for i, x in enumerate(pv)):
         raise ValueError("diff_window: maybe, flags, zero or pairs shorter than the window")
-    p = [ffi.from_buffer("unsigned char[]", _view(x)) for x in pairs] if pairs else [ffi.NULL] * 4
+    p = [ffi.from_buffer("unsigned char[]", x) for x in pv] if pv else [ffi.NULL] * 4
     a = [ffi.from_buffer("unsigned char[]", x) for x in per_cluster]
     missed = lib.pf_diff_window(
         ffi.from_buffer("unsigned char[]", vo) if vo.nbytes else ffi.NULL, vo.nbytes,
