@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS_ARCHIVE = REPO.parent / "shared" / "corpus" / "sample-corpus.tar.zst"
+CORPUS_ARCHIVE = REPO / "tests" / "data" / "sample-corpus.tar.zst"
 CORPUS_CASES = ["v2-single", "v1-chain2", "plain-base-chain3", "v2-dirty-inuse", "ext4-gpt-chain2"]
 
 
@@ -34,7 +34,8 @@ def tree_hashes(root: Path) -> dict[str, str]:
 def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample corpus unpacked once per session (read-only master copy)."""
     if not CORPUS_ARCHIVE.exists():
-        pytest.fail(f"sample corpus missing: {CORPUS_ARCHIVE}")
+        pytest.fail(f"sample corpus missing: {CORPUS_ARCHIVE} (it is committed in tests/data, "
+                    "see tests/data/README.md)")
     dest = tmp_path_factory.mktemp("corpus")
     subprocess.run(f"zstd -dc '{CORPUS_ARCHIVE}' | tar -x -C '{dest}'", shell=True, check=True)
     return dest

@@ -1,10 +1,11 @@
 """Read correctness on the sample corpus (issue #2).
 
-Every case of /work/shared/corpus is read through the library and the CLI, and each snapshot's
-virtual disk must hash to the `expected.sha256` the corpus was built with (cross-checked three
-independent ways when the corpus was made). Exported ploop disks are checked with
-`qemu-img check` and read back through qemu. The ext4 case is checked one level further: its
-filesystems are checked with e2fsck and every file is compared (debugfs and the kernel's ext4).
+Every case of the sample corpus (tests/data/sample-corpus.tar.zst) is read through the library
+and the CLI, and each snapshot's virtual disk must hash to the `expected.sha256` the corpus was
+built with (cross-checked three independent ways when the corpus was made). Exported ploop disks
+are checked with `qemu-img check` and read back through qemu. The ext4 case is checked one level
+further: its filesystems are checked with e2fsck and every file is compared (debugfs and the
+kernel's ext4).
 """
 
 from __future__ import annotations

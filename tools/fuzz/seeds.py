@@ -6,8 +6,8 @@ writes OUTDIR/<target>/seed-* for each target (all by default):
 
 * images made by qemu-img/qemu-io (`-f parallels`, clusters of 512 B to 4 KiB) and v1 images
   made by ploopfs's writer (qemu only writes v2), each under 64 KiB;
-* headers and BAT prefixes of the sample corpus images (/work/shared/corpus, unpacked into a
-  temporary folder: the corpus itself is only read);
+* headers and BAT prefixes of the sample corpus images (tests/data/sample-corpus.tar.zst,
+  unpacked into a temporary folder: the corpus itself is only read);
 * the corpus descriptors, and for `check`/`read` the same descriptors pointed at small qemu
   images (container format of common.pack: descriptor, then files f0, f1, …);
 * signatures and deltas written by `rdiff` (librsync) for every hash/rollsum pair.
@@ -28,8 +28,9 @@ from collections.abc import Callable
 
 import common
 
-CORPUS = os.environ.get("PLOOPFS_CORPUS", "/work/shared/corpus/sample-corpus.tar.zst")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CORPUS = os.environ.get("PLOOPFS_CORPUS",
+                        os.path.join(ROOT, "tests", "data", "sample-corpus.tar.zst"))
 sys.path.insert(0, ROOT)
 
 TOP_GUID = "{5fbaabe3-6958-40ff-92a7-860e329aab41}"
