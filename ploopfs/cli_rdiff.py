@@ -4,9 +4,7 @@ cli.py so that file only gains one call. Engine: ploopfs/services/rdiff.py."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from ploopfs.errors import NotFoundError, OutputError
+from ploopfs.volume import fileio
 
 ReadAt = Callable[[int, int], Any]
 
@@ -108,29 +107,18 @@ def open_input(path: str, snapshot: str | None) -> Iterator[tuple[ReadAt, int]]:
         yield vol.read, vol.size
 
 
-def _check_output(path: str, force: bool, inputs: tuple[str, ...]) -> None:
-    if path == "-":
-        return
-    for src in inputs:
-        with contextlib.suppress(OSError):
-            if os.path.samefile(path, src):
-                raise OutputError("output is one of the inputs; refusing to write", path)
-    if os.path.lexists(path) and not force:
-        raise OutputError("exists; pass --force to overwrite", path)
-
-
 @contextmanager
-def open_output(path: str, force: bool, inputs: tuple[str, ...]) -> Iterator[BinaryIO]:
-    """A buffered binary output; a partial regular file is removed if writing fails."""
-    _check_output(path, force, inputs)
+def open_output(path: str, force: bool) -> Iterator[BinaryIO]:
+    """A buffered binary output ('-' = standard output); a partial file of ours is removed if
+    writing fails. Opened after the inputs, so that fileio knows every source."""
     if path == "-":
+        fileio.check_stdout()
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    try:
-        f = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 (closed below)
-    except OSError as e:
-        raise OutputError(f"cannot create: {e.strerror}", path) from None
+    fd = fileio.create(path, replace=force, what="rdiff",
+                       hint="; pass --force to replace an earlier output")
+    f = os.fdopen(fd, "wb", buffering=1 << 20)
     ok = False
     try:
         yield f
@@ -143,9 +131,7 @@ def open_output(path: str, force: bool, inputs: tuple[str, ...]) -> Iterator[Bin
     finally:
         if not ok:
             f.close()
-            with contextlib.suppress(OSError):
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    os.unlink(path)
+            fileio.remove(path)
 
 
 def _summary(args: argparse.Namespace, obj: dict[str, Any], to_stdout: bool) -> None:
@@ -166,7 +152,7 @@ def cmd_signature(args: argparse.Namespace) -> int:
     params = SigParams(args.hash, args.rollsum, args.block_size, args.sum_size)
     t0 = time.monotonic()
     with open_input(args.basis, args.snapshot) as (read_at, size), \
-            open_output(args.sig, args.force, (args.basis,)) as out, \
+            open_output(args.sig, args.force) as out, \
             progress_bar(size, "signature", not args.no_progress) as prog:
         p = write_signature(read_at, size, out, params, progress=prog, where=args.basis)
     nblocks = -(-size // p.block_size)
@@ -189,7 +175,7 @@ def cmd_delta(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise NotFoundError("no such file", args.sig) from None
     with open_input(args.new, args.snapshot) as (read_at, size), \
-            open_output(args.delta, args.force, (args.sig, args.new)) as out, \
+            open_output(args.delta, args.force) as out, \
             progress_bar(size, "delta", not args.no_progress) as prog:
         stats = delta_from_signature(sig, read_at, size, out, progress=prog, where=args.new)
     p = sig.params
@@ -210,12 +196,10 @@ def cmd_patch(args: argparse.Namespace) -> int:
         raise NotFoundError("no such file", args.basis)
     if args.delta != "-" and not os.path.exists(args.delta):
         raise NotFoundError("no such file", args.delta)
-    _check_output(args.out, args.force, (args.basis, args.delta))
     delta = sys.stdin.buffer if args.delta == "-" else args.delta
     total = os.path.getsize(args.basis)
-    out = "/dev/stdout" if args.out == "-" else args.out
     with progress_bar(total, "patch", not args.no_progress) as prog:
-        stats = patch(args.basis, delta, out, progress=prog)
+        stats = patch(args.basis, delta, args.out, replace=args.force, progress=prog)
     _summary(args, {"basis": args.basis, "delta": args.delta, "output": args.out,
                     **stats.to_json(), "seconds": round(time.monotonic() - t0, 3)},
              args.out != "-")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ploopfs.errors import ExitCode, MountError, PloopfsError, UsageError
+from ploopfs.volume import fileio
 
 log = logging.getLogger("ploopfs.mount")
 SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -51,6 +52,9 @@ class MountOptions:
     allow_outside_paths: bool = False
     cluster_size: int | None = None
     salvage: str | None = None  # None (strict), "zeros" or "older" (docs/salvage.md)
+    # Opened through fileio before the daemon starts (so a refused path fails the command).
+    pid_fd: int | None = field(default=None, repr=False)
+    log_fd: int | None = field(default=None, repr=False)
 
 
 def apply_o_options(opts: MountOptions, items: list[str]) -> list[str]:
@@ -214,6 +218,11 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
     fs_file = _pick_fs_file(tree) if opts.files else None
     for w in disk.warnings:
         print(f"ploopfs: warning: {w}", file=sys.stderr)
+    # After the source is open, so fileio refuses any of its files as pid or log file.
+    if opts.log_file:
+        opts.log_fd = fileio.open_log(opts.log_file)
+    if opts.pid_file:
+        opts.pid_fd = fileio.create(opts.pid_file, replace=True, what="pid file")
 
     if opts.foreground:
         _setup_logging(opts, foreground=True)
@@ -223,7 +232,10 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
     pid = os.fork()
     if pid:
         os.close(wfd)
-        return _wait_ready(rfd, pid)
+        code = _wait_ready(rfd, pid)
+        if code and opts.pid_file:
+            fileio.remove(opts.pid_file)
+        return code
     # child: detach, report readiness through wfd
     os.close(rfd)
     os.setsid()
@@ -245,9 +257,10 @@ def _wait_ready(rfd: int, pid: int) -> int:
     """Parent: wait for 'OK' or 'E<code> <message>' from the daemon."""
     chunks = []
     deadline = time.monotonic() + READY_TIMEOUT
+    poller = select.poll()  # not select(): the pipe's descriptor may be above 1023
+    poller.register(rfd, select.POLLIN)
     while time.monotonic() < deadline:
-        r, _, _ = select.select([rfd], [], [], 0.2)
-        if r:
+        if poller.poll(200):
             data = os.read(rfd, 4096)
             if not data:
                 break
@@ -292,8 +305,8 @@ def _setup_logging(opts: MountOptions, foreground: bool) -> None:
     root.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s ploopfs[%(process)d] %(levelname)s %(message)s")
     handler: logging.Handler
-    if opts.log_file:
-        handler = logging.FileHandler(opts.log_file)
+    if opts.log_fd is not None:
+        handler = logging.StreamHandler(os.fdopen(opts.log_fd, "a", buffering=1))
     elif foreground:
         handler = logging.StreamHandler(sys.stderr)
     elif os.path.exists("/dev/log"):
@@ -472,8 +485,10 @@ def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
                     proc = await _start_fuse2fs(os.path.join(disk_mnt, fs_file), target, opts)
                     nursery.start_soon(_watch_fuse2fs, proc)
                 _write_state(state, target, disk_mnt if fs_file else None)
-                if opts.pid_file:
-                    Path(opts.pid_file).write_text(f"{os.getpid()}\n")
+                if opts.pid_fd is not None:
+                    os.write(opts.pid_fd, f"{os.getpid()}\n".encode())
+                    os.close(opts.pid_fd)
+                    opts.pid_fd = None
                 _report(wfd, "OK")
                 log.info("mounted %s on %s", tree.disk.source, target)
                 async for signum in signals:
@@ -573,8 +588,7 @@ def _cleanup(state: Path, opts: MountOptions, private_dir: str | None) -> None:
     with contextlib.suppress(OSError):
         state.unlink()
     if opts.pid_file:
-        with contextlib.suppress(OSError):
-            os.unlink(opts.pid_file)
+        fileio.remove(opts.pid_file)
     if private_dir:
         for _ in range(50):
             try:

@@ -40,7 +40,7 @@ from ploopfs.format.header import (
 )
 from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.services.partitions import LUKS_MAGIC, inspect_disk
-from ploopfs.volume.image import open_readonly
+from ploopfs.volume.fileio import open_readonly
 from ploopfs.volume.source import DESCRIPTOR_NAME, resolve_image_path
 
 BAT_CHUNK = 1 << 20  # bytes of BAT read at a time

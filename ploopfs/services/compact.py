@@ -19,10 +19,11 @@ import numpy as np
 from ploopfs.native import is_zero
 from ploopfs.services.du import CHUNK, keep_map, runs
 from ploopfs.services.fsusage import DiskFs, analyse_disk
+from ploopfs.volume import fileio
 from ploopfs.volume.readahead import read_ahead
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
-from ploopfs.volume.writer import ImageWriter, chain_descriptor, output_folder, write_descriptor
+from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descriptor
 
 Progress = Callable[[int], None]
 IMAGE_NAME = "root.hds"
@@ -96,7 +97,7 @@ def compact(disk: Disk, outdir: str, snapshot: str | None = None,
             progress: Progress | None = None, plan: Plan | None = None) -> CompactReport:
     plan = plan or compact_plan(disk, snapshot)
     vol, dfs, keep, mapped = plan.vol, plan.dfs, plan.keep, plan.mapped
-    output_folder(outdir, disk.source_files())
+    fileio.create_folder(outdir)
     c = vol.cluster_size
     chain = disk.chain(snapshot)
     report = CompactReport(

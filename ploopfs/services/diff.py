@@ -55,6 +55,7 @@ from ploopfs.native import (
 )
 from ploopfs.native import candidate_runs as native_candidate_runs
 from ploopfs.services.rdiff import DeltaWriter
+from ploopfs.volume import fileio
 from ploopfs.volume.blockmap import ZERO_LEVEL
 from ploopfs.volume.source import Disk, OpenOptions, open_source
 from ploopfs.volume.volume import Segment, Volume, zeros
@@ -62,8 +63,6 @@ from ploopfs.volume.writer import (
     ImageWriter,
     chain_descriptor,
     new_guid,
-    output_folder,
-    refuse_sources,
     write_descriptor,
 )
 
@@ -962,12 +961,7 @@ def _source_files(sides: Sides) -> list[str]:
 
 
 def _create(path: str) -> IO[bytes]:
-    try:
-        return open(path, "xb")
-    except FileExistsError:
-        raise OutputError("already exists; refusing to overwrite", path) from None
-    except OSError as e:
-        raise OutputError(f"cannot create: {e.strerror}", path) from None
+    return os.fdopen(fileio.create(path, what="diff"), "wb")
 
 
 def _write_json(path: str, obj: dict[str, Any]) -> None:
@@ -979,6 +973,8 @@ def diff_json(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
     """The changed ranges, streamed to `out` ('-' = stdout) as one JSON document."""
     import sys
 
+    if out == "-":
+        fileio.check_stdout()
     f = sys.stdout.buffer if out == "-" else _create(out)
     first = [True]
     try:
@@ -999,7 +995,7 @@ def diff_json(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
     except BaseException:
         if out != "-":
             f.close()
-            os.unlink(out)
+            fileio.remove(out)
         raise
     if out != "-":
         f.close()
@@ -1020,7 +1016,6 @@ def diff_rdiff(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
     manifest = out + MANIFEST_SUFFIX
     if os.path.exists(manifest):
         raise OutputError("already exists; refusing to overwrite", manifest)
-    refuse_sources(out, _source_files(sides))
     f = _create(out)
     try:
         hf = _HashingFile(f, opts.hash)
@@ -1031,7 +1026,7 @@ def diff_rdiff(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
         os.fsync(f.fileno())
     except BaseException:
         f.close()
-        os.unlink(out)
+        fileio.remove(out)
         raise
     f.close()
     delta: dict[str, Any] = {"path": out, "size": hf.size}
@@ -1058,12 +1053,12 @@ def diff_ploop(sides: Sides, outdir: str, opts: DiffOptions) -> dict[str, Any]:
     by paths relative to `outdir` (§5.6), so opening the result with ploopfs needs
     --allow-outside-paths. OLD's files are never written. On failure what was written is
     removed again."""
-    made = output_folder(outdir, _source_files(sides))
+    made = fileio.create_folder(outdir)
     try:
         return _ploop_into(sides, outdir, opts)
     except BaseException:
-        for name in os.listdir(outdir):  # the folder was empty: everything in it is ours
-            os.unlink(os.path.join(outdir, name))
+        for name in os.listdir(outdir):  # the folder was empty: what we made in it goes
+            fileio.remove(os.path.join(outdir, name))
         if made:
             os.rmdir(outdir)
         raise

@@ -4,7 +4,6 @@ disk. Never writes to a source."""
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -12,13 +11,12 @@ from typing import BinaryIO
 
 from ploopfs.errors import OutputError
 from ploopfs.native import is_zero
+from ploopfs.volume import fileio
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
 from ploopfs.volume.writer import (
     ImageWriter,
     chain_descriptor,
-    output_folder,
-    refuse_sources,
     write_descriptor,
 )
 
@@ -62,17 +60,10 @@ def export_raw(disk: Disk, out: str, snapshot: str | None = None,
     guid = disk.chain(snapshot)[-1].guid
     report = ExportReport(out, "raw", guid, vol.size, 0, 0)
     if out == "-":
+        fileio.check_stdout()
         _stream(vol, sys.stdout.buffer, report, progress)
         return _with_salvage(disk, report)
-    refuse_sources(out, disk.source_files())
-    try:
-        if os.path.exists(out) and not stat.S_ISREG(os.stat(out).st_mode):
-            raise OutputError("exists and is not a regular file", out)
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    except FileExistsError:
-        raise OutputError("already exists; refusing to overwrite", out) from None
-    except OSError as e:
-        raise OutputError(f"cannot create: {e.strerror}", out) from None
+    fd = fileio.create(out, what="raw export")
     buf = bytearray(CHUNK)
     done = 0
     try:
@@ -138,7 +129,7 @@ def export_ploop(disk: Disk, outdir: str, snapshot: str | None = None,
     order, and its DiskDescriptor.xml."""
     vol = disk.volume(snapshot)
     guid = disk.chain(snapshot)[-1].guid
-    output_folder(outdir, disk.source_files())
+    fileio.create_folder(outdir)
     c = vol.cluster_size
     report = ExportReport(outdir, "ploop", guid, vol.size, 0, 0)
     img_path = os.path.join(outdir, image_name)

@@ -35,6 +35,7 @@ from ploopfs.errors import (
     UnsupportedError,
     UsageError,
 )
+from ploopfs.volume import fileio
 from ploopfs.volume.readahead import read_ahead
 
 DELTA_MAGIC = 0x72730236
@@ -207,6 +208,7 @@ def _read_all(path_or_file: str | os.PathLike[str] | BinaryIO) -> tuple[bytes, s
     if isinstance(path_or_file, str | os.PathLike):
         name = os.fspath(path_or_file)
         with open(name, "rb") as f:
+            fileio.register_source(name)
             return f.read(), name
     return path_or_file.read(), str(getattr(path_or_file, "name", "signature"))
 
@@ -393,7 +395,9 @@ def _open_delta(delta: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, str
     if isinstance(delta, str | os.PathLike):
         name = os.fspath(delta)
         try:
-            return open(name, "rb"), name, True  # closed by the caller
+            f = open(name, "rb")  # noqa: SIM115 (closed by the caller)
+            fileio.register_source(name)
+            return f, name, True
         except FileNotFoundError:
             from ploopfs.errors import NotFoundError
 
@@ -402,20 +406,21 @@ def _open_delta(delta: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, str
 
 
 def patch(basis_path: str | os.PathLike[str], delta: str | os.PathLike[str] | BinaryIO,
-          out_path: str | os.PathLike[str], *, progress: Progress = None) -> PatchStats:
-    """Apply a librsync delta to `basis_path`, writing `out_path` (created or truncated; holes
-    where the result is zero), like `rdiff patch`. A malformed or truncated delta raises
-    BadDeltaError (exit 14) naming the offset of the failing command; the partial output is
-    removed."""
+          out_path: str | os.PathLike[str], *, replace: bool = False,
+          progress: Progress = None) -> PatchStats:
+    """Apply a librsync delta to `basis_path`, writing `out_path` ('-' = standard output; holes
+    where the result is zero), like `rdiff patch`. `replace`: an existing output may be
+    replaced if it is an earlier ploopfs output (fileio's rules). A malformed or truncated delta
+    raises BadDeltaError (exit 14) naming the offset of the failing command; the partial output
+    is removed."""
     basis_name, out_name = os.fspath(basis_path), os.fspath(out_path)
-    bfd = os.open(basis_name, os.O_RDONLY | os.O_CLOEXEC)
+    bfd = fileio.open_readonly(basis_name)
     try:
         bst = os.fstat(bfd)
-        if os.path.exists(out_name) and os.path.samefile(out_name, basis_name):
-            raise OutputError("output is the basis file; refusing to write", out_name)
         f, dname, own = _open_delta(delta)
         try:
-            return _patch_stream(bfd, bst.st_size, basis_name, f, dname, out_name, progress)
+            return _patch_stream(bfd, bst.st_size, basis_name, f, dname, out_name, replace,
+                                 progress)
         finally:
             if own:
                 f.close()
@@ -424,16 +429,18 @@ def patch(basis_path: str | os.PathLike[str], delta: str | os.PathLike[str] | Bi
 
 
 def _patch_stream(bfd: int, bsize: int, bname: str, f: BinaryIO, dname: str, out_name: str,
-                  progress: Progress) -> PatchStats:
+                  replace: bool, progress: Progress) -> PatchStats:
     head = f.read(4)
     if len(head) < 4 or struct.unpack(">I", head)[0] != DELTA_MAGIC:
         what = (f"truncated delta header ({len(head)} of 4 bytes)" if len(head) < 4
                 else f"not an rdiff delta (magic 0x{struct.unpack('>I', head)[0]:08x})")
         raise BadDeltaError(what, dname, offset=0)
-    try:
-        ofd = os.open(out_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise OutputError(f"cannot create: {e.strerror}", out_name) from None
+    if out_name == "-":
+        fileio.check_stdout()
+        ofd = os.dup(1)
+    else:
+        ofd = fileio.create(out_name, replace=replace, what="rdiff patch",
+                            hint="; pass --force to replace an earlier output")
     ok = False
     try:
         sparse = stat.S_ISREG(os.fstat(ofd).st_mode)
@@ -448,17 +455,8 @@ def _patch_stream(bfd: int, bsize: int, bname: str, f: BinaryIO, dname: str, out
         return PatchStats(int(lib.pf_patch_commands(st)), int(lib.pf_patch_written(st)), 4 + fed)
     finally:
         os.close(ofd)
-        if not ok:
-            _remove_partial(out_name)
-
-
-def _remove_partial(path: str) -> None:
-    """Remove a partial output if it is a regular file (never a device or pipe)."""
-    try:
-        if stat.S_ISREG(os.lstat(path).st_mode):
-            os.unlink(path)
-    except OSError:
-        pass
+        if not ok and out_name != "-":
+            fileio.remove(out_name)
 
 
 def _feed(st, f: BinaryIO, dname: str, bname: str, out_name: str, progress: Progress) -> int:
@@ -517,6 +515,7 @@ class FileReader:
             from ploopfs.errors import NotFoundError
 
             raise NotFoundError("no such file", self.path) from None
+        fileio.register_source(self.path)
         st = os.fstat(self.fd)
         if stat.S_ISBLK(st.st_mode):
             self.size = os.lseek(self.fd, 0, os.SEEK_END)

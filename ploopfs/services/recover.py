@@ -26,11 +26,12 @@ from ploopfs.format.descriptor import Descriptor, ImageEntry, Shot
 from ploopfs.format.header import NONE_GUID, SECTOR, chs_geometry
 from ploopfs.native import is_zero
 from ploopfs.services.export import Progress, export_ploop
+from ploopfs.volume import fileio
 from ploopfs.volume.image import Image
 from ploopfs.volume.salvage import SalvageVolume
 from ploopfs.volume.source import DESCRIPTOR_NAME, Disk
 from ploopfs.volume.volume import Volume
-from ploopfs.volume.writer import ImageWriter, check_output_folder, output_folder, write_descriptor
+from ploopfs.volume.writer import ImageWriter, write_descriptor
 
 REPORT_NAME = "recovery.json"
 RUN = 32 << 20  # bytes copied per read of a physically contiguous run of clusters
@@ -68,7 +69,7 @@ class Recovery:
     def __post_init__(self) -> None:
         if self.disk.salvage_log is None:
             raise ValueError("recover needs a disk opened with a salvage policy")
-        check_output_folder(self.outdir, self.disk.source_files())
+        fileio.check_folder(self.outdir)
         if not self.flatten:
             self._plan()
 
@@ -128,7 +129,7 @@ class Recovery:
         }
 
     def _run_tree(self, progress: Progress | None) -> dict[str, Any]:
-        output_folder(self.outdir, self.disk.source_files())
+        fileio.create_folder(self.outdir)
         done = [0]
 
         def step(n: int) -> None:
@@ -389,10 +390,5 @@ def _own_ranges(kept: list[_Level], records: list[dict[str, Any]]) -> list[dict[
 
 
 def _write_report(outdir: str, out: dict[str, Any]) -> None:
-    path = os.path.join(outdir, REPORT_NAME)
-    try:
-        with open(path, "x") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
-    except OSError as e:
-        raise OutputError(f"cannot write: {e.strerror}", path) from None
+    fileio.write_new(os.path.join(outdir, REPORT_NAME),
+                     (json.dumps(out, indent=2) + "\n").encode(), what="recovery report")

@@ -24,12 +24,10 @@ evidence separates the choice from its best alternative.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
 import stat
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,7 +62,9 @@ from ploopfs.format.header import (
     chs_geometry,
     sniff,
 )
-from ploopfs.volume.image import Image, open_readonly, pread_exact
+from ploopfs.volume import fileio
+from ploopfs.volume.fileio import open_readonly
+from ploopfs.volume.image import Image, pread_exact
 from ploopfs.volume.source import DESCRIPTOR_NAME
 
 # Content margin (in sectors) above which content alone decides a link with high confidence:
@@ -707,7 +707,7 @@ def restore(folder: str, *, output: str | None = None, sample: int = DEFAULT_SAM
         scan.close()
     res.output = target
     if write:
-        write_new(target, render_descriptor(res.descriptor))
+        fileio.write_new(target, render_descriptor(res.descriptor), what="descriptor")
         res.written = True
     return res
 
@@ -945,46 +945,6 @@ def check_ploop_rules(d: Descriptor, where: str) -> list[str]:
     if back.shot(back.top_guid).temporary or back.top_guid != TOP_GUID:
         raise AssertionError("the top must be the non-temporary top GUID (§5.3, §5.4)")
     return warnings
-
-
-def write_new(target: str, data: bytes) -> None:
-    """Write `target` only if it does not exist, atomically: a private temp file, fsync, then
-    link() which fails if the name was taken meanwhile (a rename would replace it)."""
-    folder = os.path.dirname(os.path.abspath(target))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".restore-", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise OutputError(f"cannot create a file here: {e.strerror}", folder) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            raise OutputError("already exists; refusing to overwrite", target) from None
-        except OSError as e:
-            if isinstance(e, PermissionError) or e.errno in (1, 95):  # no hard links here
-                _write_excl(target, data)
-            else:
-                raise OutputError(f"cannot write: {e.strerror}", target) from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def _write_excl(target: str, data: bytes) -> None:
-    try:
-        with open(target, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except FileExistsError:
-        raise OutputError("already exists; refusing to overwrite", target) from None
-    except OSError as e:
-        raise OutputError(f"cannot write: {e.strerror}", target) from None
 
 
 def check_args(sample: int) -> None:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 from ploopfs.errors import (
     BadImageError,
     CorruptImageError,
-    NotFoundError,
     PloopfsError,
     SourceIOError,
     UnsupportedError,
@@ -28,34 +27,13 @@ from ploopfs.format.extension import FormatExtension, parse_extension
 from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, parse_header, sniff
 from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.native import bat_nonzero
+from ploopfs.volume.fileio import open_readonly
 
 if TYPE_CHECKING:
     import numpy as np
 
 # BAT is scanned in chunks of this many bytes: bounded memory for 64 TiB disks (256 MiB BATs).
 BAT_CHUNK = 1 << 20
-
-
-def open_readonly(path: str) -> int:
-    """Open a source file read-only; refuse FIFOs, sockets and character devices (they could
-    hang a reader or are not disks). Sources are never opened for writing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise NotFoundError("image file does not exist", path) from None
-    except IsADirectoryError:
-        raise BadImageError("is a directory, not an image file", path) from None
-    except OSError as e:
-        raise SourceIOError(f"cannot open: {e.strerror}", path) from None
-    st = os.fstat(fd)
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-        os.close(fd)
-        if stat.S_ISDIR(st.st_mode):  # O_RDONLY opens a directory without an error
-            raise BadImageError("is a directory, not an image file", path)
-        raise BadImageError("not a regular file or block device", path)
-    # O_NONBLOCK was only there so that opening a FIFO cannot hang; reads must block normally.
-    os.set_blocking(fd, True)
-    return fd
 
 
 def file_size(fd: int) -> int:

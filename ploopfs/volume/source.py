@@ -35,7 +35,9 @@ from ploopfs.format.header import (
     sniff,
 )
 from ploopfs.format.infer import Hints
-from ploopfs.volume.image import Image, open_readonly, pread_exact
+from ploopfs.volume import fileio
+from ploopfs.volume.fileio import open_readonly
+from ploopfs.volume.image import Image, pread_exact
 from ploopfs.volume.salvage import SalvageLog, SalvageVolume
 from ploopfs.volume.volume import Volume
 
@@ -276,6 +278,8 @@ def _open_descriptor(path: str, opts: OpenOptions) -> Disk:
             disk.missing[im.guid] = e
             disk.paths[im.guid] = os.path.join(folder, im.file)
             disk.warnings.append(e.message())
+    # Every image the descriptor names is a source from now on, before any of them is opened.
+    fileio.register_sources(disk.paths.values())
     return disk
 
 

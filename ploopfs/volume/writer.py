@@ -10,27 +10,17 @@ from __future__ import annotations
 import os
 import sys
 from array import array
-from collections.abc import Iterable
 
 from ploopfs.errors import OutputError
 from ploopfs.format.bat import bat_entry_off
 from ploopfs.format.descriptor import Descriptor, ImageEntry, Shot, render_descriptor
 from ploopfs.format.header import CIF_EMPTY, NONE_GUID, SECTOR, TOP_GUID, Header, new_header
 from ploopfs.format.header import chs_geometry as _chs
+from ploopfs.volume import fileio
 
 BIG_ENDIAN = sys.byteorder == "big"
 
 DEFAULT_CLUSTER = 1 << 20
-
-
-def _create_exclusive(path: str, exist_ok: bool) -> int:
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if exist_ok else os.O_EXCL)
-    try:
-        return os.open(path, flags, 0o644)
-    except FileExistsError:
-        raise OutputError("already exists; refusing to overwrite", path) from None
-    except OSError as e:
-        raise OutputError(f"cannot create: {e.strerror}", path) from None
 
 
 class ImageWriter:
@@ -50,7 +40,7 @@ class ImageWriter:
                *, exist_ok: bool = False) -> ImageWriter:
         p = os.fspath(path)
         hdr = new_header(size_bytes, cluster_size, version)
-        fd = _create_exclusive(p, exist_ok)
+        fd = fileio.create(p, replace=exist_ok, readable=True, what="ploop image")
         try:
             os.pwrite(fd, hdr.pack(), 0)
             os.ftruncate(fd, hdr.bat_clusters * hdr.cluster_size)
@@ -212,63 +202,18 @@ def chain_descriptor(files: list[str], size_bytes: int, cluster_size: int,
 def write_descriptor(path: str | os.PathLike[str], d: Descriptor, *, overwrite: bool = False) -> None:
     """Atomic write (temporary file, fsync, then into place) as ploop does (§5.1). The
     temporary file has a fresh unique name (never ploop's own `DiskDescriptor.xml.tmp`, which
-    may hold a half-written descriptor worth keeping). Without `overwrite` the file is put in
-    place with link(), which fails if the name exists, even if it appeared a moment ago."""
+    may hold a half-written descriptor worth keeping). Without `overwrite` the name must be
+    free; with it, only an earlier ploopfs output is replaced (fileio's rules)."""
     p = os.fspath(path)
-    if os.path.exists(p) and not overwrite:
-        raise OutputError("already exists; refusing to overwrite", p)
-    folder, name = os.path.split(os.path.abspath(p))
-    import tempfile  # here: it pulls in shutil, random, bz2 and lzma (4 ms of every start)
-
+    data = render_descriptor(d)
+    if not overwrite or not os.path.lexists(p):
+        fileio.write_new(p, data, what="descriptor")
+        return
+    fd = fileio.create(p, replace=True, what="descriptor")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise OutputError(f"cannot create: {e.strerror}", p) from None
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            os.write(fd, render_descriptor(d))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, p)
-        else:
-            try:
-                os.link(tmp, p)
-            except FileExistsError:
-                raise OutputError("already exists; refusing to overwrite", p) from None
+        os.write(fd, data)
+        os.fsync(fd)
     except OSError as e:
         raise OutputError(f"cannot write: {e.strerror}", p) from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def check_output_folder(outdir: str, sources: Iterable[str]) -> None:
-    """`outdir` may receive a new disk: absent or an empty folder, and neither one of the
-    `sources` files (the images and descriptor being read) nor the folder holding one."""
-    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
-        raise OutputError("exists and is not an empty folder; refusing to write", outdir)
-    refuse_sources(outdir, sources)
-
-
-def refuse_sources(out: str, sources: Iterable[str]) -> None:
-    """An output path must be neither one of the `sources` files (the images and descriptor
-    being read) nor the folder holding one."""
-    real = os.path.realpath(out)
-    for p in sources:
-        if p and real in (os.path.realpath(p), os.path.realpath(os.path.dirname(os.path.abspath(p)))):
-            raise OutputError("output is (or holds) a source file; refusing to write", out)
-
-
-def output_folder(outdir: str, sources: Iterable[str]) -> bool:
-    """check_output_folder, then create it; True if it did not exist before (so a failed
-    command can remove it again)."""
-    check_output_folder(outdir, sources)
-    made = not os.path.exists(outdir)
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create folder: {e.strerror}", outdir) from None
-    return made
+        os.close(fd)
