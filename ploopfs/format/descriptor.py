@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ploopfs.errors import BadChainError, BadDescriptorError
+from ploopfs.errors import BadChainError, BadDescriptorError, NotFoundError
 from ploopfs.format.header import NONE_GUID, TOP_GUID
 
 if TYPE_CHECKING:
@@ -109,15 +109,80 @@ class Descriptor:
         """Images from the base (level 0) up to `guid` (default: the top), following ParentGUID
         (§5.3: XML order means nothing)."""
         g = self.top_guid if guid is None else norm_guid(guid, element="--snapshot")
+        images = {im.guid: im for im in self.images}
+        parents = {s.guid: s.parent for s in self.shots}
         out: list[ImageEntry] = []
         seen: set[str] = set()
         while g != NONE_GUID:
             if g in seen:
                 raise BadChainError(f"cycle in the snapshot tree at {g}", element="ParentGUID")
             seen.add(g)
-            out.append(self.image(g))
-            g = self.shot(g).parent
+            if g not in images:
+                raise KeyError(g)
+            out.append(images[g])
+            if g not in parents:
+                raise KeyError(g)
+            g = parents[g]
         out.reverse()
+        return out
+
+    def snapshot_guid(self, text: str, where: str = "") -> str:
+        """The snapshot GUID `text` names: a GUID (braces and case do not matter), a unique
+        prefix of one, or an index: N counts the rows of `ploopfs snapshots` from 0, -N counts
+        the top's chain down from the top (-1 = the top). A decimal number is an index while it
+        is below the number of snapshots; write braces (`{12`) to mean a prefix."""
+        d = self
+        order = [g for g, _ in d.tree_order()]
+        t = text.strip().lower()
+        if re.fullmatch(r"-?\d{1,9}", t):
+            n = int(t)
+            if n < 0 and -n <= len(chain := d.chain()):
+                return chain[n].guid
+            if 0 <= n < len(order):
+                return order[n]
+        bare = t.strip("{}")
+        if t.startswith("{") or not re.fullmatch(r"-?\d{1,9}", t):
+            hits = [g for g in order if g.strip("{}").startswith(bare)] if bare else []
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1 and bare and len(bare) < 36:
+                raise NotFoundError(f"snapshot {text!r} is ambiguous: it starts "
+                                    f"{', '.join(hits[:5])}{' …' if len(hits) > 5 else ''}",
+                                    where)
+        for im in self.images:
+            name = im.file.replace("\\", "/").rsplit("/", 1)[-1]
+            g = im.guid
+            if bare and name.lower().endswith("{" + bare + "}") and len(bare) >= 8:
+                raise NotFoundError(
+                    f"{text!r} is the GUID in the file name of {name}, which "
+                    f"holds snapshot {g} (index {order.index(g) if g in order else '?'}); "
+                    f"use -s {g}", where)
+        shown = ", ".join(f"{i}={g}" for i, g in enumerate(order[:8]))
+        more = f" … ({len(order)} in all; see ploopfs snapshots)" if len(order) > 8 else ""
+        try:
+            g = norm_guid(text)
+        except BadDescriptorError:
+            raise NotFoundError(f"{text!r} is not a snapshot GUID, prefix or index; snapshots "
+                                f"are {shown}{more}", where) from None
+        raise NotFoundError(f"unknown snapshot {g}; snapshots are {shown}{more}", where,
+                            element="Snapshots")
+
+    def tree_order(self) -> list[tuple[str, int]]:
+        """(GUID, depth) of every snapshot, depth first from each root, children in XML order:
+        the order `ploopfs snapshots` lists them in, and what a snapshot index counts."""
+        kids: dict[str, list[str]] = {}
+        for s in self.shots:
+            kids.setdefault(s.parent, []).append(s.guid)
+        out: list[tuple[str, int]] = []
+        stack = [(g, 0) for g in reversed(kids.get(NONE_GUID, []))]
+        seen: set[str] = set()
+        while stack:
+            g, depth = stack.pop()
+            if g in seen:
+                continue
+            seen.add(g)
+            out.append((g, depth))
+            stack.extend((c, depth + 1) for c in reversed(kids.get(g, [])))
         return out
 
 

@@ -82,6 +82,13 @@ class Header:
         return self.cluster_sectors * SECTOR
 
     @property
+    def disk_bytes(self) -> int:
+        """The disk size ploop reads from this header alone: the whole clusters of
+        m_SizeInSectors (format.md §1.4); a trailing partial cluster is not part of it."""
+        return self.size_sectors // self.cluster_sectors * self.cluster_size if \
+            self.cluster_sectors else 0
+
+    @property
     def size_bytes(self) -> int:
         return self.size_sectors * SECTOR
 

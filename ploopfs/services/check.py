@@ -698,15 +698,10 @@ def _select_chain(r: _Report, dd: str, d: Descriptor, snapshot: str | None) -> l
     shots = {s.guid: s for s in d.shots}
     images = {im.guid: im for im in d.images}
     if snapshot is not None:
-        from ploopfs.format.descriptor import norm_guid
-
         try:
-            g = norm_guid(snapshot)
-        except PloopfsError:
-            g = ""
-        if g not in images:
-            r.add("SNAPSHOT_NOT_FOUND", f"no snapshot {snapshot!r} in this descriptor", file=dd,
-                  element="Snapshots")
+            g = d.snapshot_guid(snapshot)
+        except PloopfsError as e:
+            r.add("SNAPSHOT_NOT_FOUND", e.what, file=dd, element="Snapshots")
             return []
     else:
         g = d.top_guid if d.top_guid in shots else _fallback_top(d)
@@ -757,16 +752,16 @@ def _check_chain(r: _Report, dd: str, d: Descriptor, chain: list[ImageEntry],
             r.add("DESCRIPTOR_VERSION_MISMATCH", f"format v{h.version} mixed with v{base_h.version} "
                   f"of {ploop[0][1].path} in one chain (§4.2)", file=sc.path, offset=0)
     top = levels[-1]
-    top_size = top.header.bat_entries * top.header.cluster_size if top.header else None
+    top_size = top.header.disk_bytes if top.header else None
     for sc in levels[:-1]:
-        if top_size is not None and sc.header is not None and \
-                sc.header.bat_entries * sc.header.cluster_size > top_size:
+        if top_size is not None and sc.header is not None and sc.header.disk_bytes > top_size:
             r.add("DESCRIPTOR_LOWER_LARGER", f"lower delta is larger than the top ({top_size} "
                   "bytes); the excess is not part of the disk (§1.4)", file=sc.path, offset=0x20)
     if top.header is not None and snapshot is None and d.disk_size and \
-            d.disk_size != top.header.size_sectors:
-        r.add("DESCRIPTOR_DISK_SIZE", f"<Disk_size> {d.disk_size} sectors differs from the top "
-              f"image's m_SizeInSectors {top.header.size_sectors}", file=dd,
+            d.disk_size * SECTOR != top.header.disk_bytes:
+        r.add("DESCRIPTOR_DISK_SIZE", f"<Disk_size> {d.disk_size} sectors differs from the "
+              f"{top.header.disk_bytes // SECTOR} sectors the top image describes; the disk is "
+              "<Disk_size>, as ploop shows it (format.md §1.4)", file=dd,
               element="Disk_Parameters/Disk_size")
 
 
@@ -780,7 +775,7 @@ def _summary(guid: str, file: str, level: int | None, sc: _Scanned | None) -> Im
     elif sc.header is not None:
         s.kind = f"ploop-v{sc.header.version}"
         s.cluster_size = sc.cluster_size
-        s.virtual_size = sc.header.bat_entries * sc.cluster_size
+        s.virtual_size = sc.header.disk_bytes
         s.allocated = int(sc.vcl.size)
     return s
 
@@ -831,10 +826,12 @@ def _after_chain(r: _Report, levels: list[_Scanned], d: Descriptor | None, deep:
     if any(sc.cluster_size != c for sc in ploop):
         return  # reported as DESCRIPTOR_CLUSTER_MISMATCH; content checks need one cluster size
     top = levels[-1]
-    if top.header is not None:
-        size = top.header.bat_entries * c
+    if d and d.disk_size:
+        size = d.disk_size * SECTOR  # what ploop shows (format.md §1.4)
+    elif top.header is not None:
+        size = top.header.disk_bytes
     else:
-        size = (d.disk_size * SECTOR if d and d.disk_size else top.file_size)
+        size = top.file_size
     reader = _LenientReader(levels, c, size)
     _check_partitions(r, reader, size, levels[-1].path)
     if deep:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 from ploopfs.errors import PloopfsError
-from ploopfs.format.descriptor import Descriptor
-from ploopfs.format.header import DISK_CLOSED_V21, NONE_GUID, Header
+from ploopfs.format.header import DISK_CLOSED_V21, Header
+from ploopfs.services.du import size_str
 from ploopfs.services.fsusage import usage_summary
 from ploopfs.services.partitions import inspect_disk
 from ploopfs.volume.source import Disk
@@ -31,25 +32,37 @@ def header_json(h: Header) -> dict[str, Any]:
     }
 
 
-def snapshot_tree(d: Descriptor, paths: dict[str, str]) -> list[dict[str, Any]]:
-    """Shots in tree order (depth first from the root), each with depth and children."""
-    out: list[dict[str, Any]] = []
+def snapshot_tree(disk: Disk) -> list[dict[str, Any]]:
+    """Shots in tree order (depth first from the root), each with its index (what `-s N`
+    selects), depth, children and its image file: size, allocated bytes, the clusters its BAT
+    maps (None for a raw base or an unreadable image) and modification time."""
+    d = disk.descriptor
     by_guid = {s.guid: s for s in d.shots}
     files = {im.guid: im.file for im in d.images}
     active = {e.guid for e in d.chain()}
-
-    def walk(g: str, depth: int) -> None:
-        s = by_guid[g]
-        out.append({
-            "guid": g, "parent": s.parent, "file": files[g], "path": paths.get(g),
+    kids: dict[str, list[str]] = {}
+    for s in d.shots:
+        kids.setdefault(s.parent, []).append(s.guid)
+    out = []
+    for i, (g, depth) in enumerate(d.tree_order()):
+        path = disk.paths.get(g)
+        row: dict[str, Any] = {
+            "index": i, "guid": g, "parent": by_guid[g].parent, "file": files[g], "path": path,
             "current": g == d.top_guid, "in_top_chain": g in active, "depth": depth,
-            "temporary": s.temporary, "children": d.children(g),
-        })
-        for c in d.children(g):
-            walk(c, depth + 1)
-
-    for r in d.roots():
-        walk(r, 0)
+            "temporary": by_guid[g].temporary, "children": kids.get(g, []),
+            "file_size": None, "allocated_bytes": None, "clusters": None, "mtime": None}
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        if st is not None:
+            row.update(file_size=st.st_size, allocated_bytes=st.st_blocks * 512,
+                       mtime=st.st_mtime)
+            with contextlib.suppress(PloopfsError):
+                im = disk.image(g, level=depth)
+                if not im.is_raw:
+                    row["clusters"] = len(im.mapping())
+        out.append(row)
     return out
 
 
@@ -118,7 +131,7 @@ def disk_info(disk: Disk, snapshot: str | None = None) -> dict[str, Any]:
             "encryption_keyid": d.encryption_keyid,
         },
         "images": images,
-        "snapshots": snapshot_tree(d, disk.paths),
+        "snapshots": snapshot_tree(disk),
         "top_guid": d.top_guid,
         "partitions": table.to_json(),
         # df-like figures from the ext2/3/4 superblock and group descriptors (like `ploop info`,
@@ -176,7 +189,7 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"  [{lvl}] {im['guid']}  {im['file']}  {im['kind']}  "
                      f"{_size(im['file_size'])}  {extra}")
     lines += ["", "snapshots:"]
-    lines += format_tree(info["snapshots"])
+    lines += format_tree(info["snapshots"], details=True)
     pt = info["partitions"]
     lines += ["", f"partition table: {pt['scheme']}"
               + (f" ({pt['sector_size']}-byte sectors)" if pt["scheme"] == "gpt" else "")]
@@ -213,20 +226,39 @@ def format_fs_usage(filesystems: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def format_tree(shots: list[dict[str, Any]]) -> list[str]:
+def _mtime_str(t: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t is not None else "-"
+
+
+def format_tree(shots: list[dict[str, Any]], details: bool = False) -> list[str]:
+    """One line per snapshot: current mark, index, GUID indented by depth, file name; with
+    `details` also the file's size, mapped clusters and mtime."""
     lines = []
     for s in shots:
         mark = "*" if s["current"] else " "
         temp = f" <{s['temporary']}>" if s["temporary"] else ""
-        lines.append(f"  {mark} {'    ' * s['depth']}{s['guid']}  {s['file']}{temp}")
+        extra = ""
+        if details and s["file_size"] is not None:
+            clusters = "raw" if s["clusters"] is None else f"{s['clusters']} clusters"
+            extra = f"  {size_str(s['file_size'])}, {clusters}, {_mtime_str(s['mtime'])}"
+        lines.append(f"  {mark} {s['index']:>2} {'    ' * s['depth']}{s['guid']}  "
+                     f"{s['file']}{temp}{extra}")
     return lines
 
 
 def format_snapshot_list(shots: list[dict[str, Any]]) -> str:
-    """Columns like `ploop snapshot-list`: PARENT_UUID, C (current), UUID, FNAME."""
-    lines = [f"{'PARENT_UUID':<38} C {'UUID':<38} FNAME"]
+    """Columns like `ploop snapshot-list` (PARENT_UUID, C for current, UUID, FNAME), after the
+    index that `-s N` takes, and the image file's size, mapped clusters and mtime."""
+    lines = [f"{'#':>3} {'PARENT_UUID':<38} C {'UUID':<38} {'SIZE':>9} {'CLUSTERS':>8} "
+             f"{'MTIME':<19} FNAME"]
     for s in shots:
-        parent = s["parent"] if s["parent"] != NONE_GUID else NONE_GUID
-        lines.append(f"{parent:<38} {'*' if s['current'] else ' '} {s['guid']:<38} "
+        size = size_str(s["file_size"]) if s["file_size"] is not None else "-"
+        clusters = "raw" if s["clusters"] is None and s["file_size"] is not None else (
+            str(s["clusters"]) if s["clusters"] is not None else "-")
+        mtime = _mtime_str(s["mtime"])
+        lines.append(f"{s['index']:>3} {s['parent']:<38} {'*' if s['current'] else ' '} "
+                     f"{s['guid']:<38} {size:>9} {clusters:>8} {mtime:<19} "
                      f"{s['path'] or s['file']}")
     return "\n".join([*lines, "", "tree:", *format_tree(shots)])

@@ -878,7 +878,7 @@ def build_descriptor(scan: Scan, t: Tree, guids: list[str], target: str) -> Desc
     top = scan.images[t.top].image
     assert top.header is not None
     # ploop restore-descriptor: size = blocksize * l2_size (§5.8), the top's (§4.2).
-    disk_size = top.header.bat_entries * top.header.cluster_sectors
+    disk_size = top.header.disk_bytes // SECTOR
     d = _geometry(disk_size, scan.cluster_size)
     d.top_guid = TOP_GUID
     typ = "Plain" if scan.raw else "Compressed"  # ploop labels every image alike (§3)

@@ -173,13 +173,13 @@ class Image:
 
     @property
     def virtual_size(self) -> int:
-        """Bytes of virtual disk this image describes. ploop counts whole clusters,
-        m_Size * C (lib/delta_read.c read_size_from_image); qemu uses m_SizeInSectors, which
-        differs only for sizes that are not a whole number of clusters (docs/formats.md).
-        A raw file covers ceil(st_size/512) sectors (§3)."""
+        """Bytes of virtual disk this image describes, as ploop reads it: the whole clusters
+        of m_SizeInSectors, floor(m_SizeInSectors / m_Sectors) × cluster (format.md §1.4). A
+        trailing partial cluster (images from other tools; qemu counts it) is not part of the
+        disk. A raw file covers ceil(st_size/512) sectors (format.md §3)."""
         if self.header is None:
             return -(-self.file_size // SECTOR) * SECTOR
-        return self.header.bat_entries * self.header.cluster_size
+        return self.header.disk_bytes
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -22,7 +22,6 @@ from ploopfs.format.descriptor import (
     Descriptor,
     ImageEntry,
     Shot,
-    norm_guid,
     parse_descriptor,
 )
 from ploopfs.format.header import (
@@ -42,6 +41,7 @@ from ploopfs.volume.salvage import SalvageLog, SalvageVolume
 from ploopfs.volume.volume import Volume
 
 DESCRIPTOR_NAME = "DiskDescriptor.xml"
+MAX_LEVELS = 254  # the block map keeps a level in a byte, and salvage needs one value more
 
 
 @dataclass
@@ -126,15 +126,7 @@ class Disk:
 
     def chain(self, snapshot: str | None = None) -> list[ImageEntry]:
         d = self.descriptor
-        if snapshot is not None:
-            try:
-                g = norm_guid(snapshot, self.source, "--snapshot")
-            except BadDescriptorError:
-                raise NotFoundError(f"{snapshot!r} is not a snapshot GUID", self.source) from None
-            if all(im.guid != g for im in d.images):
-                raise NotFoundError(f"unknown snapshot {g}", self.source, element="Snapshots")
-            snapshot = g
-        return d.chain(snapshot)
+        return d.chain(None if snapshot is None else d.snapshot_guid(snapshot, self.source))
 
     def volume(self, snapshot: str | None = None, *, skip: Collection[str] = ()) -> Volume:
         """The virtual disk as seen from `snapshot` (default: the top). `skip`: GUIDs of levels
@@ -142,6 +134,9 @@ class Disk:
         entries = [e for e in self.chain(snapshot) if e.guid not in skip]
         if not entries:
             raise BadChainError("no readable level in this chain", self.source)
+        if len(entries) > MAX_LEVELS:
+            raise BadChainError(f"the chain has {len(entries)} levels; ploopfs reads at most "
+                                f"{MAX_LEVELS} (ploop itself makes at most 127)", self.source)
         images = [self.image(e.guid, level=i) for i, e in enumerate(entries)]
         top = images[-1]
         ploop_imgs = [im for im in images if not im.is_raw]
@@ -163,23 +158,29 @@ class Disk:
                     f"format v{im.header.version} mixed with v{first.header.version} of "
                     f"{first.path} in one chain (§4.2)", im.path, offset=0)
         cluster = first.cluster_size if first else images[0].cluster_size
-        if top.is_raw:
-            size = self.descriptor.disk_size * SECTOR or top.virtual_size
-        else:
-            size = top.virtual_size
-            for im in ploop_imgs[:-1]:
-                if im.virtual_size > size:
-                    self._warn(f"{im.path}: lower delta is larger ({im.virtual_size} bytes) than "
-                               f"the top ({size}); the excess is not part of the disk (§1.4)")
-        dsize = self.descriptor.disk_size * SECTOR
-        if self.descriptor_path and dsize and dsize != size and snapshot is None:
-            self._warn(f"{self.descriptor_path}: <Disk_size> is {dsize} bytes but the top image "
-                       f"describes {size}; using the image's size")
+        size = self._size(top, ploop_imgs, snapshot)
         if self.salvage_log is not None:
             assert self.options.salvage is not None
             return SalvageVolume(images, size, cluster, self.options.salvage, self.salvage_log,
                                  entries[-1].guid)
         return Volume(images, size, cluster)
+
+    def _size(self, top: Image, ploop_imgs: list[Image], snapshot: str | None) -> int:
+        """The disk size as ploop shows it: `<Disk_size>` when there is a descriptor (the
+        kernel device never shows more), else what the top image describes (format.md §1.4)."""
+        dsize = self.descriptor.disk_size * SECTOR if self.descriptor_path else 0
+        if not dsize:
+            size = top.virtual_size
+            for im in ploop_imgs[:-1]:
+                if im.virtual_size > size:
+                    self._warn(f"{im.path}: lower delta is larger ({im.virtual_size} bytes) "
+                               f"than the top ({size}); the excess is not part of the disk")
+            return size
+        if not top.is_raw and top.virtual_size != dsize and snapshot is None:
+            self._warn(f"{self.descriptor_path}: <Disk_size> is {dsize} bytes but the top image "
+                       f"describes {top.virtual_size}; using <Disk_size>, as ploop does (see "
+                       "ploopfs check)")
+        return dsize
 
     def _warn(self, msg: str) -> None:
         if msg not in self.warnings:
