@@ -93,3 +93,29 @@ def test_snapshot_named_by_its_file_name(corpus_case: Callable[[str], Path]) -> 
     err = r.stderr.decode()
     assert r.returncode == 3
     assert delta["guid"] in err and "file name" in err and "index 1" in err
+
+
+def test_container_folder_dirty_warning_and_lone_delta(corpus_case: Callable[[str], Path],
+                                                       tmp_path: Path) -> None:
+    """A container's private area (root.hdd/ inside) opens like the disk folder; a dirty image
+    warns on every command that reads it; a delta opened alone next to its descriptor says it
+    is one layer of a chain."""
+    d = corpus_case("v2-dirty-inuse")
+    ct = tmp_path / "101"
+    ct.mkdir()
+    (ct / "root.hdd").symlink_to(d)
+    want = json.loads(run_cli("info", "--json", d).stdout)["disk"]["size_bytes"]
+    for args in (["info", "--json", ct], ["snapshots", ct], ["export", ct, tmp_path / "o.raw"],
+                 ["du", ct], ["signature", ct, tmp_path / "o.sig"],
+                 ["diff", ct, ct, "-o", tmp_path / "o.delta"]):
+        r = run_cli(*args)
+        assert r.returncode == 0, (args, r.stderr.decode())
+        out = r.stderr + r.stdout
+        assert b"marked in use" in out, args
+    assert (tmp_path / "o.raw").stat().st_size == want
+    r = run_cli("check", ct)
+    assert r.returncode == 1 and b"DIRTY" in r.stdout
+    c = corpus_case("v1-chain2")
+    lone = run_cli("info", c / "root.hdd")
+    assert lone.returncode == 0
+    assert b"one image of the disk described by" in lone.stdout + lone.stderr

@@ -41,7 +41,7 @@ from ploopfs.format.header import (
 from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.services.partitions import LUKS_MAGIC, inspect_disk
 from ploopfs.volume.fileio import open_readonly
-from ploopfs.volume.source import DESCRIPTOR_NAME, resolve_image_path
+from ploopfs.volume.source import DESCRIPTOR_NAME, descriptor_in_folder, resolve_image_path
 
 BAT_CHUNK = 1 << 20  # bytes of BAT read at a time
 MAX_PER_CODE = 20  # per image and code, individual findings; the rest are summed up in one
@@ -592,8 +592,8 @@ def _check_source(r: _Report, src: str, snapshot: str | None, deep: bool, allow_
         r.add("SOURCE_NOT_FOUND", e.strerror or "cannot access", file=src)
         return
     if os.path.isdir(src):
-        dd = os.path.join(src, DESCRIPTOR_NAME)
-        if not os.path.lexists(dd):
+        dd = descriptor_in_folder(src)
+        if dd is None:
             r.add("DESCRIPTOR_MISSING", f"no {DESCRIPTOR_NAME} in this folder (restore-descriptor "
                   "can rebuild it)", file=src)
             return

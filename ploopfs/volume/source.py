@@ -41,6 +41,7 @@ from ploopfs.volume.salvage import SalvageLog, SalvageVolume
 from ploopfs.volume.volume import Volume
 
 DESCRIPTOR_NAME = "DiskDescriptor.xml"
+CONTAINER_DISK = "root.hdd"  # the disk folder inside an OpenVZ/Virtuozzo container's private area
 MAX_LEVELS = 254  # the block map keeps a level in a byte, and salvage needs one value more
 
 
@@ -93,6 +94,9 @@ class Disk:
                             infer=self._hints(guid) if self.options.salvage is not None else None)
             if im.inferred is not None:
                 self._warn(f"{im.path}: {im.header_error}; {im.inferred.line()}")
+            if im.header is not None and im.header.dirty:
+                self._warn(f"{im.path}: marked in use (m_DiskInUse): a running container may be "
+                           "writing it, or it was not closed cleanly; read as it is now")
             if im.header is not None and im.header.size_high_v1:
                 self._warn(f"{im.path} at offset 40: the v1 high size word is "
                            f"{im.header.size_high_v1:#x}, should be 0; ignored, as qemu does "
@@ -198,6 +202,16 @@ class Disk:
         self.close()
 
 
+def descriptor_in_folder(folder: str) -> str | None:
+    """The descriptor a folder SOURCE means: its own DiskDescriptor.xml, else that of root.hdd/
+    inside it (a container's private area, /vz/private/101)."""
+    for dd in (os.path.join(folder, DESCRIPTOR_NAME),
+               os.path.join(folder, CONTAINER_DISK, DESCRIPTOR_NAME)):
+        if os.path.lexists(dd):
+            return dd
+    return None
+
+
 def open_source(source: str | os.PathLike[str], options: OpenOptions | None = None) -> Disk:
     opts = options or OpenOptions()
     src = os.fspath(source)
@@ -208,11 +222,11 @@ def open_source(source: str | os.PathLike[str], options: OpenOptions | None = No
     except OSError as e:
         raise NotFoundError(f"cannot access: {e.strerror}", src) from None
     if os.path.isdir(src):
-        dd = os.path.join(src, DESCRIPTOR_NAME)
-        if not os.path.exists(dd):
+        dd = descriptor_in_folder(src)
+        if dd is None:
             raise NotFoundError(
                 f"no {DESCRIPTOR_NAME} in this folder (give an image file instead, or rebuild "
-                "the descriptor)", src)
+                "the descriptor with ploopfs restore-descriptor)", src)
         return _open_descriptor(dd, opts)
     if stat.S_ISREG(st.st_mode) and st.st_size == 0:
         raise BadImageError("empty file: neither a ploop image, a descriptor nor a raw disk", src)
@@ -242,6 +256,10 @@ def _single_image(path: str, kind: ImageKind, opts: OpenOptions) -> Disk:
     d.shots.append(Shot(TOP_GUID, NONE_GUID))
     d.top_guid = TOP_GUID
     disk = Disk(path, d, None, {TOP_GUID: path}, opts)
+    beside = os.path.join(os.path.dirname(os.path.abspath(path)), DESCRIPTOR_NAME)
+    if os.path.exists(beside):
+        disk._warn(f"{path}: one image of the disk described by {beside}; this reads that image "
+                   "alone, not the disk: give the descriptor (or its folder) for the whole disk")
     im = disk.image(TOP_GUID, level=0)
     d.blocksize = im.cluster_size // SECTOR
     d.disk_size = im.virtual_size // SECTOR
