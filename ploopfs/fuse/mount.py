@@ -123,7 +123,14 @@ def mount_device(real: str) -> str | None:
     return None
 
 
-def check_mountpoint(path: str) -> str:
+def check_mountpoint(path: str, opts: MountOptions | None = None) -> str:
+    """The real path of a usable mountpoint, else MountError (exit 12). A folder with entries is
+    refused, as FUSE 2's fusermount did: the mount would hide them until unmounted, silently.
+    `-o nonempty` mounts anyway; libfuse3 rejects that option as unknown, so it is taken out of
+    `opts.fuse_options` here (it never reaches libfuse or fuse2fs)."""
+    nonempty = opts is not None and "nonempty" in opts.fuse_options
+    if opts is not None:
+        opts.fuse_options.discard("nonempty")
     real = os.path.realpath(path)
     if not os.path.exists(path):
         raise MountError("mountpoint does not exist", path)
@@ -131,6 +138,15 @@ def check_mountpoint(path: str) -> str:
         raise MountError("mountpoint is not a directory", path)
     if is_mountpoint(real):
         raise MountError("mountpoint is busy (something is already mounted there)", path)
+    if not nonempty:
+        try:
+            with os.scandir(real) as entries:
+                has_entries = next(entries, None) is not None
+        except OSError:  # unlistable for this user: fusermount3 checks its access itself
+            has_entries = False
+        if has_entries:
+            raise MountError("mountpoint is not empty: the mount would hide its files "
+                             "(-o nonempty mounts anyway)", path)
     return real
 
 
@@ -210,7 +226,7 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
     from ploopfs.services.tree import MountTree
     from ploopfs.volume.source import OpenOptions, open_source
 
-    target = check_mountpoint(mountpoint)
+    target = check_mountpoint(mountpoint, opts)
     disk = open_source(source, OpenOptions(cluster_size=opts.cluster_size,
                                            allow_outside_paths=opts.allow_outside_paths,
                                            salvage=opts.salvage))
