@@ -551,7 +551,13 @@ async def _start_fuse2fs(image: str, target: str, opts: MountOptions) -> subproc
     exe = shutil.which("fuse2fs")
     if not exe:
         raise MountError("--files needs fuse2fs (Debian package fuse2fs)", target)
-    o = ["ro", "norecovery", "fakeroot", *sorted(opts.fuse_options)]
+    # fakeroot lets fuse2fs itself read every file; with allow_other/allow_root other users
+    # see the mount, so the kernel must check the container's owners and modes for them
+    # (default_permissions), or any local user could read root-only files of the container.
+    extra = set(opts.fuse_options)
+    if extra & {"allow_other", "allow_root"}:
+        extra.add("default_permissions")
+    o = ["ro", "norecovery", "fakeroot", *sorted(extra)]
     # Forked from this (the main) thread, not trio.lowlevel.open_process's worker thread: the
     # parent-death signal fires when the forking *thread* exits.
     proc = subprocess.Popen([exe, image, target, "-f", "-o", ",".join(o)],
