@@ -76,6 +76,7 @@ class Descriptor:
     heads: int = 0
     sectors: int = 0  # CHS sectors per track (NOT the cluster size, §11 trap 2)
     blocksize: int = 0  # cluster size in sectors
+    zero_blocksize: bool = False  # <Blocksize> present but 0
     preallocated: bool = False
     max_delta_size: int = 0
     encryption_keyid: str | None = None
@@ -253,6 +254,9 @@ def load_root(data: bytes) -> etree._Element:
     return root
 
 
+ZERO_BLOCKSIZE = "<Blocksize> is 0, which is no cluster size (sectors per cluster)"
+
+
 def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descriptor:
     """Parse (safely, see load_root) and validate."""
     try:
@@ -295,6 +299,8 @@ def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descript
                                  where, element="StorageData/Storage")
     storage = storages[0]
     d.blocksize = num(storage, "Blocksize", "Storage")
+    # Refused by open_source unless salvaging (then the images' own cluster size serves).
+    d.zero_blocksize = storage.find("Blocksize") is not None and not d.blocksize
     d.preallocated = num(storage, "Preallocated", "Storage") == 1
     for i, im in enumerate(storage.findall("Image")):
         path = f"Storage/Image[{i + 1}]"

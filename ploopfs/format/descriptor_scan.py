@@ -15,6 +15,7 @@ from lxml import etree
 from ploopfs.errors import BadDescriptorError
 from ploopfs.format.descriptor import (
     TEMPORARY_MARKERS,
+    ZERO_BLOCKSIZE,
     Descriptor,
     ImageEntry,
     Shot,
@@ -124,6 +125,8 @@ def _scan_storage(sdata: etree._Element, d: Descriptor, scan: _Scan) -> None:
                  "checking the first")
     st = storages[0]
     d.blocksize = scan.number(st, "Blocksize", "Storage")
+    if st.find("Blocksize") is not None and not d.blocksize:
+        scan.add("DESCRIPTOR_BLOCKSIZE", "Storage/Blocksize", ZERO_BLOCKSIZE)
     d.preallocated = scan.number(st, "Preallocated", "Storage") == 1
     seen: set[str] = set()
     for i, im in enumerate(st.findall("Image")):
@@ -212,14 +215,19 @@ def _scan_tree(d: Descriptor, snaps: etree._Element, scan: _Scan) -> None:
 
 
 def _cycles(shots: dict[str, Shot]) -> set[str]:
-    """GUIDs on a parent cycle (each walk is bounded by the number of shots)."""
+    """GUIDs on a parent cycle. Each shot is walked once: a walk stops at a shot an earlier walk
+    already settled, so the work is linear in the number of shots."""
     on_cycle: set[str] = set()
+    done: set[str] = set()
     for start in shots:
         path: list[str] = []
+        index: dict[str, int] = {}
         g = start
-        while g in shots and g not in path and len(path) <= len(shots):
+        while g in shots and g not in done and g not in index:
+            index[g] = len(path)
             path.append(g)
             g = shots[g].parent
-        if g in path:
-            on_cycle.update(path[path.index(g):])
+        if g in index:
+            on_cycle.update(path[index[g]:])
+        done.update(path)
     return on_cycle

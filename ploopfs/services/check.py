@@ -41,7 +41,14 @@ from ploopfs.format.header import (
 from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.services.partitions import LUKS_MAGIC, inspect_disk
 from ploopfs.volume.fileio import open_readonly
-from ploopfs.volume.source import DESCRIPTOR_NAME, descriptor_in_folder, resolve_image_path
+from ploopfs.volume.source import (
+    DESCRIPTOR_NAME,
+    MAX_LEVELS,
+    descriptor_in_folder,
+    resolve_image_path,
+)
+
+PLOOP_MAX_LEVELS = 127  # ploop snapshot refuses to grow a chain past this (format.md §2.6)
 
 BAT_CHUNK = 1 << 20  # bytes of BAT read at a time
 MAX_PER_CODE = 20  # per image and code, individual findings; the rest are summed up in one
@@ -101,12 +108,14 @@ CODES: dict[str, Severity] = {
     "DESCRIPTOR_UNSUPPORTED": Severity.FATAL,
     "DESCRIPTOR_ROOT": Severity.INFO,
     "DESCRIPTOR_NUMBER": Severity.WARNING,
+    "DESCRIPTOR_BLOCKSIZE": Severity.DAMAGED,
     "DESCRIPTOR_GUID": Severity.DAMAGED,
     "DESCRIPTOR_DUPLICATE_GUID": Severity.DAMAGED,
     "DESCRIPTOR_SHOT": Severity.DAMAGED,
     "DESCRIPTOR_PARENT": Severity.DAMAGED,
     "DESCRIPTOR_ROOTS": Severity.DAMAGED,
     "DESCRIPTOR_CYCLE": Severity.DAMAGED,
+    "CHAIN_DEPTH": Severity.WARNING,
     "DESCRIPTOR_TOPGUID": Severity.DAMAGED,
     "DESCRIPTOR_TEMPORARY": Severity.WARNING,
     "DESCRIPTOR_FILE_MISSING": Severity.FATAL,
@@ -710,13 +719,23 @@ def _select_chain(r: _Report, dd: str, d: Descriptor, snapshot: str | None) -> l
                   "disk", file=dd, element="Snapshots/TopGUID", severity=Severity.FATAL)
             return []
     out: list[ImageEntry] = []
-    while g != NONE_GUID and g in images and all(g != im.guid for im in out):
+    seen: set[str] = set()
+    while g != NONE_GUID and g in images and g not in seen:
+        seen.add(g)
         out.append(images[g])
         s: Shot | None = shots.get(g)
         if s is None:
             break
         g = s.parent
     out.reverse()
+    if len(out) > MAX_LEVELS:
+        r.add("CHAIN_DEPTH", f"the chain has {len(out)} levels; ploopfs reads at most "
+              f"{MAX_LEVELS}", file=dd, element="Snapshots", severity=Severity.FATAL)
+        return []
+    if len(out) > PLOOP_MAX_LEVELS:
+        r.add("CHAIN_DEPTH", f"the chain has {len(out)} levels; ploop itself makes at most "
+              f"{PLOOP_MAX_LEVELS} and may refuse it (ploopfs reads it)", file=dd,
+              element="Snapshots")
     return out
 
 

@@ -3,6 +3,7 @@ raw file given a cluster size. Resolves image paths safely and builds volumes pe
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Collection
@@ -19,6 +20,7 @@ from ploopfs.errors import (
 )
 from ploopfs.format.descriptor import (
     MAX_DESCRIPTOR_BYTES,
+    ZERO_BLOCKSIZE,
     Descriptor,
     ImageEntry,
     Shot,
@@ -220,6 +222,8 @@ def open_source(source: str | os.PathLike[str], options: OpenOptions | None = No
     except FileNotFoundError:
         raise NotFoundError("no such file or folder", src) from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotFoundError("a symbolic link loop (it leads back to itself)", src) from None
         raise NotFoundError(f"cannot access: {e.strerror}", src) from None
     if os.path.isdir(src):
         dd = descriptor_in_folder(src)
@@ -280,6 +284,11 @@ def _open_descriptor(path: str, opts: OpenOptions) -> Disk:
     finally:
         os.close(fd)
     desc = parse_descriptor(data, path)
+    if desc.zero_blocksize:
+        if opts.salvage is None:
+            raise BadDescriptorError(f"{ZERO_BLOCKSIZE}; try --salvage to use the images' own",
+                                     path, element="Storage/Blocksize")
+        desc.warnings.append(f"{ZERO_BLOCKSIZE}; the images' own cluster size is used")
     disk = Disk(path, desc, path, {}, opts)
     disk.warnings.extend(f"{path}: {w}" for w in desc.warnings)
     if desc.volume_parent is not None:
@@ -323,5 +332,12 @@ def resolve_image_path(folder: str, file: str, allow_outside: bool, warnings: li
             f"image path {file!r} leads outside the descriptor's folder (to {real}); pass "
             "--allow-outside-paths if you trust this descriptor", descriptor, element=element)
     if not os.path.exists(candidate):
-        raise NotFoundError(f"image file {file!r} does not exist", descriptor, element=element)
+        what = "does not exist"
+        if os.path.islink(candidate):
+            try:
+                os.stat(candidate)
+            except OSError as e:
+                what = ("is a symbolic link loop (it leads back to itself)"
+                        if e.errno == errno.ELOOP else f"is a dangling symbolic link ({e.strerror})")
+        raise NotFoundError(f"image file {file!r} {what}", descriptor, element=element)
     return candidate
