@@ -62,7 +62,7 @@ ffibuilder.set_source(
     # be baked into the generated C file and break sdists built elsewhere.
     sources=[str(src.relative_to(HERE.parent)) for src in SOURCES],
     include_dirs=[str(HERE.relative_to(HERE.parent)), B3],
-    # Hash primitives come from libraries (delta-notes §2.2): BLAKE2b from libb2, MD4 from
+    # Hash primitives come from libraries (docs/rdiff.md): BLAKE2b from libb2, MD4 from
     # nettle (OpenSSL 3 only has MD4 in its legacy provider), BLAKE3 from its official C
     # sources (pf_b3.h).
     libraries=["b2", "nettle", "pthread"],

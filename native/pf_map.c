@@ -131,7 +131,7 @@ static void source_at(const pf_map_view *m, size_t *p, uint64_t x, uint64_t clus
         return;
     }
     *next = *p < m->n ? m->vstart[*p] : UINT64_MAX;
-    if (m->raw_base) {  /* §4.1 rule 3: the raw base serves what no delta maps */
+    if (m->raw_base) {  /* format.md §4.1 rule 3: the raw base serves what no delta maps */
         *key = m->key[0];
         *off = (int64_t)(x * cluster_size);
     } else {

@@ -1,4 +1,4 @@
-/* Block-map building blocks (ploop-format.md §2.2, §2.3, §4.1), for the volume layer and the
+/* Block-map building blocks (format.md §2.2, §2.3, §4.1), for the volume layer and the
  * diff's candidate walk: the loops over every BAT entry and every extent of a chain, which
  * numpy did before (importing numpy cost every command ~75 ms of its start).
  *
@@ -16,7 +16,7 @@
  * one being slot `first`. For every non-zero entry, out_v[k] = its slot and out_e[k] = the
  * entry (k counting up from 0); returns k. *bad = how many of them are unreadable, i.e.
  * outside [lowest, highest] in entry units (the caller passes bounds that exclude the reserved
- * value 0xffffffff, §2.3). out_v and out_e hold n each. */
+ * value 0xffffffff, format.md §2.3). out_v and out_e hold n each. */
 size_t pf_bat_nonzero(const unsigned char *raw, size_t n, uint32_t first, int64_t lowest,
                       int64_t highest, uint32_t *out_v, uint32_t *out_e, size_t *bad);
 
@@ -31,7 +31,7 @@ typedef struct {
     int level;
 } pf_map_level;
 
-/* Merge the levels, bottom (first) to top (last; later levels win, §4.1), over virtual
+/* Merge the levels, bottom (first) to top (last; later levels win, format.md §4.1), over virtual
  * clusters [0, nclusters) into extents: runs of consecutive clusters served by one level from
  * consecutive file offsets (cluster_size apart). Writes extent i as vstart[i], count[i],
  * level[i], offset[i]; returns the number of extents, or (size_t)-1 if scratch memory could
@@ -42,7 +42,7 @@ size_t pf_map_merge(const pf_map_level *levels, size_t nlevels, uint64_t ncluste
 
 /* A merged map (pf_map_merge's output) seen by pf_candidate_runs: key[level] names the file
  * of each level (equal keys: the same file); zero_level marks extents that read as zeros;
- * raw_base: clusters no extent covers are served by level 0 at their own offset (§4.1 rule
+ * raw_base: clusters no extent covers are served by level 0 at their own offset (format.md §4.1 rule
  * 3), else they read as zeros. */
 typedef struct {
     const uint32_t *vstart;

@@ -1,4 +1,4 @@
-/* ploopfs rdiff engine. See pf_rdiff.h and /work/shared/reference/delta-notes.md §2. */
+/* ploopfs rdiff engine. See pf_rdiff.h and docs/rdiff.md. */
 #define _GNU_SOURCE
 #include "pf_rdiff.h"
 #include "pf_b2x.h"
@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-/* -- weak sums (§2.2) ---------------------------------------------------------------------- */
+/* -- weak sums ---------------------------------------------------------------------- */
 
 #define RS_CHAR_OFFSET 31u
 #define RK_MULT 0x08104225u
@@ -178,7 +178,7 @@ int pf_strong(int hash, const unsigned char *buf, size_t len, unsigned char *out
     if (hash == PF_HASH_BLAKE2) {
         blake2b_state s;
         /* outlen 32 is part of the parameter block: this is BLAKE2b-256, not a truncated
-         * BLAKE2b-512 (§2.2). */
+         * BLAKE2b-512. */
         blake2b_init(&s, PF_BLAKE2_LEN);
         blake2b_update(&s, buf, len);
         blake2b_final(&s, out, PF_BLAKE2_LEN);
@@ -585,7 +585,7 @@ int64_t pf_match_chunk(const pf_index *ix, const unsigned char *buf, size_t len,
     return (int64_t)nb;
 }
 
-/* -- command encoding (§2.4) --------------------------------------------------------------- */
+/* -- command encoding --------------------------------------------------------------- */
 
 /* Minimal big-endian width of v: 1, 2, 4 or 8 (like librsync's rs_int_len). */
 static int int_width(uint64_t v)

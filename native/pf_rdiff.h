@@ -1,5 +1,5 @@
 /* ploopfs rdiff engine: librsync-compatible signatures, aligned block matching, delta command
- * encoding and a streaming patcher (docs: delta-notes §2, ploopfs/services/rdiff.py).
+ * encoding and a streaming patcher (docs: docs/rdiff.md, ploopfs/services/rdiff.py).
  *
  * Hash primitives come from libraries: MD4 from nettle, BLAKE2b from libb2. Our own code is
  * the weak sums, the block compare / match index, the command encoding and the patcher.
@@ -15,7 +15,7 @@
 
 /* CDEF-BEGIN */
 /* Strong hashes (low nibble of the signature magic: 6 = MD4, 7 = BLAKE2) and weak sums
- * (bits 0xF0: 0x30 = rollsum, 0x40 = RabinKarp), delta-notes §2.1. */
+ * (bits 0xF0: 0x30 = rollsum, 0x40 = RabinKarp), docs/rdiff.md */
 enum {
     PF_HASH_MD4 = 0,
     PF_HASH_BLAKE2 = 1,
@@ -27,7 +27,7 @@ enum {
     PF_CMD_MAX = 17 /* longest command header: opcode + 8 + 8 */
 };
 
-/* Weak sums over buf[0..len) exactly as librsync stores them (§2.2): rollsum is
+/* Weak sums over buf[0..len) exactly as librsync stores them: rollsum is
  * (s2 mod 2^16) << 16 | (s1 mod 2^16) with the +31 byte offset; RabinKarp starts at 1 and
  * multiplies by 0x08104225. buf may be NULL when len is 0. */
 uint32_t pf_rollsum(const unsigned char *buf, size_t len);
@@ -64,7 +64,7 @@ uint64_t pf_index_size(const pf_index *ix);
 int64_t pf_match_chunk(const pf_index *ix, const unsigned char *buf, size_t len,
                        uint64_t first_block, int64_t *match);
 
-/* Delta command headers with minimal-width big-endian parameters (§2.4). Return the header
+/* Delta command headers with minimal-width big-endian parameters. Return the header
  * length (<= PF_CMD_MAX), or 0 when len is 0. A LITERAL header is followed by len payload
  * bytes. */
 size_t pf_cmd_copy(unsigned char *out, uint64_t start, uint64_t len);

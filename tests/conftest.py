@@ -101,7 +101,7 @@ def cli_json(*args: str | os.PathLike[str]) -> dict:
 
 
 def qemu_json_chain(files: Sequence[str | os.PathLike[str]], raw_base: bool = False) -> str:
-    """A qemu `json:` filename for a parallels chain, base first (ploop-format.md, corpus README);
+    """A qemu `json:` filename for a parallels chain, base first (format.md, corpus README);
     with raw_base the base is a raw file."""
     spec: dict | None = None
     for i, f in enumerate(files):

@@ -1,7 +1,7 @@
 """Test-only helpers that damage *copies* of good ploop disks in controlled ways.
 
 Every function edits the file it is given in place; callers copy a corpus case (or build an image
-with ImageWriter) into a temporary folder first. Offsets follow ploop-format.md §1 (header) and §2
+with ImageWriter) into a temporary folder first. Offsets follow format.md §1 (header) and format.md §2
 (BAT); descriptor edits go through lxml so that only the named element changes.
 """
 
@@ -21,7 +21,7 @@ from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descripto
 
 DD = "DiskDescriptor.xml"
 
-# Header field -> (byte offset, struct format), ploop-format.md §1 table.
+# Header field -> (byte offset, struct format), format.md §1 table.
 FIELDS: dict[str, tuple[int, str]] = {
     "signature": (0x00, "16s"),
     "m_Type": (0x10, "<I"),
@@ -74,7 +74,7 @@ def truncate_header(path: str | os.PathLike[str], keep: int = 40) -> None:
 
 
 def bat_entry(path: str | os.PathLike[str], index: int, value: int) -> int:
-    """Set the BAT slot of virtual cluster `index`; returns its byte offset (§2.1)."""
+    """Set the BAT slot of virtual cluster `index`; returns its byte offset (format.md §2.1)."""
     off = bat_entry_off(index)
     set_field(path, off, "<I", value)
     return off

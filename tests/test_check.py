@@ -161,7 +161,7 @@ QEMU_MAP = [
 def test_qemu_oracle(corpus_root: Path, tmp_path: Path) -> None:
     """On the same damaged single images, everything `qemu-img check` reports is reported by
     check too (the format extension, which qemu 7.2 counts as leaked, is the documented
-    exception, §6.4); an image qemu cannot open gets at least a warning from us."""
+    exception, format.md §6.4); an image qemu cannot open gets at least a warning from us."""
     srcs = _sources(corpus_root, tmp_path)
     compared = 0
     for name, src in srcs.items():
@@ -182,7 +182,7 @@ def test_qemu_oracle(corpus_root: Path, tmp_path: Path) -> None:
                 assert want is not None, f"unmapped qemu message {ln!r}"
                 if "leaked" in ln and m.name == "extension-ok":
                     # qemu 7.2 computes the end from the BAT only and would cut off the
-                    # extension; we exclude extension + CBT clusters (§6.4, §7.1).
+                    # extension; we exclude extension + CBT clusters (format.md §6.4, §7.1).
                     assert ours.codes() == set()
                     continue
                 assert ours.codes() & want, (name, m.name, ln, [f.line() for f in ours.findings])

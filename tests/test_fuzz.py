@@ -150,7 +150,7 @@ def test_salvage_infer_reads_are_bounded_by_the_file(tmp_path: Path,
                                                      guard_sources: Callable[..., None]) -> None:
     """An 8 KiB image with a damaged signature under a descriptor claiming 4 GiB clusters
     (<Blocksize> 8388608): `export --salvage` infers the header and must fail with the
-    documented BAD_CHAIN (7, the cluster sizes disagree, §4.2) also when the process may not map
+    documented BAD_CHAIN (7, the cluster sizes disagree, format.md §4.2) also when the process may not map
     gigabytes (1 GiB address space here; vm.overcommit_memory=2 hosts behave alike), not with
     an internal MemoryError (70)."""
     src = unpack_folder(REGRESSIONS / "read" / "infer-huge-blocksize", tmp_path / "disk")

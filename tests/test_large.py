@@ -1,9 +1,9 @@
 """Large sparse disks: the format limits, read correctly with small memory in seconds.
 
-* v2, 64 TiB, 1 MiB clusters: m_Size = 2^26 entries, a 256 MiB BAT over 257 clusters (§2.1:
+* v2, 64 TiB, 1 MiB clusters: m_Size = 2^26 entries, a 256 MiB BAT over 257 clusters (format.md §2.1:
   262,128 slots in the first BAT cluster, 262,144 in each further one).
 * v1, 1 MiB clusters, 2 TiB - 1 MiB: the largest v1 disk of whole 1 MiB clusters below the u32
-  m_SizeInSectors limit (§2.6).
+  m_SizeInSectors limit (format.md §2.6).
 * v1, 512-byte clusters, exactly 2^32-1 sectors: the u32 limit itself, with a 16 GiB BAT
   (qemu refuses it: "Catalog too large"; ploopfs only).
 
@@ -74,7 +74,7 @@ class BigDisk:
 
 
 def bat_boundaries(cluster: int, nclusters: int, count: int) -> list[int]:
-    """First virtual clusters whose slots start BAT clusters 1, 2, … and the last one (§2.1)."""
+    """First virtual clusters whose slots start BAT clusters 1, 2, … and the last one (format.md §2.1)."""
     per = cluster // 4
     first = per - 16  # the header takes 16 slots of BAT cluster 0
     starts = [first + k * per for k in range(count)]

@@ -2,9 +2,9 @@
 and diffs between any two of their snapshots report exactly the clusters that differ.
 
 A chain has 1-5 levels, one cluster size (512 B .. 64 KiB), v1 or v2, optionally a raw base,
-and lower deltas that may be smaller than the ones above them (§1.4). Each level is built as
-ploop builds a delta: every cluster a write touches is copied up whole from the level below
-(§4.1 "Writes", §11 trap 24) into a new cluster of the level's image. A plain bytearray per
+and lower deltas that may be smaller than the ones above them (format.md §1.4). Each level is
+built as ploop builds a delta: every cluster a write touches is copied up whole from the level
+below (§4.1 "Writes", §11 trap 24) into a new cluster of the level's image. A plain bytearray per
 snapshot is the model; ploopfs reads of random ranges of every snapshot must equal it, and for
 some examples so must `qemu-img convert` of the snapshot's json: chain.
 """
@@ -46,7 +46,7 @@ class ChainSpec:
     cluster: int
     version: int
     raw_base: bool
-    raw_cut: int  # bytes missing at the end of a raw base file (it may be short, §4.1 rule 3)
+    raw_cut: int  # bytes missing at the end of a raw base file (it may be short, format.md §4.1 rule 3)
     sizes: list[int]  # clusters per level, base first, non-decreasing
     writes: list[list[WriteOp]]
     read_seed: int

@@ -155,7 +155,7 @@ def cluster_of(image: Path) -> int:
 
 
 def to_v1(path: Path) -> None:
-    """Turn a qemu v2 image into v1 the way ploop-format.md §12.2 did: signature, high size word
+    """Turn a qemu v2 image into v1 the way format.md §12.2 did: signature, high size word
     zeroed, every BAT entry multiplied by the cluster size in sectors (clusters -> sectors)."""
     with open(path, "r+b") as f:
         hdr = bytearray(f.read(64))
@@ -320,7 +320,7 @@ def test_qemu_chain_v2(tmp_path: Path, guard_sources: Guard, cluster: int, level
 
 
 def test_qemu_chain_v1(tmp_path: Path, guard_sources) -> None:
-    """qemu writes a v2 chain; every image is converted to v1 (§12.2); qemu and ploopfs must
+    """qemu writes a v2 chain; every image is converted to v1 (format.md §12.2); qemu and ploopfs must
     still agree, and both must match what the v2 chain held."""
     cluster = 64 * KiB
     rng = random.Random("chain-v1")
@@ -337,7 +337,7 @@ def test_qemu_chain_v1(tmp_path: Path, guard_sources) -> None:
 
 def test_qemu_chain_raw_base(tmp_path: Path, guard_sources) -> None:
     """A raw base written by qemu (`-f raw`) under two parallels deltas (json backing driver
-    raw). ploop labels every image Plain (§3); ploopfs sniffs each file."""
+    raw). ploop labels every image Plain (format.md §3); ploopfs sniffs each file."""
     cluster = 1 * MiB
     rng = random.Random("chain-raw-base")
     size = 12 * MiB
@@ -353,7 +353,7 @@ def test_qemu_chain_raw_base(tmp_path: Path, guard_sources) -> None:
 
 
 def test_qemu_chain_smaller_lower_deltas(tmp_path: Path, guard_sources) -> None:
-    """Growing a disk grows only the top (§1.4): lower deltas are smaller. The part of the
+    """Growing a disk grows only the top (format.md §1.4): lower deltas are smaller. The part of the
     disk past a lower delta's end reads through to zeros (or to nothing below it)."""
     cluster = 64 * KiB
     rng = random.Random("chain-grow")
@@ -361,7 +361,7 @@ def test_qemu_chain_smaller_lower_deltas(tmp_path: Path, guard_sources) -> None:
     disk, files, models = build_qemu_chain(tmp_path, rng, sizes, cluster)
     guids = descriptor_for(disk, files, sizes[-1], cluster)
     guard_sources(disk)
-    # dissect returns short reads from a smaller parent (§11 trap 7), so it is left out here.
+    # dissect returns short reads from a smaller parent (format.md §11 trap 7), so it is left out here.
     check_chain(tmp_path, disk, files, guids, models, dissect=False)
     for level, guid in enumerate(guids):
         info = cli_json("info", "--json", disk, "--snapshot", guid)
@@ -371,7 +371,7 @@ def test_qemu_chain_smaller_lower_deltas(tmp_path: Path, guard_sources) -> None:
 
 def test_qemu_raw_base_shorter_than_disk(tmp_path: Path, guard_sources) -> None:
     """A raw base whose file ends before the disk does (and not on a sector boundary): past its
-    end the base reads as zeros (§4.1 rule 3), as qemu's raw driver does."""
+    end the base reads as zeros (format.md §4.1 rule 3), as qemu's raw driver does."""
     cluster = 64 * KiB
     rng = random.Random("raw-short")
     disk = tmp_path / "disk"

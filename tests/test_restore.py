@@ -141,7 +141,7 @@ def shuffle_mtimes(rng: random.Random, files: list[Path]) -> None:
 
 
 def set_dirty(path: Path) -> None:
-    """m_DiskInUse = "Ynot" (§1.3) on a test-made image."""
+    """m_DiskInUse = "Ynot" (format.md §1.3) on a test-made image."""
     with open(path, "r+b") as f:
         f.seek(44)
         f.write((0x746F6E59).to_bytes(4, "little"))
@@ -164,7 +164,7 @@ def test_corpus_case_rebuilt(name, corpus_case, tmp_path):
     assert chain_files(rep) == [im.file for im in orig_chain], rep["links"]
     assert rc == 0 and rep["confidence"] == "high", rep["decisions"]
     rebuilt = parse_descriptor((work / DD).read_bytes(), str(work / DD))
-    assert rebuilt.top_guid == TOP_GUID  # §5.4
+    assert rebuilt.top_guid == TOP_GUID  # format.md §5.4
     assert rebuilt.blocksize == original.blocksize and rebuilt.disk_size == original.disk_size
     assert [im.type for im in rebuilt.images] == [im.type for im in original.images]
     want = expected_hashes(case)
@@ -173,7 +173,7 @@ def test_corpus_case_rebuilt(name, corpus_case, tmp_path):
         key = f"expected-{old.guid}.raw" if f"expected-{old.guid}.raw" in want else "expected.raw"
         assert volume_sha(work / DD, new.guid) == want[key], f"{name} level {level}"
         if new.guid != TOP_GUID:
-            assert new.guid != old.guid  # the snapshot GUIDs cannot be recovered (§4.3)
+            assert new.guid != old.guid  # the snapshot GUIDs cannot be recovered (format.md §4.3)
     assert export_sha(work, tmp_path) == want["expected.raw"]
     r = run_cli("check", work)
     assert r.returncode in (0, 1), r.stdout.decode()  # 1: the dirty case's warning
@@ -194,7 +194,7 @@ def test_corpus_guids_from_names(corpus_case, tmp_path):
     assert by_file[mid]["guid_source"] == "file name"
     assert by_file["root.hdd"]["kind"] == "raw"
     d = parse_descriptor((work / DD).read_bytes())
-    assert {im.type for im in d.images} == {"Plain"}  # ploop labels every image alike (§3)
+    assert {im.type for im in d.images} == {"Plain"}  # ploop labels every image alike (format.md §3)
     assert d.chain()[0].file == "root.hdd" and d.shot(d.chain()[0].guid).parent == NONE_GUID
 
 
@@ -237,7 +237,7 @@ def test_sampled_content(tmp_path, guard_sources):
 
 
 def test_qemu_grown_chain(tmp_path, guard_sources):
-    """Later deltas are bigger after a resize (§1.4): sizes alone order them."""
+    """Later deltas are bigger after a resize (format.md §1.4): sizes alone order them."""
     rng = random.Random(11)
     sizes = [2 << 20, 3 << 20, 5 << 20]
     files = build_chain(tmp_path / "made", rng, 3, sizes=sizes, hot=3)
@@ -252,7 +252,7 @@ def test_qemu_grown_chain(tmp_path, guard_sources):
 
 
 def test_qemu_raw_base(tmp_path, guard_sources):
-    """A raw file (no header, a whole number of clusters) can only be the base (§0)."""
+    """A raw file (no header, a whole number of clusters) can only be the base (format.md §0)."""
     rng = random.Random(5)
     made = tmp_path / "made"
     made.mkdir()
@@ -279,7 +279,7 @@ def test_qemu_raw_base(tmp_path, guard_sources):
 
 
 def test_snapshot_tree(tmp_path, guard_sources):
-    """Two deltas made on the same base (snapshot-switch, §4.3): a tree, not a chain. The top is
+    """Two deltas made on the same base (snapshot-switch, format.md §4.3): a tree, not a chain. The top is
     the dirty one; without the dirty flag the top is only a guess (low confidence)."""
     rng = random.Random(7)
     made = tmp_path / "made"
@@ -401,7 +401,7 @@ def test_bad_input(tmp_path):
 
 
 def test_raw_only_folder(tmp_path, guard_sources):
-    """A lone raw disk: described as ploop restore-descriptor -f raw would (§5.8)."""
+    """A lone raw disk: described as ploop restore-descriptor -f raw would (format.md §5.8)."""
     d = tmp_path / "d"
     d.mkdir()
     raw = d / "root.hdd"
@@ -415,7 +415,7 @@ def test_raw_only_folder(tmp_path, guard_sources):
 
 def test_names_against_content_flagged(tmp_path, guard_sources):
     """File names that say the opposite of clear content evidence: names win (they are what
-    ploop writes, §5.9), but the conflict makes the result low confidence, never silent."""
+    ploop writes, format.md §5.9), but the conflict makes the result low confidence, never silent."""
     rng = random.Random(9)
     files = build_chain(tmp_path / "made", rng, 2)
     made = tmp_path / "made"

@@ -193,7 +193,7 @@ def v_dirty(t: Target) -> set[str]:
 def v_version_convert(t: Target) -> set[str]:
     h = t.header()
     _field(t, "m_Flags", h.flags | CIF_FMT_VERSION_CONVERT)
-    # ploop keeps the old BAT in <image>.idx while converting (§1.5)
+    # ploop keeps the old BAT in <image>.idx while converting (format.md §1.5)
     with open(t.top, "rb") as f:
         bat = f.read(bat_entry_off(h.bat_entries))
     Path(str(t.top) + ".idx").write_bytes(bat)
@@ -228,7 +228,7 @@ def v_bat_into_header(t: Target) -> set[str]:
     h = t.header()
     if h.version == 2 and h.bat_clusters < 2:
         raise NotApplicable("a v2 entry >= 1 cannot point into a one-cluster header/BAT")
-    dm.bat_entry(t.top, _free_slot(t), 1)  # v1: sector 1; v2: cluster 1 (both header/BAT, §2.3)
+    dm.bat_entry(t.top, _free_slot(t), 1)  # v1: sector 1; v2: cluster 1 (both header/BAT, format.md §2.3)
     return {"BAT_INTO_HEADER"}
 
 
@@ -276,9 +276,9 @@ def v_prealloc_tail(t: Target) -> set[str]:
     return {"PREALLOCATED_TAIL"}
 
 
-# -- format extension (§6) ------------------------------------------------------------------------
+# -- format extension (format.md §6) ------------------------------------------------------------------------
 def _add_extension(t: Target, *, break_md5: bool = False, past_eof: bool = False) -> None:
-    """Append a CBT bitmap cluster and the extension cluster, as ploop's umount does (§6.1)."""
+    """Append a CBT bitmap cluster and the extension cluster, as ploop's umount does (format.md §6.1)."""
     h = t.header()
     c = h.cluster_size
     size = t.top.stat().st_size
@@ -310,7 +310,7 @@ def _add_extension(t: Target, *, break_md5: bool = False, past_eof: bool = False
 
 def v_extension_ok(t: Target) -> set[str]:
     _add_extension(t)
-    return set()  # extension and bitmap clusters are not leaks (§6.4)
+    return set()  # extension and bitmap clusters are not leaks (format.md §6.4)
 
 
 def v_extension_checksum(t: Target) -> set[str]:
@@ -323,7 +323,7 @@ def v_extension_past_eof(t: Target) -> set[str]:
     return {"EXTENSION_PAST_EOF", "LEAKED_CLUSTERS"}  # the appended clusters are now unclaimed
 
 
-# -- descriptor (§5) ------------------------------------------------------------------------------
+# -- descriptor (format.md §5) ------------------------------------------------------------------------------
 def _shot_index(t: Target, guid: str) -> int:
     dd = t.need_dd()
     shots = dm.load_xml(dd).getroot().xpath("Snapshots/Shot/GUID/text()")

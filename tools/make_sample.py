@@ -6,17 +6,17 @@ Run with the project's venv: `.venv/bin/python tools/make_sample.py [WORKDIR]` (
 How it is made, without mounting anything and without the OpenVZ tools:
 
 1. Three *versions* of the whole virtual disk are built as plain raw files
-   (versions/v0.raw, v1.raw, v2.raw). The layout is what `ploop init` makes (ploop-format.md
-   §8.1): a GPT made by `sgdisk -n 1:START:END` with START = one cluster (LBA 2048) and the last
+   (versions/v0.raw, v1.raw, v2.raw). The layout is what `ploop init` makes (format.md
+   format.md §8.1): a GPT made by `sgdisk -n 1:START:END` with START = one cluster (LBA 2048) and the last
    cluster left for the backup GPT, and an ext4 filesystem in partition 1. The filesystem is
    made by `mkfs.ext4 -d DIR` and then changed between versions with `debugfs -w` (so, as in
    real life, most clusters stay the same from one version to the next).
-2. The versions become a ploop chain (§4.3): the base image root.hds holds every non-zero
+2. The versions become a ploop chain (format.md §4.3): the base image root.hds holds every non-zero
    cluster of v0; each later delta holds the clusters that differ from the previous version
-   (a cluster that became all-zero is written as zeros: ploop has no zero marker, §11 trap 24).
+   (a cluster that became all-zero is written as zeros: ploop has no zero marker, format.md §11 trap 24).
    Snapshot GUIDs and delta file names follow ploop's conventions: the top carries the magic
-   top GUID {5fbaabe3-…} (§5.4); deltas are named root.hds.{file GUID}, a GUID unrelated to
-   the snapshot's (§4.3, §5.9).
+   top GUID {5fbaabe3-…} (format.md §5.4); deltas are named root.hds.{file GUID}, a GUID unrelated to
+   the snapshot's (format.md §4.3, §5.9).
 3. manifest.json records the snapshots (GUID, version, SHA-256 of the raw version, a file that
    only that version has), so tools/demo can check that ploopfs reads back every version
    exactly.
@@ -130,7 +130,7 @@ def sha256_file(path: Path) -> str:
 
 
 def partition_sectors(size_bytes: int, cluster: int) -> tuple[int, int]:
-    """(first, last) LBA of partition 1 as ploop's create_gpt_partition chooses them (§8.1):
+    """(first, last) LBA of partition 1 as ploop's create_gpt_partition chooses them (format.md §8.1):
     start at one cluster, end at the last whole cluster boundary before the final cluster,
     rounded down to a multiple of 8, minus 1."""
     bs = cluster // SECTOR
@@ -234,7 +234,7 @@ def build(work: Path) -> dict:
         assemble_disk(raw, gpt, part_img, part_start)
         raws.append(raw)
 
-    # Image i holds version i; image GUIDs per §4.3: older ones got fresh GUIDs when they were
+    # Image i holds version i; image GUIDs per format.md §4.3: older ones got fresh GUIDs when they were
     # snapshotted, the top is {5fbaabe3-…}.
     guids = [fixed_guid(f"snapshot-{v.name}") for v in VERSIONS[:-1]] + [TOP_GUID]
     files = ["root.hds"] + [f"root.hds.{fixed_guid(f'file-{v.name}')}" for v in VERSIONS[1:]]

@@ -1,7 +1,7 @@
 /* C unit tests for pf_rdiff.c (run from test_native.c's main under ASan/UBSan).
  * Known answers: MD4 from RFC 1320 §A.5, BLAKE2b-256 (unkeyed, outlen 32) cross-checked with
- * Python's hashlib, rollsum/RabinKarp from the definitions in delta-notes §2.2 (byte-by-byte
- * references below), zero-window constants from §2.2's issue #11 note. */
+ * Python's hashlib, rollsum/RabinKarp from the definitions in docs/rdiff.md (byte-by-byte
+ * references below), zero-window constants from librsync issue #11. */
 #define _GNU_SOURCE
 #include "pf_b2x.h"
 #include "pf_rdiff.h"
@@ -114,7 +114,7 @@ static void test_weak_sums(void)
     CHECK(pf_rabinkarp(NULL, 0) == 1, "rabinkarp('') is the seed");
     CHECK(pf_rabinkarp((const unsigned char *)"a", 1) == 0x08104225u + 97u, "rabinkarp(a)");
 
-    /* §2.2 / librsync#11: zero windows of power-of-two lengths >= 64 KiB */
+    /* librsync#11: zero windows of power-of-two lengths >= 64 KiB */
     unsigned char *z = calloc(1 << 20, 1);
     CHECK(pf_rollsum(z, 1 << 20) == 0x00000000u, "rollsum(1 MiB zeros) = %08x",
           pf_rollsum(z, 1 << 20));

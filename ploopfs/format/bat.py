@@ -1,4 +1,4 @@
-"""Block allocation table arithmetic and validation, ploop-format.md §2.
+"""Block allocation table arithmetic and validation, format.md §2.
 
 Pure helpers in the spirit of qemu's `bat_entry_off`/`bat2sect`: they take numbers or arrays and
 return numbers or arrays; the volume layer does the reading.
@@ -16,16 +16,16 @@ if TYPE_CHECKING:
     import numpy as np
 
 ENTRY_SIZE = 4
-BAT_RESERVED = 0xFFFFFFFF  # never valid on disk (§2.3)
+BAT_RESERVED = 0xFFFFFFFF  # never valid on disk (format.md §2.3)
 
 
 def bat_entry_off(index: int) -> int:
-    """File byte offset of the BAT slot of virtual cluster `index` (§2.1)."""
+    """File byte offset of the BAT slot of virtual cluster `index` (format.md §2.1)."""
     return HEADER_SIZE + ENTRY_SIZE * index
 
 
 def entry_to_offset(entry: int, header: Header) -> int:
-    """File byte offset of a non-zero entry: sectors in v1, clusters in v2 (§2.2, §11 trap 1)."""
+    """File byte offset of a non-zero entry: sectors in v1, clusters in v2 (format.md §2.2, §11 trap 1)."""
     return entry * header.entry_unit
 
 
@@ -50,10 +50,10 @@ class BadEntry:
 def find_bad_entries(index: np.ndarray, entries: np.ndarray, header: Header,
                      file_size: int, limit: int = 1) -> list[BadEntry]:
     """Entries that cannot be read: reserved value, pointing into header/BAT clusters, or whose
-    cluster ends past EOF (§2.3, §2.8). `index`/`entries` hold only non-zero slots.
+    cluster ends past EOF (format.md §2.3, §2.8). `index`/`entries` hold only non-zero slots.
 
     v1 entries that are not cluster-aligned are readable (qemu reads them) and are left to
-    `check` (§2.2, §11 trap 21)."""
+    `check` (format.md §2.2, §11 trap 21)."""
     import numpy as np  # here only: reading an image never imports numpy
 
     if entries.size == 0:
@@ -68,7 +68,7 @@ def find_bad_entries(index: np.ndarray, entries: np.ndarray, header: Header,
         e = int(entries[i])
         off = int(offs[i])
         if e == BAT_RESERVED:
-            reason = "reserved value 0xffffffff (§2.3)"
+            reason = "reserved value 0xffffffff"
         elif off < int(data_start):
             reason = (f"points into the header/BAT area (cluster at byte {off}, data starts at "
                       f"{int(data_start)})")
@@ -87,7 +87,7 @@ def raise_bad_entry(bad: BadEntry, where: str) -> None:
 
 @dataclass(frozen=True)
 class EntryProblems:
-    """Boolean masks over non-zero BAT entries, one per kind of problem (§2.2, §2.3, §2.8)."""
+    """Boolean masks over non-zero BAT entries, one per kind of problem (format.md §2.2, §2.3, §2.8)."""
 
     reserved: np.ndarray  # 0xffffffff
     into_header: np.ndarray  # cluster starts inside the header/BAT clusters

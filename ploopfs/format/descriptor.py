@@ -1,7 +1,7 @@
-"""DiskDescriptor.xml: parse (safely) and write, ploop-format.md §5.
+"""DiskDescriptor.xml: parse (safely) and write, format.md §5.
 
 Pure: bytes in, a Descriptor out; a Descriptor in, bytes out. Paths in <File> are returned as
-written; resolving them against the filesystem is the volume layer's job (§5.6).
+written; resolving them against the filesystem is the volume layer's job (format.md §5.6).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ _GUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 
 
 def norm_guid(text: str | None, where: str = "", element: str = "GUID") -> str:
-    """Canonical form `{lowercase}`; GUIDs compare case-insensitively, braces optional (§11 trap 11)."""
+    """Canonical form `{lowercase}`; GUIDs compare case-insensitively, braces optional
+    (format.md §11 trap 11)."""
     s = (text or "").strip().lower()
     if s.startswith("{") and s.endswith("}"):
         s = s[1:-1]
@@ -38,7 +39,7 @@ def bare_guid(guid: str) -> str:
 
 
 def parse_number(text: str | None, where: str, element: str) -> int:
-    """Numbers as ploop reads them, strtoul(…, 0): 0x… hex, a leading 0 octal (§5.3)."""
+    """Numbers as ploop reads them, strtoul(…, 0): 0x… hex, a leading 0 octal (format.md §5.3)."""
     s = (text or "").strip()
     try:
         if s.lower().startswith("0x"):
@@ -58,7 +59,7 @@ def parse_number(text: str | None, where: str, element: str) -> int:
 class ImageEntry:
     guid: str
     file: str  # as written in <File>
-    type: str  # as written in <Type>; informational only (§3, §11 trap 10)
+    type: str  # as written in <Type>; informational only (format.md §3, §11 trap 10)
 
 
 @dataclass
@@ -74,13 +75,13 @@ class Descriptor:
     disk_size: int = 0  # sectors
     cylinders: int = 0
     heads: int = 0
-    sectors: int = 0  # CHS sectors per track (NOT the cluster size, §11 trap 2)
+    sectors: int = 0  # CHS sectors per track (NOT the cluster size, format.md §11 trap 2)
     blocksize: int = 0  # cluster size in sectors
     zero_blocksize: bool = False  # <Blocksize> present but 0
     preallocated: bool = False
     max_delta_size: int = 0
     encryption_keyid: str | None = None
-    volume_parent: str | None = None  # <StorageData><Volume><Parent> (§5.7)
+    volume_parent: str | None = None  # <StorageData><Volume><Parent> (format.md §5.7)
     images: list[ImageEntry] = field(default_factory=list)
     shots: list[Shot] = field(default_factory=list)
     top_guid: str = TOP_GUID
@@ -108,7 +109,7 @@ class Descriptor:
 
     def chain(self, guid: str | None = None) -> list[ImageEntry]:
         """Images from the base (level 0) up to `guid` (default: the top), following ParentGUID
-        (§5.3: XML order means nothing)."""
+        (format.md §5.3: XML order means nothing)."""
         g = self.top_guid if guid is None else norm_guid(guid, element="--snapshot")
         images = {im.guid: im for im in self.images}
         parents = {s.guid: s.parent for s in self.shots}
@@ -268,7 +269,7 @@ def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descript
         raise BadDescriptorError(e.message, where) from None
 
     d = Descriptor(root_name=str(root.tag))
-    # The root element's name is not checked by ploop (§5.2); both names appear in the wild.
+    # The root element's name is not checked by ploop (format.md §5.2); both names appear in the wild.
     if d.root_name not in ("Virtuozzo_disk_image", "Parallels_disk_image"):
         d.warnings.append(f"unexpected root element <{d.root_name}>")
 
@@ -322,7 +323,7 @@ def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descript
         marker = next((m for m in TEMPORARY_MARKERS if sh.find(m) is not None), None)
         d.shots.append(Shot(guid, parent, marker))
     top_el = snaps.find("TopGUID")
-    # An element with no children is falsy in ElementTree/lxml: test `is None` (§11 trap 9).
+    # An element with no children is falsy in ElementTree/lxml: test `is None` (format.md §11 trap 9).
     top_text = _text(top_el)
     _resolve_top(d, top_text if top_text and top_text.strip() else None, where)
     _validate_tree(d, where)
@@ -330,7 +331,7 @@ def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descript
 
 
 def _resolve_top(d: Descriptor, top_text: str | None, where: str) -> None:
-    """TopGUID rules of validate_disk_descriptor (§5.3, §5.4)."""
+    """TopGUID rules of validate_disk_descriptor (format.md §5.3, §5.4)."""
     image_guids = {im.guid for im in d.images}
     shot_guids = {s.guid for s in d.shots}
     # Compatibility: one image more than Shots and an unlisted magic-GUID image gets a root Shot.
@@ -394,7 +395,7 @@ def _validate_tree(d: Descriptor, where: str) -> None:
 
 
 def render_descriptor(d: Descriptor) -> bytes:
-    """XML as ploop's store_diskdescriptor writes it, obeying its parser's quirks (§5.1, §5.3):
+    """XML as ploop's store_diskdescriptor writes it, obeying its parser's quirks (format.md §5.1, §5.3):
     Images and Shots last in their parents, TopGUID first, numbers never zero-padded, one Storage,
     no attributes."""
     from lxml import etree

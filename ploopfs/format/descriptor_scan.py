@@ -1,4 +1,4 @@
-"""Lenient reading of DiskDescriptor.xml for `check` (ploop-format.md §5).
+"""Lenient reading of DiskDescriptor.xml for `check` (format.md §5).
 
 `parse_descriptor` stops at the first problem; `scan_descriptor` collects every problem it can
 find and still returns as much of the snapshot tree as it could read. Pure: bytes in, a
@@ -78,7 +78,7 @@ def _parse_xml(data: bytes, scan: _Scan) -> etree._Element | None:
 
 
 def scan_descriptor(data: bytes) -> tuple[Descriptor | None, list[DescriptorProblem]]:
-    """Every problem of the descriptor (§5.2–§5.4), plus the tree as far as it is readable.
+    """Every problem of the descriptor (format.md §5.2–§5.4), plus the tree as far as it is readable.
     None when the document itself cannot be used (unsafe, malformed, required parts missing)."""
     scan = _Scan()
     root = _parse_xml(data, scan)
@@ -163,7 +163,7 @@ def _scan_shots(snaps: etree._Element, d: Descriptor, scan: _Scan) -> None:
 
 
 def _scan_tree(d: Descriptor, snaps: etree._Element, scan: _Scan) -> None:
-    """Tree rules of ploop's validate_disk_descriptor (§5.3, §5.4), every violation reported."""
+    """Tree rules of ploop's validate_disk_descriptor (format.md §5.3, §5.4), every violation reported."""
     images = {im.guid for im in d.images}
     # ploop's compatibility rule: an unlisted magic-GUID image is a base.
     if len(d.images) != len(d.shots) and TOP_GUID in images and all(s.guid != TOP_GUID for s in d.shots):

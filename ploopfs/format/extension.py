@@ -1,4 +1,4 @@
-"""Format Extension (v2.1) and CBT dirty bitmaps, ploop-format.md §6.
+"""Format Extension (v2.1) and CBT dirty bitmaps, format.md §6.
 
 Pure parsing of the extension cluster and of bitmap data handed in by the caller."""
 
@@ -23,9 +23,9 @@ _BITMAP = struct.Struct("<Q16sII")
 @dataclass
 class DirtyBitmap:
     size_sectors: int  # m_Size
-    id: str  # CBT UUID (RFC-4122 byte order, §6.2)
+    id: str  # CBT UUID (RFC-4122 byte order, format.md §6.2)
     granularity: int  # sectors per bit
-    l1: list[int]  # 0 = all zero, 1 = all one, else sector offset of a bitmap cluster (§6.3)
+    l1: list[int]  # 0 = all zero, 1 = all one, else sector offset of a bitmap cluster (format.md §6.3)
 
     @property
     def bits(self) -> int:
@@ -97,6 +97,6 @@ def parse_extension(cluster: bytes, cluster_size: int, where: str = "",
             ext.bitmaps.append(DirtyBitmap(msize, str(uuid.UUID(bytes=mid)), gran, l1))
         else:
             ext.unknown.append((emagic, flags))
-        # ploop advances by `size`, qemu by `size` rounded up to 8; equal for real payloads (§6.2).
+        # ploop advances by `size`, qemu by `size` rounded up to 8; equal for real payloads (format.md §6.2).
         pos += -(-size // 8) * 8
     return ext

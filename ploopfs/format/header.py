@@ -1,4 +1,4 @@
-"""The 64-byte ploop image header (`struct ploop_pvd_header`), ploop-format.md §1.
+"""The 64-byte ploop image header (`struct ploop_pvd_header`), format.md §1.
 
 Pure: bytes in, objects out. Nothing here opens files.
 """
@@ -13,16 +13,17 @@ from ploopfs.errors import BadImageError
 
 SECTOR = 512
 HEADER_SIZE = 64
-# ploop treats header + BAT as u32 slots; the first 16 slots are the header (§2.1, PLOOP_MAP_OFFSET).
+# ploop treats header + BAT as u32 slots; the first 16 slots are the header (format.md §2.1,
+# PLOOP_MAP_OFFSET).
 HEADER_SLOTS = HEADER_SIZE // 4
 
 SIG_V1 = b"WithoutFreeSpace"
-SIG_V2 = b"WithouFreSpacExt"  # abbreviated on purpose to fit 16 bytes (§1.1)
+SIG_V2 = b"WithouFreSpacExt"  # abbreviated on purpose to fit 16 bytes (format.md §1.1)
 PRL_IMAGE_COMPRESSED = 2
 
-DISK_IN_USE = 0x746F6E59  # "Ynot": open read-write / dirty (§1.3)
+DISK_IN_USE = 0x746F6E59  # "Ynot": open read-write / dirty (format.md §1.3)
 DISK_CLOSED_V20 = 0
-DISK_CLOSED_V21 = 0x312E3276  # "v2.1": closed, format extension valid (§6.1)
+DISK_CLOSED_V21 = 0x312E3276  # "v2.1": closed, format extension valid (format.md §6.1)
 
 CIF_EMPTY = 0x1
 CIF_FMT_VERSION_CONVERT = 0x2
@@ -32,7 +33,7 @@ NONE_GUID = "{00000000-0000-0000-0000-000000000000}"
 
 # <0: 16s signature, u32 type, heads, cylinders, sectors (cluster size), size (BAT entries),
 # u64 size in sectors (v1: only the low u32 counts), u32 in-use, first block offset, flags,
-# u64 format extension offset (in sectors, §1.6)
+# u64 format extension offset (in sectors, format.md §1.6)
 _HEADER = struct.Struct("<16sIIIIIQIIIQ")
 assert _HEADER.size == HEADER_SIZE
 
@@ -44,7 +45,7 @@ class ImageKind(Enum):
 
 
 def sniff(first16: bytes) -> ImageKind:
-    """Decide a file's kind from its first 16 bytes, never from <Type> (§3, §11 trap 10)."""
+    """Decide a file's kind from its first 16 bytes, never from <Type> (format.md §3, §11 trap 10)."""
     if first16[:16] == SIG_V1:
         return ImageKind.V1
     if first16[:16] == SIG_V2:
@@ -58,16 +59,16 @@ class Header:
 
     signature: bytes
     type: int  # m_Type, must be 2
-    heads: int  # CHS, informational (§1.7)
+    heads: int  # CHS, informational (format.md §1.7)
     cylinders: int  # CHS, informational
-    cluster_sectors: int  # m_Sectors: the cluster size in 512-byte sectors (§11 trap 2)
-    bat_entries: int  # m_Size: number of BAT entries = clusters of the disk (§11 trap 3)
-    size_sectors: int  # m_SizeInSectors: v1 low u32 only, v2 full u64 (§1.4)
+    cluster_sectors: int  # m_Sectors: the cluster size in 512-byte sectors (format.md §11 trap 2)
+    bat_entries: int  # m_Size: number of BAT entries = clusters of the disk (format.md §11 trap 3)
+    size_sectors: int  # m_SizeInSectors: v1 low u32 only, v2 full u64 (format.md §1.4)
     size_high_v1: int  # v1 only: the "Unused" u32 at offset 40; must be 0
-    in_use: int  # m_DiskInUse (§1.3)
-    first_block_offset: int  # m_FirstBlockOffset, in sectors (§2.4); used for validation only
-    flags: int  # m_Flags (§1.5)
-    ext_offset: int  # m_FormatExtensionOffset, in sectors (§1.6)
+    in_use: int  # m_DiskInUse (format.md §1.3)
+    first_block_offset: int  # m_FirstBlockOffset, in sectors (format.md §2.4); used for validation only
+    flags: int  # m_Flags (format.md §1.5)
+    ext_offset: int  # m_FormatExtensionOffset, in sectors (format.md §1.6)
 
     @property
     def version(self) -> int:
@@ -94,22 +95,22 @@ class Header:
 
     @property
     def dirty(self) -> bool:
-        # Only "Ynot" means in use; 0, "v2.1" and Parallels tags ("pd17") mean closed (§11 trap 14).
+        # Only "Ynot" means in use; 0, "v2.1" and Parallels tags ("pd17") mean closed (format.md §11 trap 14).
         return self.in_use == DISK_IN_USE
 
     @property
     def entry_unit(self) -> int:
-        """Bytes per BAT entry unit: sectors in v1, clusters in v2 (§2.2)."""
+        """Bytes per BAT entry unit: sectors in v1, clusters in v2 (format.md §2.2)."""
         return SECTOR if self.version == 1 else self.cluster_size
 
     @property
     def bat_clusters(self) -> int:
-        """Clusters taken by header + BAT: ceil((64 + 4*m_Size) / C) (§2.4)."""
+        """Clusters taken by header + BAT: ceil((64 + 4*m_Size) / C) (format.md §2.4)."""
         return -(-(HEADER_SIZE + 4 * self.bat_entries) // self.cluster_size)
 
     @property
     def bat_slots(self) -> int:
-        """u32 slots after the header in the header/BAT clusters, padding included (§2.1)."""
+        """u32 slots after the header in the header/BAT clusters, padding included (format.md §2.1)."""
         return self.bat_clusters * self.cluster_size // 4 - HEADER_SLOTS
 
     def in_use_name(self) -> str:
@@ -154,10 +155,10 @@ def parse_header(data: bytes, where: str = "") -> Header:
     if sig not in (SIG_V1, SIG_V2):
         raise BadImageError(f"not a ploop image (signature {sig!r})", where, offset=0)
     if typ != PRL_IMAGE_COMPRESSED:
-        raise BadImageError(f"m_Type is {typ}, expected 2 (§1.2)", where, offset=0x10)
+        raise BadImageError(f"m_Type is {typ}, expected 2", where, offset=0x10)
     if sectors == 0:
         raise BadImageError("cluster size (m_Sectors) is 0", where, offset=0x1C)
-    # Reading accepts any m_Sectors >= 1 (§11 trap 16); the cap only rejects nonsense that would
+    # Reading accepts any m_Sectors >= 1 (format.md §11 trap 16); the cap only rejects nonsense that would
     # make one cluster larger than any real producer writes (ploop's maximum is 64 MiB).
     if sectors > (1 << 20):
         raise BadImageError(
@@ -177,7 +178,7 @@ def parse_header(data: bytes, where: str = "") -> Header:
 
 
 def chs_geometry(size_sectors: int) -> tuple[int, int, int]:
-    """(cylinders, heads, sectors-per-track) as ploop's generate_pvd_header computes them (§1.7)."""
+    """(cylinders, heads, sectors-per-track) as ploop's generate_pvd_header computes them (format.md §1.7)."""
     s = size_sectors
     if 1032192 < s < 16777216:
         return s // 1008, 16, 63
@@ -191,7 +192,7 @@ def chs_geometry(size_sectors: int) -> tuple[int, int, int]:
 
 
 def new_header(size_bytes: int, cluster_size: int, version: int = 2) -> Header:
-    """Header of a new empty image as ploop writes it (§2.4): the size is rounded up to whole
+    """Header of a new empty image as ploop writes it (format.md §2.4): the size is rounded up to whole
     clusters, header + BAT padded to whole clusters, CIF_Empty set."""
     if cluster_size <= 0 or cluster_size % SECTOR:
         raise ValueError(f"cluster size {cluster_size} is not a positive multiple of {SECTOR}")
@@ -201,9 +202,9 @@ def new_header(size_bytes: int, cluster_size: int, version: int = 2) -> Header:
     clusters = -(-size_bytes // cluster_size)
     size_sectors = clusters * csec
     if version == 1 and size_sectors > 0xFFFFFFFF:
-        raise ValueError("a v1 image cannot exceed 2^32-1 sectors (§2.6); use version 2")
+        raise ValueError("a v1 image cannot exceed 2^32-1 sectors; use version 2")
     if clusters > 0xFFFFFFFF:
-        raise ValueError("too many clusters for a 32-bit BAT (§2.6)")
+        raise ValueError("too many clusters for a 32-bit BAT")
     cyl, heads, _spt = chs_geometry(size_sectors)
     bat_clusters = -(-(HEADER_SIZE + 4 * clusters) // cluster_size)
     return Header(

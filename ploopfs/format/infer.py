@@ -2,7 +2,7 @@
 
 When the 64-byte header is unreadable (foreign signature, garbage fields) but the BAT behind it
 survives, the cluster size, the format version and the BAT length can be told from the entries
-(ploop-format.md §2): with the right cluster size C and version, every non-zero entry names a
+(format.md §2): with the right cluster size C and version, every non-zero entry names a
 distinct cluster after the header/BAT clusters and inside the file (v1: a sector offset that is a
 multiple of C, §2.2; v2: a cluster number), the padding slots are zero (§2.1), and the entries
 cover the data area of the file (new clusters are appended, §2.5). A wrong C either leaves

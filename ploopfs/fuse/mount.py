@@ -1,7 +1,7 @@
 """Mount lifecycle: option handling, daemonising with a readiness report, signals, readahead,
 the optional fuse2fs file layer (`--files`), and unmounting.
 
-Order matters (fuse-notes §3, §5.1): everything that can fail for a user reason (bad source,
+Order matters (docs/mount.md): everything that can fail for a user reason (bad source,
 unknown snapshot, bad mountpoint) happens before the fork, so the error reaches the terminal with
 its exit code; the fork happens before pyfuse3.init/trio (never fork a running trio); signals are
 blocked until trio's receiver is installed (s3ql#202)."""
@@ -160,7 +160,7 @@ def state_file(real_mountpoint: str) -> Path:
 
 def set_readahead(real_mountpoint: str, kb: int) -> None:
     """Raise the FUSE connection's BDI readahead (root only): 128 KiB caps sequential reads at
-    128 KiB requests (fuse-notes §3, §4.1)."""
+    128 KiB requests (docs/mount.md)."""
     dev = mount_device(real_mountpoint)
     if not dev or kb <= 0:
         return

@@ -1,6 +1,6 @@
 """pyfuse3 operations over a services.tree (Dir/File nodes). No format knowledge here.
 
-Reads are served inline (no threads: fuse-notes §3/§4 measured a thread hop per request halving
+Reads are served inline (no threads: docs/mount.md measured a thread hop per request halving
 throughput); every handler turns unexpected exceptions into EIO plus a log line, so a bug never
 kills the mount."""
 

@@ -1,7 +1,7 @@
 """`ploopfs check`: a read-only diagnosis of a ploop disk (issue #5 part 1, docs/check.md).
 
-Unlike `ploop check` (ploop-format.md §7.1) nothing is ever written, the BAT is checked even when
-the file size is not cluster-aligned (§11 trap 22), and every problem is reported, not only the
+Unlike `ploop check` (format.md §7.1) nothing is ever written, the BAT is checked even when
+the file size is not cluster-aligned (format.md §11 trap 22), and every problem is reported, not only the
 first. Metadata is read here through the format layer's lenient helpers, never through the
 strict `Image.mapping()`, so damaged input gives findings instead of exceptions.
 """
@@ -287,8 +287,8 @@ def _scan_image(r: _Report, path: str, fd: int, *, raw_ok: bool, in_chain: bool,
         what = "qcow2 image (VZ9 qcow2 mode)" if qcow2 else f"signature {head[:16]!r}"
         inf = None if qcow2 else _infer(fd, size, hints())
         if inf is None:
-            r.add("HEADER_SIGNATURE", f"not a ploop image ({what}); only a Plain base may be raw "
-                  "(§1.1); a raw file alone needs --cluster-size",
+            r.add("HEADER_SIGNATURE", f"not a ploop image ({what}); only a Plain base may be raw; "
+                  "a raw file alone needs --cluster-size",
                   file=path, offset=0, severity=sev_fatal)
             return _empty(path, fd, size)
         # The header is gone but the BAT behind it is consistent with one cluster size and
@@ -322,57 +322,57 @@ def _infer(fd: int, size: int, hints: Hints) -> Inference | None:
 
 
 def _check_header(r: _Report, path: str, h: Header, size: int, sev_fatal: Severity) -> bool:
-    """Header fields (§1.2–§1.5, §1.8); False when the BAT cannot be interpreted at all."""
+    """Header fields (format.md §1.2–§1.5, §1.8); False when the BAT cannot be interpreted at all."""
     if h.type != 2:
-        r.add("HEADER_TYPE", f"m_Type is {h.type}, expected 2 (§1.2)", file=path, offset=0x10)
+        r.add("HEADER_TYPE", f"m_Type is {h.type}, expected 2", file=path, offset=0x10)
     cs = h.cluster_sectors
     if cs == 0 or cs > (1 << 20):
-        r.add("CLUSTER_SIZE", f"m_Sectors is {cs}: no usable cluster size (§1.8)", file=path,
+        r.add("CLUSTER_SIZE", f"m_Sectors is {cs}: no usable cluster size", file=path,
               offset=0x1C, severity=sev_fatal)
         return False
     if cs & (cs - 1) or not 64 <= cs <= 131072:
         r.add("CLUSTER_SIZE", f"cluster size {cs} sectors is not a power of 2 in 64..131072: "
-              "readable, but ploop refuses it (§1.8, §11 trap 16)", file=path, offset=0x1C,
+              "readable, but ploop refuses it", file=path, offset=0x1C,
               severity=Severity.WARNING)
     needed = -(-h.size_sectors // cs)
     if h.bat_entries < needed:
         r.add("SIZE_FIELDS", f"m_Size {h.bat_entries} BAT entries cannot cover m_SizeInSectors "
               f"{h.size_sectors} (need {needed}): the disk past cluster {h.bat_entries} has no "
-              "mapping (§1.4)", file=path, offset=0x20, severity=Severity.DAMAGED)
+              "mapping", file=path, offset=0x20, severity=Severity.DAMAGED)
     elif h.bat_entries * cs != h.size_sectors:
         r.add("SIZE_FIELDS", f"m_Size {h.bat_entries} x {cs} sectors != m_SizeInSectors "
-              f"{h.size_sectors}: ploop always writes whole clusters (§1.4)", file=path, offset=0x24)
+              f"{h.size_sectors}: ploop always writes whole clusters", file=path, offset=0x24)
     if h.size_high_v1:
-        r.add("SIZE_FIELDS", f"v1 high size word is {h.size_high_v1:#x}, should be 0 (§1.4)",
+        r.add("SIZE_FIELDS", f"v1 high size word is {h.size_high_v1:#x}, should be 0",
               file=path, offset=0x28)
     expect_fbo = h.bat_clusters * cs
     if h.first_block_offset != expect_fbo:
         r.add("FIRST_BLOCK_OFFSET", f"m_FirstBlockOffset is {h.first_block_offset} sectors, "
-              f"expected {expect_fbo} (header + BAT = {h.bat_clusters} cluster(s), §2.4); "
+              f"expected {expect_fbo} (header + BAT = {h.bat_clusters} cluster(s)); "
               "not used for addressing", file=path, offset=0x30)
     if h.in_use == DISK_IN_USE:
         r.add("DIRTY", "m_DiskInUse is 'Ynot': the image was not closed cleanly; unreferenced "
-              "clusters are possible (§1.3, §2.5)", file=path, offset=0x2C)
+              "clusters are possible", file=path, offset=0x2C)
     elif h.in_use not in (DISK_CLOSED_V20, DISK_CLOSED_V21):
         r.add("IN_USE_TAG", f"m_DiskInUse is {h.in_use:#010x} ({h.in_use.to_bytes(4, 'little')!r}): "
-              "unknown tag, treated as closed (§1.3)", file=path, offset=0x2C)
+              "unknown tag, treated as closed", file=path, offset=0x2C)
     if h.flags & CIF_FMT_VERSION_CONVERT:
         idx = path + ".idx"
         has_idx = os.path.lexists(idx)
         r.add("VERSION_CONVERT", "CIF_FmtVersionConvert set: `ploop convert -v` was interrupted, the "
               "BAT may be half converted; " + (f"BAT backup {idx} is present" if has_idx else
-                                               "no .idx BAT backup found") + " (§1.5)",
+                                               "no .idx BAT backup found") + "",
               file=path, offset=0x34)
     if h.flags & ~(CIF_EMPTY | CIF_FMT_VERSION_CONVERT) & 0xFFFFFFFF:
-        r.add("FLAGS_UNKNOWN", f"m_Flags {h.flags:#x} has unknown bits (§1.5)", file=path, offset=0x34)
+        r.add("FLAGS_UNKNOWN", f"m_Flags {h.flags:#x} has unknown bits", file=path, offset=0x34)
     if size % h.cluster_size:
         r.add("FILE_NOT_CLUSTER_ALIGNED", f"file size {size} is not a multiple of the cluster size "
-              f"{h.cluster_size}: an extension was interrupted (§2.5)", file=path, offset=size)
+              f"{h.cluster_size}: an extension was interrupted", file=path, offset=size)
     return True
 
 
 def _scan_bat(r: _Report, path: str, fd: int, h: Header, size: int) -> _Scanned:
-    """Read every slot of the header/BAT clusters (padding included, §2.1) and classify."""
+    """Read every slot of the header/BAT clusters (padding included, format.md §2.1) and classify."""
     nslots = h.bat_slots
     end_valid = bat_entry_off(h.bat_entries)
     if size < end_valid:
@@ -414,17 +414,17 @@ def _scan_bat(r: _Report, path: str, fd: int, h: Header, size: int) -> _Scanned:
     ent = np.concatenate(e_parts) if e_parts else np.zeros(0, np.uint32)
     for i, e in zip(_cat(pad_v).tolist(), _cat(pad_e).tolist(), strict=True):
         r.add("BAT_PADDING_NONZERO", f"padding slot past m_Size {h.bat_entries} holds {e} "
-              "(ploop check: 'beyond block device size', §2.1)", file=path, offset=bat_entry_off(i),
+              "(ploop check: 'beyond block device size')", file=path, offset=bat_entry_off(i),
               vcluster=i, capped=True)
     probs = classify_entries(ent, h, size)
     offs = ent.astype(np.uint64) * np.uint64(h.entry_unit)
     for code, mask, why in (
-            ("BAT_RESERVED", probs.reserved, "reserved value 0xffffffff (§2.3)"),
+            ("BAT_RESERVED", probs.reserved, "reserved value 0xffffffff"),
             ("BAT_INTO_HEADER", probs.into_header,
-             f"points into the header/BAT clusters (data starts at cluster {h.bat_clusters}, §2.3)"),
-            ("BAT_PAST_EOF", probs.past_eof, f"cluster ends past the end of the {size} byte file (§2.3)"),
+             f"points into the header/BAT clusters (data starts at cluster {h.bat_clusters})"),
+            ("BAT_PAST_EOF", probs.past_eof, f"cluster ends past the end of the {size} byte file"),
             ("BAT_V1_UNALIGNED", probs.v1_unaligned,
-             f"v1 sector entry is not a multiple of the cluster ({h.cluster_sectors} sectors, §2.2)")):
+             f"v1 sector entry is not a multiple of the cluster ({h.cluster_sectors} sectors)")):
         for i in np.flatnonzero(mask).tolist():
             v, e, o = int(vcl[i]), int(ent[i]), int(offs[i])
             r.add(code, f"entry {e}: {why}", file=path, offset=bat_entry_off(v), vcluster=v,
@@ -449,15 +449,15 @@ def _check_duplicates(r: _Report, path: str, h: Header, vcl: np.ndarray, offs: n
         v, first = int(vcl[order[j]]), int(vcl[order[j - 1]])
         o = int(so[j])
         r.add("BAT_DUPLICATE", f"shares its cluster at byte {o} with virtual cluster {first} "
-              "(§2.3)", file=path, offset=bat_entry_off(v), vcluster=v, pcluster=o // h.cluster_size,
+              "", file=path, offset=bat_entry_off(v), vcluster=v, pcluster=o // h.cluster_size,
               capped=True)
 
 
 def _check_leaks_and_extension(r: _Report, sc: _Scanned) -> None:
-    """Unreferenced clusters in the data area (§2.5, §6.4, §11 trap 5/6). The format extension
+    """Unreferenced clusters in the data area (format.md §2.5, §6.4, §11 trap 5/6). The format extension
     and its CBT bitmap clusters are metadata, not leaks. Unreferenced clusters that hold no data
     (holes) are not leaks of anything: at the end of the file they are a preallocated tail
-    (dm-ploop, qemu, §2.5), reported as info; inside the data area they are punched holes
+    (dm-ploop, qemu, format.md §2.5), reported as info; inside the data area they are punched holes
     (discard), not reported."""
     h = sc.header
     assert h is not None
@@ -482,16 +482,16 @@ def _check_leaks_and_extension(r: _Report, sc: _Scanned) -> None:
     if leaked.size:
         r.add("LEAKED_CLUSTERS", f"{leaked.size} cluster(s) with data are referenced by no BAT entry "
               f"(first: cluster {int(leaked[0])}, last: {int(leaked[-1])}); a crash between "
-              "allocation and BAT update leaves these (§2.5)", file=sc.path,
+              "allocation and BAT update leaves these", file=sc.path,
               offset=int(leaked[0]) * c, pcluster=int(leaked[0]))
     if tail_holes.size:
         r.add("PREALLOCATED_TAIL", f"{tail_holes.size} unreferenced sparse cluster(s) at the end of "
-              "the file (preallocation, §2.5); qemu-img check counts them as leaked",
+              "the file (preallocation); qemu-img check counts them as leaked",
               file=sc.path, offset=int(tail_holes[0]) * c, pcluster=int(tail_holes[0]))
 
 
 def _extension_clusters(r: _Report, sc: _Scanned, used: np.ndarray) -> list[int]:
-    """Clusters of the Format Extension and its bitmaps (§6); their problems are findings."""
+    """Clusters of the Format Extension and its bitmaps (format.md §6); their problems are findings."""
     h = sc.header
     assert h is not None
     if h.ext_offset == 0:
@@ -500,14 +500,14 @@ def _extension_clusters(r: _Report, sc: _Scanned, used: np.ndarray) -> list[int]
     off = h.ext_offset * SECTOR
     if h.in_use != DISK_CLOSED_V21:
         r.add("EXTENSION_IGNORED", "m_FormatExtensionOffset is set but m_DiskInUse is not 'v2.1': "
-              "ploop ignores the extension (§6.1)", file=sc.path, offset=0x38)
+              "ploop ignores the extension", file=sc.path, offset=0x38)
     if off + c > sc.file_size:
         r.add("EXTENSION_PAST_EOF", f"format extension at byte {off} ends past the end of the "
-              f"{sc.file_size} byte file (§6.1)", file=sc.path, offset=0x38)
+              f"{sc.file_size} byte file", file=sc.path, offset=0x38)
         return []
     out = [off // c]
     if off // c < used.size and used[off // c] and off // c >= h.bat_clusters:
-        r.add("EXTENSION_OVERLAP", "the format extension cluster is also referenced by the BAT (§6.4)",
+        r.add("EXTENSION_OVERLAP", "the format extension cluster is also referenced by the BAT",
               file=sc.path, offset=off, pcluster=off // c)
     try:
         raw = _pread(sc.fd, c, off)
@@ -521,14 +521,14 @@ def _extension_clusters(r: _Report, sc: _Scanned, used: np.ndarray) -> list[int]
         return out
     if not ext.md5_ok:
         r.add("EXTENSION_CHECKSUM", "MD5 of the format extension does not match (qemu: 'Wrong "
-              "checksum in Format Extension header', §6.2)", file=sc.path, offset=off + 8)
+              "checksum in Format Extension header')", file=sc.path, offset=off + 8)
     for bm in ext.bitmaps:
         for e in bm.l1:
             if e > 1:
                 boff = e * SECTOR
                 if boff + c > sc.file_size:
                     r.add("EXTENSION_CORRUPT", f"CBT bitmap cluster at byte {boff} lies past the end "
-                          "of file (§6.3)", file=sc.path, offset=off)
+                          "of file", file=sc.path, offset=off)
                 else:
                     out.append(boff // c)
     return out
@@ -650,7 +650,7 @@ def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bo
     r.report.chain = [g.guid for g in chain]
     if desc.encryption_keyid:
         r.add("LUKS", f"<Encryption><KeyId> {desc.encryption_keyid}: the disk is encrypted; its "
-              "contents need the key (§9)", file=dd, element="Disk_Parameters/Encryption/KeyId")
+              "contents need the key", file=dd, element="Disk_Parameters/Encryption/KeyId")
     folder = os.path.dirname(os.path.abspath(dd))
     in_chain = {im.guid: lvl for lvl, im in enumerate(chain)}
     scanned: dict[str, _Scanned] = {}
@@ -659,7 +659,7 @@ def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bo
         is_root = any(s.guid == im.guid and s.parent == NONE_GUID for s in desc.shots)
         def hints(guid: str = im.guid) -> Hints:
             """As the salvage readers use them (source.py): <Blocksize>, <Disk_size> and the
-            headers of the images read so far (§4.2: one cluster size and version a chain)."""
+            headers of the images read so far (format.md §4.2: one cluster size and version a chain)."""
             sib = tuple((sc.header.cluster_sectors, sc.header.version, sc.header.bat_entries)
                         for g, sc in scanned.items() if g != guid and sc.header is not None)
             return Hints(desc.blocksize, desc.disk_size, sib)
@@ -694,7 +694,7 @@ def _check_listed_image(r: _Report, dd: str, folder: str, i: int, im: ImageEntry
     fds.append(fd)
     plain = im.type.strip().lower() == "plain"
     try:
-        # Only a base may be raw (§0): level 0 of the checked chain, or a root of another branch.
+        # Only a base may be raw (format.md §0): level 0 of the checked chain, or a root of another branch.
         raw_ok = plain and (lvl == 0 or (lvl is None and is_root))
         return _scan_image(r, path, fd, raw_ok=raw_ok, in_chain=lvl is not None, hints=hints)
     except OSError as e:
@@ -740,7 +740,7 @@ def _select_chain(r: _Report, dd: str, d: Descriptor, snapshot: str | None) -> l
 
 
 def _fallback_top(d: Descriptor) -> str:
-    """The magic top GUID if present, else the only leaf of the tree (§5.4)."""
+    """The magic top GUID if present, else the only leaf of the tree (format.md §5.4)."""
     if any(s.guid == TOP_GUID for s in d.shots):
         return TOP_GUID
     parents = {s.parent for s in d.shots}
@@ -750,7 +750,7 @@ def _fallback_top(d: Descriptor) -> str:
 
 def _check_chain(r: _Report, dd: str, d: Descriptor, chain: list[ImageEntry],
                  levels: list[_Scanned], snapshot: str | None) -> None:
-    """Consistency across the chain and with the descriptor (§4.2, §5.2)."""
+    """Consistency across the chain and with the descriptor (format.md §4.2, §5.2)."""
     # (a raw file above the base was already reported as HEADER_SIGNATURE: only bases are raw)
     ploop = [(e, sc) for e, sc in zip(chain, levels, strict=True) if sc.header is not None]
     if not ploop:
@@ -762,25 +762,25 @@ def _check_chain(r: _Report, dd: str, d: Descriptor, chain: list[ImageEntry],
         assert h is not None
         if d.blocksize and h.cluster_sectors != d.blocksize:
             r.add("DESCRIPTOR_CLUSTER_MISMATCH", f"cluster size {h.cluster_sectors} sectors differs "
-                  f"from <Blocksize> {d.blocksize} (§4.2)", file=sc.path, offset=0x1C)
+                  f"from <Blocksize> {d.blocksize}", file=sc.path, offset=0x1C)
         elif h.cluster_sectors != base_h.cluster_sectors:
             r.add("DESCRIPTOR_CLUSTER_MISMATCH", f"cluster size {h.cluster_sectors} sectors differs "
-                  f"from {base_h.cluster_sectors} of {ploop[0][1].path} (§4.2)", file=sc.path,
+                  f"from {base_h.cluster_sectors} of {ploop[0][1].path}", file=sc.path,
                   offset=0x1C)
         if h.version != base_h.version:
             r.add("DESCRIPTOR_VERSION_MISMATCH", f"format v{h.version} mixed with v{base_h.version} "
-                  f"of {ploop[0][1].path} in one chain (§4.2)", file=sc.path, offset=0)
+                  f"of {ploop[0][1].path} in one chain", file=sc.path, offset=0)
     top = levels[-1]
     top_size = top.header.disk_bytes if top.header else None
     for sc in levels[:-1]:
         if top_size is not None and sc.header is not None and sc.header.disk_bytes > top_size:
             r.add("DESCRIPTOR_LOWER_LARGER", f"lower delta is larger than the top ({top_size} "
-                  "bytes); the excess is not part of the disk (§1.4)", file=sc.path, offset=0x20)
+                  "bytes); the excess is not part of the disk", file=sc.path, offset=0x20)
     if top.header is not None and snapshot is None and d.disk_size and \
             d.disk_size * SECTOR != top.header.disk_bytes:
         r.add("DESCRIPTOR_DISK_SIZE", f"<Disk_size> {d.disk_size} sectors differs from the "
               f"{top.header.disk_bytes // SECTOR} sectors the top image describes; the disk is "
-              "<Disk_size>, as ploop shows it (format.md §1.4)", file=dd,
+              "<Disk_size>, as ploop shows it", file=dd,
               element="Disk_Parameters/Disk_size")
 
 
@@ -873,12 +873,12 @@ def _check_partitions(r: _Report, reader: _LenientReader, size: int, where: str)
                   file=where + " (virtual disk)", offset=b.start)
     if table.luks:
         r.add("LUKS", f"LUKS encrypted ({table.luks}, magic {LUKS_MAGIC!r}): the contents need the "
-              "key (§9)", file=where + " (virtual disk)")
+              "key", file=where + " (virtual disk)")
 
 
 def _deep(r: _Report, levels: list[_Scanned], c: int) -> None:
     """Read every referenced cluster of the chain: I/O errors, holes inside referenced clusters,
-    clusters identical to what the level below would serve (§2.5). Holes and shadows are summed
+    clusters identical to what the level below would serve (format.md §2.5). Holes and shadows are summed
     up in one finding per image: partly written clusters are sparse in every real image."""
     lower = _LenientReader([], c, 1 << 62)
     for lvl, sc in enumerate(levels):
@@ -888,7 +888,7 @@ def _deep(r: _Report, levels: list[_Scanned], c: int) -> None:
         full = _data_clusters_offsets(sc.fd, sc.off, c, sc.file_size)
         _aggregate(r, "DEEP_HOLE", sc, c, np.flatnonzero(~full),
                    "referenced cluster(s) contain holes: they read as zeros, as in ploop (the "
-                   "guest never wrote those parts, §2.5); VZ7 `ploop check -S` would fill them")
+                   "guest never wrote those parts); VZ7 `ploop check -S` would fill them")
         shadows: list[int] = []
         for i, data in _read_clusters(sc, c):
             v, o = int(sc.vcl[i]), int(sc.off[i])

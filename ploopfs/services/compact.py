@@ -1,8 +1,8 @@
 """`ploopfs compact`: a new clean single-image v2 ploop disk holding only what the data needs
-(issue #6, ploop-format.md §7.8, §7.9).
+(issue #6, format.md §7.8, §7.9).
 
 Kept: every mapped cluster outside analysed ext2/3/4 filesystems (partition tables with the GPT
-backup in the last cluster, §8.1; other or unknown filesystems; gaps) and every cluster holding
+backup in the last cluster, format.md §8.1; other or unknown filesystems; gaps) and every cluster holding
 at least one block the filesystem marks used. Dropped: clusters of an analysed filesystem
 holding no used block, and all-zero clusters. Clusters are written in virtual order; the source
 is only read, in runs of up to 8 MiB over the block map.

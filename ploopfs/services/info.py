@@ -135,7 +135,7 @@ def disk_info(disk: Disk, snapshot: str | None = None) -> dict[str, Any]:
         "top_guid": d.top_guid,
         "partitions": table.to_json(),
         # df-like figures from the ext2/3/4 superblock and group descriptors (like `ploop info`,
-        # §7.2, without mounting); other filesystems are listed as not analysed.
+        # format.md §7.2, without mounting); other filesystems are listed as not analysed.
         "filesystems": usage_summary(vol.read, vol.size),
         "warnings": list(disk.warnings),
     }
@@ -143,7 +143,7 @@ def disk_info(disk: Disk, snapshot: str | None = None) -> dict[str, Any]:
         where = f"LUKS {table.luks}" if table.luks else "descriptor <KeyId>"
         info["warnings"].append(
             f"LUKS-encrypted ploop disk ({where}, KeyId={d.encryption_keyid or '?'}); the key is "
-            "required to read the filesystem (§9)")
+            "required to read the filesystem")
     return info
 
 

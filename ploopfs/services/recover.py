@@ -351,7 +351,7 @@ def _read_full(fd: int, view: memoryview, offset: int) -> bool:
 def _mask_damaged(vol: Volume, w: ImageWriter, lv: _Level) -> None:
     """Damaged BAT entries of this level: with "older" they are left out, so the level below
     shows through as the salvage read serves it; with "zeros" they read as zeros over lower
-    levels, and ploop has no zero marker (§11 trap 24), so an explicit zero cluster is written
+    levels, and ploop has no zero marker (format.md §11 trap 24), so an explicit zero cluster is written
     where a lower level maps something."""
     if not isinstance(vol, SalvageVolume) or vol.policy != "zeros" or len(vol.images) < 2:
         return

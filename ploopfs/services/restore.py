@@ -1,15 +1,15 @@
 """`ploopfs restore-descriptor`: rebuild a lost DiskDescriptor.xml from the image files alone
 (issue #5 item 4, docs/restore.md). Never writes to the images; never replaces a file.
 
-Image files carry no chain links (ploop-format.md §0, §5.8), so the snapshot tree is inferred:
+Image files carry no chain links (format.md §0, §5.8), so the snapshot tree is inferred:
 
-* structure: a raw ("Plain") file can only be the base (§0); a lower delta is never larger than
-  the one above it (§1.4); all deltas share cluster size and version (§4.2);
-* names: `X` is the base of `X.{GUID}` deltas (§4.3, §5.9); GUIDs in names are kept as
+* structure: a raw ("Plain") file can only be the base (format.md §0); a lower delta is never larger than
+  the one above it (format.md §1.4); all deltas share cluster size and version (format.md §4.2);
+* names: `X` is the base of `X.{GUID}` deltas (format.md §4.3, §5.9); GUIDs in names are kept as
   snapshot GUIDs;
-* the dirty flag: an image left "in use" is the writable top (§1.3);
+* the dirty flag: an image left "in use" is the writable top (format.md §1.3);
 * content (parsimony): a write to a cluster that a lower delta maps first copies the whole
-  cluster up (§2.5, §4.1 copy-on-write), so a delta's cluster equals the visible cluster below
+  cluster up (format.md §2.5, §4.1 copy-on-write), so a delta's cluster equals the visible cluster below
   it except in the sectors written since. Every candidate tree is scored by the number of
   512-byte sectors that must have been written to explain every delta's clusters from what lies
   below it (zeros, or the raw base, under the lowest one). The true tree needs the fewest: in a
@@ -75,7 +75,7 @@ TREE_SEARCH_MAX = 6  # every rooted tree is scored up to this many ploop images
 CHAIN_SEARCH_MAX = 7  # every linear order up to this many; beyond, a local search
 _GUID_IN_NAME = re.compile(
     r"\{([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\}")
-# Files of a ploop folder that are never images (§5.9) and common companions.
+# Files of a ploop folder that are never images (format.md §5.9) and common companions.
 _NOT_IMAGES = re.compile(r"(^DiskDescriptor\.xml|\.xml|\.tmp|\.idx|\.json|\.sha256|\.txt|"
                          r"\.drh|\.Backup|^\.statfs|\.md|\.log)$", re.I)
 _IMAGE_LIKE = re.compile(r"\.(hdd|hds|img|raw)$", re.I)
@@ -97,7 +97,7 @@ class Candidate:
     path: str
     image: Image
     mtime_ns: int
-    named_base: bool = False  # other image files are named `<name>.<suffix>` (§5.9)
+    named_base: bool = False  # other image files are named `<name>.<suffix>` (format.md §5.9)
     file_guid: str | None = None  # a {GUID} in the file name
     old_guid: str | None = None  # its GUID in a damaged old descriptor
     old_parent: str | None = None  # its parent's file name there ("" = the base)
@@ -186,7 +186,7 @@ def _files(folder: str, ignored: list[dict[str, str]]) -> Iterator[tuple[str, st
         path = os.path.join(folder, name)
         if _NOT_IMAGES.search(name) or name.startswith("."):
             if os.path.isfile(path) and name != DESCRIPTOR_NAME:  # that one is the old descriptor
-                ignored.append({"file": name, "reason": "not an image file by its name (§5.9)"})
+                ignored.append({"file": name, "reason": "not an image file by its name"})
             continue
         target = os.path.realpath(path)
         if os.path.commonpath([target, real]) != real:
@@ -245,16 +245,16 @@ def _common_cluster(ploop: list[Candidate]) -> int:
         if h.cluster_sectors != first.image.header.cluster_sectors:
             raise BadChainError(
                 f"cluster size {h.cluster_sectors} sectors differs from "
-                f"{first.image.header.cluster_sectors} in {first.name}: not one disk (§4.2)",
+                f"{first.image.header.cluster_sectors} in {first.name}: not one disk",
                 c.path, offset=0x1C)
         if h.version != first.image.header.version:
             raise BadChainError(f"format v{h.version} mixed with v{first.image.header.version} of "
-                                f"{first.name}: not one disk (§4.2)", c.path, offset=0)
+                                f"{first.name}: not one disk", c.path, offset=0)
     return first.image.cluster_size
 
 
 def _raw_cluster(raws: list[tuple[str, str, int, int]], cluster_size: int | None) -> int:
-    """Only raw files: the cluster size is given, or as ploop picks it (§5.8
+    """Only raw files: the cluster size is given, or as ploop picks it (format.md §5.8
     select_best_blocksize): the largest power of two from 1 MiB down to 32 KiB dividing the size."""
     if cluster_size:
         return cluster_size
@@ -263,12 +263,12 @@ def _raw_cluster(raws: list[tuple[str, str, int, int]], cluster_size: int | None
         if size % (1 << shift) == 0:
             return 1 << shift
     raise BadImageError(f"raw file size {size} is not a multiple of 32 KiB; give --cluster-size "
-                        "(§5.8)", raws[0][1])
+                        "", raws[0][1])
 
 
 def _pick_raw(raws: list[tuple[str, str, int, int]], ploop: list[Candidate], cluster: int,
               ignored: list[dict[str, str]]) -> Candidate | None:
-    """A raw base has no header; its size must be a whole number of clusters (§0, §3)."""
+    """A raw base has no header; its size must be a whole number of clusters (format.md §0, §3)."""
     names = [c.name for c in ploop]
     fits = []
     for name, path, size, mtime in raws:
@@ -286,7 +286,7 @@ def _pick_raw(raws: list[tuple[str, str, int, int]], ploop: list[Candidate], clu
     if len(fits) > 1 and fits[0][0] == fits[1][0]:
         raise BadChainError(
             "several files could be the raw base (" + ", ".join(f[1] for f in fits) + "); only one "
-            "raw file can be in a disk (§0): move the others away", os.path.dirname(fits[0][2]))
+            "raw file can be in a disk: move the others away", os.path.dirname(fits[0][2]))
     for f in fits[1:]:
         ignored.append({"file": f[1], "reason": "a second raw file; the base is " + fits[0][1]})
     _named, name, path, mtime = fits[0]
@@ -450,7 +450,7 @@ def _sectors(im: Image, off: int, c: int) -> np.ndarray:
 
 
 def _base_sectors(scan: Scan, v: int, c: int) -> np.ndarray | None:
-    """The raw base's cluster v (zeros past its end, §4.1), or None for an all-zero base."""
+    """The raw base's cluster v (zeros past its end, format.md §4.1), or None for an all-zero base."""
     if scan.raw is None:
         return None
     return _sectors(scan.raw.image, v * c, c)
@@ -526,9 +526,9 @@ class Scorer:
         structure = names = mtime = 0
         for x, p in t.links():
             below = imgs[p].size if p >= 0 else raw_size
-            structure += imgs[x].size < below  # a lower delta is never larger (§1.4)
+            structure += imgs[x].size < below  # a lower delta is never larger (format.md §1.4)
             if p >= 0:
-                names += imgs[x].named_base  # `X` is the base of `X.{…}` (§5.9)
+                names += imgs[x].named_base  # `X` is the base of `X.{…}` (format.md §5.9)
                 mtime += imgs[p].mtime_ns > imgs[x].mtime_ns
         old = sum(1 for x, p in t.links() if imgs[x].old_parent is not None and imgs[x].old_parent
                   != (imgs[p].name if p >= 0 else self.scan.raw.name if self.scan.raw else ""))
@@ -793,11 +793,11 @@ def _why(by: str, margin: int | None, child: Candidate, parent: Candidate | None
     if by == "old descriptor":
         return "what survives of the old descriptor"
     if by == "names":
-        return "file names (X is the base of X.{GUID}, §5.9)"
+        return "file names (X is the base of X.{GUID})"
     if by == "dirty flag":
-        return f"the dirty flag (m_DiskInUse) of {child.name}, left by the writable top (§1.3)"
+        return f"the dirty flag (m_DiskInUse) of {child.name}, left by the writable top"
     if by == "structure":
-        return "sizes/raw format (a lower delta is never larger, only the base may be raw, §0, §1.4)"
+        return "sizes/raw format (a lower delta is never larger, only the base may be raw)"
     if by == "mtimes":
         return "modification times only (weak evidence)"
     if by == "fewer branches":
@@ -834,8 +834,8 @@ def _conflicts(scan: Scan, content: Content, scored: list[tuple[tuple[int, ...],
 
 
 def _guids(scan: Scan, t: Tree) -> tuple[list[str], list[str]]:
-    """The top gets ploop's top GUID (§5.4); others their GUID in what survives of the old
-    descriptor, else the GUID in their file name (§4.3: really the file GUID, the snapshot GUID
+    """The top gets ploop's top GUID (format.md §5.4); others their GUID in what survives of the old
+    descriptor, else the GUID in their file name (format.md §4.3: really the file GUID, the snapshot GUID
     is lost) or a stable uuid5 of the file name."""
     guids: list[str] = []
     sources: list[str] = []
@@ -877,11 +877,11 @@ def _rel(path: str, target: str) -> str:
 def build_descriptor(scan: Scan, t: Tree, guids: list[str], target: str) -> Descriptor:
     top = scan.images[t.top].image
     assert top.header is not None
-    # ploop restore-descriptor: size = blocksize * l2_size (§5.8), the top's (§4.2).
+    # ploop restore-descriptor: size = blocksize * l2_size (format.md §5.8), the top's (format.md §4.2).
     disk_size = top.header.disk_bytes // SECTOR
     d = _geometry(disk_size, scan.cluster_size)
     d.top_guid = TOP_GUID
-    typ = "Plain" if scan.raw else "Compressed"  # ploop labels every image alike (§3)
+    typ = "Plain" if scan.raw else "Compressed"  # ploop labels every image alike (format.md §3)
     order = _levels(t)
     if scan.raw:
         rg, _ = raw_guid(scan, guids)
@@ -930,20 +930,20 @@ def _raw_only(scan: Scan, target: str) -> Restored:
 
 # -- ploop's acceptance rules and the exclusive write ----------------------------------------------
 def check_ploop_rules(d: Descriptor, where: str) -> list[str]:
-    """The rules ploop's parser applies (§5.3), checked on what will be written; the XML is then
+    """The rules ploop's parser applies (format.md §5.3), checked on what will be written; the XML is then
     parsed back by ploopfs' own parser. Returns warnings (e.g. a block size ploop refuses)."""
     warnings: list[str] = []
     bs = d.blocksize
     if not (bs & (bs - 1) == 0 and 64 <= bs <= 131072):
         warnings.append(f"<Blocksize> {bs} sectors: ploop only accepts powers of two from 64 to "
-                        "131072 (§1.8); ploopfs and qemu read it")
+                        "131072; ploopfs and qemu read it")
     if len(d.images) != len(d.shots) or not d.images:
-        raise AssertionError("one <Shot> per <Image> (§5.3)")
+        raise AssertionError("one <Shot> per <Image>")
     back = parse_descriptor(render_descriptor(d), where)
     if [im.guid for im in back.chain()] != [im.guid for im in d.chain()]:
         raise AssertionError("the rendered descriptor does not parse back to the same chain")
     if back.shot(back.top_guid).temporary or back.top_guid != TOP_GUID:
-        raise AssertionError("the top must be the non-temporary top GUID (§5.3, §5.4)")
+        raise AssertionError("the top must be the non-temporary top GUID")
     return warnings
 
 

@@ -1,6 +1,6 @@
 """The merged block map of a chain: which level serves each virtual cluster, and where.
 
-ploop-format.md §4.1: the top-most delta whose BAT maps a cluster wins; a raw base maps every
+format.md §4.1: the top-most delta whose BAT maps a cluster wins; a raw base maps every
 cluster to the same offset in its file (identity); otherwise the cluster reads as zeros.
 
 The map is kept as sorted *extents* (runs of consecutive virtual clusters served by one level
@@ -40,11 +40,11 @@ class BlockMap:
     def __init__(self, mappings: Sequence[Mapping], nclusters: int, cluster_size: int,
                  zero: Sequence[array] | None = None) -> None:
         """`mappings[level]`; clusters at or past `nclusters` are ignored (a lower delta can be
-        smaller than the top, never larger in a valid chain, §1.4). `zero[level]` (sorted
+        smaller than the top, never larger in a valid chain, format.md §1.4). `zero[level]` (sorted
         vclusters, array("I"), optional) are stamped as ZERO_LEVEL right above that level: they
         read as zeros over anything lower, and higher levels still win."""
         if len(mappings) > 255 or (zero is not None and len(mappings) >= ZERO_LEVEL):
-            raise ValueError("more than 255 levels in one chain")  # ploop allows 127 (§2.6)
+            raise ValueError("more than 255 levels in one chain")  # ploop allows 127 (format.md §2.6)
         self.cluster_size = cluster_size
         self.nclusters = nclusters
         levels: list[tuple[array, array | None, int, int]] = []

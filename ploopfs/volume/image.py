@@ -55,7 +55,7 @@ def pread_exact(fd: int, length: int, offset: int, path: str) -> bytes:
 @dataclass
 class Mapping:
     """The non-zero BAT slots of one image, 8 bytes each: virtual cluster numbers (sorted) and
-    the raw entries; a cluster's file byte offset is `entry * unit` (§2.2)."""
+    the raw entries; a cluster's file byte offset is `entry * unit` (format.md §2.2)."""
 
     vclusters: array  # array("I")
     entries: array  # array("I")
@@ -113,7 +113,7 @@ class Image:
 
     @classmethod
     def open(cls, path: str, *, raw_cluster_size: int | None = None,
-             allow_raw: bool = True, not_raw_reason: str = "only the base of a chain may be raw (§0)",
+             allow_raw: bool = True, not_raw_reason: str = "only the base of a chain may be raw",
              infer: Hints | None = None) -> Image:
         """`allow_raw=False` refuses a file without a ploop signature, saying `not_raw_reason`.
         `infer` (salvage only): when the header is unreadable, infer it from the BAT and data
@@ -127,7 +127,7 @@ class Image:
             kind = sniff(head)
             try:
                 if kind is ImageKind.RAW:
-                    if head[:4] == b"QFI\xfb":  # §11 trap 18
+                    if head[:4] == b"QFI\xfb":  # format.md §11 trap 18
                         raise UnsupportedError("qcow2 image (VZ9 qcow2 mode) is not a ploop image",
                                                path)
                     if not allow_raw:
@@ -198,7 +198,7 @@ class Image:
         return self._mapping
 
     def _drop_duplicates(self, m: Mapping) -> Mapping:
-        """Salvage: of the slots sharing one physical cluster (§2.3) the lowest virtual cluster
+        """Salvage: of the slots sharing one physical cluster (format.md §2.3) the lowest virtual cluster
         keeps it; the others are recorded in `bad_slots` and dropped, exactly the slots `check`
         reports as BAT_DUPLICATE."""
         import numpy as np  # salvage only: the usual open stays free of numpy's import
@@ -216,7 +216,7 @@ class Image:
             v, first, e = int(vcl[order[j]]), int(vcl[order[k]]), int(se[j])
             self.bad_slots.append(BadSlot(
                 v, e, "BAT_DUPLICATE", f"shares its cluster (byte {e * m.unit}) with virtual "
-                f"cluster {first} (§2.3)"))
+                f"cluster {first}"))
         keep = np.ones(len(m), bool)
         keep[order[dup]] = False
         return Mapping(_u32(vcl[keep]), _u32(ent[keep]), m.unit)
@@ -227,7 +227,7 @@ class Image:
             return Mapping.empty()
         unit, c = hdr.entry_unit, hdr.cluster_size
         # An entry e is readable iff its cluster lies after the header/BAT clusters and ends
-        # within the file (§2.3, §2.8); checked in entry units on u32 arrays.
+        # within the file (format.md §2.3, §2.8); checked in entry units on u32 arrays.
         lowest = -(-hdr.bat_clusters * c // unit)
         highest = (self.file_size - c) // unit
         vclusters, entries = array("I"), array("I")
@@ -246,7 +246,7 @@ class Image:
             if len(raw) != n:
                 raise CorruptImageError(f"BAT truncated: read {len(raw)} of {n} bytes", self.path,
                                         offset=pos + len(raw))
-            # `highest` capped below the reserved value 0xffffffff, never readable (§2.3).
+            # `highest` capped below the reserved value 0xffffffff, never readable (format.md §2.3).
             v, e = array("I"), array("I")
             bad = bat_nonzero(raw, (pos - start) // 4, lowest, min(highest, 0xfffffffe), v, e)
             if bad:
@@ -264,7 +264,7 @@ class Image:
         return Mapping(vclusters, entries, unit)
 
     def _drop_bad(self, nz: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Salvage: keep the readable entries, record the others in `bad_slots` (§2.3, §2.8)."""
+        """Salvage: keep the readable entries, record the others in `bad_slots` (format.md §2.3, §2.8)."""
         import numpy as np  # salvage only
 
         hdr = self.header
@@ -286,10 +286,10 @@ class Image:
                 return 1 << 62
             return pos  # SEEK_DATA unsupported here: read everything
 
-    # -- format extension (§6) ---------------------------------------------------------------
+    # -- format extension (format.md §6) ---------------------------------------------------------------
     def extension(self) -> FormatExtension | None:
         """The Format Extension, if the header points at one. ploop trusts it only when
-        m_DiskInUse is "v2.1" (§6.1); callers can tell from `header.in_use`."""
+        m_DiskInUse is "v2.1" (format.md §6.1); callers can tell from `header.in_use`."""
         hdr = self.header
         if hdr is None or hdr.ext_offset == 0:
             return None

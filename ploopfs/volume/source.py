@@ -85,12 +85,12 @@ class Disk:
             raise self.missing[guid]
         if guid not in self._images:
             bs = self.descriptor.blocksize * SECTOR or self.options.cluster_size
-            # Only level 0 may be raw (§0), and only if the descriptor calls it Plain: ploop's
-            # mode is per disk (§3), so a Compressed base without a ploop signature is damaged,
-            # not raw. Deltas are sniffed whatever their <Type> says (§11 trap 10).
+            # Only level 0 may be raw (format.md §0), and only if the descriptor calls it Plain: ploop's
+            # mode is per disk (format.md §3), so a Compressed base without a ploop signature is damaged,
+            # not raw. Deltas are sniffed whatever their <Type> says (format.md §11 trap 10).
             plain = self.descriptor.image(guid).type.strip().lower() == "plain"
-            reason = ("only the base of a chain may be raw (§0)" if level else
-                      "the descriptor's <Type> is not Plain, so it is no raw base (§3)")
+            reason = ("only the base of a chain may be raw" if level else
+                      "the descriptor's <Type> is not Plain, so it is no raw base")
             im = Image.open(self.paths[guid], raw_cluster_size=bs, allow_raw=level == 0 and plain,
                             not_raw_reason=reason,
                             infer=self._hints(guid) if self.options.salvage is not None else None)
@@ -102,14 +102,14 @@ class Disk:
             if im.header is not None and im.header.size_high_v1:
                 self._warn(f"{im.path} at offset 40: the v1 high size word is "
                            f"{im.header.size_high_v1:#x}, should be 0; ignored, as qemu does "
-                           "(§1.4)")
+                           "")
             im.salvage = self.options.salvage is not None
             self._images[guid] = im
         return self._images[guid]
 
     def _hints(self, guid: str) -> Hints:
         """What the descriptor and the other images' readable headers say about a damaged
-        header (§4.2: one cluster size and version per chain)."""
+        header (format.md §4.2: one cluster size and version per chain)."""
         sib = []
         for g, path in self.paths.items():
             if g == guid or g in self.missing:
@@ -153,16 +153,16 @@ class Disk:
             if desc_bs and im.header.cluster_sectors != desc_bs:
                 raise BadChainError(
                     f"cluster size {im.header.cluster_sectors} sectors differs from the "
-                    f"descriptor's <Blocksize> {desc_bs} (§4.2)", im.path, offset=0x1C)
+                    f"descriptor's <Blocksize> {desc_bs}", im.path, offset=0x1C)
             if im.header.cluster_sectors != first.header.cluster_sectors:
                 raise BadChainError(
                     f"cluster size {im.header.cluster_sectors} sectors differs from "
-                    f"{first.header.cluster_sectors} in {first.path} (§4.2)", im.path,
+                    f"{first.header.cluster_sectors} in {first.path}", im.path,
                     offset=0x1C)
             if im.header.version != first.header.version:
                 raise BadChainError(
                     f"format v{im.header.version} mixed with v{first.header.version} of "
-                    f"{first.path} in one chain (§4.2)", im.path, offset=0)
+                    f"{first.path} in one chain", im.path, offset=0)
         cluster = first.cluster_size if first else images[0].cluster_size
         size = self._size(top, ploop_imgs, snapshot)
         if self.salvage_log is not None:
@@ -313,7 +313,7 @@ def _open_descriptor(path: str, opts: OpenOptions) -> Disk:
 
 def resolve_image_path(folder: str, file: str, allow_outside: bool, warnings: list[str],
                        descriptor: str, element: str) -> str:
-    """§5.6: relative to the descriptor's folder; absolute as is. Unless allowed, the real path
+    """format.md §5.6: relative to the descriptor's folder; absolute as is. Unless allowed, the real path
     (symlinks resolved) must stay inside the folder, so a descriptor cannot make us read
     /etc/shadow. A moved backup with stale absolute paths falls back to folder/basename."""
     real_folder = os.path.realpath(folder)

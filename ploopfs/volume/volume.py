@@ -39,7 +39,7 @@ def zero_fill(dst: memoryview) -> None:
 class Segment:
     """A piece of the virtual disk: `length` bytes at virtual `voffset`, served from `level`'s
     file at `offset`, or zeros (`level` is None). `raw_fill` marks a raw base read that may run
-    past the end of that file; the rest is zeros (§4.1 rule 3)."""
+    past the end of that file; the rest is zeros (format.md §4.1 rule 3)."""
 
     voffset: int
     length: int

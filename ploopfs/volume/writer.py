@@ -1,6 +1,6 @@
 """Writing new ploop images and descriptors (never an existing source).
 
-Images are laid out as ploop lays them (§2.4, §2.5): header + BAT padded to whole clusters,
+Images are laid out as ploop lays them (format.md §2.4, §2.5): header + BAT padded to whole clusters,
 data clusters appended at the end of the file, BAT entries in sectors (v1) or clusters (v2).
 The result passes `qemu-img check -f parallels` and reads back identically through qemu.
 """
@@ -139,7 +139,7 @@ class ImageWriter:
             slots = array("I", existing[: len(existing) // 4 * 4])
             slots.frombytes(bytes(4 * (last - first - len(slots))))  # past EOF: zeros
             if BIG_ENDIAN:
-                slots.byteswap()  # BAT entries are little-endian (§2.1)
+                slots.byteswap()  # BAT entries are little-endian (format.md §2.1)
             for k in per_page[p]:
                 slots[k - first] = self._bat[k] * self.cluster_size // unit
             if BIG_ENDIAN:
@@ -149,7 +149,7 @@ class ImageWriter:
         self.header = self.header.with_(flags=flags)
         self._pwrite(self.header.pack(), 0)
         try:
-            # The file ends at the last data cluster, a whole number of clusters (§2.5).
+            # The file ends at the last data cluster, a whole number of clusters (format.md §2.5).
             os.ftruncate(self.fd, max(self._alloc_head, self.header.bat_clusters) * self.cluster_size)
             os.fsync(self.fd)
         except OSError as e:
@@ -180,7 +180,7 @@ def new_guid() -> str:
 def chain_descriptor(files: list[str], size_bytes: int, cluster_size: int,
                      guids: list[str] | None = None, raw_base: bool = False) -> Descriptor:
     """A descriptor for a linear chain `files[0]` (base) … `files[-1]` (top), as ploop names
-    them (§4.3): the top carries the magic top GUID, the others fresh GUIDs."""
+    them (format.md §4.3): the top carries the magic top GUID, the others fresh GUIDs."""
     n = len(files)
     if guids is None:
         guids = [new_guid() for _ in range(n - 1)] + [TOP_GUID]
@@ -190,7 +190,7 @@ def chain_descriptor(files: list[str], size_bytes: int, cluster_size: int,
         disk_size=size_sectors, cylinders=cyl, heads=heads,
         sectors=size_sectors // (cyl * heads) if cyl and heads else 0,
         blocksize=cluster_size // SECTOR, top_guid=guids[-1])
-    typ = "Plain" if raw_base else "Compressed"  # ploop labels every image alike (§3)
+    typ = "Plain" if raw_base else "Compressed"  # ploop labels every image alike (format.md §3)
     parent = NONE_GUID
     for f, g in zip(files, guids, strict=True):
         d.images.append(ImageEntry(g, f, typ))
@@ -200,7 +200,7 @@ def chain_descriptor(files: list[str], size_bytes: int, cluster_size: int,
 
 
 def write_descriptor(path: str | os.PathLike[str], d: Descriptor, *, overwrite: bool = False) -> None:
-    """Atomic write (temporary file, fsync, then into place) as ploop does (§5.1). The
+    """Atomic write (temporary file, fsync, then into place) as ploop does (format.md §5.1). The
     temporary file has a fresh unique name (never ploop's own `DiskDescriptor.xml.tmp`, which
     may hold a half-written descriptor worth keeping). Without `overwrite` the name must be
     free; with it, only an earlier ploopfs output is replaced (fileio's rules)."""

@@ -136,14 +136,14 @@ def _write_base(path: str, size: int, c: int, every: int, pool: memoryview) -> N
     hdr = new_header(size, c, 2)
     n, first = hdr.bat_entries, hdr.bat_clusters
     hdr = hdr.with_(flags=hdr.flags & ~CIF_EMPTY)
-    bat = np.arange(first, first + n, dtype="<u4")  # v2: entries in clusters (§2.2)
+    bat = np.arange(first, first + n, dtype="<u4")  # v2: entries in clusters (format.md §2.2)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.pwrite(fd, hdr.pack(), 0)
         os.pwrite(fd, bat.tobytes(), bat_entry_off(0))
         for k in range(0, n, every):
             os.pwrite(fd, _cluster_data(pool, k, k, c), (first + k) * c)
-        os.ftruncate(fd, (first + n) * c)  # the file ends at the last mapped cluster (§2.5)
+        os.ftruncate(fd, (first + n) * c)  # the file ends at the last mapped cluster (format.md §2.5)
         os.fsync(fd)
     finally:
         os.close(fd)

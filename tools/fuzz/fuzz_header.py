@@ -40,7 +40,7 @@ def check_header(data: bytes) -> None:
     if h.bat_slots < h.bat_entries:
         raise common.Finding(f"bat_slots {h.bat_slots} < m_Size {h.bat_entries}")
     if h.entry_unit != (512 if h.signature == SIG_V1 else h.cluster_size):
-        raise common.Finding("entry unit does not follow the version (§2.2)")
+        raise common.Finding("entry unit does not follow the version")
     h.in_use_name()
     if h.size_sectors < (1 << 40):
         cyl, heads, spt = chs_geometry(h.size_sectors)

@@ -3,7 +3,7 @@
 salvage. Input: the whole image file.
 
 Beyond "only PloopfsError": every extent of a strictly opened map lies inside the data area of
-its file (§2.3, §2.8), extents are sorted and disjoint, and reading a mapped cluster returns
+its file (format.md §2.3, §2.8), extents are sorted and disjoint, and reading a mapped cluster returns
 exactly a cluster."""
 
 from __future__ import annotations

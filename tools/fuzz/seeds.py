@@ -74,7 +74,7 @@ def qemu_image(path: str, size: int, cluster: int, writes: list[tuple[int, int, 
 
 
 def v1_image(path: str, size: int, cluster: int, writes: list[tuple[int, int, int]]) -> bytes:
-    """A v1 image (BAT entries in sectors, §2.2), by ploopfs's writer: qemu writes only v2."""
+    """A v1 image (BAT entries in sectors, format.md §2.2), by ploopfs's writer: qemu writes only v2."""
     from ploopfs.volume.writer import ImageWriter
 
     with ImageWriter.create(path, size, cluster, version=1) as w:
@@ -136,7 +136,7 @@ def folders(tmp: str, corpus: str) -> list[bytes]:
                 w = [(0x50 + lv, lv * cluster, cluster), (0x60 + lv, 8192, 1024 * (lv + 1))]
                 path = os.path.join(tmp, f"{name}-{cluster}-{lv}")
                 if lv == 0 and name.startswith("plain"):
-                    data = bytearray(size)  # a raw base (§3)
+                    data = bytearray(size)  # a raw base (format.md §3)
                     data[0:cluster] = b"\x70" * cluster
                     files.append(bytes(data))
                 else:
