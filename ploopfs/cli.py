@@ -9,32 +9,22 @@ import contextlib
 import gc
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from ploopfs import __version__
+from ploopfs.cli_common import (
+    add_allow_outside_paths,
+    add_cluster_size,
+    add_force,
+    cluster_size_arg,
+    parse_size,
+)
 from ploopfs.errors import ExitCode, PloopfsError, SourceIOError, UsageError
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.I)
-
-
-def parse_size(text: str) -> int:
-    """`512`, `64K`, `1M`, `1MiB` → bytes (binary units)."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512, 64K, 1M)")
-    n = int(m.group(1)) << (10 * " kmgt".index(m.group(2).lower() or " "))
-    return n
-
-
-def cluster_size_arg(text: str) -> int:
-    n = parse_size(text)
-    if n <= 0 or n % 512:
-        raise argparse.ArgumentTypeError(f"cluster size {text!r} must be a positive multiple of 512")
-    return n
+__all__ = ["build_parser", "cluster_size_arg", "main", "parse_size", "progress_bar", "run"]
 
 
 def _source_args(p: argparse.ArgumentParser, snapshot: bool = True) -> None:
@@ -44,10 +34,8 @@ def _source_args(p: argparse.ArgumentParser, snapshot: bool = True) -> None:
     if snapshot:
         p.add_argument("-s", "--snapshot", metavar="GUID",
                        help="snapshot to read (default: the top); braces and case do not matter")
-    p.add_argument("--cluster-size", type=cluster_size_arg, metavar="SIZE",
-                   help="cluster size for a raw file source (e.g. 1M)")
-    p.add_argument("--allow-outside-paths", action="store_true",
-                   help="let <File> paths of the descriptor lead outside its folder")
+    add_cluster_size(p)
+    add_allow_outside_paths(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUTPUT", help="file (raw), '-' (raw to stdout) or folder")
     p.add_argument("-f", "--format", choices=("raw", "ploop"), default="raw",
                    help="output format (default: raw)")
+    add_force(p, "the raw OUTPUT file (a ploop OUTPUT folder must be new or empty)")
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _salvage_arg(p)
@@ -109,10 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mmap", action="store_true",
                    help="copy with preadv instead of mapping the image files (slower; a source "
                         "truncated during the diff then gives an error, not SIGBUS)")
-    p.add_argument("--cluster-size", type=cluster_size_arg, metavar="SIZE",
-                   help="cluster size of raw sources (default: the other side's)")
-    p.add_argument("--allow-outside-paths", action="store_true",
-                   help="let <File> paths of the descriptors lead outside their folders")
+    add_cluster_size(p, "cluster size of raw sources (default: the other side's)")
+    add_allow_outside_paths(p, "let <File> paths of the descriptors lead outside their folders")
+    add_force(p, "OUT (rdiff: and OUT.json; json) (a ploop OUT folder must be new or empty)")
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_diff)
@@ -127,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
     p.add_argument("--files", action="store_true",
                    help="show the container's files (ext2/3/4 via fuse2fs) instead of raw disks")
-    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("-F", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="comma-separated options: FUSE ones (allow_other, …) and uid=, gid=, "
                         "snapshot=, files, readahead=KB, direct_io, salvage[=zeros|older]")
@@ -164,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the chosen snapshot), with recovery.json listing every lost or "
                                    "substituted range (docs/salvage.md).")
     _source_args(p)
-    p.add_argument("outdir", metavar="OUTDIR", help="a new or empty folder")
+    p.add_argument("outdir", metavar="OUTDIR",
+                   help="a new or empty folder (never replaced: there is no --force)")
     p.add_argument("--salvage", choices=("zeros", "older"), default="older",
                    help="serve damaged ranges from the next lower delta (older, default) or as "
                         "zeros")
@@ -271,12 +260,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.format == "ploop" and args.output == "-":
         raise UsageError("--format ploop writes a folder; '-' is only for raw output")
+    if args.force and (args.format == "ploop" or args.output == "-"):
+        raise UsageError("--force replaces a raw output file; a ploop folder must be new or empty")
     with _open(args) as disk:
         vol = disk.volume(args.snapshot)
         total = vol.size if args.output == "-" else export_work(vol)
         with progress_bar(total, "export", not args.no_progress) as prog:
-            fn = export_raw if args.format == "raw" else export_ploop
-            report = fn(disk, args.output, args.snapshot, prog)
+            if args.format == "raw":
+                report = export_raw(disk, args.output, args.snapshot, prog, replace=args.force)
+            else:
+                report = export_ploop(disk, args.output, args.snapshot, prog)
         _warn(disk.warnings)
         if disk.salvage_log is not None:
             _warn([disk.salvage_log.summary_line()])
@@ -312,6 +305,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     if args.json and args.format == "json" and args.output == "-":
         raise UsageError("--json and '-o -' both write to stdout; choose one")
+    if args.force and args.format == "ploop":
+        raise UsageError("--force replaces an output file; a ploop folder must be new or empty")
     opts = DiffOptions(hash=None if args.hash == "none" else args.hash,
                        full_compare=args.full_compare, mmap=not args.no_mmap)
     sides = open_sides(args.old, args.new, args.old_snapshot, args.new_snapshot,
@@ -320,7 +315,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     try:
         with progress_bar(lambda: work_bytes(sides, opts), "diff", not args.no_progress) as prog:
             opts.progress = prog
-            report = diff(sides, args.output, args.format, opts)
+            report = diff(sides, args.output, args.format, opts, replace=args.force)
         _warn(sides.old_disk.warnings + [w for w in sides.new_disk.warnings
                                          if w not in sides.old_disk.warnings])
         _warn(f"{path}: marked in use (m_DiskInUse): a running container may be writing it; "

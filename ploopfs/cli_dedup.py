@@ -4,20 +4,18 @@ across disks. Engine: ploopfs/services/dedup.py; docs/dedup.md."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
+from ploopfs.cli_common import parse_size
 from ploopfs.errors import UsageError
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
-
-def parse_size(text: str, what: str) -> int:
-    """'4096', '4K', '128KiB', '1G' -> bytes (binary units)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
-    if not m:
-        raise UsageError(f"{what}: {text!r} is not a size (e.g. 4K, 128K, 512M, 1G)")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+def _size(text: str, what: str) -> int:
+    """parse_size for an option checked after parsing: its error as one UsageError line."""
+    try:
+        return parse_size(text)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{what}: {e}") from None
 
 
 def add_dedup_args(p: argparse.ArgumentParser) -> None:
@@ -47,9 +45,9 @@ def _options(args: argparse.Namespace):
     parts = args.block_sizes.split(",")
     if len(parts) != 2:
         raise UsageError(f"--block-sizes: {args.block_sizes!r} is not SMALL,LARGE")
-    small, large = (parse_size(x, "--block-sizes") for x in parts)
+    small, large = (_size(x, "--block-sizes") for x in parts)
     return DedupOptions(
-        small=small, large=large, memory=parse_size(args.memory, "--memory"),
+        small=small, large=large, memory=_size(args.memory, "--memory"),
         shift=args.sample_bits, sample_every=args.sample, snapshot=args.snapshot,
         open_options=OpenOptions(cluster_size=getattr(args, "cluster_size", None),
                                  allow_outside_paths=getattr(args, "allow_outside_paths", False)))

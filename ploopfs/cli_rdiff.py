@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
+from ploopfs.cli_common import add_force
 from ploopfs.errors import NotFoundError, OutputError
 from ploopfs.volume import fileio
 
@@ -63,7 +64,7 @@ def _common(p: argparse.ArgumentParser, snapshot: bool) -> None:
     if snapshot:
         p.add_argument("-s", "--snapshot", metavar="GUID",
                        help="for a ploop SOURCE: snapshot to read (default: the top)")
-    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    add_force(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -9,10 +9,10 @@ import json
 import sys
 from typing import Any
 
+from ploopfs.cli_common import add_cluster_size
+
 
 def add_parsers(sub: Any) -> None:
-    from ploopfs.cli import cluster_size_arg
-
     p = sub.add_parser(
         "restore-descriptor", help="rebuild a lost DiskDescriptor.xml from the image files",
         description="Infer the snapshot chain (or tree) of the image files in DIR from their "
@@ -23,8 +23,8 @@ def add_parsers(sub: Any) -> None:
                     "(docs/restore.md).")
     p.add_argument("folder", metavar="DIR", help="the folder holding the image files")
     p.add_argument("-o", "--output", metavar="FILE",
-                   help="write here instead (must not exist); <File> paths are made relative to "
-                        "its folder")
+                   help="write here instead (must not exist: never replaced, there is no "
+                        "--force); <File> paths are made relative to its folder")
     p.add_argument("--json", action="store_true", help="print the evidence as JSON")
     p.add_argument("-n", "--dry-run", action="store_true",
                    help="only print the inferred tree and the evidence; write nothing")
@@ -37,8 +37,7 @@ def add_parsers(sub: Any) -> None:
                           "it exists)")
     old.add_argument("--ignore-old", action="store_true",
                      help="do not use DIR/DiskDescriptor.xml as evidence")
-    p.add_argument("--cluster-size", type=cluster_size_arg, metavar="SIZE",
-                   help="cluster size when DIR holds only a raw disk (default: as ploop picks it)")
+    add_cluster_size(p, "cluster size when DIR holds only a raw disk (default: as ploop picks it)")
     p.set_defaults(func=cmd_restore)
 
 

@@ -8,6 +8,7 @@ import argparse
 import sys
 from typing import Any
 
+from ploopfs.cli_common import add_allow_outside_paths, add_cluster_size
 from ploopfs.errors import UsageError
 
 # Exit code of du/compact when the filesystem analysis has findings (docs/space.md): the
@@ -16,16 +17,8 @@ EXIT_FINDINGS = 1
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster-size", type=_cluster_size, metavar="SIZE",
-                   help="cluster size for a raw file source (e.g. 1M)")
-    p.add_argument("--allow-outside-paths", action="store_true",
-                   help="let <File> paths of the descriptor lead outside its folder")
-
-
-def _cluster_size(text: str) -> int:
-    from ploopfs.cli import cluster_size_arg
-
-    return cluster_size_arg(text)
+    add_cluster_size(p)
+    add_allow_outside_paths(p)
 
 
 def add_parsers(sub: Any) -> None:
@@ -57,7 +50,8 @@ def add_parsers(sub: Any) -> None:
                     "findings (damaged groups kept whole; docs/space.md).")
     p.add_argument("source", metavar="SOURCE",
                    help="DiskDescriptor.xml, the folder holding it, or a ploop image file")
-    p.add_argument("outdir", metavar="OUTDIR", help="a new or empty folder")
+    p.add_argument("outdir", metavar="OUTDIR",
+                   help="a new or empty folder (never replaced: there is no --force)")
     p.add_argument("-s", "--snapshot", metavar="GUID", help="snapshot to compact (default: the top)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -263,15 +263,15 @@ class Mounter:
 
     def mount_fg(self, source: str | os.PathLike[str], *args: str | os.PathLike[str],
                  mnt: Path | None = None, name: str = "mnt") -> Mount:
-        """`ploopfs mount -f` under Popen (its exit code stays observable); ready when mountinfo
+        """`ploopfs mount -F` under Popen (its exit code stays observable); ready when mountinfo
         lists the mountpoint and its root answers."""
         mnt = mnt or self.mountpoint(name)
         log = self.root / f"{mnt.name}.log"
-        p, err = self.popen([str(PLOOPFS), "mount", "-f", os.fspath(source), str(mnt),
+        p, err = self.popen([str(PLOOPFS), "mount", "-F", os.fspath(source), str(mnt),
                              "--log-file", str(log), *map(os.fspath, args)], mnt.name)
         wait_until(lambda: is_mounted(mnt) or p.poll() is not None, READY_TIMEOUT,
                    f"foreground mount on {mnt}")
-        assert p.poll() is None, f"mount -f exited {p.returncode}: {err.read_text()}"
+        assert p.poll() is None, f"mount -F exited {p.returncode}: {err.read_text()}"
         os.listdir(mnt)  # served by the loop, i.e. the daemon is up
         m = Mount(mnt, p.pid, log, p, err)
         self.mounts.append(m)

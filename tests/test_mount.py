@@ -1,6 +1,6 @@
 """Real mounts through /dev/fuse (issue #3).
 
-Every mount is made by a `ploopfs mount` subprocess (background with --pid-file, or `-f` under
+Every mount is made by a `ploopfs mount` subprocess (background with --pid-file, or `-F` under
 Popen) and torn down by the `mounter` fixture by PID: after every test nothing of ours is mounted
 or running (tests/mounting.py). Contents are checked against independent producers and readers:
 the corpus's expected.sha256 and files-<GUID>.json, util-linux partx, the kernel's ext4 over a

@@ -141,12 +141,12 @@ def roundtrip(tmp: Path, basis: Path, new: Path, *sig_opts: str, rdiff_sig: bool
     if rdiff_sig:
         rdiff_ok(*sig_opts, "signature", basis, sig)
     else:
-        cli_ok("signature", *sig_opts, basis, sig, "-f")
-    summary = json.loads(cli_ok("delta", sig, new, delta, "-f", "--json").stdout)
+        cli_ok("signature", *sig_opts, basis, sig, "--force")
+    summary = json.loads(cli_ok("delta", sig, new, delta, "--force", "--json").stdout)
     out1, out2 = tmp / "out.rdiff", tmp / "out.ploopfs"
     rdiff_ok("patch", basis, delta, out1)
     assert out1.read_bytes() == new.read_bytes(), "rdiff patch of our delta differs from NEW"
-    cli_ok("patch", basis, delta, out2, "-f")
+    cli_ok("patch", basis, delta, out2, "--force")
     assert out2.read_bytes() == new.read_bytes(), "ploopfs patch of our delta differs from NEW"
     parse_delta(delta.read_bytes())
     return summary
@@ -173,7 +173,7 @@ def test_signature_identical_to_rdiff(tmp_path: Path, basis_file: Path, guard_so
     for block in ("65536", "0", "1000"):
         opts = ["-H", hash_, "-R", roll, "-S", str(sum_size), "-b", block]
         rdiff_ok(*opts, "signature", basis_file, tmp_path / "ref.sig")
-        cli_ok("signature", *opts, basis_file, tmp_path / "our.sig", "-f")
+        cli_ok("signature", *opts, basis_file, tmp_path / "our.sig", "--force")
         assert (tmp_path / "our.sig").read_bytes() == (tmp_path / "ref.sig").read_bytes(), opts
         sig = R.read_signature(tmp_path / "ref.sig")
         assert sig.params.hash == hash_ and sig.params.rollsum == roll
@@ -188,7 +188,7 @@ def test_signature_default_options_and_small_files(tmp_path: Path, basis_file: P
         files.append(write(tmp_path / f"f{n}", rnd(rng, n)))
     for f in files:
         rdiff_ok("signature", f, tmp_path / "ref.sig")
-        cli_ok("signature", f, tmp_path / "our.sig", "-f")
+        cli_ok("signature", f, tmp_path / "our.sig", "--force")
         assert (tmp_path / "our.sig").read_bytes() == (tmp_path / "ref.sig").read_bytes(), f
     ref = (tmp_path / "ref.sig").read_bytes()
     assert ref[:4] == b"rs\x01G"
@@ -348,7 +348,7 @@ def test_patch_of_rdiff_delta_equals_rdiff(tmp_path: Path, basis_file: Path, gua
         rdiff_ok(*opts, "signature", basis_file, tmp_path / "sig")
         rdiff_ok("delta", tmp_path / "sig", nf, tmp_path / "delta")
         rdiff_ok("patch", basis_file, tmp_path / "delta", tmp_path / "ref")
-        r = cli_ok("patch", basis_file, tmp_path / "delta", tmp_path / "ours", "-f", "--json")
+        r = cli_ok("patch", basis_file, tmp_path / "delta", tmp_path / "ours", "--force", "--json")
         assert (tmp_path / "ours").read_bytes() == (tmp_path / "ref").read_bytes() == new
         assert json.loads(r.stdout)["output_bytes"] == len(new)
     # delta from stdin, output to stdout (the JSON summary then goes to stderr)
@@ -545,11 +545,12 @@ def test_outputs_refused(tmp_path: Path, basis_file: Path) -> None:
     sig = tmp_path / "sig"
     cli_ok("signature", basis_file, sig)
     one_line_error(run_cli("signature", basis_file, sig), ExitCode.OUTPUT, "--force")
-    one_line_error(run_cli("signature", basis_file, basis_file, "-f"), ExitCode.OUTPUT,
+    one_line_error(run_cli("signature", basis_file, basis_file, "--force"), ExitCode.OUTPUT,
                    "one of the inputs")
-    one_line_error(run_cli("delta", sig, basis_file, sig, "-f"), ExitCode.OUTPUT)
+    one_line_error(run_cli("delta", sig, basis_file, sig, "--force"), ExitCode.OUTPUT)
     cli_ok("delta", sig, basis_file, tmp_path / "d")
-    one_line_error(run_cli("patch", basis_file, tmp_path / "d", basis_file, "-f"), ExitCode.OUTPUT)
+    one_line_error(run_cli("patch", basis_file, tmp_path / "d", basis_file, "--force"),
+                   ExitCode.OUTPUT)
 
 
 # -- the C module from Python -------------------------------------------------------------------

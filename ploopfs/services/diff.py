@@ -960,8 +960,11 @@ def _source_files(sides: Sides) -> list[str]:
     return [*sides.old_disk.source_files(), *sides.new_disk.source_files()]
 
 
-def _create(path: str) -> IO[bytes]:
-    return os.fdopen(fileio.create(path, what="diff"), "wb")
+def _create(path: str, replace: bool = False) -> IO[bytes]:
+    """An output file; with `replace` (--force) an existing one is replaced if fileio finds it
+    is an earlier ploopfs output."""
+    return os.fdopen(fileio.create(path, replace=replace, what="diff",
+                                   hint="; pass --force to replace an earlier output"), "wb")
 
 
 def _write_json(path: str, obj: dict[str, Any]) -> None:
@@ -969,13 +972,13 @@ def _write_json(path: str, obj: dict[str, Any]) -> None:
         f.write(json.dumps(obj, indent=2).encode() + b"\n")
 
 
-def diff_json(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
+def diff_json(sides: Sides, out: str, opts: DiffOptions, replace: bool = False) -> dict[str, Any]:
     """The changed ranges, streamed to `out` ('-' = stdout) as one JSON document."""
     import sys
 
     if out == "-":
         fileio.check_stdout()
-    f = sys.stdout.buffer if out == "-" else _create(out)
+    f = sys.stdout.buffer if out == "-" else _create(out, replace)
     first = [True]
     try:
         head = {"format": "ploopfs-diff", "version": 1, "cluster_size": sides.new.cluster_size,
@@ -1010,31 +1013,39 @@ def _summary(sides: Sides, stats: DiffStats, opts: DiffOptions) -> dict[str, Any
     }
 
 
-def diff_rdiff(sides: Sides, out: str, opts: DiffOptions) -> dict[str, Any]:
+def diff_rdiff(sides: Sides, out: str, opts: DiffOptions, replace: bool = False) -> dict[str, Any]:
     """A librsync delta at `out` that `rdiff patch OLD DELTA` turns into NEW, and its manifest
-    at `out` + .json (rdiff deltas carry no checksum: delta-notes §2.6)."""
+    at `out` + .json (rdiff deltas carry no checksum: delta-notes §2.6). Both are opened before
+    the scan, so a manifest that may not be written fails the command before any work."""
     manifest = out + MANIFEST_SUFFIX
-    if os.path.exists(manifest):
-        raise OutputError("already exists; refusing to overwrite", manifest)
-    f = _create(out)
+    if not replace and os.path.lexists(manifest):
+        raise OutputError("already exists; refusing to overwrite; pass --force to replace an "
+                          "earlier output", manifest)
+    f = _create(out, replace)
+    mf: IO[bytes] | None = None
     try:
+        mf = _create(manifest, replace)
         hf = _HashingFile(f, opts.hash)
         sink = RdiffSink(DeltaWriter(hf), sides.new.cluster_size, sides.new.size)
         stats = scan(sides.old, sides.new, sink, opts)
         commands = sink.close()
         f.flush()
         os.fsync(f.fileno())
+        f.close()
+        delta: dict[str, Any] = {"path": out, "size": hf.size}
+        if hf.h:
+            delta[str(opts.hash)] = hf.h.hexdigest()
+        report = {"format": "rdiff", "hash": opts.hash, "delta": delta, "commands": commands,
+                  **_summary(sides, stats, opts)}
+        mf.write(json.dumps(report, indent=2).encode() + b"\n")
+        mf.close()
     except BaseException:
         f.close()
         fileio.remove(out)
+        if mf is not None:
+            mf.close()
+            fileio.remove(manifest)
         raise
-    f.close()
-    delta: dict[str, Any] = {"path": out, "size": hf.size}
-    if hf.h:
-        delta[str(opts.hash)] = hf.h.hexdigest()
-    report = {"format": "rdiff", "hash": opts.hash, "delta": delta, "commands": commands,
-              **_summary(sides, stats, opts)}
-    _write_json(manifest, report)
     return {**report, "manifest": manifest}
 
 
@@ -1106,16 +1117,19 @@ def work_bytes(sides: Sides, opts: DiffOptions) -> int:
     return runs.clusters() * c - max(0, (f + n) * c - sides.new.size)
 
 
-def diff(sides: Sides, out: str, fmt: str, opts: DiffOptions | None = None) -> dict[str, Any]:
+def diff(sides: Sides, out: str, fmt: str, opts: DiffOptions | None = None, *,
+         replace: bool = False) -> dict[str, Any]:
+    """`replace` (--force): an existing output file (json, rdiff delta and manifest) is replaced
+    if it is an earlier ploopfs output; a ploop output folder must always be new or empty."""
     o = opts or DiffOptions()
     if o.hash is not None and o.hash not in HASHES:
         raise UsageError(f"unknown hash {o.hash!r} (choose from {', '.join(HASHES)})")
     if fmt == "json":
-        return diff_json(sides, out, o)
+        return diff_json(sides, out, o, replace)
     if out == "-":
         raise UsageError(f"--format {fmt} writes files; '-' is only for json output")
     if fmt == "rdiff":
-        return diff_rdiff(sides, out, o)
+        return diff_rdiff(sides, out, o, replace)
     if fmt == "ploop":
         return diff_ploop(sides, out, o)
     raise UsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")

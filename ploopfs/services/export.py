@@ -55,7 +55,9 @@ def export_work(vol: Volume) -> int:
 
 
 def export_raw(disk: Disk, out: str, snapshot: str | None = None,
-               progress: Progress | None = None) -> ExportReport:
+               progress: Progress | None = None, *, replace: bool = False) -> ExportReport:
+    """A sparse raw file `out` ('-': a stream on stdout). With `replace` (--force) an existing
+    `out` is replaced if fileio.create finds it is an earlier ploopfs output."""
     vol = disk.volume(snapshot)
     guid = disk.chain(snapshot)[-1].guid
     report = ExportReport(out, "raw", guid, vol.size, 0, 0)
@@ -63,7 +65,8 @@ def export_raw(disk: Disk, out: str, snapshot: str | None = None,
         fileio.check_stdout()
         _stream(vol, sys.stdout.buffer, report, progress)
         return _with_salvage(disk, report)
-    fd = fileio.create(out, what="raw export")
+    fd = fileio.create(out, replace=replace, what="raw export",
+                       hint="; pass --force to replace an earlier output")
     buf = bytearray(CHUNK)
     done = 0
     try:

@@ -5,7 +5,7 @@ the time per request goes:
 * ``bare-const MNT SIZE``: a bare pyfuse3 + trio server with one file ``disk`` whose read
   returns a slice of a constant buffer: pyfuse3 + trio + kernel, nothing else.
 * ``bare-pread MNT BACKING``: the same, its read an ``os.pread`` of a backing file: + pread.
-* ``instrumented SOURCE MNT [--direct-io]``: the real ``ploopfs mount -f`` (same options, tree,
+* ``instrumented SOURCE MNT [--direct-io]``: the real ``ploopfs mount -F`` (same options, tree,
   readahead, signals) with ``time.perf_counter_ns`` probes around the pieces of one read
   request (see ``Probe``). On SIGUSR1 it writes a summary of the requests since the last
   SIGUSR1 to the path named in the ``--ctl`` file and starts afresh.

@@ -6,8 +6,8 @@ Builds (once per work dir) a 1 GiB raw file of random data, `single.hds` = `qemu
 ploopfs.volume.writer, each delta overwriting a random share of the clusters in random order,
 with the same bytes, so every variant has the raw file's content). Then mounts, all at once:
 
-  ploopfs mount -f single.hds            (+ a --direct-io mount)      the product
-  ploopfs mount -f chain/ (8 images)      (+ a --direct-io mount)
+  ploopfs mount -F single.hds            (+ a --direct-io mount)      the product
+  ploopfs mount -F chain/ (8 images)      (+ a --direct-io mount)
   qemu-storage-daemon FUSE export of single.hds (default readahead, and one at 1 MiB readahead)
   C libfuse floor (tools/bench/cfuse_floor.c: pread + fuse_reply_buf, keep_cache / direct_io)
   bare pyfuse3 servers (read = constant buffer; read = os.pread)      (tools/bench/_fuse_servers.py)
@@ -200,7 +200,7 @@ class Servers:
         pf = os.path.join(self.mnt, f"{key}.pid")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pf)
-        argv = [sys.executable, "-m", "ploopfs", "mount", source, d, "-f", "--pid-file", pf,
+        argv = [sys.executable, "-m", "ploopfs", "mount", source, d, "-F", "--pid-file", pf,
                 *(["--direct-io"] if direct_io else [])]
         return self.add(Server(key, label, self._spawn(key, argv, d, pf), d, os.path.join(d, "disk")))
 

@@ -125,9 +125,9 @@ def main() -> int:
         b = ["-b", str(block)]
 
         def ours(fl=fl, opts=opts, b=b) -> float:
-            return (run([PLOOPFS, "signature", *b, *opts, "-f", "--no-progress", old, W("p.sig")],
+            return (run([PLOOPFS, "signature", *b, *opts, "--force", "--no-progress", old, W("p.sig")],
                         rss, f"ploopfs signature {fl}")
-                    + run([PLOOPFS, "delta", "-f", "--no-progress", W("p.sig"), new,
+                    + run([PLOOPFS, "delta", "--force", "--no-progress", W("p.sig"), new,
                            W("p.delta")], rss, f"ploopfs delta {fl}"))
 
         def theirs(fl=fl, opts=opts, b=b) -> float:
@@ -137,7 +137,7 @@ def main() -> int:
                           f"rdiff delta {fl}"))
 
         def ours_delta(fl=fl) -> float:
-            return run([PLOOPFS, "delta", "-f", "--no-progress", W(f"ref-{fl}.sig"), new,
+            return run([PLOOPFS, "delta", "--force", "--no-progress", W(f"ref-{fl}.sig"), new,
                         W("pd.delta")], rss, f"ploopfs delta {fl} (rdiff sig)")
 
         def theirs_delta(fl=fl) -> float:
@@ -149,7 +149,7 @@ def main() -> int:
         subprocess.run([RDIFF, "-f", *b, *opts, "signature", old, W(f"ref-{fl}.sig")], check=True)
         ours()
         ours_delta()
-        subprocess.run([PLOOPFS, "signature", *b, *opts, "-f", old, W("check.sig")], check=True)
+        subprocess.run([PLOOPFS, "signature", *b, *opts, "--force", old, W("check.sig")], check=True)
         if not files_equal(W("check.sig"), W(f"ref-{fl}.sig")):
             sys.exit("rdiff_bench: ploopfs signature differs from rdiff signature")
         for d in ("p.delta", "pd.delta"):
