@@ -5,7 +5,6 @@ services and volume layers. Errors become one line on stderr and a documented ex
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -16,11 +15,13 @@ from typing import Any
 
 from ploopfs import __version__
 from ploopfs.cli_common import (
+    Parser,
     add_allow_outside_paths,
     add_cluster_size,
     add_force,
     cluster_size_arg,
     parse_size,
+    usage_exit_code,
 )
 from ploopfs.errors import ExitCode, PloopfsError, SourceIOError, UsageError
 
@@ -39,7 +40,7 @@ def _source_args(p: argparse.ArgumentParser, snapshot: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ploopfs",
         description="Read OpenVZ/Virtuozzo ploop disks (DiskDescriptor.xml + images) without the "
                     "OpenVZ kernel. Sources are only ever opened read-only.",
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="flatten a snapshot to a raw file or a new ploop disk",
                        description="Write the virtual disk of a snapshot as a sparse raw file "
                                    "(OUTPUT '-' streams to stdout) or as a new single-image v2 "
-                                   "ploop disk in the folder OUTPUT.")
+                                   "ploop disk in the folder OUTPUT. Exit 0, or with --salvage 15 "
+                                   "when damaged data was served as zeros or older data (listed "
+                                   "in the report; docs/salvage.md).")
     _source_args(p)
     p.add_argument("output", metavar="OUTPUT", help="file (raw), '-' (raw to stdout) or folder")
     p.add_argument("-f", "--format", choices=("raw", "ploop"), default="raw",
@@ -150,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "disk into the folder OUTDIR: one v2 delta per readable image, "
                                    "same GUIDs and snapshot tree (or, with --flatten, one image of "
                                    "the chosen snapshot), with recovery.json listing every lost or "
-                                   "substituted range (docs/salvage.md).")
+                                   "substituted range (docs/salvage.md). Exit 0, or 15 when data "
+                                   "was replaced or lost: see recovery.json.")
     _source_args(p)
     p.add_argument("outdir", metavar="OUTDIR",
                    help="a new or empty folder (never replaced: there is no --force)")
@@ -275,7 +279,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             _warn([disk.salvage_log.summary_line()])
     if args.json:
         _print_json(report.to_json())
-    return 0
+    return ExitCode.DATA_REPLACED if data_replaced(report.salvage) else ExitCode.OK
+
+
+def data_replaced(salvage: dict[str, Any] | None) -> bool:
+    """Whether a salvage summary or recovery report has data that is not what the source held:
+    ranges served as zeros or older data, or dropped (unreadable) levels. `shadowed` ranges
+    (a valid higher level covers them) and a clean salvage read count as nothing replaced."""
+    return bool(salvage and (salvage.get("substituted_ranges") or salvage.get("dropped_levels")))
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -296,7 +307,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
                f"{os.path.join(args.outdir, REPORT_NAME)}"])
     if args.json:
         _print_json(out)
-    return 0
+    return ExitCode.DATA_REPLACED if data_replaced(out) else ExitCode.OK
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -383,13 +394,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = _mount_helper_form(list(sys.argv[1:] if argv is None else argv), _commands(parser))
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse: --help/--version exit 0, usage errors exit 2
-        return int(e.code or 0)
+    except SystemExit as e:  # argparse: --help/--version exit 0, usage errors 64 (Parser.error)
+        try:
+            sys.stdout.flush()  # `ploopfs --help | head -1`
+        except BrokenPipeError:
+            return _closed_pipe()
+        return usage_exit_code(e.code)
+    except BrokenPipeError:
+        return _closed_pipe()
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met below and not at exit
+        return rc
     except PloopfsError as e:
         print(f"ploopfs: {e.message()}", file=sys.stderr)
         return int(e.exit_code)
@@ -397,10 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ploopfs: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except BrokenPipeError:
-        # stdout closed early (e.g. `| head`): not an error worth a message
-        with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        return ExitCode.OUTPUT
+        return _closed_pipe()
     except OSError as e:
         err = SourceIOError(e.strerror or str(e), e.filename)
         print(f"ploopfs: {err.message()}", file=sys.stderr)
@@ -411,6 +427,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ploopfs: internal error: {type(e).__name__}: {e} (run with --debug for details)",
               file=sys.stderr)
         return ExitCode.INTERNAL
+
+
+def _closed_pipe() -> int:
+    """stdout was closed early (`ploopfs info disk | head -1`): end quietly, as coreutils do when
+    SIGPIPE kills them (the shell shows 141). What is still buffered for stdout goes to
+    /dev/null, so the interpreter's flush at exit finds no broken pipe to complain about."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # no usable stdout at all: nothing left to flush into it
+        sys.stdout = None  # type: ignore[assignment]
+    return ExitCode.CLOSED_PIPE
 
 
 def run() -> None:

@@ -1,14 +1,46 @@
 """What every command line module shares (cli.py, cli_rdiff.py, cli_space.py, cli_restore.py,
-cli_dedup.py): the one size parser and the options several commands take, each defined once so
-a flag means the same everywhere (docs/cli.md). Imports nothing of the other cli modules, so
-each of them can import it at the top."""
+cli_dedup.py): the parser class that turns usage errors into exit 64, the one size parser, and
+the options several commands take, each defined once so a flag means the same everywhere
+(docs/cli.md). Imports nothing of the other cli modules, so each of them can import it at the
+top."""
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from ploopfs.errors import ExitCode
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.I)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a bad command line, which is also `check`'s "damaged but salvageable"
+    verdict: here usage errors exit 64 (EX_USAGE), in one line like every other error. Sub-
+    parsers are made with the class of their parent, so every command gets this."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """As argparse's, but an unknown option is reported by the command it was given to
+        (`ploopfs info: error: unrecognized arguments: --bogus`), not by `ploopfs`."""
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self._command_parser(ns).error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns
+
+    def _command_parser(self, ns: argparse.Namespace) -> argparse.ArgumentParser:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(ns, action.dest, None) or "")
+                if isinstance(chosen, argparse.ArgumentParser):
+                    return chosen
+        return self
 
 
 def parse_size(text: str) -> int:
@@ -42,3 +74,14 @@ def add_force(p: argparse.ArgumentParser, what: str = "the output file") -> None
     earlier ploopfs output, never a source or another file."""
     p.add_argument("--force", action="store_true",
                    help=f"replace {what} if it is an earlier ploopfs output (never anything else)")
+
+
+def usage_exit_code(code: object) -> int:
+    """The exit code for a SystemExit out of argparse: --help/--version 0, a usage error 64
+    (also when some parser still exits with argparse's own 2)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return int(ExitCode.USAGE) if code == 2 else code
+    print(code, file=sys.stderr)
+    return int(ExitCode.USAGE)

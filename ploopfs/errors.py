@@ -13,8 +13,8 @@ from enum import IntEnum
 
 class ExitCode(IntEnum):
     OK = 0
-    # 1 is left to commands whose result is a verdict (e.g. `check`: warnings found).
-    USAGE = 2  # bad command line (argparse uses 2 as well)
+    # 1 is left to commands whose result is a verdict (e.g. `check`: warnings found), 2 to
+    # `check` alone (damaged but salvageable); no error exits 2.
     NOT_FOUND = 3  # a source, image file or snapshot that does not exist
     BAD_IMAGE = 4  # not a ploop image, or a header that cannot be read
     CORRUPT = 5  # a readable header with inconsistent metadata (BAT past EOF, into the header…)
@@ -27,7 +27,10 @@ class ExitCode(IntEnum):
     MOUNT = 12  # the mount could not be set up
     BAD_SIGNATURE = 13  # an rdiff signature file that is malformed or truncated
     BAD_DELTA = 14  # an rdiff delta file that is malformed or truncated, or does not fit the basis
+    DATA_REPLACED = 15  # recover / export --salvage done, but data was replaced or lost (report)
+    USAGE = 64  # bad command line (EX_USAGE; argparse's own 2 would read as a `check` verdict)
     INTERRUPTED = 130  # Ctrl-C
+    CLOSED_PIPE = 141  # stdout closed early (`| head`): quiet, as coreutils killed by SIGPIPE
     INTERNAL = 70  # a bug in ploopfs: reported in one line, details with --debug
 
 

@@ -96,9 +96,15 @@ def _is_v1(path: Path) -> bool:
 
 
 def _report(args: list[str | os.PathLike[str]]) -> dict:
+    """The JSON report of an export or recover; exit 15 exactly when it lists data served as
+    zeros or older data (or dropped levels), else 0."""
     r = run_cli(*args, "--no-progress", "--json")
-    assert r.returncode == 0, r.stderr.decode()
-    return json.loads(r.stdout)
+    assert r.returncode in (0, ExitCode.DATA_REPLACED), r.stderr.decode()
+    rep = json.loads(r.stdout)
+    sal = rep.get("salvage", rep)
+    replaced = bool(sal.get("substituted_ranges") or sal.get("dropped_levels"))
+    assert r.returncode == (ExitCode.DATA_REPLACED if replaced else 0), (r.returncode, sal)
+    return rep
 
 
 def _clusters(ranges: list[dict], kind: str | None = None) -> set[int]:
@@ -151,7 +157,7 @@ def test_bare_salvage_is_zeros_and_stderr_summary(tmp_path: Path, guard_sources)
     guard_sources(ch.folder)
     out = tmp_path / "out.raw"
     r = run_cli("export", ch.folder, out, "--no-progress", "--salvage")
-    assert r.returncode == 0, r.stderr.decode()
+    assert r.returncode == ExitCode.DATA_REPLACED == 15, r.stderr.decode()
     assert out.read_bytes() == model(damaged, "zeros")
     lines = r.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ploopfs: warning: salvage (zeros): 2 damaged")

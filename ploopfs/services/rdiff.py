@@ -19,6 +19,7 @@ the signature (4 + S bytes per basis block, like rdiff).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -485,6 +486,8 @@ def _raise_patch(st, dname: str, bname: str, out_name: str) -> None:
     if code == "read":
         raise SourceIOError(f"read failed: {os.strerror(errno_[0])}", bname)
     if code == "write":
+        if errno_[0] == errno.EPIPE:  # stdout closed early (`| head`): the CLI ends quietly
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
         raise OutputError(f"write failed: {os.strerror(errno_[0])}", out_name)
     raise BadDeltaError(msg, dname, offset=4 + int(off[0]))
 
