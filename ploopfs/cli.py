@@ -250,7 +250,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     from ploopfs.services.info import format_snapshot_list, snapshot_tree
 
     with _open(args) as disk:
-        shots = snapshot_tree(disk.descriptor, disk.paths)
+        shots = snapshot_tree(disk)
         _warn(disk.warnings)
     if args.json:
         _print_json({"top_guid": disk.descriptor.top_guid, "snapshots": shots})
@@ -329,10 +329,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
             report = diff(sides, args.output, args.format, opts, replace=args.force)
         _warn(sides.old_disk.warnings + [w for w in sides.new_disk.warnings
                                          if w not in sides.old_disk.warnings])
-        _warn(f"{path}: marked in use (m_DiskInUse): a running container may be writing it; "
-              "the diff holds its bytes as they were read"
-              for path in dict.fromkeys(report["old"].get("in_use", []) +
-                                        report["new"].get("in_use", [])))
     finally:
         sides.close()
     if args.json:

@@ -105,6 +105,8 @@ def open_input(path: str, snapshot: str | None) -> Iterator[tuple[ReadAt, int]]:
 
     with open_source(path) as disk:
         vol = disk.volume(snapshot)
+        for w in disk.warnings:
+            print(f"ploopfs: warning: {w}", file=sys.stderr)
         yield vol.read, vol.size
 
 

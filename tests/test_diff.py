@@ -240,7 +240,7 @@ def test_in_use_image_is_reported(corpus_case: Callable[[str], Path], tmp_path: 
     assert r.returncode == 0, r.stderr.decode()
     assert r.stderr.decode().splitlines() == [
         f"ploopfs: warning: {new / 'root.hdd'}: marked in use (m_DiskInUse): a running "
-        "container may be writing it; the diff holds its bytes as they were read"]
+        "container may be writing it, or it was not closed cleanly; read as it is now"]
     doc = json.loads(out.read_text())
     assert doc["new"]["in_use"] == [str(new / "root.hdd")] and "in_use" not in doc["old"]
     assert clusters_of(doc["ranges"]) == truly_changed(*raws, doc["cluster_size"])

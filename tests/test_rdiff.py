@@ -546,7 +546,7 @@ def test_outputs_refused(tmp_path: Path, basis_file: Path) -> None:
     cli_ok("signature", basis_file, sig)
     one_line_error(run_cli("signature", basis_file, sig), ExitCode.OUTPUT, "--force")
     one_line_error(run_cli("signature", basis_file, basis_file, "--force"), ExitCode.OUTPUT,
-                   "one of the inputs")
+                   "is the source file")
     one_line_error(run_cli("delta", sig, basis_file, sig, "--force"), ExitCode.OUTPUT)
     cli_ok("delta", sig, basis_file, tmp_path / "d")
     one_line_error(run_cli("patch", basis_file, tmp_path / "d", basis_file, "--force"),
