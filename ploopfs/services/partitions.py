@@ -25,6 +25,9 @@ class Partition:
     uuid: str = ""
     fs: str | None = None
     fs_label: str | None = None
+    # Why the entry does not fit the disk ("starts past the end of the disk", ...), or None. Such
+    # a partition is listed, never read past the disk: no filesystem is looked for beyond it.
+    outside: str | None = None
 
 
 @dataclass
@@ -74,6 +77,16 @@ def detect_fs(read: Reader, start: int, size: int) -> tuple[str | None, str | No
     return None, None
 
 
+def _outside(start: int, size: int, disk_size: int) -> str | None:
+    """Why a partition of `size` bytes at `start` does not fit a disk of `disk_size` bytes."""
+    if start >= disk_size:
+        return f"outside the disk: starts at byte {start}, past its end ({disk_size} bytes)"
+    if start + size > disk_size:
+        return (f"outside the disk: ends at byte {start + size}, {start + size - disk_size} "
+                f"bytes past its end ({disk_size} bytes)")
+    return None
+
+
 def _parse_gpt(read: Reader, disk_size: int, sector: int, table: PartitionTable) -> bool:
     hdr = bytes(read(sector, 92))
     if hdr[:8] != GPT_SIG:
@@ -97,10 +110,12 @@ def _parse_gpt(read: Reader, disk_size: int, sector: int, table: PartitionTable)
         first, last = struct.unpack_from("<QQ", e, 32)
         name = e[56:128].decode("utf-16-le", "replace").split("\0", 1)[0]
         start, size = first * sector, (last - first + 1) * sector
-        if last < first or start + size > disk_size:
-            table.problems.append(f"GPT entry {i + 1} lies outside the disk (LBA {first}..{last})")
-        table.partitions.append(Partition(i + 1, start, max(0, size), _guid_le(e[:16]), name,
-                                          _guid_le(e[16:32])))
+        p = Partition(i + 1, start, max(0, size), _guid_le(e[:16]), name, _guid_le(e[16:32]))
+        p.outside = ("last LBA before the first" if last < first
+                     else _outside(start, size, disk_size))
+        if p.outside:
+            table.problems.append(f"GPT entry {i + 1} (LBA {first}..{last}): {p.outside}")
+        table.partitions.append(p)
     return True
 
 
@@ -113,22 +128,27 @@ def _parse_mbr(read: Reader, mbr: bytes, disk_size: int, table: PartitionTable) 
         if ptype == 0 or count == 0:
             continue
         start, size = lba * 512, count * 512
-        if start + size > disk_size:
-            table.problems.append(f"MBR entry {i + 1} lies outside the disk")
-        table.partitions.append(Partition(i + 1, start, size, f"0x{ptype:02x}"))
+        p = Partition(i + 1, start, size, f"0x{ptype:02x}")
+        p.outside = _outside(start, size, disk_size)
+        if p.outside:
+            table.problems.append(f"MBR entry {i + 1} (LBA {lba}, {count} sectors): {p.outside}")
+        table.partitions.append(p)
     # Logical partitions inside an extended one are numbered from 5 (kernel convention).
     for p in list(table.partitions):
         if p.type in ("0x05", "0x0f", "0x85"):
             ebr_base, cur, num, seen = p.start, p.start, 5, set()
-            while cur not in seen and len(seen) < 128:
+            while cur not in seen and len(seen) < 128 and cur + 512 <= disk_size:
                 seen.add(cur)
                 ebr = bytes(read(cur, 512))
                 if ebr[510:512] != b"\x55\xaa":
                     break
                 lba, count = struct.unpack_from("<II", ebr, 446 + 8)
                 if count:
-                    table.partitions.append(Partition(num, cur + lba * 512, count * 512,
-                                                      f"0x{ebr[446 + 4]:02x}"))
+                    q = Partition(num, cur + lba * 512, count * 512, f"0x{ebr[446 + 4]:02x}")
+                    q.outside = _outside(q.start, q.size, disk_size)
+                    if q.outside:
+                        table.problems.append(f"logical partition {num}: {q.outside}")
+                    table.partitions.append(q)
                     num += 1
                 nlba = struct.unpack_from("<I", ebr, 462 + 8)[0]
                 if ebr[462 + 4] == 0 or nlba == 0:
@@ -154,7 +174,8 @@ def inspect_disk(read: Reader, disk_size: int) -> PartitionTable:
         _parse_mbr(read, first, disk_size, table)
         found = True
     for p in table.partitions:
-        p.fs, p.fs_label = detect_fs(read, p.start, p.size)
+        if p.start < disk_size:  # a partition past the end holds nothing to look at
+            p.fs, p.fs_label = detect_fs(read, p.start, min(p.size, disk_size - p.start))
     if table.partitions and table.partitions[0].fs == "luks":
         table.luks = "partition 1"
     if not found or not table.partitions:
