@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 SB_OFFSET = 1024  # the primary superblock, from the start of the filesystem
 SB_SIZE = 1024
 MAGIC = 0xEF53
@@ -70,6 +72,9 @@ class Superblock:
     log_groups_per_flex: int
     backup_bgs: tuple[int, int]
     overhead_clusters: int
+    journal_inum: int = 0  # s_journal_inum: the internal journal's inode (0: none or external)
+    jnl_backup_type: int = 0  # s_jnl_backup_type: 1 = s_jnl_blocks holds the journal inode's
+    jnl_size: int = 0  # i_size copied into s_jnl_blocks[15..16] (with backup type 1)
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -132,6 +137,19 @@ class Superblock:
         return -(-self.inodes_per_group * self.inode_size // self.block_size)
 
     @property
+    def inodes_per_block(self) -> int:
+        return self.block_size // self.inode_size
+
+    @property
+    def itb_per_group(self) -> int:
+        """s_itb_per_group as the kernel computes it (ext4_fill_super): a floor division."""
+        return self.inodes_per_group // self.inodes_per_block
+
+    @property
+    def has_journal(self) -> bool:
+        return bool(self.feature_compat & COMPAT_HAS_JOURNAL)
+
+    @property
     def resv_clusters(self) -> int:
         """Clusters the kernel holds back for delayed allocation at mount
         (ext4_calculate_resv_clusters): 2 % of the clusters, at most 4096; 0 without extents."""
@@ -166,16 +184,22 @@ class Superblock:
             return False
         return _is_power(g, 3) or _is_power(g, 5) or _is_power(g, 7)
 
+    @property
+    def sb_block(self) -> int:
+        """The block holding the primary superblock (byte 1024): 1 with 1 KiB blocks, even when
+        s_first_data_block is 0 (bigalloc), else 0."""
+        return SB_OFFSET // self.block_size
+
     def descriptor_block(self, n: int) -> int:
         """Block number of descriptor block n of the primary table (descriptor_loc)."""
-        sb_block = self.first_data_block  # the primary superblock's block
         if not self.meta_bg or n < self.first_meta_bg:
-            return sb_block + n + 1
+            return self.sb_block + n + 1
         bg = self.descs_per_block * n
         has = 1 if self.has_super(bg) else 0
-        # A 1 KiB-block fs whose first group starts at block 0 keeps block 0 for the boot block.
-        if self.group_first_block(bg) == 0 and self.block_size == 1024:
-            has = 1
+        # 1 KiB blocks with s_first_data_block 0: group 0's descriptors follow the superblock
+        # in block 1 (the kernel's descriptor_loc compensates the same way).
+        if self.block_size == 1024 and n == 0 and self.first_data_block == 0:
+            has += 1
         return self.group_first_block(bg) + has
 
     def base_meta_blocks(self, g: int) -> int:
@@ -242,6 +266,10 @@ def parse_superblock(buf: bytes | bytearray | memoryview) -> Superblock:
         log_groups_per_flex=b[0x174],
         backup_bgs=struct.unpack_from("<II", b, 0x24C),
         overhead_clusters=struct.unpack_from("<I", b, 0x248)[0],
+        journal_inum=struct.unpack_from("<I", b, 0xE0)[0],
+        jnl_backup_type=b[0xFD],
+        jnl_size=struct.unpack_from("<I", b, 0x10C + 4 * 16)[0]
+        | struct.unpack_from("<I", b, 0x10C + 4 * 15)[0] << 32,
     )
     _validate(sb)
     return sb
@@ -273,9 +301,17 @@ def _validate(sb: Superblock) -> None:
     if sb.is_64bit and (sb.desc_size_field < 64 or sb.desc_size_field > 1024
                         or sb.desc_size_field & (sb.desc_size_field - 1)):
         raise bad(f"s_desc_size {sb.desc_size_field} with the 64bit feature")
-    if sb.inodes_count > sb.group_count * sb.inodes_per_group:
-        raise bad(f"s_inodes_count {sb.inodes_count} exceeds {sb.group_count} groups x "
-                  f"{sb.inodes_per_group} inodes")
+    if sb.inodes_per_group < sb.inodes_per_block:
+        raise bad(f"s_inodes_per_group {sb.inodes_per_group} is less than one inode table "
+                  f"block ({sb.inodes_per_block} inodes)")
+    # The kernel refuses to mount unless the inode count is exactly groups x inodes per group
+    # (ext4_fill_super: "inodes count not valid"): it ties the group count to a 32-bit field.
+    if sb.group_count > (1 << 32) - sb.descs_per_block:
+        raise bad(f"{sb.group_count} block groups (s_blocks_count {sb.blocks_count}, "
+                  f"s_blocks_per_group {sb.blocks_per_group})")
+    if sb.inodes_count != sb.group_count * sb.inodes_per_group:
+        raise bad(f"s_inodes_count {sb.inodes_count} is not {sb.group_count} groups x "
+                  f"{sb.inodes_per_group} inodes per group")
     if sb.free_blocks_count > sb.blocks_count:
         raise bad(f"s_free_blocks_count {sb.free_blocks_count} exceeds s_blocks_count")
     if sb.meta_bg and sb.first_meta_bg > sb.gdt_blocks:
@@ -324,3 +360,140 @@ def parse_group_descs(b: bytes | bytearray | memoryview, sb: Superblock, first: 
     """`count` descriptors for groups first.. from one descriptor block's bytes."""
     ds = sb.desc_size
     return [parse_group_desc(b, i * ds, ds) for i in range(count)]
+
+
+# -- vectorised: whole descriptor tables and per-group geometry as numpy arrays -----------------
+# A table is decoded with one np.frombuffer over its bytes (a structured dtype whose item is one
+# descriptor), never one Python object per group: a hostile superblock may claim millions of
+# groups, and a real large filesystem has hundreds of thousands.
+_LO = (("block_bitmap", "<u4", 0x00), ("inode_bitmap", "<u4", 0x04), ("inode_table", "<u4", 0x08),
+       ("free_blocks", "<u2", 0x0C), ("free_inodes", "<u2", 0x0E), ("flags", "<u2", 0x12))
+_HI = (("block_bitmap", "<u4", 0x20), ("inode_bitmap", "<u4", 0x24), ("inode_table", "<u4", 0x28),
+       ("free_blocks", "<u2", 0x2C), ("free_inodes", "<u2", 0x2E))
+_SHIFT = {"block_bitmap": 32, "inode_bitmap": 32, "inode_table": 32, "free_blocks": 16,
+          "free_inodes": 16}
+
+
+def _desc_dtype(size: int, fields: tuple[tuple[str, str, int], ...]) -> np.dtype:
+    return np.dtype({"names": [f[0] for f in fields], "formats": [f[1] for f in fields],
+                     "offsets": [f[2] for f in fields], "itemsize": size})
+
+
+@dataclass
+class DescTable:
+    """Every group descriptor as columns: block numbers as uint64, counts as int64."""
+
+    block_bitmap: np.ndarray
+    inode_bitmap: np.ndarray
+    inode_table: np.ndarray
+    free_blocks: np.ndarray  # in bitmap units (clusters with bigalloc)
+    free_inodes: np.ndarray
+    flags: np.ndarray  # uint16
+
+    @classmethod
+    def zeros(cls, n: int) -> DescTable:
+        u, i = np.zeros(n, np.uint64), np.zeros(n, np.int64)
+        return cls(u, u.copy(), u.copy(), i, i.copy(), np.zeros(n, np.uint16))
+
+    def __len__(self) -> int:
+        return len(self.flags)
+
+    def fill(self, first: int, buf: bytes | bytearray | memoryview, desc_size: int,
+             count: int) -> None:
+        """Decode `count` descriptors of `desc_size` bytes from `buf` into rows first.."""
+        lo = np.frombuffer(buf, _desc_dtype(desc_size, _LO), count)
+        sl = slice(first, first + count)
+        for name, _, _ in _LO:
+            getattr(self, name)[sl] = lo[name]
+        if desc_size >= 64:
+            hi = np.frombuffer(buf, _desc_dtype(desc_size, _HI), count)
+            for name, _, _ in _HI:
+                col = getattr(self, name)
+                col[sl] |= hi[name].astype(col.dtype) << col.dtype.type(_SHIFT[name])
+
+    def desc(self, g: int) -> GroupDesc:
+        """Group g as a GroupDesc (for messages)."""
+        return GroupDesc(int(self.block_bitmap[g]), int(self.inode_bitmap[g]),
+                         int(self.inode_table[g]), int(self.free_blocks[g]),
+                         int(self.free_inodes[g]), 0, int(self.flags[g]), 0, 0)
+
+
+def parse_desc_table(buf: bytes | bytearray | memoryview, sb: Superblock, count: int) -> DescTable:
+    """`count` consecutive descriptors from the start of `buf` (one or more whole descriptor
+    blocks laid end to end)."""
+    t = DescTable.zeros(count)
+    t.fill(0, buf, sb.desc_size, count)
+    return t
+
+
+def super_groups(sb: Superblock) -> np.ndarray:
+    """The groups holding a superblock copy (ext4_bg_has_super), sorted, as int64."""
+    n = sb.group_count
+    if sb.feature_compat & COMPAT_SPARSE_SUPER2:
+        extra = [g for g in sb.backup_bgs if 0 < g < n]
+        return np.unique(np.array([0, *extra], np.int64))
+    if not sb.sparse_super:
+        return np.arange(n, dtype=np.int64)
+    out = {0, 1} if n > 1 else {0}
+    for base in (3, 5, 7):
+        p = base
+        while p < n:
+            out.add(p)
+            p *= base
+    return np.array(sorted(out), np.int64)
+
+
+def has_super_array(sb: Superblock) -> np.ndarray:
+    """Booleans per group: holds a superblock copy."""
+    has = np.zeros(sb.group_count, bool)
+    has[super_groups(sb)] = True
+    return has
+
+
+def _meta_position(sb: Superblock) -> tuple[np.ndarray, np.ndarray]:
+    """(in_meta, meta_gdb): per group, whether it lies in a meta_bg metagroup, and whether it
+    holds that metagroup's descriptor block (first, second or last group of it)."""
+    n, dpb = sb.group_count, sb.descs_per_block
+    g = np.arange(n, dtype=np.int64)
+    if not sb.meta_bg:
+        return np.zeros(n, bool), np.zeros(n, bool)
+    in_meta = g >= sb.first_meta_bg * dpb
+    pos = g % dpb
+    return in_meta, in_meta & ((pos == 0) | (pos == 1 % dpb) | (pos == dpb - 1))
+
+
+def base_meta_array(sb: Superblock) -> np.ndarray:
+    """base_meta_blocks for every group at once (int64)."""
+    has = has_super_array(sb).astype(np.int64)
+    in_meta, meta_gdb = _meta_position(sb)
+    gdb = sb.first_meta_bg if sb.meta_bg else sb.gdt_blocks
+    return has + np.where(in_meta, meta_gdb, has * (gdb + sb.reserved_gdt_blocks))
+
+
+def overhead_blocks(sb: Superblock) -> int:
+    """What the kernel's count_overhead adds up over the groups of a filesystem without
+    bigalloc (fs/ext4/super.c): per group its superblock copy, descriptor blocks
+    (ext4_bg_num_gdb), reserved GDT blocks (with a superblock copy), inode table and the two
+    bitmaps; plus the blocks before s_first_data_block. The journal is not included."""
+    has = has_super_array(sb).astype(np.int64)
+    in_meta, meta_gdb = _meta_position(sb)
+    gdb_nometa = sb.first_meta_bg if sb.meta_bg else sb.gdt_blocks
+    num_gdb = np.where(in_meta, meta_gdb, has * gdb_nometa)
+    per_group = has + num_gdb + has * sb.reserved_gdt_blocks
+    return (sb.first_data_block + int(per_group.sum())
+            + sb.group_count * (sb.itb_per_group + 2))
+
+
+def descriptor_blocks(sb: Superblock) -> np.ndarray:
+    """Block numbers of every descriptor block of the primary table (descriptor_loc), int64."""
+    n = np.arange(sb.gdt_blocks, dtype=np.int64)
+    out = sb.sb_block + n + 1
+    if not sb.meta_bg:
+        return out
+    m = n >= sb.first_meta_bg
+    bg = sb.descs_per_block * n[m]
+    has = has_super_array(sb)[bg].astype(np.int64)
+    if sb.block_size == 1024 and sb.first_data_block == 0:
+        has += n[m] == 0
+    out[m] = sb.first_data_block + bg * sb.blocks_per_group + has
+    return out
