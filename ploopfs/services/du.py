@@ -13,13 +13,14 @@ from __future__ import annotations
 import errno
 import os
 from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ploopfs.native import is_zero
-from ploopfs.services.fsusage import DiskFs, analyse_disk, cluster_maps
+from ploopfs.services.fsusage import ClusterSet, DiskFs, analyse_disk, cluster_maps
 from ploopfs.volume.image import Image
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
@@ -45,20 +46,14 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
-def _slots_with_data(extents: list[tuple[int, int]], nslots: int, c: int) -> np.ndarray:
-    has = np.zeros(nslots, bool)
-    for a, b in extents:
-        has[a // c: min(-(-b // c), nslots)] = True
-    return has
-
-
 def _bytes_in(extents: list[tuple[int, int]], lo: int, hi: int) -> int:
     return sum(max(0, min(b, hi) - max(a, lo)) for a, b in extents)
 
 
 def image_usage(im: Image, nclusters: int, served: int | None) -> dict[str, Any]:
     """The figures of one image file (served: clusters of the volume it serves, or None when
-    it is not in the analysed chain)."""
+    it is not in the analysed chain). Work in proportion to the BAT's entries and the file's
+    data extents, never to its slots (a sparse file may have billions)."""
     st = os.fstat(im.fd)
     ext = data_extents(im.fd, im.file_size)
     data_bytes = _bytes_in(ext, 0, im.file_size)
@@ -74,12 +69,14 @@ def image_usage(im: Image, nclusters: int, served: int | None) -> dict[str, Any]
     first = im.header.bat_clusters
     nslots = max(0, -(-im.file_size // c) - first)
     phys = (np.frombuffer(m.entries, np.uint32).astype(np.int64) * m.unit // c) - first
-    refd = np.zeros(nslots, bool)
-    refd[phys[(phys >= 0) & (phys < nslots)]] = True
-    referenced = int(refd.sum())
-    last = int(np.flatnonzero(refd)[-1]) if referenced else -1
-    has = _slots_with_data(ext, nslots + first, c)[first:]
-    leaked = ~refd[: last + 1]
+    refd = np.unique(phys[(phys >= 0) & (phys < nslots)])
+    referenced = int(refd.size)
+    last = int(refd[-1]) if referenced else -1
+    # Slots holding data on the host (SEEK_DATA), as runs of slots.
+    ea = np.array([a for a, _ in ext], np.int64)
+    eb = np.array([b for _, b in ext], np.int64)
+    has = ClusterSet.from_runs(ea // c - first, -(-eb // c) - first, nslots)
+    leaked_with_data = has.clip(0, last + 1).sum() - int(has.contains(refd).sum())
     tail_lo = (first + last + 1) * c
     in_volume = bisect_left(m.vclusters, nclusters)
     out.update({
@@ -88,8 +85,8 @@ def image_usage(im: Image, nclusters: int, served: int | None) -> dict[str, Any]
         "data_slots": nslots,
         "mapped_entries": len(m),
         "referenced_clusters": referenced,
-        "leaked_clusters": int(leaked.sum()),
-        "leaked_clusters_with_data": int((leaked & has[: last + 1]).sum()),
+        "leaked_clusters": last + 1 - referenced,
+        "leaked_clusters_with_data": leaked_with_data,
         "prealloc_tail_bytes": max(0, im.file_size - tail_lo),
         "prealloc_tail_data_bytes": _bytes_in(ext, tail_lo, im.file_size),
         "served_clusters": served,
@@ -117,49 +114,56 @@ class DuReport:
         return dict(self.__dict__)
 
 
-def mapped_clusters(vol: Volume) -> np.ndarray:
-    """Booleans per virtual cluster: served by some level (every cluster over a raw base)."""
-    n = -(-vol.size // vol.cluster_size)
-    if vol.raw_base:
-        return np.ones(n, bool)
-    mapped = np.zeros(n, bool)
-    m = vol.map
-    for s, k in zip(m.vstart.tolist(), m.count.tolist(), strict=True):
-        mapped[s:s + k] = True
-    return mapped
-
-
-def zero_clusters(vol: Volume, sel: np.ndarray) -> np.ndarray:
-    """Booleans: which selected clusters read as all zeros (reads them, in large runs)."""
+def mapped_clusters(vol: Volume) -> ClusterSet:
+    """The virtual clusters some image holds: the block map's extents, and over a raw base the
+    clusters of its file (past its end a raw base reads as zeros and holds nothing)."""
     c = vol.cluster_size
-    zero = np.zeros(sel.size, bool)
+    n = -(-vol.size // c)
+    m = vol.map
+    a = np.frombuffer(m.vstart, np.uint32).astype(np.int64)
+    b = a + np.frombuffer(m.count, np.uint32)
+    if vol.raw_base:
+        a = np.concatenate((a, [0]))
+        b = np.concatenate((b, [-(-vol.images[0].file_size // c)]))
+    return ClusterSet.from_runs(a, b, n)
+
+
+def zero_clusters(vol: Volume, sel: ClusterSet) -> ClusterSet:
+    """Which selected clusters read as all zeros (reads them, in large runs)."""
+    c = vol.cluster_size
+    za: list[np.ndarray] = []
+    zb: list[np.ndarray] = []
     buf = bytearray(CHUNK)
     for a, b in runs(sel, CHUNK // c):
         view = memoryview(buf)[: (b - a) * c]
         n = vol.zero_fill_readinto(view, a * c)
         view[n:] = bytes(len(view) - n)
-        for i in range(b - a):
-            zero[a + i] = is_zero(view[i * c:(i + 1) * c])
-    return zero
+        z = np.array([is_zero(view[i * c:(i + 1) * c]) for i in range(b - a)], bool)
+        s = ClusterSet.from_bools(z)
+        za.append(s.a + a)
+        zb.append(s.b + a)
+    if not za:
+        return ClusterSet.empty(sel.n)
+    return ClusterSet.from_runs(np.concatenate(za), np.concatenate(zb), sel.n)
 
 
-def runs(sel: np.ndarray, maxlen: int) -> list[tuple[int, int]]:
-    """[a, b) runs of True in `sel`, none longer than maxlen clusters."""
-    d = np.diff(np.concatenate(([0], sel.view(np.int8), [0])))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
-    out: list[tuple[int, int]] = []
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        out.extend((s, min(s + maxlen, b)) for s in range(a, b, maxlen))
-    return out
+def runs(sel: ClusterSet | np.ndarray, maxlen: int) -> Iterator[tuple[int, int]]:
+    """[a, b) runs of the set (or of True in a boolean array), none longer than maxlen
+    clusters, in order."""
+    if not isinstance(sel, ClusterSet):
+        sel = ClusterSet.from_bools(sel)
+    for a, b in sel:
+        for s in range(a, b, maxlen):
+            yield s, min(s + maxlen, b)
 
 
-def keep_map(vol: Volume, dfs: DiskFs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(mapped, analysed, used, keep) per virtual cluster: compact keeps every mapped cluster
-    that is outside an analysed filesystem or holds a used block of one."""
+def keep_map(vol: Volume, dfs: DiskFs) -> tuple[ClusterSet, ClusterSet, ClusterSet, ClusterSet]:
+    """(mapped, analysed, used, keep) sets of virtual clusters: compact keeps every mapped
+    cluster that is outside an analysed filesystem or holds a used block of one."""
     n = -(-vol.size // vol.cluster_size)
     mapped = mapped_clusters(vol)
     analysed, used = cluster_maps(dfs, n, vol.cluster_size)
-    keep = mapped & (~analysed | used)
+    keep = mapped - (analysed - used)
     return mapped, analysed, used, keep
 
 
@@ -176,25 +180,25 @@ def disk_usage(disk: Disk, snapshot: str | None = None, *, zeros: bool = False) 
         # A raw base serves whatever no delta above it maps.
         served = n - sum(per_level[1:]) if im.is_raw else per_level[i]
         images.append({"guid": e.guid, "level": levels[e.guid], **image_usage(im, n, served)})
-    dfs = analyse_disk(vol.read, vol.size, bitmaps=True)
+    dfs = analyse_disk(vol.read, vol.size, bitmaps=True, cluster_size=c)
     mapped, analysed, used, keep = keep_map(vol, dfs)
     figures: dict[str, Any] = {
         "total": n,
-        "mapped": int(mapped.sum()),
-        "outside_filesystems_mapped": int((mapped & ~analysed).sum()),
-        "in_filesystems": int(analysed.sum()),
-        "in_filesystems_mapped": int((mapped & analysed).sum()),
-        "fs_used": int(used.sum()),
-        "fs_used_mapped": int((used & mapped).sum()),
-        "fs_used_unmapped": int((used & ~mapped).sum()),
-        "wasted": int((mapped & analysed & ~used).sum()),
-        "kept_by_compact": int(keep.sum()),
+        "mapped": mapped.sum(),
+        "outside_filesystems_mapped": (mapped - analysed).sum(),
+        "in_filesystems": analysed.sum(),
+        "in_filesystems_mapped": (mapped & analysed).sum(),
+        "fs_used": used.sum(),
+        "fs_used_mapped": (used & mapped).sum(),
+        "fs_used_unmapped": (used - mapped).sum(),
+        "wasted": ((mapped & analysed) - used).sum(),
+        "kept_by_compact": keep.sum(),
         "zero": None, "zero_kept": None,
     }
     if zeros:
         z = zero_clusters(vol, mapped)
-        figures["zero"] = int(z.sum())
-        figures["zero_kept"] = int((z & keep).sum())
+        figures["zero"] = z.sum()
+        figures["zero_kept"] = (z & keep).sum()
     report = DuReport(
         disk.source, chain[-1].guid, c, vol.size, images,
         [fs.to_json() | {"clusters": fs_c} for fs, fs_c in _per_fs_clusters(dfs, c, n, mapped, used)],
@@ -203,7 +207,7 @@ def disk_usage(disk: Disk, snapshot: str | None = None, *, zeros: bool = False) 
     return report
 
 
-def _per_fs_clusters(dfs: DiskFs, c: int, n: int, mapped: np.ndarray, used: np.ndarray
+def _per_fs_clusters(dfs: DiskFs, c: int, n: int, mapped: ClusterSet, used: ClusterSet
                      ) -> list[tuple[Any, dict[str, int] | None]]:
     out: list[tuple[Any, dict[str, int] | None]] = []
     for fs in dfs.filesystems:
@@ -211,10 +215,9 @@ def _per_fs_clusters(dfs: DiskFs, c: int, n: int, mapped: np.ndarray, used: np.n
             out.append((fs, None))
             continue
         a, b = -(-fs.data_start // c), min((fs.start + fs.size_bytes) // c, n)
-        mp, us = mapped[a:b], used[a:b]
-        out.append((fs, {"clusters": max(0, b - a), "mapped": int(mp.sum()),
-                         "used": int(us.sum()), "wasted": int((mp & ~us).sum()),
-                         "used_unmapped": int((us & ~mp).sum())}))
+        mp, us = mapped.clip(a, b), used.clip(a, b)
+        out.append((fs, {"clusters": max(0, b - a), "mapped": mp.sum(), "used": us.sum(),
+                         "wasted": (mp - us).sum(), "used_unmapped": (us - mp).sum()}))
     return out
 
 
@@ -267,18 +270,21 @@ def format_du(r: DuReport) -> str:
             lines.append(f"      raw base, serves {im['served_clusters']} clusters")
     lines += ["", f"partition table: {r.partition_scheme}"]
     for fs in r.filesystems:
-        b, i = fs["blocks"], fs["inodes"]
         lines.append(f"  {fs['where']}: {fs['kind']}" + (f" {fs['label']!r}" if fs["label"] else "")
                      + f", {size_str(fs['size_bytes'])}, {fs['block_size']}-byte blocks")
+        if "blocks" not in fs:  # the superblock alone: not analysed, and why
+            lines.append(f"      {fs['note']}")
+            continue
+        b, i = fs["blocks"], fs["inodes"]
         lines.append(f"      blocks: {b['used']} used, {b['free']} free, {b['available']} "
                      f"available of {b['total']}; inodes: {i['used']} used, {i['free']} free of "
                      f"{i['total']}")
         fc = fs["clusters"]
         if fc is None:
             lines.append("      clusters: not analysed (see findings); kept whole by compact")
-        else:
-            lines.append(f"      clusters: {cs(fc['mapped'])} allocated, {cs(fc['used'])} used by "
-                         f"the fs, {cs(fc['wasted'])} wasted (allocated, no used block)")
+            continue
+        lines.append(f"      clusters: {cs(fc['mapped'])} allocated, {cs(fc['used'])} used by "
+                     f"the fs, {cs(fc['wasted'])} wasted (allocated, no used block)")
     for o in r.others:
         lines.append(f"  {o['where']}: {o['kind'] or 'unknown'}, {size_str(o['size_bytes'])}: "
                      f"{o['note']}")

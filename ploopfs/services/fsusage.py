@@ -1,30 +1,47 @@
 """The ext2/3/4 filesystems inside a virtual disk, read through a Volume (never mounted): usage
-figures like `ploop info`/`df` (§7.2) and the map of used blocks that `du` and `compact` lay over
-the ploop clusters (§7.9).
+figures equal to what `df` shows on a kernel mount (§7.2) and the map of used blocks that `du`
+and `compact` lay over the ploop clusters (§7.9).
 
 A filesystem is found in each GPT/MBR partition, or on the whole disk (ploop init -P, §8.1).
-Block bitmaps are read group by group (coalesced into large reads); BLOCK_UNINIT groups, whose
-bitmap was never written, get the bitmap the kernel would build (their fixed metadata only).
-Whatever looks damaged (a descriptor pointing outside the filesystem, a bitmap whose free count
-disagrees with its descriptor, an unreadable superblock) becomes a finding, and the blocks in
-question count as used, so `compact` keeps them (the safe side).
+Work and memory follow what is stored, never what a superblock claims: the filesystem must fit
+the partition (and the disk) it is in, at most MAX_GROUPS groups are analysed, the descriptor
+table is decoded with numpy in one pass (no object per group), block bitmaps are read in
+coalesced runs and turned into sorted runs of used clusters chunk by chunk, and every set of
+clusters is a ClusterSet (sorted runs), never an array over the virtual disk.
+
+Whatever looks damaged (a descriptor pointing outside the filesystem, a bitmap whose free
+count disagrees with its descriptor, an unreadable superblock) becomes a finding, and the
+blocks in question count as used, so `compact` keeps them (the safe side).
+
+df's figures are the kernel's ext4_statfs (fs/ext4/super.c): f_blocks = s_blocks_count minus
+the overhead (ext4_calculate_overhead: the blocks before s_first_data_block, per group its
+superblock copy, descriptor and reserved GDT blocks, inode table and two bitmaps, plus the
+internal journal; with bigalloc s_overhead_clusters when set), f_bfree = the sum of the group
+descriptors' free counts (what the kernel counts at mount), f_bavail = f_bfree minus
+s_r_blocks_count and the delalloc reserve (2 %, at most 4096 clusters, with extents),
+f_files = s_inodes_count, f_ffree = the descriptors' free inodes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ploopfs.format.ext4 import (
+    BG_BLOCK_UNINIT,
     SB_OFFSET,
     SB_SIZE,
+    DescTable,
     Ext4FormatError,
-    GroupDesc,
     Superblock,
-    parse_group_descs,
+    base_meta_array,
+    descriptor_blocks,
+    has_super_array,
+    overhead_blocks,
     parse_superblock,
 )
 from ploopfs.services.partitions import PartitionTable, inspect_disk
@@ -32,8 +49,120 @@ from ploopfs.services.partitions import PartitionTable, inspect_disk
 Reader = Callable[[int, int], bytes | bytearray]
 EXT_KINDS = ("ext2", "ext3", "ext4")
 READ_MAX = 8 << 20  # bytes per coalesced metadata read
+MAX_GROUPS = 1 << 20  # 128 TiB with 4 KiB blocks; more is reported, not analysed
+CHUNK_UNITS = 1 << 22  # bitmap bits unpacked per step
+FINDINGS_MAX = 20  # finding lines per code and filesystem; the rest are counted in one line
+GRAN = 512  # bytes per element of a used map built without knowing the ploop cluster size
 
 
+# -- sets of clusters as sorted runs -----------------------------------------------------------
+def _normalise(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs [a, b) in any order, overlapping or touching -> sorted disjoint separated runs."""
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    keep = b > a
+    if not keep.all():
+        a, b = a[keep], b[keep]
+    if a.size <= 1:
+        return a.copy(), b.copy()
+    if not (a[1:] > b[:-1]).all():
+        o = np.argsort(a, kind="stable")
+        a, b = a[o], np.maximum.accumulate(b[o])
+        brk = np.flatnonzero(a[1:] > b[:-1]) + 1
+        a = a[np.concatenate(([0], brk))]
+        b = b[np.concatenate((brk - 1, [b.size - 1]))]
+    return a, b
+
+
+class ClusterSet:
+    """A set of clusters of [0, n) kept as sorted, disjoint runs [a, b) (int64 arrays): memory
+    in proportion to the runs, not to n. It answers the few questions compact.py and du ask of
+    the boolean arrays it replaces: sum(), &, |, ~ and -."""
+
+    __slots__ = ("a", "b", "n")
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, n: int) -> None:
+        self.a, self.b, self.n = a, b, n
+
+    @classmethod
+    def from_runs(cls, a: Any, b: Any, n: int) -> ClusterSet:
+        a, b = _normalise(np.clip(np.asarray(a, np.int64), 0, n),
+                          np.clip(np.asarray(b, np.int64), 0, n))
+        return cls(a, b, n)
+
+    @classmethod
+    def empty(cls, n: int) -> ClusterSet:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), n)
+
+    @classmethod
+    def range(cls, lo: int, hi: int, n: int) -> ClusterSet:
+        return cls.from_runs([lo], [hi], n)
+
+    @classmethod
+    def from_bools(cls, sel: np.ndarray) -> ClusterSet:
+        d = np.diff(np.concatenate(([0], np.asarray(sel, bool).view(np.int8), [0])))
+        return cls(np.flatnonzero(d == 1).astype(np.int64),
+                   np.flatnonzero(d == -1).astype(np.int64), int(sel.size))
+
+    def to_bools(self) -> np.ndarray:
+        out = np.zeros(self.n, bool)
+        for s, e in zip(self.a.tolist(), self.b.tolist(), strict=True):
+            out[s:e] = True
+        return out
+
+    def sum(self) -> int:
+        return int((self.b - self.a).sum())
+
+    def __len__(self) -> int:  # the runs, not the clusters
+        return int(self.a.size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self.a.tolist(), self.b.tolist(), strict=True)
+
+    def __or__(self, o: ClusterSet) -> ClusterSet:
+        a, b = _normalise(np.concatenate((self.a, o.a)), np.concatenate((self.b, o.b)))
+        return ClusterSet(a, b, max(self.n, o.n))
+
+    def __and__(self, o: ClusterSet) -> ClusterSet:
+        n = max(self.n, o.n)
+        if not self.a.size or not o.a.size:
+            return ClusterSet.empty(n)
+        pos = np.concatenate((self.a, self.b, o.a, o.b))
+        step = np.concatenate((np.ones(self.a.size, np.int64), -np.ones(self.b.size, np.int64),
+                               np.ones(o.a.size, np.int64), -np.ones(o.b.size, np.int64)))
+        u, inv = np.unique(pos, return_inverse=True)
+        delta = np.zeros(u.size, np.int64)
+        np.add.at(delta, inv, step)
+        both = np.cumsum(delta)[:-1] == 2
+        a, b = _normalise(u[:-1][both], u[1:][both])
+        return ClusterSet(a, b, n)
+
+    def __invert__(self) -> ClusterSet:
+        a, b = _normalise(np.concatenate(([0], self.b)), np.concatenate((self.a, [self.n])))
+        return ClusterSet(a, b, self.n)
+
+    def __sub__(self, o: ClusterSet) -> ClusterSet:
+        return self & ~ClusterSet(o.a, o.b, max(self.n, o.n))
+
+    def clip(self, lo: int, hi: int) -> ClusterSet:
+        return self & ClusterSet.range(lo, hi, self.n)
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """Booleans: which of `points` are in the set."""
+        p = np.asarray(points, np.int64)
+        i = np.searchsorted(self.a, p, side="right") - 1
+        ok = i >= 0
+        out = np.zeros(p.size, bool)
+        out[ok] = p[ok] < self.b[i[ok]]
+        return out
+
+    def rescale(self, unit: int, to: int, n: int) -> ClusterSet:
+        """The same bytes in clusters of `to` bytes: a cluster is in the set if any of its
+        bytes is (this set counts clusters of `unit` bytes)."""
+        return ClusterSet.from_runs(self.a * unit // to, -(-self.b * unit // to), n)
+
+
+# -- filesystems -------------------------------------------------------------------------------
 @dataclass
 class Finding:
     code: str  # EXT4_SUPERBLOCK, EXT4_DESC, EXT4_BITMAP, EXT4_RECOVERY, EXT4_GEOMETRY
@@ -60,17 +189,22 @@ class FsUsage:
     sb_free_blocks: int = 0  # the superblock's copy (updated lazily by the kernel)
     reserved_blocks: int = 0
     available_blocks: int = 0  # like statfs f_bavail
+    overhead_blocks: int | None = None  # what statfs leaves out of f_blocks (journal included)
+    journal_blocks: int = 0
     inodes_count: int = 0
     free_inodes: int = 0
     sb_free_inodes: int = 0
     groups: int = 0
     block_uninit_groups: int = 0
     features: list[str] = field(default_factory=list)
+    counted: bool = False  # the descriptors were read: the figures above are the kernel's
     analysed: bool = False  # the used map below can be trusted (possibly conservatively)
+    note: str | None = None  # why not, when the figures are the superblock's alone
     findings: list[Finding] = field(default_factory=list)
-    # Packed (little bit order) used map, one bit per bitmap unit from first_data_block on.
-    used_bits: np.ndarray | None = None
-    data_start: int = 0  # byte offset (in the disk) of bit 0
+    # Used map: clusters of `gran` bytes of the virtual disk holding a used block.
+    used: ClusterSet | None = None
+    gran: int = GRAN
+    data_start: int = 0  # byte offset (in the disk) of the first bitmap unit
     units: int = 0
 
     @property
@@ -85,20 +219,72 @@ class FsUsage:
     def used_inodes(self) -> int:
         return self.inodes_count - self.free_inodes
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    @property
+    def f_blocks(self) -> int:
+        """statfs f_blocks: the blocks df shows as the size."""
+        return self.blocks_count - (self.overhead_blocks or 0)
+
+    def statfs(self) -> dict[str, int]:
+        """The fields of statfs(2) the kernel returns for this filesystem mounted, and df's
+        columns from them (`df -k`: size, used, avail in KiB; `df -i`: inodes)."""
+        k = self.block_size // 1024
+        bfree = max(0, self.free_blocks)
+        return {"f_bsize": self.block_size, "f_blocks": self.f_blocks, "f_bfree": bfree,
+                "f_bavail": self.available_blocks, "f_files": self.inodes_count,
+                "f_ffree": self.free_inodes,
+                "df_size_kib": self.f_blocks * k, "df_used_kib": (self.f_blocks - bfree) * k,
+                "df_avail_kib": self.available_blocks * k, "df_inodes": self.inodes_count,
+                "df_iused": self.inodes_count - self.free_inodes, "df_ifree": self.free_inodes}
+
+    def to_json(self, *, df: bool = False) -> dict[str, Any]:
+        """`df`: blocks as `df` counts them (total without the metadata overhead, as `info`
+        shows); otherwise the filesystem's own count (overhead counted as used, as `du`)."""
+        out: dict[str, Any] = {
             "where": self.where, "start": self.start, "kind": self.kind, "label": self.label,
-            "uuid": self.uuid, "block_size": self.block_size, "size_bytes": self.size_bytes,
-            "blocks": {"total": self.blocks_count, "used": self.used_blocks,
+            "uuid": self.uuid, "block_size": self.block_size, "size_bytes": self.size_bytes}
+        if not self.counted:
+            out.update({
+                "note": "not analysed: " + (self.note or "see findings") + "; kept whole by "
+                        "compact",
+                "superblock": {"blocks": self.blocks_count, "free_blocks": self.sb_free_blocks,
+                               "inodes": self.inodes_count, "free_inodes": self.sb_free_inodes}
+                if self.block_size else None,
+                "groups": self.groups, "features": self.features, "analysed": False,
+                "findings": [f.line() for f in self.findings]})
+            return out
+        total = self.f_blocks if df else self.blocks_count
+        out.update({
+            "blocks": {"total": total, "used": total - self.free_blocks,
                        "free": self.free_blocks, "reserved": self.reserved_blocks,
                        "available": self.available_blocks,
-                       "superblock_free": self.sb_free_blocks},
+                       "superblock_free": self.sb_free_blocks,
+                       "fs_total": self.blocks_count, "overhead": self.overhead_blocks,
+                       "journal": self.journal_blocks},
             "inodes": {"total": self.inodes_count, "used": self.used_inodes,
                        "free": self.free_inodes, "superblock_free": self.sb_free_inodes},
+            "statfs": self.statfs(),
             "groups": self.groups, "block_uninit_groups": self.block_uninit_groups,
             "features": self.features, "analysed": self.analysed,
             "findings": [f.line() for f in self.findings],
-        }
+        })
+        return out
+
+    # -- findings, at most FINDINGS_MAX lines per code ---------------------------------------
+    def find(self, code: str, message: str) -> None:
+        n = sum(f.code == code for f in self.findings)
+        if n < FINDINGS_MAX:
+            self.findings.append(Finding(code, self.where, message))
+
+    def find_more(self, code: str, total: int, what: str) -> None:
+        """One line for the findings of `code` past FINDINGS_MAX (`total` of them in all)."""
+        if total > FINDINGS_MAX:
+            self.findings.append(Finding(code, self.where, f"{total - FINDINGS_MAX} more {what} "
+                                         "(not listed)"))
+
+    def not_analysed(self, code: str, why: str) -> FsUsage:
+        self.note = why
+        self.findings.append(Finding(code, self.where, f"{why}; filesystem not analysed"))
+        return self
 
 
 @dataclass
@@ -109,10 +295,11 @@ class OtherFs:
     start: int
     size: int
     kind: str | None
+    note: str = "not analysed (only ext2/3/4 is); kept whole by compact"
 
     def to_json(self) -> dict[str, Any]:
         return {"where": self.where, "start": self.start, "size_bytes": self.size,
-                "kind": self.kind, "note": "not analysed (only ext2/3/4 is); kept whole by compact"}
+                "kind": self.kind, "note": self.note}
 
 
 @dataclass
@@ -129,7 +316,7 @@ class DiskFs:
 def _features(sb: Superblock) -> list[str]:
     names = [("64bit", sb.is_64bit), ("flex_bg", sb.flex_bg), ("meta_bg", sb.meta_bg),
              ("sparse_super", sb.sparse_super), ("bigalloc", sb.bigalloc),
-             ("has_journal", bool(sb.feature_compat & 0x4)),
+             ("has_journal", sb.has_journal),
              ("metadata_csum", bool(sb.feature_ro_compat & 0x400)),
              ("needs_recovery", sb.needs_recovery)]
     return [n for n, on in names if on]
@@ -140,31 +327,38 @@ def _read_exact(read: Reader, off: int, n: int) -> bytes:
     return b + bytes(n - len(b)) if len(b) < n else b
 
 
-def analyse_fs(read: Reader, where: str, start: int, limit: int, *, bitmaps: bool) -> FsUsage:
-    """Read the ext2/3/4 filesystem at byte `start` (at most `limit` bytes long). `bitmaps`:
-    also build the used map (reads every initialised block bitmap)."""
-    fs = FsUsage(where, start, "ext4")
+def analyse_fs(read: Reader, where: str, start: int, limit: int, *, bitmaps: bool,
+               gran: int = GRAN) -> FsUsage:
+    """Read the ext2/3/4 filesystem at byte `start`; `limit`: the bytes its partition (or the
+    disk) holds from there. `bitmaps`: also build the used map (reads every initialised block
+    bitmap), in clusters of `gran` bytes of the disk."""
+    fs = FsUsage(where, start, "ext4", gran=gran)
     try:
         sb = parse_superblock(_read_exact(read, start + SB_OFFSET, SB_SIZE))
     except Ext4FormatError as e:
-        fs.findings.append(Finding("EXT4_SUPERBLOCK", where, f"superblock at byte "
-                                   f"{start + SB_OFFSET}: {e}; filesystem not analysed"))
-        return fs
+        return fs.not_analysed("EXT4_SUPERBLOCK", f"superblock at byte {start + SB_OFFSET}: {e}")
     _fill_counts(fs, sb)
+    # The kernel refuses a filesystem larger than its device ("bad geometry: block count
+    # exceeds size of device"); so does this, before any work in proportion to the claim.
     if sb.blocks_count * sb.block_size > limit:
-        fs.findings.append(Finding(
-            "EXT4_GEOMETRY", where, f"{sb.blocks_count} blocks of {sb.block_size} bytes run past "
-            f"the end of the partition ({limit} bytes); filesystem not analysed"))
-        return fs
+        return fs.not_analysed("EXT4_GEOMETRY", (
+            f"{sb.blocks_count} blocks of {sb.block_size} bytes ({sb.blocks_count * sb.block_size}"
+            f" bytes) do not fit the {max(limit, 0)} bytes of the partition"))
+    if sb.group_count > MAX_GROUPS:
+        return fs.not_analysed("EXT4_GEOMETRY", f"{sb.group_count} block groups, more than the "
+                               f"{MAX_GROUPS} analysed")
     units_per_group = sb.blocks_per_group >> sb.cluster_bits
     if units_per_group % 8:
-        fs.findings.append(Finding("EXT4_GEOMETRY", where, f"{units_per_group} bitmap bits per "
-                                   "group is not a multiple of 8; filesystem not analysed"))
-        return fs
+        return fs.not_analysed("EXT4_GEOMETRY", f"{units_per_group} bitmap bits per group is not "
+                               "a multiple of 8")
     descs = _read_descs(read, fs, sb)
-    fs.free_blocks = sum(d.free_blocks for d in descs) << sb.cluster_bits
-    fs.free_inodes = sum(d.free_inodes for d in descs)
-    fs.block_uninit_groups = sum(d.block_uninit for d in descs)
+    bad = _check_descs(fs, sb, descs)
+    fs.counted = True
+    fs.free_blocks = int(descs.free_blocks.sum()) << sb.cluster_bits
+    fs.free_inodes = int(descs.free_inodes.sum())
+    fs.block_uninit_groups = int(np.count_nonzero(descs.flags & BG_BLOCK_UNINIT))
+    fs.journal_blocks = _journal_blocks(read, fs, sb, descs, bad)
+    fs.overhead_blocks = _overhead(sb, descs, fs.journal_blocks)
     fs.available_blocks = max(0, fs.free_blocks - fs.reserved_blocks
                               - (sb.resv_clusters << sb.cluster_bits))
     if sb.needs_recovery:
@@ -173,7 +367,7 @@ def analyse_fs(read: Reader, where: str, start: int, limit: int, *, bitmaps: boo
             "may be stale; filesystem kept whole"))
         return fs
     if bitmaps:
-        _build_used_map(read, fs, sb, descs)
+        _build_used(read, fs, sb, descs, bad)
     fs.analysed = True
     return fs
 
@@ -195,33 +389,103 @@ def _fill_counts(fs: FsUsage, sb: Superblock) -> None:
     fs.units = -(-(sb.blocks_count - sb.first_data_block) >> sb.cluster_bits)
 
 
-def _read_descs(read: Reader, fs: FsUsage, sb: Superblock) -> list[GroupDesc]:
-    """Every group descriptor, descriptor blocks read in runs of consecutive blocks."""
-    bs, dpb = sb.block_size, sb.descs_per_block
-    blocks = [sb.descriptor_block(n) for n in range(sb.gdt_blocks)]
-    out: list[GroupDesc] = []
-    i = 0
-    while i < len(blocks):
-        j = i + 1
-        while j < len(blocks) and blocks[j] == blocks[j - 1] + 1 and (j - i) * bs < READ_MAX:
-            j += 1
-        data = _read_exact(read, fs.start + blocks[i] * bs, (j - i) * bs)
-        for k in range(i, j):
-            count = min(dpb, sb.group_count - k * dpb)
-            out += parse_group_descs(memoryview(data)[(k - i) * bs:(k - i + 1) * bs], sb, k * dpb,
-                                     count)
-        i = j
+def _block_runs(idx: np.ndarray, blocks: np.ndarray, maxlen: int) -> list[tuple[int, int]]:
+    """[i, j) slices of `idx` whose `blocks` are consecutive (and consecutive in idx), at most
+    maxlen long."""
+    if not idx.size:
+        return []
+    brk = np.flatnonzero((np.diff(idx) != 1) | (np.diff(blocks) != 1)) + 1
+    out = []
+    for i, j in zip(np.concatenate(([0], brk)).tolist(),
+                    np.concatenate((brk, [idx.size])).tolist(), strict=True):
+        out.extend((s, min(s + maxlen, j)) for s in range(i, j, maxlen))
     return out
 
 
-def _check_desc(sb: Superblock, g: int, d: GroupDesc) -> str | None:
+def _read_descs(read: Reader, fs: FsUsage, sb: Superblock) -> DescTable:
+    """Every group descriptor, the table read in runs of consecutive blocks and decoded by
+    numpy. Descriptor blocks outside the filesystem are not read: their groups stay all-zero
+    descriptors, which _check_descs reports as damaged."""
+    bs, dpb, ngroups = sb.block_size, sb.descs_per_block, sb.group_count
+    t = DescTable.zeros(ngroups)
+    blocks = descriptor_blocks(sb)
+    idx = np.flatnonzero(blocks < sb.blocks_count)
+    for i, j in _block_runs(idx, blocks[idx], max(1, READ_MAX // bs)):
+        n0 = int(idx[i])
+        data = _read_exact(read, fs.start + int(blocks[n0]) * bs, (j - i) * bs)
+        count = min((j - i) * dpb, ngroups - n0 * dpb)
+        t.fill(n0 * dpb, data, sb.desc_size, count)
+    return t
+
+
+def _units_in_groups(sb: Superblock, groups: np.ndarray) -> np.ndarray:
+    """Bitmap units that exist in each of `groups` (the last group may be short)."""
+    upg = sb.blocks_per_group >> sb.cluster_bits
+    out = np.full(groups.size, upg, np.int64)
+    last = groups == sb.group_count - 1
+    if last.any():
+        out[last] = -(-sb.blocks_in_group(sb.group_count - 1) >> sb.cluster_bits)
+    return out
+
+
+def _gdt_end(sb: Superblock) -> int:
+    """One past the last block of the primary superblock and descriptor table (the kernel's
+    ext4_check_descriptors refuses bitmaps and inode tables there)."""
+    gdb = sb.first_meta_bg if sb.meta_bg else sb.gdt_blocks
+    return sb.sb_block + 1 + gdb
+
+
+def _check_descs(fs: FsUsage, sb: Superblock, t: DescTable) -> np.ndarray:
+    """Booleans per group: the descriptor is damaged (its group will count as used). Checks,
+    all at once: bitmaps and inode table inside the filesystem, not over the superblock and
+    descriptor table, inside their own group without flex_bg; counts within the group's size;
+    no block bitmap shared by two groups."""
+    n = len(t)
+    g = np.arange(n, dtype=np.int64)
+    lo, hi, gdt_end = sb.first_data_block, sb.blocks_count, _gdt_end(sb)
+    first = sb.first_data_block + g * sb.blocks_per_group
+    size = np.minimum(first + sb.blocks_per_group, hi) - first
+    bad = np.zeros(n, bool)
+    for col, cnt in ((t.block_bitmap, 1), (t.inode_bitmap, 1),
+                     (t.inode_table, sb.inode_table_blocks)):
+        outside = (col < np.uint64(lo)) | (col > np.uint64(max(hi - cnt, 0)))
+        bad |= outside
+        b = np.where(outside, 0, col).astype(np.int64)
+        bad |= ~outside & (b < gdt_end) & (b + cnt > lo)
+        if not sb.flex_bg:
+            bad |= ~outside & ((b < first) | (b >= first + size))
+    bad |= t.free_blocks > _units_in_groups(sb, g)
+    bad |= t.free_inodes > sb.inodes_per_group
+    order = np.argsort(t.block_bitmap, kind="stable")
+    sbb = t.block_bitmap[order]
+    dup = np.zeros(n, bool)
+    same = np.flatnonzero(sbb[1:] == sbb[:-1])
+    dup[order[same]] = True
+    dup[order[same + 1]] = True
+    bad |= dup
+    badg = np.flatnonzero(bad)
+    for k in badg[:FINDINGS_MAX].tolist():
+        why = _desc_problem(sb, k, t) or (
+            f"block bitmap at block {int(t.block_bitmap[k])} is shared with another group")
+        fs.find("EXT4_DESC", f"group {k} descriptor at byte {fs.start + _desc_where(sb, k)}: "
+                f"{why}; group counted as used")
+    fs.find_more("EXT4_DESC", badg.size, "groups with a damaged descriptor, counted as used")
+    return bad
+
+
+def _desc_problem(sb: Superblock, g: int, t: DescTable) -> str | None:
+    """What is wrong with group g's descriptor, in words (the first problem found)."""
+    d = t.desc(g)
     itb = sb.inode_table_blocks
-    lo, hi = sb.first_data_block, sb.blocks_count
+    lo, hi, gdt_end = sb.first_data_block, sb.blocks_count, _gdt_end(sb)
+    gs = sb.group_first_block(g)
     for name, blk, n in (("block bitmap", d.block_bitmap, 1), ("inode bitmap", d.inode_bitmap, 1),
                          ("inode table", d.inode_table, itb)):
         if not lo <= blk or blk + n > hi:
             return f"{name} at block {blk} lies outside the filesystem ({lo}..{hi - 1})"
-        gs = sb.group_first_block(g)
+        if blk < gdt_end and blk + n > lo:
+            return (f"{name} at block {blk} overlaps the superblock and descriptor table "
+                    f"(blocks {lo}..{gdt_end - 1})")
         if not sb.flex_bg and not gs <= blk < gs + sb.blocks_in_group(g):
             return f"{name} at block {blk} lies outside its group (no flex_bg)"
     units = -(-sb.blocks_in_group(g) >> sb.cluster_bits)
@@ -237,92 +501,184 @@ def _desc_where(sb: Superblock, g: int) -> int:
         (g % sb.descs_per_block) * sb.desc_size
 
 
-def _build_used_map(read: Reader, fs: FsUsage, sb: Superblock, descs: list[GroupDesc]) -> None:
-    upg = sb.blocks_per_group >> sb.cluster_bits  # bitmap units per group
-    gbytes = upg // 8
-    used = np.zeros(-(-fs.units // 8) + gbytes, np.uint8)  # slack: the last group's padding
-    bad: list[int] = []
-    wanted: list[tuple[int, int]] = []  # (bitmap block, group) of initialised groups
-    for g, d in enumerate(descs):
-        why = _check_desc(sb, g, d)
-        if why:
-            fs.findings.append(Finding("EXT4_DESC", fs.where, f"group {g} descriptor at byte "
-                                       f"{fs.start + _desc_where(sb, g)}: {why}; group counted "
-                                       "as used"))
-            bad.append(g)
-        elif d.block_uninit:
-            _mark_blocks(used, sb, sb.group_first_block(g), sb.base_meta_blocks(g))
-        else:
-            wanted.append((d.block_bitmap, g))
-    for g in bad:
-        used[g * gbytes:(g + 1) * gbytes] = 0xFF
-    wanted.sort()
+# -- df's overhead -----------------------------------------------------------------------------
+def _journal_blocks(read: Reader, fs: FsUsage, sb: Superblock, t: DescTable,
+                    bad: np.ndarray) -> int:
+    """Blocks of the internal journal (i_size of its inode, as the kernel takes it); 0 without
+    one or with an external journal."""
+    j = sb.journal_inum
+    if not sb.has_journal or not j:
+        return 0
+    size = 0
+    g, i = divmod(j - 1, sb.inodes_per_group)
+    if g < len(t) and not bad[g]:
+        off = fs.start + int(t.inode_table[g]) * sb.block_size + i * sb.inode_size
+        ino = _read_exact(read, off, 128)
+        mode = struct.unpack_from("<H", ino, 0)[0]
+        if mode & 0xF000 == 0x8000:  # a regular file
+            size = struct.unpack_from("<I", ino, 4)[0] | struct.unpack_from("<I", ino, 0x6C)[0] << 32
+    if not size and sb.jnl_backup_type == 1:  # EXT3_JNL_BACKUP_BLOCKS: the superblock's copy
+        size = sb.jnl_size
+    return min(size >> (10 + sb.log_block_size), sb.blocks_count)
+
+
+def _overhead(sb: Superblock, t: DescTable, journal: int) -> int:
+    """Blocks ext4_statfs leaves out of f_blocks (ext4_calculate_overhead, fs/ext4/super.c)."""
+    cb = sb.cluster_bits
+    if not sb.bigalloc:  # the kernel recomputes it at every mount, whatever the superblock says
+        return min(overhead_blocks(sb) + journal, sb.blocks_count)
+    if sb.overhead_clusters > 0 and sb.overhead_clusters <= sb.blocks_count:
+        # mke2fs's figure: the kernel takes it as it is (ignored only when over s_blocks_count)
+        return min(sb.overhead_clusters << cb, sb.blocks_count)
+    clusters = (sb.first_data_block >> cb) + _bigalloc_overhead(sb, t) + (-(-journal >> cb))
+    return min(clusters << cb, sb.blocks_count)
+
+
+def _bigalloc_overhead(sb: Superblock, t: DescTable) -> int:
+    """count_overhead summed over the groups of a bigalloc filesystem: the clusters holding a
+    superblock copy, descriptor blocks, or any group's bitmaps or (whole) inode table."""
+    fdb, bpg, cb, n = sb.first_data_block, sb.blocks_per_group, sb.cluster_bits, len(t)
+    end = fdb + n * bpg
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    for col in (t.block_bitmap, t.inode_bitmap):
+        b = col[(col >= np.uint64(fdb)) & (col < np.uint64(end))].astype(np.int64)
+        starts.append((b - fdb) >> cb)
+        ends.append(((b - fdb) >> cb) + 1)
+    itb = sb.itb_per_group
+    it = t.inode_table[(t.inode_table >= np.uint64(fdb))
+                       & (t.inode_table < np.uint64(end))].astype(np.int64)
+    last = fdb + ((it - fdb) // bpg + 1) * bpg - 1
+    it = it[it + itb <= last]
+    if itb:
+        starts.append((it - fdb) >> cb)
+        ends.append(((it + itb - 1 - fdb) >> cb) + 1)
+    g = np.arange(n, dtype=np.int64)
+    has = has_super_array(sb).astype(np.int64)
+    in_meta = np.zeros(n, bool)
+    gdb = has * (sb.first_meta_bg if sb.meta_bg else sb.gdt_blocks)
+    if sb.meta_bg:
+        dpb = sb.descs_per_block
+        in_meta = g >= sb.first_meta_bg * dpb
+        pos = g % dpb
+        gdb = np.where(in_meta, (pos == 0) | (pos == 1 % dpb) | (pos == dpb - 1), gdb)
+    length = np.minimum(has + gdb, bpg)
+    first = fdb + g * bpg
+    m = length > 0
+    starts.append((first[m] - fdb) >> cb)
+    ends.append(((first[m] + length[m] - 1 - fdb) >> cb) + 1)
+    a, b = _normalise(np.concatenate(starts), np.concatenate(ends))
+    return int((b - a).sum())
+
+
+# -- the used map ------------------------------------------------------------------------------
+def _units_to_gran(fs: FsUsage, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of bitmap units -> runs of the `gran`-byte clusters of the disk they touch."""
+    a = np.clip(a, 0, fs.units)
+    b = np.clip(b, 0, fs.units)
+    keep = b > a
+    a, b = a[keep], b[keep]
+    u, g, base = fs.unit_size, fs.gran, fs.data_start
+    return (base + a * u) // g, -(-(base + b * u) // g)
+
+
+def _block_unit_runs(sb: Superblock, first: np.ndarray, count: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Block runs [first, first+count) -> the bitmap unit runs covering them."""
+    m = count > 0
+    first, count = first[m], count[m]
+    fdb, cb = sb.first_data_block, sb.cluster_bits
+    return (first - fdb) >> cb, ((first + count - 1 - fdb) >> cb) + 1
+
+
+def _build_used(read: Reader, fs: FsUsage, sb: Superblock, t: DescTable, bad: np.ndarray) -> None:
+    """fs.used: every `gran`-byte cluster holding a used unit. Used: the bits of each
+    initialised group's bitmap; the fixed metadata of every group (bitmaps, inode table, and
+    superblock copy and descriptor blocks: all a BLOCK_UNINIT group has, as the kernel builds
+    its bitmap); every unit of a damaged group."""
+    ngroups, upg = len(t), sb.blocks_per_group >> sb.cluster_bits
+    g = np.arange(ngroups, dtype=np.int64)
+    ok = ~bad
+    runs_a: list[np.ndarray] = []
+    runs_b: list[np.ndarray] = []
+
+    def add(a: np.ndarray, b: np.ndarray) -> None:
+        ga, gb = _units_to_gran(fs, a, b)
+        runs_a.append(ga)
+        runs_b.append(gb)
+
+    # Fixed metadata of the valid groups (a flex_bg group may hold other groups' bitmaps and
+    # inode tables; a BLOCK_UNINIT bitmap only knows its own).
+    first = sb.first_data_block + g[ok] * sb.blocks_per_group
+    add(*_block_unit_runs(sb, first, base_meta_array(sb)[ok]))
+    # Group 0 from its first block to the end of the primary superblock, descriptor table and
+    # reserved GDT blocks (with 1 KiB blocks and s_first_data_block 0 these start a block later
+    # than base_meta_blocks counts from).
+    add(*_block_unit_runs(sb, np.array([sb.first_data_block], np.int64),
+                          np.array([_gdt_end(sb) + sb.reserved_gdt_blocks - sb.first_data_block],
+                                   np.int64)))
+    one = np.ones(int(ok.sum()), np.int64)
+    add(*_block_unit_runs(sb, t.block_bitmap[ok].astype(np.int64), one))
+    add(*_block_unit_runs(sb, t.inode_bitmap[ok].astype(np.int64), one))
+    add(*_block_unit_runs(sb, t.inode_table[ok].astype(np.int64), one * sb.inode_table_blocks))
+    # Damaged groups, whole.
+    dg = g[bad]
+    add(dg * upg, (dg + 1) * upg)
+    # Initialised groups: their bitmaps, in chunks of at most CHUNK_UNITS bits.
+    want = g[ok & (t.flags & BG_BLOCK_UNINIT == 0)]
+    bs, gbytes = sb.block_size, upg // 8
+    per = max(1, min(CHUNK_UNITS // upg, READ_MAX // bs))
+    mism_total = 0
     i = 0
-    bs = sb.block_size
-    while i < len(wanted):
-        j = i + 1
-        while j < len(wanted) and wanted[j][0] == wanted[j - 1][0] + 1 and (j - i) * bs < READ_MAX:
-            j += 1
-        data = _read_exact(read, fs.start + wanted[i][0] * bs, (j - i) * bs)
-        for k in range(i, j):
-            blk, g = wanted[k]
-            bm = np.frombuffer(data, np.uint8, gbytes, (k - i) * bs)
-            _apply_bitmap(fs, sb, used, g, descs[g], bm, blk)
+    while i < want.size:
+        g0 = int(want[i])
+        j = int(np.searchsorted(want, g0 + per))
+        grp = want[i:j]
         i = j
-    # Fixed metadata of every group is in use whatever its bitmap says (a flex_bg group may
-    # hold other groups' bitmaps and inode tables; a BLOCK_UNINIT bitmap only knows its own).
-    itb = sb.inode_table_blocks
-    for g, d in enumerate(descs):
-        if g in bad:
-            continue
-        _mark_blocks(used, sb, sb.group_first_block(g), sb.base_meta_blocks(g))
-        _mark_blocks(used, sb, d.block_bitmap, 1)
-        _mark_blocks(used, sb, d.inode_bitmap, 1)
-        _mark_blocks(used, sb, d.inode_table, itb)
-    nbytes = -(-fs.units // 8)
-    used = used[:nbytes].copy()
-    if fs.units % 8:  # clear padding bits past the last unit
-        used[-1] &= (1 << (fs.units % 8)) - 1
-    fs.used_bits = used
-
-
-def _apply_bitmap(fs: FsUsage, sb: Superblock, used: np.ndarray, g: int, d: GroupDesc,
-                  bm: np.ndarray, blk: int) -> None:
-    upg = sb.blocks_per_group >> sb.cluster_bits
-    units = -(-sb.blocks_in_group(g) >> sb.cluster_bits)
-    full, rest = divmod(units, 8)
-    free = units - int(np.unpackbits(bm[:full]).sum())
-    if rest:
-        free -= bin(int(bm[full]) & ((1 << rest) - 1)).count("1")
-    dst = used[g * upg // 8: g * upg // 8 + upg // 8]
-    if free != d.free_blocks:
-        fs.findings.append(Finding(
-            "EXT4_BITMAP", fs.where, f"group {g} block bitmap at byte {fs.start + blk * sb.block_size}"
-            f": {free} free units, its descriptor says {d.free_blocks}"
-            + ("; group counted as used" if free > d.free_blocks else "")))
-        if free > d.free_blocks:  # the bitmap lost bits: trust nothing in this group
-            dst[:] = 0xFF
-            return
-    dst |= bm
-
-
-def _mark_blocks(used: np.ndarray, sb: Superblock, block: int, count: int) -> None:
-    if count <= 0:
-        return
-    first = (block - sb.first_data_block) >> sb.cluster_bits
-    last = (block + count - 1 - sb.first_data_block) >> sb.cluster_bits
-    first = max(first, 0)
-    last = min(last, used.size * 8 - 1)
-    if first > last:
-        return
-    bits = np.unpackbits(used[first // 8: last // 8 + 1], bitorder="little")
-    bits[first % 8: first % 8 + last - first + 1] = 1
-    used[first // 8: last // 8 + 1] = np.packbits(bits, bitorder="little")
+        blocks = t.block_bitmap[grp].astype(np.int64)  # distinct: _check_descs saw to it
+        order = np.argsort(blocks)
+        buf = bytearray(grp.size * bs)
+        sb_blocks = blocks[order]
+        for s, e in _block_runs(np.arange(grp.size), sb_blocks, grp.size):
+            buf[s * bs:e * bs] = _read_exact(read, fs.start + int(sb_blocks[s]) * bs, (e - s) * bs)
+        rows = np.empty((grp.size, gbytes), np.uint8)
+        rows[order] = np.frombuffer(buf, np.uint8).reshape(grp.size, bs)[:, :gbytes]
+        bits = np.unpackbits(rows, axis=1, bitorder="little")
+        units = _units_in_groups(sb, grp)
+        used = bits.sum(axis=1, dtype=np.int64)
+        short = np.flatnonzero(units < upg)
+        for k in short.tolist():
+            used[k] = int(bits[k, :units[k]].sum())
+        free = units - used
+        mism = np.flatnonzero(free != t.free_blocks[grp])
+        lost = free > t.free_blocks[grp]
+        for k in mism[:FINDINGS_MAX].tolist():  # fs.find keeps the first FINDINGS_MAX
+            gk = int(grp[k])
+            fs.find("EXT4_BITMAP", f"group {gk} block bitmap at byte "
+                    f"{fs.start + int(blocks[k]) * bs}: {int(free[k])} free units, its "
+                    f"descriptor says {int(t.free_blocks[gk])}"
+                    + ("; group counted as used" if lost[k] else ""))
+        mism_total += int(mism.size)
+        bits[lost] = 1  # the bitmap lost bits: trust nothing in this group
+        span = int(grp[-1]) - g0 + 1
+        dense = np.zeros((span, upg), np.uint8)
+        dense[grp - g0] = bits
+        flat = dense.reshape(-1)[: max(0, min(span * upg, fs.units - g0 * upg))]
+        d = np.diff(np.concatenate(([0], flat.view(np.int8), [0])))
+        add(np.flatnonzero(d == 1).astype(np.int64) + g0 * upg,
+            np.flatnonzero(d == -1).astype(np.int64) + g0 * upg)
+    fs.find_more("EXT4_BITMAP", mism_total, "groups whose bitmap disagrees with its descriptor")
+    a, b = _normalise(np.concatenate(runs_a), np.concatenate(runs_b))
+    fs.used = ClusterSet(a, b, -(-(fs.start + fs.size_bytes) // fs.gran))
 
 
 # -- the whole disk ----------------------------------------------------------------------------
-def analyse_disk(read: Reader, disk_size: int, *, bitmaps: bool) -> DiskFs:
-    """Every filesystem of the disk: ext2/3/4 analysed, anything else listed as not analysed."""
+def analyse_disk(read: Reader, disk_size: int, *, bitmaps: bool,
+                 cluster_size: int | None = None) -> DiskFs:
+    """Every filesystem of the disk: ext2/3/4 analysed, anything else listed as not analysed.
+    `cluster_size`: the granularity of the used maps (default: that of the Volume `read`
+    belongs to, as du and compact pass vol.read; else 512 bytes, exact for any cluster)."""
+    gran = cluster_size or getattr(getattr(read, "__self__", None), "cluster_size", None) or GRAN
     table = inspect_disk(read, disk_size)
     out = DiskFs(table, [], [])
     if table.partitions:
@@ -330,69 +686,42 @@ def analyse_disk(read: Reader, disk_size: int, *, bitmaps: bool) -> DiskFs:
             if p.type in ("0x05", "0x0f", "0x85"):  # an extended partition is a container
                 continue
             where = f"part{p.number}"
-            if p.fs in EXT_KINDS:
-                out.filesystems.append(analyse_fs(read, where, p.start, p.size, bitmaps=bitmaps))
+            if p.start >= disk_size:  # wholly past the end: nothing there to read
+                out.others.append(OtherFs(where, p.start, p.size, p.fs, (
+                    f"not analysed: {p.outside}; nothing read there")))
+            elif p.fs in EXT_KINDS:
+                limit = min(p.size, disk_size - p.start)
+                out.filesystems.append(analyse_fs(read, where, p.start, limit, bitmaps=bitmaps,
+                                                  gran=gran))
             else:
                 out.others.append(OtherFs(where, p.start, p.size, p.fs))
     elif table.whole_disk_fs in EXT_KINDS:
-        out.filesystems.append(analyse_fs(read, "disk", 0, disk_size, bitmaps=bitmaps))
+        out.filesystems.append(analyse_fs(read, "disk", 0, disk_size, bitmaps=bitmaps, gran=gran))
     else:
         out.others.append(OtherFs("disk", 0, disk_size, table.whole_disk_fs))
     return out
 
 
-def cluster_maps(dfs: DiskFs, nclusters: int, cluster: int) -> tuple[np.ndarray, np.ndarray]:
-    """(analysed, used) booleans per ploop cluster: `analysed` marks clusters lying wholly
+def cluster_maps(dfs: DiskFs, nclusters: int, cluster: int) -> tuple[ClusterSet, ClusterSet]:
+    """(analysed, used) sets of ploop clusters: `analysed` holds the clusters lying wholly
     inside an analysed filesystem (their fate is decided by its bitmaps), `used` those of them
     holding at least one used block. Everything else (partition tables, the GPT backup, gaps,
     other filesystems, clusters straddling a boundary) is not analysed: compact keeps it."""
-    analysed = np.zeros(nclusters, bool)
-    used = np.zeros(nclusters, bool)
+    analysed = ClusterSet.empty(nclusters)
+    used = ClusterSet.empty(nclusters)
     for fs in dfs.filesystems:
-        if not fs.analysed or fs.used_bits is None:
+        if not fs.analysed or fs.used is None:
             continue
         a = -(-fs.data_start // cluster)
         b = min((fs.start + fs.size_bytes) // cluster, nclusters)
         if a >= b:
             continue
-        analysed[a:b] = True
-        _used_clusters(fs, used, cluster)
-    used &= analysed
-    return analysed, used
-
-
-def _used_clusters(fs: FsUsage, used: np.ndarray, cluster: int) -> None:
-    assert fs.used_bits is not None
-    u = fs.unit_size
-    base = fs.data_start
-    per = cluster // u if cluster % u == 0 else 0
-    if per and per % 8 == 0 and base % cluster == 0:
-        # Aligned: one row of packed bytes per cluster; any bit set = cluster used.
-        row = per // 8
-        bits = fs.used_bits
-        n = -(-bits.size // row)
-        padded = np.zeros(n * row, np.uint8)
-        padded[:bits.size] = bits
-        rows = padded.reshape(n, row).any(axis=1)
-        c0 = base // cluster
-        n = min(n, used.size - c0)
-        used[c0:c0 + n] |= rows[:n]
-        return
-    step = 1 << 24  # units per slice
-    for s in range(0, fs.units, step):
-        e = min(s + step, fs.units)
-        bits = np.unpackbits(fs.used_bits[s // 8: -(-e // 8)], bitorder="little")[: e - s]
-        idx = np.flatnonzero(bits).astype(np.int64) + s
-        if not idx.size:
-            continue
-        lo = (base + idx * u) // cluster
-        hi = (base + idx * u + u - 1) // cluster
-        for k in range(int((hi - lo).max()) + 1):
-            c = np.minimum(lo + k, hi)
-            used[c[c < used.size]] = True
+        analysed = analysed | ClusterSet.range(a, b, nclusters)
+        used = used | fs.used.rescale(fs.gran, cluster, nclusters)
+    return analysed, used & analysed
 
 
 def usage_summary(read: Reader, disk_size: int) -> list[dict[str, Any]]:
-    """df-like figures of every filesystem (superblock and descriptors only; for `info`)."""
+    """df's figures of every filesystem (superblock and descriptors only; for `info`)."""
     dfs = analyse_disk(read, disk_size, bitmaps=False)
-    return [fs.to_json() for fs in dfs.filesystems] + [o.to_json() for o in dfs.others]
+    return [fs.to_json(df=True) for fs in dfs.filesystems] + [o.to_json() for o in dfs.others]
