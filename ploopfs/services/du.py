@@ -285,6 +285,12 @@ def format_du(r: DuReport) -> str:
             continue
         lines.append(f"      clusters: {cs(fc['mapped'])} allocated, {cs(fc['used'])} used by "
                      f"the fs, {cs(fc['wasted'])} wasted (allocated, no used block)")
+        if fc["used_unmapped"]:
+            lines.append(
+                f"      ({cs(fc['used_unmapped'])} of the used are holes in the image: the fs "
+                "counts their blocks as used (its metadata, e.g. inode tables and journal, or "
+                "preallocated blocks) but they were never written, so they read as zeros and "
+                "take no space; this is why used can exceed allocated)")
     for o in r.others:
         lines.append(f"  {o['where']}: {o['kind'] or 'unknown'}, {size_str(o['size_bytes'])}: "
                      f"{o['note']}")
