@@ -22,6 +22,7 @@ the sample. Each distinct sampled block is compressed once, on another thread.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import threading
@@ -31,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ploopfs.errors import UsageError
+from ploopfs.errors import UnsupportedError, UsageError
 from ploopfs.native import ffi, lib
 from ploopfs.volume.source import OpenOptions, open_source
 from ploopfs.volume.volume import Volume
@@ -125,6 +126,7 @@ class _Maps:
     def __init__(self, vol: Volume) -> None:
         self.vol = vol
         self._maps: dict[int, tuple[mmap.mmap, memoryview]] = {}
+        self._unmappable: set[int] = set()  # levels whose file could not be mapped: read them
         self._lock = threading.Lock()
 
     def view(self, off: int, n: int) -> memoryview | None:
@@ -137,11 +139,17 @@ class _Maps:
         with self._lock:
             m = self._maps.get(seg.level)
             if m is None:
+                if seg.level in self._unmappable:
+                    return None
                 fd = self.vol.images[seg.level].fd
                 size = os.fstat(fd).st_size
                 if size == 0:
                     return None
-                mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+                try:
+                    mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+                except OSError:  # e.g. ENOMEM: a large sparse file in a limited address space
+                    self._unmappable.add(seg.level)
+                    return None
                 m = self._maps[seg.level] = (mm, memoryview(mm))
         if seg.offset + n > len(m[1]):
             return None  # past the end: the read path zero-fills or reports it
@@ -160,8 +168,11 @@ class _Maps:
 
     def close(self) -> None:
         for mm, mv in self._maps.values():
-            mv.release()
-            mm.close()
+            try:
+                mv.release()
+                mm.close()
+            except BufferError:  # a view is still held (by an exception's traceback): the
+                pass  # mapping goes when the last view does; the error is the one to report
         self._maps.clear()
 
 
@@ -223,6 +234,23 @@ class Scanner:
 
     # -- per disk --
     def add(self, source: str, progress: Callable[[int], None] | None = None) -> None:
+        try:
+            self._add(source, progress)
+        except MemoryError:
+            raise self._out_of_memory(source) from None
+        except OSError as e:
+            if e.errno != errno.ENOMEM:
+                raise
+            raise self._out_of_memory(source) from None
+
+    def _out_of_memory(self, source: str) -> UnsupportedError:
+        """Memory ran out (the process's limit, or the machine's, below --memory): exit 9."""
+        return UnsupportedError(
+            f"du --dedup: out of memory: too large for the --memory budget ({_size(self.o.memory)}"
+            " for the hash tables) in the memory this process can get; give a smaller --memory "
+            "(past it the tables sample) or more memory", source)
+
+    def _add(self, source: str, progress: Callable[[int], None] | None) -> None:
         with open_source(source, self.o.open_options) as disk:
             vol = disk.volume(self.o.snapshot)
             ranges = read_ranges(vol, self.o.large)
@@ -343,7 +371,7 @@ class Scanner:
             "saved_blocks": referenced - distinct,
             "referenced_bytes": referenced * bs,
             "allocated_bytes": distinct * bs,
-            "dedup_ratio": refs / entries if entries else 1.0,
+            "dedup_ratio": refs / entries if entries else None,  # None: nothing hashed
             "table_peak_bytes": int(lib.pf_ddt_peak_bytes(t)),
             "histogram": hist,
         }
@@ -367,9 +395,10 @@ class Scanner:
             res[name] = {
                 "distinct_compressed_bytes": c_u,
                 "referenced_compressed_bytes": c_r,
-                "ratio": res["referenced_bytes"] / c_r if c_r else 1.0,
-                "ratio_distinct": res["distinct_bytes"] / c_u if c_u else 1.0,
-                "zfs_ratio_distinct": res["distinct_bytes"] / a_u if a_u else 1.0,
+                # None: no block was sampled, so there is no ratio to give
+                "ratio": res["referenced_bytes"] / c_r if c_r else None,
+                "ratio_distinct": res["distinct_bytes"] / c_u if c_u else None,
+                "zfs_ratio_distinct": res["distinct_bytes"] / a_u if a_u else None,
             }
         return res
 
@@ -381,9 +410,12 @@ def _combined(large: dict[str, Any], comp: dict[str, Any] | None) -> dict[str, A
                            "referenced_bytes": large["referenced_bytes"]}
     for name in COMPRESSORS if comp else ():
         r = comp[name]["zfs_ratio_distinct"]  # type: ignore[index]
+        if r is None:  # nothing sampled: nothing to say
+            out[name] = {"stored_bytes": None, "ratio": None}
+            continue
         stored = large["allocated_bytes"] / r
         out[name] = {"stored_bytes": round(stored),
-                     "ratio": large["referenced_bytes"] / stored if stored else 1.0}
+                     "ratio": large["referenced_bytes"] / stored if stored else None}
     return out
 
 
@@ -413,6 +445,11 @@ def _size(n: float) -> str:
     raise AssertionError
 
 
+def _ratio(x: float | None) -> str:
+    """A ratio as text: 'n/a' when nothing was measured (never a made-up 1.00x)."""
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
 def format_report(r: dict[str, Any]) -> str:
     t = r["totals"]
     lines = [f"du --dedup: {len(r['disks'])} disk(s), {_size(t['virtual_bytes'])} virtual, "
@@ -425,16 +462,17 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"compression of a sample: 1 in {c['sample_every']} distinct "
                      f"{_size(c['block_size'])} blocks by content hash: "
                      f"{c['distinct_blocks']} blocks, {_size(c['distinct_bytes'])}")
-        lines.append("  " + "   ".join(f"{n} {c[n]['ratio']:.2f}x" for n in COMPRESSORS)
+        lines.append("  " + "   ".join(f"{n} {_ratio(c[n]['ratio'])}" for n in COMPRESSORS)
                      + "  (referenced; after dedup: "
-                     + ", ".join(f"{n} {c[n]['ratio_distinct']:.2f}x" for n in COMPRESSORS) + ")")
+                     + ", ".join(f"{n} {_ratio(c[n]['ratio_distinct'])}" for n in COMPRESSORS)
+                     + ")")
         if not c["distinct_blocks"]:
             lines.append("  (no block was sampled: use a smaller --sample)")
     cb = r["combined"]
     if c and c["distinct_blocks"]:
         lines.append(f"dedup x compress at {_size(cb['block_size'])} (ZFS allocation, ashift "
                      f"{ASHIFT}): {_size(cb['referenced_bytes'])} referenced -> "
-                     + ", ".join(f"{n} {_size(cb[n]['stored_bytes'])} ({cb[n]['ratio']:.2f}x)"
+                     + ", ".join(f"{n} {_size(cb[n]['stored_bytes'])} ({_ratio(cb[n]['ratio'])})"
                                  for n in COMPRESSORS))
     return "\n".join(lines)
 
@@ -453,7 +491,7 @@ def _table_lines(tb: dict[str, Any]) -> list[str]:
         f"unallocated {tb['unallocated_blocks']} (neither stored)",
         f"  entries: unique (refcnt 1) {approx}{tb['unique_entries']}, duplicate "
         f"{approx}{tb['duplicate_entries']} holding {approx}{tb['duplicate_refs']} references;"
-        f" dedup ratio {tb['dedup_ratio']:.2f}x",
+        f" dedup ratio {_ratio(tb['dedup_ratio'])}",
         f"  {'refcnt':>8} {'entries':>12} {'LSIZE':>10} {'refs':>12} {'ref LSIZE':>10}",
     ]
     for h in tb["histogram"]:
