@@ -582,6 +582,28 @@ def _units_to_gran(fs: FsUsage, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarra
     return (base + a * u) // g, -(-(base + b * u) // g)
 
 
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _packed_to_gran(fs: FsUsage, u0: int, packed: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Runs of `gran`-byte clusters holding a set bit of `packed` (bitmap bits of units u0..,
+    little bit order), read a whole byte of bits at a time: None unless a cluster is a whole
+    number of bytes of bits and the bits' first byte starts on such a byte's boundary."""
+    u, g = fs.unit_size, fs.gran
+    x0 = fs.data_start + u0 * u
+    if g % (8 * u) or (x0 % g) % (8 * u):
+        return None
+    row, lead = g // (8 * u), (x0 % g) // (8 * u)
+    nrows = -(-(lead + packed.size) // row)
+    buf = np.zeros(nrows * row, np.uint8)
+    buf[lead:lead + packed.size] = packed
+    anyc = buf.reshape(nrows, row).any(axis=1)
+    d = np.diff(np.concatenate(([0], anyc.view(np.int8), [0])))
+    c0 = x0 // g
+    return np.flatnonzero(d == 1).astype(np.int64) + c0, np.flatnonzero(d == -1).astype(np.int64) + c0
+
+
 def _block_unit_runs(sb: Superblock, first: np.ndarray, count: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Block runs [first, first+count) -> the bitmap unit runs covering them."""
@@ -643,12 +665,10 @@ def _build_used(read: Reader, fs: FsUsage, sb: Superblock, t: DescTable, bad: np
             buf[s * bs:e * bs] = _read_exact(read, fs.start + int(sb_blocks[s]) * bs, (e - s) * bs)
         rows = np.empty((grp.size, gbytes), np.uint8)
         rows[order] = np.frombuffer(buf, np.uint8).reshape(grp.size, bs)[:, :gbytes]
-        bits = np.unpackbits(rows, axis=1, bitorder="little")
         units = _units_in_groups(sb, grp)
-        used = bits.sum(axis=1, dtype=np.int64)
-        short = np.flatnonzero(units < upg)
-        for k in short.tolist():
-            used[k] = int(bits[k, :units[k]].sum())
+        used = _POPCOUNT[rows].sum(axis=1, dtype=np.int64)
+        for k in np.flatnonzero(units < upg).tolist():  # the short last group: its bits only
+            used[k] = int(np.unpackbits(rows[k], bitorder="little")[:units[k]].sum())
         free = units - used
         mism = np.flatnonzero(free != t.free_blocks[grp])
         lost = free > t.free_blocks[grp]
@@ -659,14 +679,23 @@ def _build_used(read: Reader, fs: FsUsage, sb: Superblock, t: DescTable, bad: np
                     f"descriptor says {int(t.free_blocks[gk])}"
                     + ("; group counted as used" if lost[k] else ""))
         mism_total += int(mism.size)
-        bits[lost] = 1  # the bitmap lost bits: trust nothing in this group
+        rows[lost] = 0xFF  # the bitmap lost bits: trust nothing in this group
         span = int(grp[-1]) - g0 + 1
-        dense = np.zeros((span, upg), np.uint8)
-        dense[grp - g0] = bits
-        flat = dense.reshape(-1)[: max(0, min(span * upg, fs.units - g0 * upg))]
-        d = np.diff(np.concatenate(([0], flat.view(np.int8), [0])))
-        add(np.flatnonzero(d == 1).astype(np.int64) + g0 * upg,
-            np.flatnonzero(d == -1).astype(np.int64) + g0 * upg)
+        dense = np.zeros((span, gbytes), np.uint8)
+        dense[grp - g0] = rows
+        nbits = max(0, min(span * upg, fs.units - g0 * upg))
+        packed = dense.reshape(-1)[: -(-nbits // 8)]
+        if nbits % 8:  # bits past the last unit (the last group's padding)
+            packed[-1] &= (1 << (nbits % 8)) - 1
+        got = _packed_to_gran(fs, g0 * upg, packed)
+        if got is None:  # units not aligned to bytes of the clusters: bit by bit
+            flat = np.unpackbits(packed, bitorder="little")[:nbits]
+            d = np.diff(np.concatenate(([0], flat.view(np.int8), [0])))
+            add(np.flatnonzero(d == 1).astype(np.int64) + g0 * upg,
+                np.flatnonzero(d == -1).astype(np.int64) + g0 * upg)
+        else:
+            runs_a.append(got[0])
+            runs_b.append(got[1])
     fs.find_more("EXT4_BITMAP", mism_total, "groups whose bitmap disagrees with its descriptor")
     a, b = _normalise(np.concatenate(runs_a), np.concatenate(runs_b))
     fs.used = ClusterSet(a, b, -(-(fs.start + fs.size_bytes) // fs.gran))
