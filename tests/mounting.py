@@ -246,15 +246,21 @@ class Mounter:
         return p, err
 
     def mount(self, source: str | os.PathLike[str], *args: str | os.PathLike[str],
-              mnt: Path | None = None, name: str = "mnt") -> Mount:
-        """`ploopfs mount` in the background; returns once it reported readiness."""
+              mnt: Path | None = None, name: str = "mnt", warning: str | None = None) -> Mount:
+        """`ploopfs mount` in the background; returns once it reported readiness. Its stderr
+        must be empty, or (with `warning`) warning lines that each contain that text."""
         mnt = mnt or self.mountpoint(name)
         log, pidf = self.root / f"{mnt.name}.log", self.root / f"{mnt.name}.pid"
         r = self.run("mount", source, mnt, "--pid-file", pidf, "--log-file", log, *args)
         if pidf.exists():
             self.pids.append(int(pidf.read_text()))
         assert r.returncode == 0, f"mount failed ({r.returncode}): {r.stderr.strip()}"
-        assert r.stderr == "", r.stderr
+        if warning is None:
+            assert r.stderr == "", r.stderr
+        else:
+            lines = r.stderr.splitlines()
+            assert lines and all(ln.startswith("ploopfs: warning:") and warning in ln
+                                 for ln in lines), r.stderr
         assert pidf.exists(), "mount reported ready without writing its pid file"
         assert is_mounted(mnt), f"mount returned 0 but {mnt} is not mounted"
         m = Mount(mnt, int(pidf.read_text()), log)

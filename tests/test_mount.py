@@ -68,6 +68,8 @@ from ploopfs.format.descriptor import bare_guid
 from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descriptor
 
 KiB, MiB = 1 << 10, 1 << 20
+DIRTY_CASE = "v2-dirty-inuse"
+IN_USE = "marked in use"  # every command warns about an image left open (m_DiskInUse)
 EXT4_CASE = "ext4-gpt-chain2"
 CaseFactory = Callable[[str], Path]
 Guard = Callable[..., None]
@@ -179,7 +181,7 @@ def test_corpus_tree(corpus_case: CaseFactory, mounter: Mounter, case: str) -> N
     meta = case_meta(d)
     top = bare_guid(meta["top_guid"])
     size = meta["virtual_size_bytes"]
-    m = mounter.mount(src)
+    m = mounter.mount(src, warning=IN_USE if case == DIRTY_CASE else None)
 
     assert sha256_file(m / "disk") == expected_hashes(d)["expected.raw"] == want[top]
     assert sorted(os.listdir(m / "snapshots")) == sorted(want)
@@ -233,7 +235,8 @@ def test_corpus_snapshot_option(corpus_case: CaseFactory, mounter: Mounter, case
     src = d / "DiskDescriptor.xml"
     for i, (guid, h) in enumerate(snapshot_hashes(d).items()):
         spelled = [braced(guid.upper()), guid, braced(guid)][i % 3]
-        m = mounter.mount(src, "--snapshot", spelled, name=f"s{i}")
+        m = mounter.mount(src, "--snapshot", spelled, name=f"s{i}",
+                          warning=IN_USE if case == DIRTY_CASE else None)
         assert sha256_file(m / "disk") == h, guid
         assert sha256_file(m / f"snapshots/{guid}/disk") == h
         assert json.loads((m / "info.json").read_bytes()) == cli_json("info", "--json", src,

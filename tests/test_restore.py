@@ -396,7 +396,7 @@ def test_bad_input(tmp_path):
     qemu_create(mixed / "root.hds", 2 << 20, 64 << 10)
     qemu_create(mixed / "root.hds.{11111111-2222-3333-4444-555555555555}", 2 << 20, 1 << 20)
     _one_line_error([mixed], 7, "root.hds.{11111111", "at offset 28", "cluster size")
-    _one_line_error([mixed, "--sample", "-1"], 2, "--sample")
+    _one_line_error([mixed, "--sample", "-1"], 64, "--sample")  # a usage error
     assert not (mixed / DD).exists() and not (empty / DD).exists()
 
 

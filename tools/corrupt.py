@@ -108,6 +108,11 @@ def _field(t: Target, name: str, value: int | bytes) -> None:
     dm.header_field(t.top, name, value)
 
 
+def _signature(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(16)
+
+
 def _disk_size_expect(t: Target) -> set[str]:
     return {"DESCRIPTOR_DISK_SIZE"} if t.dd is not None else set()
 
@@ -176,7 +181,12 @@ def v_size_fields(t: Target) -> set[str]:
     dm.set_field(t.top, 0x24, "<I", (h.size_sectors - 1) & 0xFFFFFFFF)  # low word, v1 and v2
     if h.size_sectors - 1 > 0xFFFFFFFF:
         raise NotApplicable("size does not fit the low word")
-    return {"SIZE_FIELDS"} | _disk_size_expect(t)
+    # The top now describes one cluster less (the whole clusters of m_SizeInSectors), so a
+    # lower ploop delta of the old size is larger than it.
+    lower = {"DESCRIPTOR_LOWER_LARGER"} if any(
+        _signature(p) in (b"WithoutFreeSpace", b"WithouFreSpacExt") for p in t.chain[:-1]) \
+        else set()
+    return {"SIZE_FIELDS"} | _disk_size_expect(t) | lower
 
 
 def v_first_block_offset(t: Target) -> set[str]:

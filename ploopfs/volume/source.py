@@ -164,17 +164,21 @@ class Disk:
                     f"format v{im.header.version} mixed with v{first.header.version} of "
                     f"{first.path} in one chain", im.path, offset=0)
         cluster = first.cluster_size if first else images[0].cluster_size
-        size = self._size(top, ploop_imgs, snapshot)
+        size = self._size(top, ploop_imgs, entries[-1].guid == self.descriptor.top_guid)
         if self.salvage_log is not None:
             assert self.options.salvage is not None
             return SalvageVolume(images, size, cluster, self.options.salvage, self.salvage_log,
                                  entries[-1].guid)
         return Volume(images, size, cluster)
 
-    def _size(self, top: Image, ploop_imgs: list[Image], snapshot: str | None) -> int:
-        """The disk size as ploop shows it: `<Disk_size>` when there is a descriptor (the
-        kernel device never shows more), else what the top image describes (format.md §1.4)."""
-        dsize = self.descriptor.disk_size * SECTOR if self.descriptor_path else 0
+    def _size(self, top: Image, ploop_imgs: list[Image], is_top: bool) -> int:
+        """The disk size as ploop shows it (format.md §1.4): for the top snapshot `<Disk_size>`
+        when there is a descriptor (the device never shows more); for an older snapshot, and
+        without a descriptor, what that snapshot's own top image describes (ploop's
+        get_image_param_offline: the size is delta specific)."""
+        # A raw base alone has no header to size it: the descriptor's size serves there too.
+        dsize = (self.descriptor.disk_size * SECTOR
+                 if self.descriptor_path and (is_top or top.is_raw) else 0)
         if not dsize:
             size = top.virtual_size
             for im in ploop_imgs[:-1]:
@@ -182,7 +186,7 @@ class Disk:
                     self._warn(f"{im.path}: lower delta is larger ({im.virtual_size} bytes) "
                                f"than the top ({size}); the excess is not part of the disk")
             return size
-        if not top.is_raw and top.virtual_size != dsize and snapshot is None:
+        if not top.is_raw and top.virtual_size != dsize:
             self._warn(f"{self.descriptor_path}: <Disk_size> is {dsize} bytes but the top image "
                        f"describes {top.virtual_size}; using <Disk_size>, as ploop does (see "
                        "ploopfs check)")

@@ -39,7 +39,7 @@ def test_one_input(data: bytes) -> None:
         return
     common.write(BASIS, bytes(nbytes))
     try:
-        patch(BASIS, io.BytesIO(delta.getvalue()), OUT)
+        patch(BASIS, io.BytesIO(delta.getvalue()), OUT, replace=True)
     except BadDeltaError as e:
         raise common.Finding(f"our own delta does not apply: {e}") from None
     with open(OUT, "rb") as f:
