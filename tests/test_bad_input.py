@@ -88,7 +88,7 @@ def foreign_direct(f: Path) -> Expect:
 
 
 def foreign_base(f: Path) -> Expect:
-    """A base labelled Compressed must carry a ploop signature; only a Plain base is raw (§3)."""
+    """A base labelled Compressed must carry a ploop signature; only a Plain base is raw (format.md §3)."""
     dm.foreign_signature(f / "root.hdd")
     return Expect(f, f / "root.hdd", "not a ploop image", at(0))
 
@@ -129,7 +129,7 @@ def past_eof(img: Path) -> int:
 
 def bat_into_header_v2(f: Path) -> Expect:
     """v2 entries count clusters, so only an image whose header+BAT spans several clusters can
-    point into it: 4 KiB clusters, 16 MiB -> 4096 entries -> 5 header/BAT clusters (§2.4)."""
+    point into it: 4 KiB clusters, 16 MiB -> 4096 entries -> 5 header/BAT clusters (format.md §2.4)."""
     dm.build_chain(f, [(4096, 2)], size=16 * MIB)
     img = f / "root.hdd"
     return Expect(f, img, "header/BAT area", at(dm.bat_entry(img, 1000, 2)))
@@ -321,7 +321,7 @@ def outside(how: str) -> Callable[[Path], Expect]:
 
 C = ExitCode
 BAD: list[Bad] = [
-    # headers (§1)
+    # headers (format.md §1)
     Bad("empty-file", VS, C.BAD_IMAGE, empty_direct),
     Bad("empty-image-in-descriptor", VS, C.BAD_IMAGE, empty_in_descriptor),
     Bad("truncated-header", VS, C.BAD_IMAGE, truncated_header(40, direct=False)),
@@ -340,14 +340,14 @@ BAD: list[Bad] = [
     Bad("qcow2-direct", VS, C.UNSUPPORTED, qcow2(direct=True)),
     Bad("qcow2-in-descriptor", VS, C.UNSUPPORTED, qcow2(direct=False)),
     Bad("raw-without-cluster-size", VS, C.BAD_IMAGE, raw_no_cluster_size),
-    # BAT (§2.3, §2.8)
+    # BAT (format.md §2.3, §2.8)
     Bad("bat-past-eof", VS, C.CORRUPT, bat(past_eof, "past end of file")),
     Bad("bat-into-header-v1", V1, C.CORRUPT, bat(lambda _: 8, "header/BAT area")),
     Bad("bat-into-header-v2", None, C.CORRUPT, bat_into_header_v2),
     Bad("bat-reserved", VS, C.CORRUPT, bat(lambda _: 0xFFFFFFFF, "reserved value")),
     Bad("truncated-data", VS, C.CORRUPT, truncated_data),
     Bad("truncated-bat", VS, C.CORRUPT, truncated_bat),
-    # chains (§4.2)
+    # chains (format.md §4.2)
     Bad("chain-cluster-size", None, C.BAD_CHAIN,
         mixed_chain([(64 << 10, 2), (128 << 10, 2)], "cluster size 256 sectors differs", 0x1C)),
     Bad("chain-version", None, C.BAD_CHAIN,
@@ -366,7 +366,7 @@ BAD: list[Bad] = [
     Bad("snapshot-unknown", V1, C.NOT_FOUND,
         snapshot_arg("{" + str(uuid.uuid4()) + "}", "unknown snapshot", el("Snapshots"))),
     Bad("snapshot-invalid", V1, C.NOT_FOUND, snapshot_arg("top-ish", "not a snapshot GUID", None)),
-    # the snapshot tree (§5.3, §5.4)
+    # the snapshot tree (format.md §5.3, §5.4)
     Bad("tree-cycle", PB, C.BAD_CHAIN, tree(cycle, "cycle", f"{SHOT}/ParentGUID")),
     Bad("tree-cycle-no-root", V1, C.BAD_CHAIN, tree(cycle_no_root, "no base image",
                                                     f"{SHOT}/ParentGUID")),
@@ -381,7 +381,7 @@ BAD: list[Bad] = [
                                                      f"{SHOT}/ParentGUID")),
     Bad("unknown-top-guid", V1, C.BAD_CHAIN, tree(unknown_top, "is not an image",
                                                   "Snapshots/TopGUID")),
-    # the descriptor document (§5)
+    # the descriptor document (format.md §5)
     Bad("invalid-guid", V1, C.BAD_DESCRIPTOR,
         xml(lambda dd: dm.set_text(dd, f"{SHOT}[2]/GUID", "{not-a-guid}"), "invalid GUID",
             el(f"{SHOT}[2]/GUID"))),
@@ -403,7 +403,7 @@ BAD: list[Bad] = [
     Bad("billion-laughs-utf7", V1, C.BAD_DESCRIPTOR,
         xml(doctype("laughs", "utf-7"), "DTD", el("!DOCTYPE"))),
     Bad("xxe-passwd-utf7", V1, C.BAD_DESCRIPTOR, xml(doctype("xxe", "utf-7"), "DTD", el("!DOCTYPE"))),
-    # paths (§5.6)
+    # paths (format.md §5.6)
     Bad("path-absolute-outside", VS, C.UNSAFE_PATH, outside("abs")),
     Bad("path-dotdot", VS, C.UNSAFE_PATH, outside("dotdot")),
     Bad("path-symlink-outside", VS, C.UNSAFE_PATH, outside("symlink")),
@@ -534,7 +534,7 @@ def test_stale_absolute_path_falls_back(corpus_root: Path, tmp_path: Path,
 
 def test_v1_high_size_word_is_ignored(corpus_root: Path, tmp_path: Path,
                                       guard_sources: Callable[..., None]) -> None:
-    """v1: the u32 at offset 40 ("Unused") must be 0 but is ignored, as qemu does (§1.4, §11 trap
+    """v1: the u32 at offset 40 ("Unused") must be 0 but is ignored, as qemu does (format.md §1.4, §11 trap
     3): the disk reads exactly as qemu reads it, and a warning names the image and the offset."""
     f = dm.copy_case(corpus_root, V1, tmp_path / "src")
     top = top_delta(f)

@@ -5,7 +5,7 @@ against stock librsync `rdiff` (2.3.x) as the independent producer and consumer.
 * our deltas (from rdiff's or our signatures) applied by stock `rdiff patch` give NEW exactly;
   `ploopfs patch` of rdiff's own deltas equals `rdiff patch`;
 * growth, shrink, short last blocks, all-zero and moved blocks, 5 % / 50 % change, a > 4 GiB
-  sparse basis (8-byte COPY offsets), the §4.5 rollsum/zero-block input;
+  sparse basis (8-byte COPY offsets), the rollsum/zero-block input;
 * bad or truncated signatures and deltas: one-line errors, exit codes 13 / 14.
 """
 
@@ -98,7 +98,7 @@ def sparse_digest(path: Path) -> tuple[int, str]:
 
 
 def parse_delta(data: bytes) -> list[tuple[str, int, int]]:
-    """Independent decoder of the delta command stream (delta-notes §2.4): a list of
+    """Independent decoder of the delta command stream (docs/rdiff.md): a list of
     ('copy', start, len) / ('lit', width, len) / ('end', 0, 0)."""
     assert data[:4] == b"rs\x026"
     i, cmds = 4, []
@@ -426,7 +426,7 @@ def test_sparse_basis_beyond_4gib(tmp_path: Path) -> None:
 
 
 def test_rollsum_zero_blocks_linear(tmp_path: Path) -> None:
-    """§4.5: rollsum with 1 MiB blocks hashes every zero window to 0, which makes a rolling
+    """rollsum with 1 MiB blocks hashes every zero window to 0, which makes a rolling
     search quadratic. Aligned matching does the same work as for any other input."""
     rng = random.Random(45)
     base = bytes(32 * MiB) + rnd(rng, MiB)

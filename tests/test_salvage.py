@@ -80,7 +80,7 @@ def model(damaged: set[int], policy: str | None, top: int = 2) -> bytes:
 def damage(ch: Chain, kind: str) -> set[int]:
     """Damage the top's BAT; returns the damaged virtual clusters."""
     top = ch.top
-    per = C // 512 if _is_v1(top) else 1  # BAT entry units per cluster (§2.2)
+    per = C // 512 if _is_v1(top) else 1  # BAT entry units per cluster (format.md §2.2)
     size = top.stat().st_size
     if kind == "truncated":
         os.truncate(top, size - C)  # vc 4 is the last cluster written

@@ -66,7 +66,7 @@ DELETED: dict[Path, list[int]] = {}  # data blocks of the files make_fs removed
 
 
 def gpt_disk(tmp: Path, fs: Path, name: str = "disk.raw") -> tuple[Path, int]:
-    """fs at 1 MiB in a GPT disk with one spare cluster at the end (the ploop init layout, §8.1)."""
+    """fs at 1 MiB in a GPT disk with one spare cluster at the end (the ploop init layout, format.md §8.1)."""
     disk = tmp / name
     size = os.path.getsize(fs)
     sh("truncate", "-s", str(size + 2 * MiB), disk)

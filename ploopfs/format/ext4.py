@@ -4,7 +4,7 @@ sparse_super2, meta_bg, flex_bg). No I/O: callers hand in bytes (ploopfs/service
 
 Layout follows the kernel's fs/ext4 (ext4.h, balloc.c: ext4_num_base_meta_blocks,
 ext4_bg_has_super, descriptor_loc in super.c) and e2fsprogs' lib/ext2fs. Used by `ploopfs du`,
-`compact` and `info` to read a ploop disk's inner filesystem (ploop-format.md §7.9, §8.2).
+`compact` and `info` to read a ploop disk's inner filesystem (format.md §7.9, §8.2).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """`ploopfs diff`: what changed between two versions of a disk, as a list of cluster ranges (json),
 a librsync delta (rdiff) or a ploop delta image stacked on OLD (ploop).
 
-Matching is cluster-aligned with no rolling search (delta-notes §6.1): data in a ploop image
+Matching is cluster-aligned with no rolling search (docs/rdiff.md): data in a ploop image
 never shifts inside a cluster, so cluster k of NEW is compared with cluster k of OLD only.
 
 Which clusters are read. Before reading anything both block maps are walked side by side
 (`candidate_runs`). A byte of OLD and NEW served from the *same file at the same offset* (same
-inode; e.g. two snapshots of one descriptor sharing their lower deltas, §4.1) or a hole in both
+inode; e.g. two snapshots of one descriptor sharing their lower deltas, format.md §4.1) or a hole in both
 cannot differ, so only the other clusters ("candidates") are read and compared. A candidate
 whose bytes turn out equal (a cluster re-written with the same data in a later delta) is
 dropped: the output lists only clusters whose bytes truly differ, so the fast path and the full
@@ -848,8 +848,8 @@ class RdiffSink:
 
 class PloopSink:
     """Changed clusters into a new delta image. A change to all-zero is written as an explicit
-    zero cluster: a hole would fall through to OLD's data (§11 trap 24). Only zero clusters that
-    no image of OLD's chain can map (past every one of them, §1.4, §11 trap 7) stay holes."""
+    zero cluster: a hole would fall through to OLD's data (format.md §11 trap 24). Only zero clusters that
+    no image of OLD's chain can map (past every one of them, format.md §1.4, §11 trap 7) stay holes."""
 
     needs_bytes = True  # NEW's changed bytes go into the delta image
 
@@ -950,7 +950,7 @@ def _side_json(disk: Disk, vol: Volume, snapshot: str, digest: str | None,
 
 
 def in_use_images(vol: Volume) -> list[str]:
-    """The image files of a side marked in use (m_DiskInUse "Ynot", §1.3): open read-write by a
+    """The image files of a side marked in use (m_DiskInUse "Ynot", format.md §1.3): open read-write by a
     ploop kernel when read, or left so by a crash. Such a side may be changing under the diff,
     which then holds the bytes as they were read; the report and the CLI say so."""
     return [im.path for im in vol.images if im.header is not None and im.header.dirty]
@@ -1015,7 +1015,7 @@ def _summary(sides: Sides, stats: DiffStats, opts: DiffOptions) -> dict[str, Any
 
 def diff_rdiff(sides: Sides, out: str, opts: DiffOptions, replace: bool = False) -> dict[str, Any]:
     """A librsync delta at `out` that `rdiff patch OLD DELTA` turns into NEW, and its manifest
-    at `out` + .json (rdiff deltas carry no checksum: delta-notes §2.6). Both are opened before
+    at `out` + .json (rdiff deltas carry no checksum: docs/rdiff.md). Both are opened before
     the scan, so a manifest that may not be written fails the command before any work."""
     manifest = out + MANIFEST_SUFFIX
     if not replace and os.path.lexists(manifest):
@@ -1051,7 +1051,7 @@ def diff_rdiff(sides: Sides, out: str, opts: DiffOptions, replace: bool = False)
 
 def _delta_name(sides: Sides) -> str:
     """ploop's name for a new delta: the base image's file name without any .{…} suffix, plus
-    "." and a fresh GUID (§4.3)."""
+    "." and a fresh GUID (format.md §4.3)."""
     base = os.path.basename(sides.old_disk.paths[sides.old_disk.chain(sides.old_snapshot)[0].guid])
     if base.endswith("}") and ".{" in base:
         base = base[: base.rindex(".{")]
@@ -1061,7 +1061,7 @@ def _delta_name(sides: Sides) -> str:
 def diff_ploop(sides: Sides, outdir: str, opts: DiffOptions) -> dict[str, Any]:
     """A new folder with a v1/v2 delta (OLD's version) holding the changed clusters and a
     DiskDescriptor.xml stacking it on OLD's chain, whose images are referenced, not copied:
-    by paths relative to `outdir` (§5.6), so opening the result with ploopfs needs
+    by paths relative to `outdir` (format.md §5.6), so opening the result with ploopfs needs
     --allow-outside-paths. OLD's files are never written. On failure what was written is
     removed again."""
     made = fileio.create_folder(outdir)

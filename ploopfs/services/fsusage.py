@@ -1,8 +1,8 @@
 """The ext2/3/4 filesystems inside a virtual disk, read through a Volume (never mounted): usage
-figures equal to what `df` shows on a kernel mount (§7.2) and the map of used blocks that `du`
-and `compact` lay over the ploop clusters (§7.9).
+figures equal to what `df` shows on a kernel mount (format.md §7.2) and the map of used blocks that `du`
+and `compact` lay over the ploop clusters (format.md §7.9).
 
-A filesystem is found in each GPT/MBR partition, or on the whole disk (ploop init -P, §8.1).
+A filesystem is found in each GPT/MBR partition, or on the whole disk (ploop init -P, format.md §8.1).
 Work and memory follow what is stored, never what a superblock claims: the filesystem must fit
 the partition (and the disk) it is in, at most MAX_GROUPS groups are analysed, the descriptor
 table is decoded with numpy in one pass (no object per group), block bitmaps are read in

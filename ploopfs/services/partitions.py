@@ -1,5 +1,5 @@
 """What is inside a virtual disk: partition table (GPT or MBR), a filesystem guess per
-partition, LUKS (ploop-format.md §8, §9). Reads through any `read(offset, length)` callable."""
+partition, LUKS (format.md §8, §9). Reads through any `read(offset, length)` callable."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ class PartitionTable:
     scheme: str  # "gpt", "mbr" or "none"
     sector_size: int = 512
     partitions: list[Partition] = field(default_factory=list)
-    whole_disk_fs: str | None = None  # a filesystem at offset 0 (ploop init -P, §8.1)
-    luks: str | None = None  # "whole-disk" (layout V2) or "partition 1" (layout V1) (§9)
+    whole_disk_fs: str | None = None  # a filesystem at offset 0 (ploop init -P, format.md §8.1)
+    luks: str | None = None  # "whole-disk" (layout V2) or "partition 1" (layout V1) (format.md §9)
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -166,7 +166,7 @@ def inspect_disk(read: Reader, disk_size: int) -> PartitionTable:
         table.whole_disk_fs = "luks"
         return table
     found = False
-    for sector in (512, 4096):  # GPT at LBA 1 of either logical sector size (§11 trap 19)
+    for sector in (512, 4096):  # GPT at LBA 1 of either logical sector size (format.md §11 trap 19)
         if sector < disk_size and _parse_gpt(read, disk_size, sector, table):
             found = True
             break

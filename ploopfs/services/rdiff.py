@@ -1,14 +1,14 @@
 """rdiff (librsync) drop-in: signatures, aligned deltas and patching, on the C engine in
-native/pf_rdiff.c (formats: delta-notes §2).
+native/pf_rdiff.c (formats: docs/rdiff.md).
 
 * `write_signature` writes exactly what `rdiff signature` writes for the same options
-  (librsync 2.3.x defaults, §2.2).
-* `delta_from_signature` matches *aligned* blocks only (fast-rdiff mode, §6.1): each new block
+  (librsync 2.3.x defaults).
+* `delta_from_signature` matches *aligned* blocks only (fast-rdiff mode): each new block
   is compared with the basis block at the same index first, then looked up in a hash index of
   all basis blocks (moved blocks); anything else is a literal. Data inside a ploop image never
   moves by less than a cluster, so on images this finds what rdiff's rolling search finds, at
-  a cost that does not depend on the content (no pathological inputs, §4.5).
-* `DeltaWriter` encodes commands with minimal-width big-endian parameters (§2.4), merging
+  a cost that does not depend on the content (no pathological inputs).
+* `DeltaWriter` encodes commands with minimal-width big-endian parameters, merging
   contiguous COPYs and adjacent short literals (< `LITERAL_GATHER`, 64 KiB); longer literals
   are written straight from the caller's buffer, in commands of at most `LITERAL_MAX` (4 MiB).
 * `patch` applies any librsync delta like `rdiff patch`, streaming, with bounded memory.
@@ -215,7 +215,7 @@ def _read_all(path_or_file: str | os.PathLike[str] | BinaryIO) -> tuple[bytes, s
 
 
 def read_signature(path_or_file: str | os.PathLike[str] | BinaryIO) -> Signature:
-    """Parse an rdiff signature of any of the four magics (§2.1, §2.3), including legacy
+    """Parse an rdiff signature of any of the four magics, including legacy
     8-byte MD4 sums. Malformed or truncated input raises BadSignatureError (exit 13) naming
     the byte offset."""
     data, name = _read_all(path_or_file)
@@ -257,7 +257,7 @@ class DeltaStats:
 
 
 class DeltaWriter:
-    """Writes a librsync delta (§2.4) to `out`: magic now, commands as they come, END on
+    """Writes a librsync delta to `out`: magic now, commands as they come, END on
     close(). Contiguous copies become one COPY; adjacent short literals are gathered into one
     command, long ones written as they come (commands of up to LITERAL_MAX bytes)."""
 
