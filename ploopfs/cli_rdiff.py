@@ -74,7 +74,7 @@ def _is_ploop_source(path: str) -> bool:
     """A folder, DiskDescriptor.xml or ploop image; anything else is read as a plain file."""
     if os.path.isdir(path):
         return True
-    from ploopfs.format.header import ImageKind, sniff
+    from ploopfs.format.probe import FileKind, probe
 
     try:
         with open(path, "rb") as f:
@@ -83,9 +83,8 @@ def _is_ploop_source(path: str) -> bool:
         raise NotFoundError("no such file or folder", path) from None
     # Only an *.xml file that starts like XML is taken for a descriptor: a plain file may begin
     # with any bytes, '<' included.
-    if path.lower().endswith(".xml") and head.lstrip()[:1] == b"<":
-        return True
-    return len(head) >= 16 and sniff(head) is not ImageKind.RAW
+    kind = probe(head)
+    return kind.is_ploop or (kind is FileKind.XML and path.lower().endswith(".xml"))
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from ploopfs.errors import BadImageError
+from ploopfs.format.probe import SIG_V1, SIG_V2, FileKind, probe
 
 SECTOR = 512
 HEADER_SIZE = 64
@@ -17,8 +18,6 @@ HEADER_SIZE = 64
 # PLOOP_MAP_OFFSET).
 HEADER_SLOTS = HEADER_SIZE // 4
 
-SIG_V1 = b"WithoutFreeSpace"
-SIG_V2 = b"WithouFreSpacExt"  # abbreviated on purpose to fit 16 bytes (format.md §1.1)
 PRL_IMAGE_COMPRESSED = 2
 
 DISK_IN_USE = 0x746F6E59  # "Ynot": open read-write / dirty (format.md §1.3)
@@ -45,12 +44,11 @@ class ImageKind(Enum):
 
 
 def sniff(first16: bytes) -> ImageKind:
-    """Decide a file's kind from its first 16 bytes, never from <Type> (format.md §3, §11 trap 10)."""
-    if first16[:16] == SIG_V1:
-        return ImageKind.V1
-    if first16[:16] == SIG_V2:
-        return ImageKind.V2
-    return ImageKind.RAW
+    """An image's kind from its signature (probe.py), never from <Type> (format.md §3,
+    §11 trap 10): anything without a ploop signature is raw to the image reader."""
+    kind = probe(first16)
+    return ImageKind.V1 if kind is FileKind.PLOOP_V1 else (
+        ImageKind.V2 if kind is FileKind.PLOOP_V2 else ImageKind.RAW)
 
 
 @dataclass(frozen=True)

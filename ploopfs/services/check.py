@@ -32,13 +32,12 @@ from ploopfs.format.header import (
     HEADER_SIZE,
     NONE_GUID,
     SECTOR,
-    SIG_V1,
-    SIG_V2,
     TOP_GUID,
     Header,
     decode_header_fields,
 )
 from ploopfs.format.infer import Hints, Inference, infer_header
+from ploopfs.format.probe import FileKind, probe
 from ploopfs.services.partitions import LUKS_MAGIC, inspect_disk
 from ploopfs.volume.fileio import open_readonly
 from ploopfs.volume.source import (
@@ -280,10 +279,11 @@ def _scan_image(r: _Report, path: str, fd: int, *, raw_ok: bool, in_chain: bool,
         r.add("IMAGE_EMPTY", "empty file", file=path, severity=sev_fatal)
         return _empty(path, fd, size)
     head = _pread(fd, HEADER_SIZE, 0)
-    if head[:16] not in (SIG_V1, SIG_V2):
+    kind = probe(head)
+    if not kind.is_ploop:
         if raw_ok:
             return _empty(path, fd, size, raw=True)
-        qcow2 = head[:4] == b"QFI\xfb"
+        qcow2 = kind is FileKind.QCOW2
         what = "qcow2 image (VZ9 qcow2 mode)" if qcow2 else f"signature {head[:16]!r}"
         inf = None if qcow2 else _infer(fd, size, hints())
         if inf is None:
@@ -613,7 +613,7 @@ def _check_source(r: _Report, src: str, snapshot: str | None, deep: bool, allow_
         return
     fds.append(fd)
     head = _pread(fd, HEADER_SIZE, 0)
-    if head.lstrip()[:1] == b"<" or src.lower().endswith(".xml"):
+    if probe(head) is FileKind.XML or src.lower().endswith(".xml"):
         _check_descriptor_source(r, src, snapshot, deep, allow_outside, fds)
         return
     r.report.chain = [TOP_GUID]

@@ -62,6 +62,7 @@ from ploopfs.format.header import (
     chs_geometry,
     sniff,
 )
+from ploopfs.format.probe import FileKind, probe
 from ploopfs.volume import fileio
 from ploopfs.volume.fileio import open_readonly
 from ploopfs.volume.image import Image, pread_exact
@@ -211,7 +212,7 @@ def _sniff_file(path: str, st: os.stat_result, ignored: list[dict[str, str]]) ->
         head = pread_exact(fd, HEADER_SIZE, 0, path)
     finally:
         os.close(fd)
-    if head[:4] == b"QFI\xfb":
+    if probe(head) is FileKind.QCOW2:
         ignored.append({"file": name, "reason": "qcow2 image (VZ9 qcow2 mode), needs no descriptor"})
         return None
     return sniff(head)

@@ -21,6 +21,7 @@ import stat
 from collections.abc import Iterable
 
 from ploopfs.errors import BadImageError, NotFoundError, OutputError, SourceIOError
+from ploopfs.format.probe import PROBE_BYTES, FileKind, probe
 
 MARK = "user.ploopfs.output"
 
@@ -116,14 +117,13 @@ def check_stdout() -> None:
 
 # -- outputs ------------------------------------------------------------------------------------
 def _looks_like_disk(fd: int) -> bool:
-    from ploopfs.format.header import ImageKind, sniff
-
+    """A ploop or qcow2 image or an XML file (a descriptor): never replaced unless marked."""
     try:
-        head = os.pread(fd, 64, 0)
+        head = os.pread(fd, PROBE_BYTES, 0)
     except OSError:
         return True
-    return (len(head) >= 16 and sniff(head) is not ImageKind.RAW) or head[:4] == b"QFI\xfb" \
-        or b"<Parallels_disk_image" in head or head.lstrip()[:5] == b"<?xml"
+    kind = probe(head)
+    return kind.is_ploop or kind in (FileKind.QCOW2, FileKind.XML)
 
 
 def _is_own_output(fd: int) -> bool:

@@ -26,6 +26,7 @@ from ploopfs.format.bat import (
 from ploopfs.format.extension import FormatExtension, parse_extension
 from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, parse_header, sniff
 from ploopfs.format.infer import Hints, Inference, infer_header
+from ploopfs.format.probe import FileKind, probe
 from ploopfs.native import bat_nonzero
 from ploopfs.volume.fileio import open_readonly
 
@@ -127,7 +128,7 @@ class Image:
             kind = sniff(head)
             try:
                 if kind is ImageKind.RAW:
-                    if head[:4] == b"QFI\xfb":  # format.md §11 trap 18
+                    if probe(head) is FileKind.QCOW2:  # format.md §11 trap 18
                         raise UnsupportedError("qcow2 image (VZ9 qcow2 mode) is not a ploop image",
                                                path)
                     if not allow_raw:

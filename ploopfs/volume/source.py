@@ -36,6 +36,7 @@ from ploopfs.format.header import (
     sniff,
 )
 from ploopfs.format.infer import Hints
+from ploopfs.format.probe import FileKind, probe
 from ploopfs.volume import fileio
 from ploopfs.volume.fileio import open_readonly
 from ploopfs.volume.image import Image, pread_exact
@@ -243,10 +244,10 @@ def open_source(source: str | os.PathLike[str], options: OpenOptions | None = No
         head = pread_exact(fd, 64, 0, src)
     finally:
         os.close(fd)
-    if head.lstrip()[:1] == b"<" or src.lower().endswith(".xml"):
+    if probe(head) is FileKind.XML or src.lower().endswith(".xml"):
         return _open_descriptor(src, opts)
     kind = sniff(head)
-    if head[:4] == b"QFI\xfb":
+    if probe(head) is FileKind.QCOW2:
         raise UnsupportedError("qcow2 image (VZ9 qcow2 mode) is not a ploop image", src)
     if kind is ImageKind.RAW and not opts.cluster_size and opts.salvage is not None:
         return _single_image(src, ImageKind.V2, opts)  # a damaged header: try to infer it
