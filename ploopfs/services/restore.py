@@ -372,12 +372,16 @@ def apply_old_descriptor(scan: Scan, path: str) -> None:
 @dataclass
 class Content:
     """Sector comparisons over the sampled virtual clusters mapped by two or more ploop images.
-    M[v, x]: image x maps cluster v; D[v, x, y]: sectors differing between x and y (y = n: the
-    base content, zeros or the raw base); E[v, x, y]: sectors equal and non-zero in both."""
+    M[v, x]: image x maps cluster v; D[v, x, y]: sectors image x must have written over y's
+    cluster (y = n: the base content, zeros or the raw base): the sectors in which they differ,
+    but 0 when x's cluster is all zeros (Z[v, x]), a cluster allocated as zeros by a discard or
+    a zeroing write, one operation that shadows whatever lies below (format.md §4.1, §11 trap
+    24), so it says nothing about the order; E[v, x, y]: sectors equal and non-zero in both."""
 
     M: np.ndarray
     D: np.ndarray
     E: np.ndarray
+    Z: np.ndarray
     shared_total: int  # clusters mapped by >= 2 ploop images, before sampling
     sampled: int
     bytes_read: int = 0
@@ -423,6 +427,7 @@ def content_evidence(scan: Scan, sample: int = DEFAULT_SAMPLE) -> Content:
         offs[hit, x] = ent[pos_c[hit]].astype(np.int64) * m.unit
     D = np.zeros((V, n, n + 1), np.int32)
     E = np.zeros((V, n, n + 1), np.int32)
+    Z = np.zeros((V, n), bool)
     c = scan.cluster_size
     read = 0
     for i, v in enumerate(shared.tolist()):
@@ -432,15 +437,19 @@ def content_evidence(scan: Scan, sample: int = DEFAULT_SAMPLE) -> Content:
         base = _base_sectors(scan, v, c)
         nz = {x: data[x].any(axis=1) for x in xs}
         for x in xs:
+            Z[i, x] = not nz[x].any()
             diff = (data[x] != base).any(axis=1) if base is not None else nz[x]
-            D[i, x, n] = int(diff.sum())
+            D[i, x, n] = 0 if Z[i, x] else int(diff.sum())
             if base is not None:
                 E[i, x, n] = int((~diff & nz[x]).sum())
         for x, y in itertools.combinations(xs, 2):
-            diff = (data[x] != data[y]).any(axis=1)
-            D[i, x, y] = D[i, y, x] = int(diff.sum())
-            E[i, x, y] = E[i, y, x] = int((~diff & nz[x]).sum())
-    return Content(M, D, E, total, V, read)
+            diff = int((data[x] != data[y]).any(axis=1).sum())
+            # Copy-on-write: x over y wrote the sectors where they differ, unless x is a zero
+            # cluster (discarded or zeroed as a whole, one operation). Not symmetric.
+            D[i, x, y] = 0 if Z[i, x] else diff
+            D[i, y, x] = 0 if Z[i, y] else diff
+            E[i, x, y] = E[i, y, x] = int((nz[x] & (data[x] == data[y]).all(axis=1)).sum())
+    return Content(M, D, E, Z, total, V, read)
 
 
 def _sectors(im: Image, off: int, c: int) -> np.ndarray:
