@@ -81,8 +81,10 @@ _NOT_IMAGES = re.compile(r"(^DiskDescriptor\.xml|\.xml|\.tmp|\.idx|\.json|\.sha2
                          r"\.drh|\.Backup|^\.statfs|\.md|\.log)$", re.I)
 _IMAGE_LIKE = re.compile(r"\.(hdd|hds|img|raw)$", re.I)
 # Key components, most significant first, and whether a decision by them is strong.
-KEY_NAMES = ("structure", "old descriptor", "names", "dirty flag", "content", "fewer branches",
-             "mtimes")
+# "structure" counts only what exact sizes prove; a size that may be a lower bound only gives
+# "uncertain sizes", weaker than content.
+KEY_NAMES = ("structure", "old descriptor", "names", "dirty flag", "content", "uncertain sizes",
+             "fewer branches", "mtimes")
 STRONG = {"structure", "old descriptor", "names", "dirty flag"}
 CONTENT = KEY_NAMES.index("content")
 # A GUID namespace for names that carry none: uuid5(namespace, file name) is stable per name.
@@ -102,6 +104,11 @@ class Candidate:
     file_guid: str | None = None  # a {GUID} in the file name
     old_guid: str | None = None  # its GUID in a damaged old descriptor
     old_parent: str | None = None  # its parent's file name there ("" = the base)
+    # The size in the header may be only a lower bound (a header inferred from the BAT, or one
+    # rebuilt that way by `recover`): then it never decides a link on its own (docs/restore.md).
+    size_exact: bool = True
+    size_floor: int = 0  # what the size is at least: (last mapped cluster + 1) x cluster
+    size_note: str | None = None  # why the size is not exact
 
     @property
     def raw(self) -> bool:
@@ -115,6 +122,11 @@ class Candidate:
     def size(self) -> int:
         return self.image.virtual_size
 
+    @property
+    def floor(self) -> int:
+        """The size this image certainly has: its header's when exact, else its lower bound."""
+        return self.size if self.size_exact else self.size_floor
+
     def facts(self) -> dict[str, Any]:
         h = self.image.header
         return {
@@ -122,6 +134,8 @@ class Candidate:
             "virtual_size": self.size, "dirty": self.dirty,
             "empty_flag": bool(h and h.flags & CIF_EMPTY), "mtime_ns": self.mtime_ns,
             "mapped_clusters": 0 if h is None else len(self.image.mapping()),
+            "size_exact": self.size_exact, "size_at_least": self.floor,
+            "size_note": self.size_note,
             "named_base": self.named_base, "file_guid": self.file_guid,
             "old_descriptor_guid": self.old_guid, "old_descriptor_parent": self.old_parent,
         }
@@ -178,6 +192,7 @@ def scan_folder(folder: str, cluster_size: int | None = None) -> Scan:
         raise
     scan = Scan(folder, ploop, raw, cluster, ignored)
     _name_evidence(scan)
+    _size_evidence(scan)
     return scan
 
 
@@ -301,6 +316,34 @@ def _name_evidence(scan: Scan) -> None:
         m = _GUID_IN_NAME.search(c.name)
         if m:
             c.file_guid = "{" + m.group(1).lower() + "}"
+
+
+def _size_evidence(scan: Scan) -> None:
+    """Mark the header sizes that may be only a lower bound, so that they never decide a link:
+
+    * an inferred header (--salvage): m_Size came from the last mapped BAT slot or from another
+      image, a guess either way (format/infer.py);
+    * a header whose size ends exactly at its last mapped cluster while another image is
+      larger. That is what `ploopfs recover` writes for a lone image whose header it had to
+      infer (m_Size from the last mapped slot, "a lower bound"); such a header cannot be told
+      from one ploop wrote, so its size is not trusted to order the chain either. Grown disks
+      (format.md §1.4) then rest on names and content, as they should."""
+    largest = max((c.size for c in scan.all()), default=0)
+    for c in scan.images:
+        vcl = c.image.mapping().vclusters
+        c.size_floor = min(c.size, (vcl[-1] + 1) * scan.cluster_size if len(vcl) else 0)
+        if c.image.inferred is not None:
+            src = next((e for e in c.image.inferred.evidence if e.startswith("m_Size from")),
+                       "m_Size guessed")
+            c.size_exact = False
+            c.size_note = (f"its header was inferred from its BAT ({src}): its size of {c.size} "
+                           f"bytes is a guess, at least {c.size_floor}")
+        elif c.size_floor == c.size and c.size < largest:
+            c.size_exact = False
+            c.size_note = (f"its size of {c.size} bytes ends at its last mapped cluster, while "
+                           "another image is larger: a header rebuilt from the BAT alone (as "
+                           "`ploopfs recover` writes for a lone image whose header it inferred) "
+                           "looks exactly like this, so the size may be only a lower bound")
 
 
 # -- what survives of an old descriptor ----------------------------------------------------------
@@ -532,11 +575,18 @@ class Scorer:
 
     def key(self, t: Tree) -> tuple[int, ...]:
         imgs = self.imgs
-        raw_size = self.scan.raw.size if self.scan.raw else 0
-        structure = names = mtime = 0
+        raw = self.scan.raw
+        structure = uncertain = names = mtime = 0
         for x, p in t.links():
-            below = imgs[p].size if p >= 0 else raw_size
-            structure += imgs[x].size < below  # a lower delta is never larger (format.md §1.4)
+            # A lower delta is never larger (format.md §1.4). Proven only when the child's size
+            # is exact and the parent is certainly larger; a size that may be a lower bound
+            # (inferred from the BAT) proves nothing.
+            below = imgs[p] if p >= 0 else raw
+            if below is not None and imgs[x].size < below.size:
+                if imgs[x].size_exact and imgs[x].size < below.floor:
+                    structure += 1
+                else:
+                    uncertain += 1
             if p >= 0:
                 names += imgs[x].named_base  # `X` is the base of `X.{…}` (format.md §5.9)
                 mtime += imgs[p].mtime_ns > imgs[x].mtime_ns
@@ -551,7 +601,7 @@ class Scorer:
         leaves = t.leaves()
         branches = len(leaves) - 1
         mtime += sum(imgs[leaf].mtime_ns > imgs[t.top].mtime_ns for leaf in leaves)
-        return (structure, old, names, dirty, content, branches, mtime)
+        return (structure, old, names, dirty, content, uncertain, branches, mtime)
 
 
 def search(scorer: Scorer, n: int, raw_base: bool) -> list[tuple[tuple[int, ...], Tree]]:
@@ -682,7 +732,7 @@ class Restored:
         for L in self.links:
             lines.append(f"  [{L['confidence']}] {L['text']}")
         for x in self.decisions:
-            if x.what.startswith("top"):
+            if x.what.startswith("top") or x.what == "disk size":
                 lines.append(f"  [{x.confidence}] {x.text}")
         for n in self.notes:
             lines.append(f"  note: {n}")
@@ -740,6 +790,10 @@ def infer(scan: Scan, sample: int, target: str) -> Restored:
         notes.append(f"{n} images: only linear chains were scored (trees up to {TREE_SEARCH_MAX})")
     best_key, best = scored[0]
     decisions, links = _explain(scan, content, scored, notes)
+    _, size_guess = disk_size_of(scan, best)
+    if size_guess:
+        decisions.append(Decision("disk size", "uncertain sizes", "low", None, size_guess))
+    notes.extend(f"{c.name}: {c.size_note}" for c in scan.images if c.size_note)
     guids, sources = _guids(scan, best)
     desc = build_descriptor(scan, best, guids, target)
     notes.extend(check_ploop_rules(desc, target))
@@ -808,6 +862,9 @@ def _why(by: str, margin: int | None, child: Candidate, parent: Candidate | None
         return f"the dirty flag (m_DiskInUse) of {child.name}, left by the writable top"
     if by == "structure":
         return "sizes/raw format (a lower delta is never larger, only the base may be raw)"
+    if by == "uncertain sizes":
+        return ("sizes of which one may be only a lower bound (a header inferred from its BAT; "
+                "weak evidence)")
     if by == "mtimes":
         return "modification times only (weak evidence)"
     if by == "fewer branches":
@@ -884,11 +941,26 @@ def _rel(path: str, target: str) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(target)))
 
 
-def build_descriptor(scan: Scan, t: Tree, guids: list[str], target: str) -> Descriptor:
-    top = scan.images[t.top].image
-    assert top.header is not None
+def disk_size_of(scan: Scan, t: Tree) -> tuple[int, str | None]:
+    """<Disk_size> in sectors, and why it is only a guess (None when it is not)."""
+    top = scan.images[t.top]
+    assert top.image.header is not None
     # ploop restore-descriptor: size = blocksize * l2_size (format.md §5.8), the top's (format.md §4.2).
-    disk_size = top.header.disk_bytes // SECTOR
+    size = top.image.header.disk_bytes
+    if top.size_exact:
+        return size // SECTOR, None
+    # The top is never smaller than the deltas below it (format.md §1.4): the largest size in
+    # its chain is the best lower bound there is.
+    below = [scan.images[a] for a in t.ancestors(t.top)] + ([scan.raw] if scan.raw else [])
+    size = max([size, *(c.size for c in below if c.size_exact)])
+    return size // SECTOR, (f"the disk size: the top {top.name}'s own size may be only a lower "
+                            f"bound ({top.size_note}); <Disk_size> is {size} bytes, the largest "
+                            "size in its chain. A larger disk would read zeros past it: compare "
+                            "with what the guest's partition table or filesystem expects")
+
+
+def build_descriptor(scan: Scan, t: Tree, guids: list[str], target: str) -> Descriptor:
+    disk_size, _guess = disk_size_of(scan, t)
     d = _geometry(disk_size, scan.cluster_size)
     d.top_guid = TOP_GUID
     typ = "Plain" if scan.raw else "Compressed"  # ploop labels every image alike (format.md §3)
