@@ -193,10 +193,10 @@ def test_qemu_oracle(corpus_root: Path, tmp_path: Path) -> None:
 def test_chain_mismatches(tmp_path: Path) -> None:
     dd = dm.build_chain(tmp_path / "ver", [(1 << 20, 1), (1 << 20, 2)])
     rep = check(dd.parent)
-    assert rep.codes() == {"DESCRIPTOR_VERSION_MISMATCH"} and rep.exit_code == 1
+    assert rep.codes() == {"DESCRIPTOR_VERSION_MISMATCH"} and rep.exit_code == 2  # salvage reads it
     dd = dm.build_chain(tmp_path / "clu", [(1 << 20, 2), (1 << 19, 2)])
     rep = check(dd.parent)
-    assert rep.codes() == {"DESCRIPTOR_CLUSTER_MISMATCH"} and rep.exit_code == 2
+    assert rep.codes() == {"DESCRIPTOR_CLUSTER_MISMATCH"} and rep.exit_code == 3  # not one disk
     dd = dm.build_chain(tmp_path / "lower", [(1 << 20, 2)], size=8 << 20)
     with ImageWriter.create(dd.parent / "top.hdd", 4 << 20, 1 << 20, 2) as w:
         w.write(0, b"x" * 512)
@@ -216,7 +216,7 @@ def test_chain_mismatches(tmp_path: Path) -> None:
     d.find("Disk_Parameters/Disk_size").text = str(8192)
     etree.ElementTree(d).write(str(dd))
     rep = check(dd)
-    assert rep.codes() == {"DESCRIPTOR_LOWER_LARGER"} and rep.exit_code == 0, rep.findings
+    assert rep.codes() == {"DESCRIPTOR_LOWER_LARGER"} and rep.exit_code == 1, rep.findings
 
 
 def test_deep(tmp_path: Path, guard_sources) -> None:

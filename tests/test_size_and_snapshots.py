@@ -41,7 +41,7 @@ def test_descriptor_disk_size_wins(corpus_case: Callable[[str], Path], tmp_path:
     assert r.returncode == 0, r.stderr.decode()
     doc = json.loads(r.stdout)
     assert doc["disk"]["size_bytes"] == want_size
-    assert any("<Disk_size>" in w and "as ploop does" in w for w in doc["warnings"])
+    assert any("<Disk_size>" in w and "as ploop shows it" in w for w in doc["warnings"])
     out = tmp_path / "disk.raw"
     assert run_cli("export", work, out).returncode == 0
     got = out.read_bytes()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from ploopfs.errors import BadImageError
+from ploopfs.format.findings import Anomaly, Severity, worst
 from ploopfs.format.probe import SIG_V1, SIG_V2, FileKind, probe
 
 SECTOR = 512
@@ -144,35 +145,89 @@ def decode_header_fields(data: bytes) -> Header:
     return Header(sig, typ, heads, cyl, sectors, size, size_sectors, high, in_use, fbo, flags, ext)
 
 
-def parse_header(data: bytes, where: str = "") -> Header:
-    """Decode and validate the header. Raises BadImageError naming the field and its offset."""
+MAX_CLUSTER_SECTORS = 1 << 20  # 512 MiB: no producer writes larger clusters (ploop's max is 64 MiB)
+
+
+def header_anomalies(h: Header, file_size: int | None = None) -> list[Anomaly]:
+    """Every rule about the header's fields (format.md §1.2–§1.5, §1.8), lenient: what is wrong
+    and how badly. A FATAL one means the BAT cannot be interpreted; nothing after it is checked.
+    `file_size` adds the rule that the file holds whole clusters."""
+    out: list[Anomaly] = []
+
+    def add(code: str, sev: Severity, msg: str, off: int) -> None:
+        out.append(Anomaly(code, sev, msg, offset=off))
+
+    if h.type != PRL_IMAGE_COMPRESSED:
+        add("HEADER_TYPE", Severity.DAMAGED, f"m_Type is {h.type}, expected 2", 0x10)
+    cs = h.cluster_sectors
+    if cs == 0:
+        add("CLUSTER_SIZE", Severity.FATAL, "m_Sectors is 0: no usable cluster size", 0x1C)
+        return out
+    if cs > MAX_CLUSTER_SECTORS:
+        add("CLUSTER_SIZE", Severity.FATAL, f"m_Sectors is {cs}: absurd cluster size "
+            f"({cs * SECTOR} bytes), no usable cluster size", 0x1C)
+        return out
+    if cs & (cs - 1) or not 64 <= cs <= 131072:
+        # Readable (format.md §11 trap 16), but not what ploop makes.
+        add("CLUSTER_SIZE", Severity.WARNING, f"cluster size {cs} sectors is not a power of 2 in "
+            "64..131072: readable, but ploop refuses it", 0x1C)
+    needed = -(-h.size_sectors // cs)
+    if h.bat_entries < needed:
+        add("SIZE_FIELDS", Severity.DAMAGED, f"m_Size {h.bat_entries} BAT entries cannot cover "
+            f"m_SizeInSectors {h.size_sectors} (need {needed}): the disk past cluster "
+            f"{h.bat_entries} has no mapping", 0x20)
+    elif h.bat_entries * cs != h.size_sectors:
+        add("SIZE_FIELDS", Severity.WARNING, f"m_Size {h.bat_entries} x {cs} sectors != "
+            f"m_SizeInSectors {h.size_sectors}: ploop always writes whole clusters", 0x24)
+    if h.size_high_v1:
+        add("SIZE_FIELDS", Severity.WARNING,
+            f"v1 high size word is {h.size_high_v1:#x}, should be 0 (ignored, as qemu does)", 0x28)
+    expect_fbo = h.bat_clusters * cs
+    if h.first_block_offset != expect_fbo:
+        add("FIRST_BLOCK_OFFSET", Severity.WARNING, f"m_FirstBlockOffset is "
+            f"{h.first_block_offset} sectors, expected {expect_fbo} (header + BAT = "
+            f"{h.bat_clusters} cluster(s)); not used for addressing", 0x30)
+    if h.in_use == DISK_IN_USE:
+        add("DIRTY", Severity.WARNING, "marked in use (m_DiskInUse): a running container may be "
+            "writing it, or it was not closed cleanly; unreferenced clusters are possible", 0x2C)
+    elif h.in_use not in (DISK_CLOSED_V20, DISK_CLOSED_V21):
+        add("IN_USE_TAG", Severity.INFO, f"m_DiskInUse is {h.in_use:#010x} "
+            f"({h.in_use.to_bytes(4, 'little')!r}): unknown tag, treated as closed", 0x2C)
+    if h.flags & CIF_FMT_VERSION_CONVERT:
+        add("VERSION_CONVERT", Severity.DAMAGED, "CIF_FmtVersionConvert set: `ploop convert -v` "
+            "was interrupted, the BAT may be half converted", 0x34)
+    if h.flags & ~(CIF_EMPTY | CIF_FMT_VERSION_CONVERT) & 0xFFFFFFFF:
+        add("FLAGS_UNKNOWN", Severity.INFO, f"m_Flags {h.flags:#x} has unknown bits", 0x34)
+    if file_size is not None and file_size % h.cluster_size:
+        add("FILE_NOT_CLUSTER_ALIGNED", Severity.WARNING, f"file size {file_size} is not a "
+            f"multiple of the cluster size {h.cluster_size}: an extension was interrupted",
+            file_size)
+    return out
+
+
+def decode_header(data: bytes, where: str = "",
+                  file_size: int | None = None) -> tuple[Header, list[Anomaly]]:
+    """The header and what is wrong with it. Raises BadImageError only when there is no ploop
+    header to decode (too short, or no ploop signature)."""
     if len(data) < HEADER_SIZE:
         raise BadImageError(
             f"truncated ploop header: {len(data)} bytes, need {HEADER_SIZE}", where, offset=0)
-    (sig, typ, heads, cyl, sectors, size, size64, in_use, fbo, flags, ext) = _HEADER.unpack_from(data)
-    if sig not in (SIG_V1, SIG_V2):
-        raise BadImageError(f"not a ploop image (signature {sig!r})", where, offset=0)
-    if typ != PRL_IMAGE_COMPRESSED:
-        raise BadImageError(f"m_Type is {typ}, expected 2", where, offset=0x10)
-    if sectors == 0:
-        raise BadImageError("cluster size (m_Sectors) is 0", where, offset=0x1C)
-    # Reading accepts any m_Sectors >= 1 (format.md §11 trap 16); the cap only rejects nonsense that would
-    # make one cluster larger than any real producer writes (ploop's maximum is 64 MiB).
-    if sectors > (1 << 20):
-        raise BadImageError(
-            f"absurd cluster size (m_Sectors) {sectors} sectors ({sectors * SECTOR} bytes)",
-            where, offset=0x1C)
-    if sig == SIG_V1:
-        size_sectors, high = size64 & 0xFFFFFFFF, size64 >> 32
-    else:
-        size_sectors, high = size64, 0
-    hdr = Header(sig, typ, heads, cyl, sectors, size, size_sectors, high, in_use, fbo, flags, ext)
-    needed = -(-size_sectors // sectors)
-    if size < needed:
-        raise BadImageError(
-            f"m_Size {size} BAT entries cannot cover m_SizeInSectors {size_sectors} "
-            f"at {sectors} sectors per cluster (need {needed})", where, offset=0x20)
-    return hdr
+    if not probe(data).is_ploop:
+        raise BadImageError(f"not a ploop image (signature {data[:16]!r})", where, offset=0)
+    h = decode_header_fields(data)
+    return h, header_anomalies(h, file_size)
+
+
+def parse_header(data: bytes, where: str = "", *, file_size: int | None = None,
+                 accept: Severity = Severity.WARNING) -> Header:
+    """Decode and validate: the first anomaly above `accept` (by default anything DAMAGED or
+    worse) raises BadImageError naming the field's offset. `accept=Severity.DAMAGED` is the
+    salvage policy: only a header whose BAT cannot be interpreted is refused."""
+    h, anomalies = decode_header(data, where, file_size)
+    bad = worst(anomalies, Severity(accept + 1))
+    if bad is not None:
+        raise BadImageError(bad.message, where, offset=bad.offset)
+    return h
 
 
 def chs_geometry(size_sectors: int) -> tuple[int, int, int]:

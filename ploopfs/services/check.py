@@ -14,27 +14,25 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from enum import IntEnum
 
 import numpy as np
 
 from ploopfs.errors import PloopfsError
 from ploopfs.format.bat import bat_entry_off, classify_entries, decode_entries
+from ploopfs.format.chain import Level, chain_anomalies
 from ploopfs.format.descriptor import Descriptor, ImageEntry, Shot
 from ploopfs.format.descriptor_scan import scan_descriptor
 from ploopfs.format.extension import parse_extension
+from ploopfs.format.findings import Severity
 from ploopfs.format.header import (
-    CIF_EMPTY,
-    CIF_FMT_VERSION_CONVERT,
-    DISK_CLOSED_V20,
     DISK_CLOSED_V21,
-    DISK_IN_USE,
     HEADER_SIZE,
     NONE_GUID,
     SECTOR,
     TOP_GUID,
     Header,
     decode_header_fields,
+    header_anomalies,
 )
 from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.format.probe import FileKind, probe
@@ -52,13 +50,6 @@ PLOOP_MAX_LEVELS = 127  # ploop snapshot refuses to grow a chain past this (form
 BAT_CHUNK = 1 << 20  # bytes of BAT read at a time
 MAX_PER_CODE = 20  # per image and code, individual findings; the rest are summed up in one
 DEEP_CHUNK = 8 << 20
-
-
-class Severity(IntEnum):
-    INFO = 0
-    WARNING = 1
-    DAMAGED = 2
-    FATAL = 3
 
 
 VERDICTS = {0: "clean", 1: "warnings", 2: "damaged but salvageable", 3: "unreadable"}
@@ -120,9 +111,9 @@ CODES: dict[str, Severity] = {
     "DESCRIPTOR_FILE_MISSING": Severity.FATAL,
     "DESCRIPTOR_UNSAFE_PATH": Severity.FATAL,
     "DESCRIPTOR_CLUSTER_MISMATCH": Severity.DAMAGED,
-    "DESCRIPTOR_VERSION_MISMATCH": Severity.WARNING,
+    "DESCRIPTOR_VERSION_MISMATCH": Severity.DAMAGED,
     "DESCRIPTOR_DISK_SIZE": Severity.WARNING,
-    "DESCRIPTOR_LOWER_LARGER": Severity.INFO,
+    "DESCRIPTOR_LOWER_LARGER": Severity.WARNING,
     "PARTITION_TABLE": Severity.WARNING,
     "PARTITION_OUTSIDE": Severity.WARNING,
     "PARTITION_OVERLAP": Severity.WARNING,
@@ -322,53 +313,20 @@ def _infer(fd: int, size: int, hints: Hints) -> Inference | None:
 
 
 def _check_header(r: _Report, path: str, h: Header, size: int, sev_fatal: Severity) -> bool:
-    """Header fields (format.md §1.2–§1.5, §1.8); False when the BAT cannot be interpreted at all."""
-    if h.type != 2:
-        r.add("HEADER_TYPE", f"m_Type is {h.type}, expected 2", file=path, offset=0x10)
-    cs = h.cluster_sectors
-    if cs == 0 or cs > (1 << 20):
-        r.add("CLUSTER_SIZE", f"m_Sectors is {cs}: no usable cluster size", file=path,
-              offset=0x1C, severity=sev_fatal)
-        return False
-    if cs & (cs - 1) or not 64 <= cs <= 131072:
-        r.add("CLUSTER_SIZE", f"cluster size {cs} sectors is not a power of 2 in 64..131072: "
-              "readable, but ploop refuses it", file=path, offset=0x1C,
-              severity=Severity.WARNING)
-    needed = -(-h.size_sectors // cs)
-    if h.bat_entries < needed:
-        r.add("SIZE_FIELDS", f"m_Size {h.bat_entries} BAT entries cannot cover m_SizeInSectors "
-              f"{h.size_sectors} (need {needed}): the disk past cluster {h.bat_entries} has no "
-              "mapping", file=path, offset=0x20, severity=Severity.DAMAGED)
-    elif h.bat_entries * cs != h.size_sectors:
-        r.add("SIZE_FIELDS", f"m_Size {h.bat_entries} x {cs} sectors != m_SizeInSectors "
-              f"{h.size_sectors}: ploop always writes whole clusters", file=path, offset=0x24)
-    if h.size_high_v1:
-        r.add("SIZE_FIELDS", f"v1 high size word is {h.size_high_v1:#x}, should be 0",
-              file=path, offset=0x28)
-    expect_fbo = h.bat_clusters * cs
-    if h.first_block_offset != expect_fbo:
-        r.add("FIRST_BLOCK_OFFSET", f"m_FirstBlockOffset is {h.first_block_offset} sectors, "
-              f"expected {expect_fbo} (header + BAT = {h.bat_clusters} cluster(s)); "
-              "not used for addressing", file=path, offset=0x30)
-    if h.in_use == DISK_IN_USE:
-        r.add("DIRTY", "m_DiskInUse is 'Ynot': the image was not closed cleanly; unreferenced "
-              "clusters are possible", file=path, offset=0x2C)
-    elif h.in_use not in (DISK_CLOSED_V20, DISK_CLOSED_V21):
-        r.add("IN_USE_TAG", f"m_DiskInUse is {h.in_use:#010x} ({h.in_use.to_bytes(4, 'little')!r}): "
-              "unknown tag, treated as closed", file=path, offset=0x2C)
-    if h.flags & CIF_FMT_VERSION_CONVERT:
-        idx = path + ".idx"
-        has_idx = os.path.lexists(idx)
-        r.add("VERSION_CONVERT", "CIF_FmtVersionConvert set: `ploop convert -v` was interrupted, the "
-              "BAT may be half converted; " + (f"BAT backup {idx} is present" if has_idx else
-                                               "no .idx BAT backup found") + "",
-              file=path, offset=0x34)
-    if h.flags & ~(CIF_EMPTY | CIF_FMT_VERSION_CONVERT) & 0xFFFFFFFF:
-        r.add("FLAGS_UNKNOWN", f"m_Flags {h.flags:#x} has unknown bits", file=path, offset=0x34)
-    if size % h.cluster_size:
-        r.add("FILE_NOT_CLUSTER_ALIGNED", f"file size {size} is not a multiple of the cluster size "
-              f"{h.cluster_size}: an extension was interrupted", file=path, offset=size)
-    return True
+    """The header rules of the format layer, reported; False when the BAT cannot be
+    interpreted at all."""
+    usable = True
+    for a in header_anomalies(h, size):
+        msg = a.message
+        if a.code == "VERSION_CONVERT":
+            idx = path + ".idx"
+            msg += f"; BAT backup {idx} is present" if os.path.lexists(idx) else \
+                "; no .idx BAT backup found"
+        if a.severity is Severity.FATAL:
+            usable = False
+        r.add(a.code, msg, file=path, offset=a.offset,
+              severity=sev_fatal if a.severity is Severity.FATAL else a.severity)
+    return usable
 
 
 def _scan_bat(r: _Report, path: str, fd: int, h: Header, size: int) -> _Scanned:
@@ -750,38 +708,14 @@ def _fallback_top(d: Descriptor) -> str:
 
 def _check_chain(r: _Report, dd: str, d: Descriptor, chain: list[ImageEntry],
                  levels: list[_Scanned], snapshot: str | None) -> None:
-    """Consistency across the chain and with the descriptor (format.md §4.2, §5.2)."""
-    # (a raw file above the base was already reported as HEADER_SIGNATURE: only bases are raw)
-    ploop = [(e, sc) for e, sc in zip(chain, levels, strict=True) if sc.header is not None]
-    if not ploop:
-        return
-    base_h = ploop[0][1].header
-    assert base_h is not None
-    for _e, sc in ploop:
-        h = sc.header
-        assert h is not None
-        if d.blocksize and h.cluster_sectors != d.blocksize:
-            r.add("DESCRIPTOR_CLUSTER_MISMATCH", f"cluster size {h.cluster_sectors} sectors differs "
-                  f"from <Blocksize> {d.blocksize}", file=sc.path, offset=0x1C)
-        elif h.cluster_sectors != base_h.cluster_sectors:
-            r.add("DESCRIPTOR_CLUSTER_MISMATCH", f"cluster size {h.cluster_sectors} sectors differs "
-                  f"from {base_h.cluster_sectors} of {ploop[0][1].path}", file=sc.path,
-                  offset=0x1C)
-        if h.version != base_h.version:
-            r.add("DESCRIPTOR_VERSION_MISMATCH", f"format v{h.version} mixed with v{base_h.version} "
-                  f"of {ploop[0][1].path} in one chain", file=sc.path, offset=0)
-    top = levels[-1]
-    top_size = top.header.disk_bytes if top.header else None
-    for sc in levels[:-1]:
-        if top_size is not None and sc.header is not None and sc.header.disk_bytes > top_size:
-            r.add("DESCRIPTOR_LOWER_LARGER", f"lower delta is larger than the top ({top_size} "
-                  "bytes); the excess is not part of the disk", file=sc.path, offset=0x20)
-    if top.header is not None and snapshot is None and d.disk_size and \
-            d.disk_size * SECTOR != top.header.disk_bytes:
-        r.add("DESCRIPTOR_DISK_SIZE", f"<Disk_size> {d.disk_size} sectors differs from the "
-              f"{top.header.disk_bytes // SECTOR} sectors the top image describes; the disk is "
-              "<Disk_size>, as ploop shows it", file=dd,
-              element="Disk_Parameters/Disk_size")
+    """The chain rules of the format layer (format.md §4.2, §5.2), reported. (A raw file above
+    the base was already reported as HEADER_SIGNATURE: only bases are raw.)"""
+    for an in chain_anomalies([Level(sc.path, sc.header) for sc in levels],
+                              blocksize=d.blocksize, disk_size=d.disk_size,
+                              current_top=bool(chain) and chain[-1].guid == d.top_guid,
+                              descriptor=dd):
+        r.add(an.code, an.message, file=an.file, offset=an.offset, element=an.element,
+              severity=an.severity)
 
 
 def _summary(guid: str, file: str, level: int | None, sc: _Scanned | None) -> ImageSummary:

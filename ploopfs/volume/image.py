@@ -24,7 +24,8 @@ from ploopfs.format.bat import (
     raise_bad_entry,
 )
 from ploopfs.format.extension import FormatExtension, parse_extension
-from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, parse_header, sniff
+from ploopfs.format.findings import Anomaly, Severity, worst
+from ploopfs.format.header import HEADER_SIZE, SECTOR, Header, ImageKind, decode_header, sniff
 from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.format.probe import FileKind, probe
 from ploopfs.native import bat_nonzero
@@ -111,14 +112,17 @@ class Image:
         self.bad_slots: list[BadSlot] = []
         self.inferred: Inference | None = None  # the header was inferred (salvage, infer.py)
         self.header_error: str | None = None  # why the header on disk could not be used
+        self.anomalies: list[Anomaly] = []  # what the header's fields break (format layer)
 
     @classmethod
     def open(cls, path: str, *, raw_cluster_size: int | None = None,
              allow_raw: bool = True, not_raw_reason: str = "only the base of a chain may be raw",
-             infer: Hints | None = None) -> Image:
+             infer: Hints | None = None, lenient: bool = False) -> Image:
         """`allow_raw=False` refuses a file without a ploop signature, saying `not_raw_reason`.
-        `infer` (salvage only): when the header is unreadable, infer it from the BAT and data
-        (format/infer.py) instead of failing; `inferred` then says how."""
+        The header's anomalies (format layer) are kept in `anomalies`; one at or above DAMAGED
+        is refused, or with `lenient` (salvage) only a FATAL one. `infer` (salvage only): when
+        the header is unreadable, infer it from the BAT and data (format/infer.py) instead of
+        failing; `inferred` then says how."""
         fd = open_readonly(path)
         try:
             size = file_size(fd)
@@ -141,7 +145,10 @@ class Image:
                             f"not a ploop image (signature {head[:16]!r}); to read it as a raw disk "
                             "give --cluster-size", path, offset=0)
                     return cls(path, fd, kind, None, size, raw_cluster_size)
-                hdr = parse_header(head, path)
+                hdr, anomalies = decode_header(head, path, size)
+                bad = worst(anomalies, Severity.FATAL if lenient else Severity.DAMAGED)
+                if bad is not None:
+                    raise BadImageError(bad.message, path, offset=bad.offset)
                 bat_end = HEADER_SIZE + 4 * hdr.bat_entries
                 if size < bat_end:
                     raise CorruptImageError(
@@ -151,7 +158,9 @@ class Image:
                 if infer is None:
                     raise
                 return cls._inferred(path, fd, size, infer, e)
-            return cls(path, fd, kind, hdr, size, hdr.cluster_size)
+            img = cls(path, fd, kind, hdr, size, hdr.cluster_size)
+            img.anomalies = anomalies
+            return img
         except BaseException:
             os.close(fd)
             raise

@@ -18,6 +18,7 @@ from ploopfs.errors import (
     UnsafePathError,
     UnsupportedError,
 )
+from ploopfs.format.chain import Level, chain_anomalies
 from ploopfs.format.descriptor import (
     MAX_DESCRIPTOR_BYTES,
     ZERO_BLOCKSIZE,
@@ -26,6 +27,7 @@ from ploopfs.format.descriptor import (
     Shot,
     parse_descriptor,
 )
+from ploopfs.format.findings import Severity
 from ploopfs.format.header import (
     NONE_GUID,
     SECTOR,
@@ -45,6 +47,8 @@ from ploopfs.volume.volume import Volume
 
 DESCRIPTOR_NAME = "DiskDescriptor.xml"
 CONTAINER_DISK = "root.hdd"  # the disk folder inside an OpenVZ/Virtuozzo container's private area
+# Header anomalies every command shows (check shows them all): they change what is read.
+SHOWN_HEADER_ANOMALIES = frozenset({"DIRTY", "SIZE_FIELDS", "VERSION_CONVERT"})
 MAX_LEVELS = 254  # the block map keeps a level in a byte, and salvage needs one value more
 
 
@@ -92,18 +96,17 @@ class Disk:
             plain = self.descriptor.image(guid).type.strip().lower() == "plain"
             reason = ("only the base of a chain may be raw" if level else
                       "the descriptor's <Type> is not Plain, so it is no raw base")
+            salvage = self.options.salvage is not None
             im = Image.open(self.paths[guid], raw_cluster_size=bs, allow_raw=level == 0 and plain,
-                            not_raw_reason=reason,
-                            infer=self._hints(guid) if self.options.salvage is not None else None)
+                            not_raw_reason=reason, lenient=salvage,
+                            infer=self._hints(guid) if salvage else None)
             if im.inferred is not None:
                 self._warn(f"{im.path}: {im.header_error}; {im.inferred.line()}")
-            if im.header is not None and im.header.dirty:
-                self._warn(f"{im.path}: marked in use (m_DiskInUse): a running container may be "
-                           "writing it, or it was not closed cleanly; read as it is now")
-            if im.header is not None and im.header.size_high_v1:
-                self._warn(f"{im.path} at offset 40: the v1 high size word is "
-                           f"{im.header.size_high_v1:#x}, should be 0; ignored, as qemu does "
-                           "")
+            for a in im.anomalies:
+                # What changes how the disk reads: damage salvage reads past, an image left in
+                # use, a size word that is ignored. The rest is check's to report.
+                if a.severity >= Severity.DAMAGED or a.code in SHOWN_HEADER_ANOMALIES:
+                    self._warn(f"{im.path} at offset {a.offset}: {a.message}")
             im.salvage = self.options.salvage is not None
             self._images[guid] = im
         return self._images[guid]
@@ -146,52 +149,33 @@ class Disk:
                                 f"{MAX_LEVELS} (ploop itself makes at most 127)", self.source)
         images = [self.image(e.guid, level=i) for i, e in enumerate(entries)]
         top = images[-1]
+        is_top = entries[-1].guid == self.descriptor.top_guid
+        for an in chain_anomalies([Level(im.path, im.header) for im in images],
+                                  blocksize=self.descriptor.blocksize,
+                                  disk_size=self.descriptor.disk_size, current_top=is_top,
+                                  descriptor=self.descriptor_path):
+            salvageable = an.severity < Severity.FATAL and self.options.salvage is not None
+            if an.severity >= Severity.DAMAGED and not salvageable:
+                hint = "; try --salvage" if an.severity < Severity.FATAL else ""
+                raise BadChainError(an.message + hint, an.file, offset=an.offset,
+                                    element=an.element)
+            if an.severity >= Severity.WARNING:
+                where = an.file or self.source
+                where += f" at offset {an.offset}" if an.offset is not None else ""
+                self._warn(f"{where}: {an.message}")
         ploop_imgs = [im for im in images if not im.is_raw]
-        desc_bs = self.descriptor.blocksize
-        first = ploop_imgs[0] if ploop_imgs else None
-        for im in ploop_imgs:
-            assert im.header is not None and first is not None and first.header is not None
-            if desc_bs and im.header.cluster_sectors != desc_bs:
-                raise BadChainError(
-                    f"cluster size {im.header.cluster_sectors} sectors differs from the "
-                    f"descriptor's <Blocksize> {desc_bs}", im.path, offset=0x1C)
-            if im.header.cluster_sectors != first.header.cluster_sectors:
-                raise BadChainError(
-                    f"cluster size {im.header.cluster_sectors} sectors differs from "
-                    f"{first.header.cluster_sectors} in {first.path}", im.path,
-                    offset=0x1C)
-            if im.header.version != first.header.version:
-                raise BadChainError(
-                    f"format v{im.header.version} mixed with v{first.header.version} of "
-                    f"{first.path} in one chain", im.path, offset=0)
-        cluster = first.cluster_size if first else images[0].cluster_size
-        size = self._size(top, ploop_imgs, entries[-1].guid == self.descriptor.top_guid)
+        cluster = ploop_imgs[0].cluster_size if ploop_imgs else images[0].cluster_size
+        # The size as ploop shows it (format.md §1.4): <Disk_size> for the current top (the
+        # device never shows more); an older snapshot's own top image describes its size
+        # (ploop's get_image_param: the size is delta specific). A raw base has no header to
+        # size it: the descriptor's size serves there too.
+        dsize = self.descriptor.disk_size * SECTOR if self.descriptor_path else 0
+        size = dsize if dsize and (is_top or top.is_raw) else top.virtual_size
         if self.salvage_log is not None:
             assert self.options.salvage is not None
             return SalvageVolume(images, size, cluster, self.options.salvage, self.salvage_log,
                                  entries[-1].guid)
         return Volume(images, size, cluster)
-
-    def _size(self, top: Image, ploop_imgs: list[Image], is_top: bool) -> int:
-        """The disk size as ploop shows it (format.md §1.4): for the top snapshot `<Disk_size>`
-        when there is a descriptor (the device never shows more); for an older snapshot, and
-        without a descriptor, what that snapshot's own top image describes (ploop's
-        get_image_param_offline: the size is delta specific)."""
-        # A raw base alone has no header to size it: the descriptor's size serves there too.
-        dsize = (self.descriptor.disk_size * SECTOR
-                 if self.descriptor_path and (is_top or top.is_raw) else 0)
-        if not dsize:
-            size = top.virtual_size
-            for im in ploop_imgs[:-1]:
-                if im.virtual_size > size:
-                    self._warn(f"{im.path}: lower delta is larger ({im.virtual_size} bytes) "
-                               f"than the top ({size}); the excess is not part of the disk")
-            return size
-        if not top.is_raw and top.virtual_size != dsize:
-            self._warn(f"{self.descriptor_path}: <Disk_size> is {dsize} bytes but the top image "
-                       f"describes {top.virtual_size}; using <Disk_size>, as ploop does (see "
-                       "ploopfs check)")
-        return dsize
 
     def _warn(self, msg: str) -> None:
         if msg not in self.warnings:
