@@ -21,6 +21,7 @@ from ploopfs.volume import fileio
 BIG_ENDIAN = sys.byteorder == "big"
 
 DEFAULT_CLUSTER = 1 << 20
+MAX_BAT_ENTRIES = 0xFFFFFFFF  # m_Size and the entries are 32-bit (format.md §2.6)
 
 
 class ImageWriter:
@@ -39,6 +40,13 @@ class ImageWriter:
                cluster_size: int = DEFAULT_CLUSTER, version: int = 2,
                *, exist_ok: bool = False) -> ImageWriter:
         p = os.fspath(path)
+        clusters = -(-size_bytes // cluster_size) if cluster_size > 0 else 0
+        if clusters > MAX_BAT_ENTRIES:
+            # A disk of a descriptor claiming more than any ploop image addresses (format.md
+            # §2.6), e.g. a huge <Disk_size> over a small raw base: no image can hold it.
+            raise OutputError(
+                f"a ploop image cannot hold this disk: {size_bytes} bytes are {clusters} "
+                f"clusters of {cluster_size} bytes, a BAT has at most {MAX_BAT_ENTRIES}", p)
         hdr = new_header(size_bytes, cluster_size, version)
         fd = fileio.create(p, replace=exist_ok, readable=True, what="ploop image")
         try:
