@@ -224,13 +224,15 @@ def _per_fs_clusters(dfs: DiskFs, c: int, n: int, mapped: ClusterSet, used: Clus
 def _total(images: list[dict[str, Any]], fig: dict[str, Any], c: int, n: int) -> dict[str, Any]:
     """What the chain's files take on the host and what compact would write for this snapshot:
     a new header + BAT and the kept clusters (less the zero ones, when counted)."""
-    from ploopfs.format.header import new_header
+    from ploopfs.format.header import HEADER_SIZE
 
     on_disk = sum(im["disk_bytes"] for im in images)
     apparent = sum(im["file_size"] for im in images)
     kept = fig["kept_by_compact"] - (fig["zero_kept"] or 0)
-    hdr = new_header(n * c, c, 2)
-    compact = (hdr.bat_clusters + kept) * c
+    # Header + BAT of n slots, whole clusters (format.md §2.4); counted, not built: a disk of
+    # more than 2^32-1 clusters has an estimate too, though no image can hold it (§2.6).
+    bat_clusters = -(-(HEADER_SIZE + 4 * n) // c)
+    compact = (bat_clusters + kept) * c
     wasted = max(0, on_disk - compact)
     return {"file_bytes": apparent, "disk_bytes": on_disk, "compact_estimate_bytes": compact,
             "wasted_bytes": wasted, "wasted_percent": 100.0 * wasted / on_disk if on_disk else 0.0}
