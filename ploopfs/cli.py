@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mmap", action="store_true",
                    help="copy with preadv instead of mapping the image files (slower; a source "
                         "truncated during the diff then gives an error, not SIGBUS)")
-    add_cluster_size(p, "cluster size of raw sources (default: the other side's)")
+    add_cluster_size(p, "cluster size of raw sources (default: the other side's; 1M when both "
+                        "are raw)")
     add_allow_outside_paths(p, "let <File> paths of the descriptors lead outside their folders")
     add_force(p, "OUT (rdiff: and OUT.json; json) (a ploop OUT folder must be new or empty)")
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout")

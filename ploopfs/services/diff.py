@@ -41,7 +41,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import IO, Any, Protocol
 
 from ploopfs.errors import BadImageError, OutputError, UnsupportedError, UsageError
@@ -99,6 +99,7 @@ DEFAULT_HASH = "blake3"
 FORMATS = ("rdiff", "ploop", "json")
 MANIFEST_SUFFIX = ".json"  # rdiff: the manifest is written next to the delta, OUT + this
 PLOOP_MANIFEST = "diff-manifest.json"
+RAW_CLUSTER_SIZE = 1 << 20  # two raw sides without --cluster-size: ploop's default cluster size
 
 
 @dataclass
@@ -892,13 +893,21 @@ class Sides:
 def open_sides(old_src: str, new_src: str, old_snapshot: str | None, new_snapshot: str | None,
                options: OpenOptions) -> Sides:
     """One Disk when OLD and NEW are the same source (two snapshots of one descriptor). A raw
-    side given without --cluster-size takes the other side's cluster size."""
+    side given without --cluster-size takes the other side's cluster size; when both are raw
+    (e.g. two exports) they are compared at ploop's default cluster size, 1 MiB, as rdiff needs
+    no block size either."""
     same = os.path.exists(old_src) and os.path.exists(new_src) and \
         os.path.realpath(old_src) == os.path.realpath(new_src)
     disks: list[Disk] = []
     try:
         if same:
-            d_old = d_new = open_source(old_src, options)
+            try:
+                d_old = d_new = open_source(old_src, options)
+            except BadImageError as e:
+                if not _wants_cluster_size(e, options):
+                    raise
+                d_old = d_new = open_source(old_src, replace(options,
+                                                             cluster_size=RAW_CLUSTER_SIZE))
             disks.append(d_old)
         else:
             d_old, d_new = _open_pair(old_src, new_src, options, disks)
@@ -922,20 +931,23 @@ def _open_pair(old_src: str, new_src: str, options: OpenOptions,
             opened[name] = open_source(src, options)
             disks.append(opened[name])
         except BadImageError as e:
-            if options.cluster_size or "--cluster-size" not in e.what:
+            if not _wants_cluster_size(e, options):
                 raise
             deferred.append(name)
     for name in deferred:
         other = opened.get("new" if name == "old" else "old")
-        if other is None:
-            raise BadImageError("neither OLD nor NEW is a ploop image or descriptor; give "
-                                "--cluster-size to compare two raw files", old_src, offset=0)
-        c = other.volume(None).cluster_size
+        # two raw files: ploop's default cluster size (a finer one only costs time, a coarser
+        # one only makes the delta's ranges coarser; --cluster-size chooses)
+        c = other.volume(None).cluster_size if other is not None else RAW_CLUSTER_SIZE
         src = old_src if name == "old" else new_src
-        opened[name] = open_source(src, OpenOptions(cluster_size=c,
-                                                    allow_outside_paths=options.allow_outside_paths))
+        opened[name] = open_source(src, replace(options, cluster_size=c))
         disks.append(opened[name])
     return opened["old"], opened["new"]
+
+
+def _wants_cluster_size(e: BadImageError, options: OpenOptions) -> bool:
+    """The error of a raw file opened without a cluster size (not of a damaged ploop image)."""
+    return not options.cluster_size and "--cluster-size" in e.what
 
 
 # -- the three outputs --------------------------------------------------------------------------
