@@ -391,6 +391,10 @@ BAD: list[Bad] = [
     Bad("not-a-number", V1, C.BAD_DESCRIPTOR,
         xml(lambda dd: dm.set_text(dd, "StorageData/Storage/Blocksize", "2K"), "not a number",
             el("Storage/Blocksize"))),
+    # valid, but not handled (format.md §5.2): unsupported, not a bad descriptor
+    Bad("split-storage", V1, C.UNSUPPORTED,
+        xml(lambda dd: dm.duplicate(dd, "StorageData/Storage"), "split disks",
+            el("StorageData/Storage"))),
     Bad("malformed-xml", V1, C.BAD_DESCRIPTOR, xml(malformed, "malformed XML line")),
     Bad("oversize-descriptor", V1, C.BAD_DESCRIPTOR, xml(oversize, "byte cap")),
     Bad("billion-laughs", V1, C.BAD_DESCRIPTOR,

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ploopfs.errors import BadChainError, BadDescriptorError, NotFoundError
+from ploopfs.errors import BadChainError, BadDescriptorError, NotFoundError, UnsupportedError
 from ploopfs.format.header import NONE_GUID, TOP_GUID
 
 if TYPE_CHECKING:
@@ -295,9 +295,9 @@ def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descript
     storages = sdata.findall("Storage")
     if not storages:
         raise BadDescriptorError("required element missing", where, element="StorageData/Storage")
-    if len(storages) > 1:
-        raise BadDescriptorError("several <Storage> elements (split disks) are not supported",
-                                 where, element="StorageData/Storage")
+    if len(storages) > 1:  # well-formed, just not handled: unsupported (9), not malformed (6)
+        raise UnsupportedError("several <Storage> elements (split disks) are not supported",
+                               where, element="StorageData/Storage")
     storage = storages[0]
     d.blocksize = num(storage, "Blocksize", "Storage")
     # Refused by open_source unless salvaging (then the images' own cluster size serves).
