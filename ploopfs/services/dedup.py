@@ -78,13 +78,16 @@ class DedupOptions:
 def read_ranges(vol: Volume, large: int) -> list[tuple[int, int]]:
     """[start, end) byte ranges covering every allocated cluster, rounded out to `large`
     blocks and merged; the rest of the disk is unallocated (reads as zeros)."""
-    if vol.raw_base:
-        return [(0, vol.size)] if vol.size else []
-    c = vol.cluster_size
+    if vol.raw_base:  # what the raw file covers, not the whole disk (it may claim 128 TiB)
+        pieces = [(s, s + n) for s, n in vol.stored_ranges()]
+    else:
+        c = vol.cluster_size
+        pieces = [(v * c, (v + n) * c) for v, n in zip(vol.map.vstart.tolist(),
+                                                        vol.map.count.tolist(), strict=True)]
     out: list[tuple[int, int]] = []
-    for v, n in zip(vol.map.vstart.tolist(), vol.map.count.tolist(), strict=True):
-        s = v * c // large * large
-        e = min(-(-(v + n) * c // large) * large, vol.size)
+    for start, end in pieces:
+        s = start // large * large
+        e = min(-(-end // large) * large, vol.size)
         if out and s <= out[-1][1]:
             out[-1] = (out[-1][0], max(out[-1][1], e))
         elif s < e:

@@ -42,11 +42,10 @@ class ExportReport:
 
 
 def _chunks(vol: Volume) -> list[tuple[int, int]]:
-    """Ranges worth reading: data of the merged map, or the whole disk over a raw base."""
-    c = vol.cluster_size
-    if vol.raw_base:
-        return [(0, vol.size)]
-    return [(e.vstart * c, min(e.count * c, vol.size - e.vstart * c)) for e in vol.map.extents()]
+    """Ranges worth reading: data of the merged map, and over a raw base what its file holds
+    (not the whole disk: a <Disk_size> of 2^38 sectors over a 64 KiB raw base is 128 TiB of
+    zeros past the file)."""
+    return vol.stored_ranges()
 
 
 def export_work(vol: Volume) -> int:

@@ -231,7 +231,7 @@ def _own(vol: Volume) -> tuple[Image, np.ndarray, np.ndarray]:
 
 def _level_work(vol: Volume) -> int:
     if vol.images[-1].is_raw:
-        return vol.size
+        return vol.raw_end()
     _im, v, _off = _own(vol)
     return int(v.size) * vol.cluster_size
 
@@ -249,12 +249,15 @@ def _copy_level(lv: _Level, path: str, step: Callable[[int], None]) -> None:
 
 
 def _copy_raw_base(vol: Volume, w: ImageWriter, lv: _Level, step: Callable[[int], None]) -> None:
-    """A raw base becomes a v2 image of its non-zero clusters (nothing lies below it)."""
+    """A raw base becomes a v2 image of its non-zero clusters (nothing lies below it). Only
+    what its file covers is read: past its end it holds nothing (a descriptor may claim far
+    more, e.g. 128 TiB over 64 KiB)."""
     c = vol.cluster_size
     per = max(1, RUN // c)
     buf = bytearray(per * c)
-    for start in range(0, vol.size, per * c):
-        n = min(per * c, vol.size - start)
+    end = vol.raw_end()
+    for start in range(0, end, per * c):
+        n = min(per * c, end - start)
         view = memoryview(buf)[:-(-n // c) * c]
         got = vol.zero_fill_readinto(view, start)
         view[got:] = bytes(len(view) - got)

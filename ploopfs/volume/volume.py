@@ -62,6 +62,29 @@ class Volume:
         self._fds = [im.fd for im in self.images]
 
     # -- planning ------------------------------------------------------------------------------
+    def raw_end(self) -> int:
+        """Over a raw base, the end of the part of the disk its file covers (past it the base
+        reads as zeros and holds nothing, format.md §4.1 rule 3); 0 without a raw base."""
+        return min(self.size, self.images[0].file_size) if self.raw_base else 0
+
+    def stored_ranges(self) -> list[tuple[int, int]]:
+        """(offset, length) pieces of the disk that some file holds, sorted and disjoint: the
+        block map's extents and the part a raw base's file covers. Everything else reads as
+        zeros, so work in proportion to what is stored, not to the size a descriptor claims
+        (a huge <Disk_size> over a small raw base), reads only these."""
+        c = self.cluster_size
+        pieces = [(0, self.raw_end())] + [
+            (e.vstart * c, min((e.vstart + e.count) * c, self.size)) for e in self.map.extents()]
+        merged: list[list[int]] = []
+        for s, e in sorted(pieces):
+            if s >= e:
+                continue
+            if merged and s <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        return [(s, e - s) for s, e in merged]
+
     def segments(self, offset: int, length: int) -> Iterator[Segment]:
         """Where each byte of [offset, offset+length) comes from, clipped to the disk size,
         adjacent pieces of one extent or one hole merged."""
