@@ -19,8 +19,9 @@ def add_parsers(sub: Any) -> None:
                     "names, headers, dirty flags, mtimes and copy-on-write content, explain the "
                     "evidence, and write a new descriptor: DIR/DiskDescriptor.xml if it does not "
                     "exist, else the new file given with -o. Nothing is ever overwritten. Exit 0: "
-                    "written, high confidence; 1: written, but the evidence is ambiguous "
-                    "(docs/restore.md).")
+                    "written, high confidence; 1: written, but the evidence is ambiguous; 15 "
+                    "(--salvage): written from what could be read, the output says what it "
+                    "could not decide (docs/restore.md).")
     p.add_argument("folder", metavar="DIR", help="the folder holding the image files")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write here instead (must not exist: never replaced, there is no "
@@ -37,6 +38,11 @@ def add_parsers(sub: Any) -> None:
                           "it exists)")
     old.add_argument("--ignore-old", action="store_true",
                      help="do not use DIR/DiskDescriptor.xml as evidence")
+    p.add_argument("--salvage", action="store_true",
+                   help="rebuild from what is readable: infer damaged headers from their BAT "
+                        "(as the readers' --salvage does), drop unreadable BAT entries, leave "
+                        "out images that cannot be used, and say what that leaves undecided "
+                        "(exit 15 when anything was)")
     add_cluster_size(p, "cluster size when DIR holds only a raw disk (default: as ploop picks it)")
     p.set_defaults(func=cmd_restore)
 
@@ -48,12 +54,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
     check_args(sample)
     res = restore(args.folder, output=args.output, sample=sample, cluster_size=args.cluster_size,
                   write=not args.dry_run,
-                  old_descriptor=False if args.ignore_old else args.old_descriptor or True)
+                  old_descriptor=False if args.ignore_old else args.old_descriptor or True,
+                  salvage=args.salvage)
     if args.json:
         json.dump(res.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(res.text())
+    if res.partial:
+        print(f"ploopfs: warning: partial: {res.damage_summary()}; see 'could not decide'",
+              file=sys.stderr)
     if res.confidence != "high":
         print("ploopfs: warning: low confidence: the evidence does not settle every link; see "
               "the [low] lines", file=sys.stderr)

@@ -15,6 +15,7 @@ The truth is always the chain as built, read by qemu-img; sources are hash-guard
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -22,9 +23,12 @@ from pathlib import Path
 
 import pytest
 from conftest import qemu_json_chain, run_cli
+from damage import bat_entries, bat_entry
 from test_restore import (
     DD,
+    build_chain,
     export_sha,
+    file_sha,
     link_images,
     partial_writes,
     qemu_create,
@@ -185,3 +189,144 @@ def test_only_sizes_decide(tight, tmp_path, guard_sources):
         assert link["decided_by"] == "structure" and link["confidence"] == "high"
         assert rc == 0, rep["decisions"]
     assert export_sha(work, tmp_path) == qemu_sha([a, b], tmp_path)
+
+
+# -- damaged images: strict refusal, --salvage ------------------------------------------------------
+def salvage_chain(tmp_path: Path, guard_sources, names: bool = True) -> list[Path]:
+    """A 3-level chain (64 KiB clusters, 4 MiB), partial writes everywhere; ploop's names or
+    random ones."""
+    rng = random.Random(23)
+    if names:
+        files = named_chain(tmp_path / "made", rng, 64 << 10, 64, [[], [], []])
+    else:
+        files = build_chain(tmp_path / "made", rng, 3)
+    guard_sources(*files)
+    return files
+
+
+def damaged_copy(tmp_path: Path, files: list[Path], damage) -> Path:
+    """Real copies (they are damaged), descriptor-less; `damage(folder)` edits them."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for f in files:
+        shutil.copy(f, work / f.name)
+    damage(work)
+    return work
+
+
+def salvage_read_sha(folder: Path, tmp_path: Path) -> str:
+    out = tmp_path / "salvage.raw"
+    r = run_cli("export", folder, out, "--no-progress", "--salvage=older")
+    assert r.returncode in (0, 15), r.stderr.decode()
+    sha = file_sha(out)
+    out.unlink()
+    return sha
+
+
+def strict_refused(work: Path, code: int) -> str:
+    r = run_cli("restore-descriptor", work)
+    err = r.stderr.decode()
+    assert r.returncode == code and err.count("\n") == 1 and "--salvage" in err, (r.returncode, err)
+    assert not (work / DD).exists()
+    return err
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_zeroed_header_strict_then_salvage(level, tmp_path, guard_sources):
+    """A lost descriptor and a zeroed header (level 0, 1 or 2). Before, the zeroed middle delta
+    was taken for a raw base and the wrong chain came out [high], exit 0. Strict now refuses
+    (exit 4, pointing at --salvage). --salvage infers the header from the BAT, rebuilds the
+    right chain, says what it could not decide and exits 15; the salvage read of the new
+    descriptor, and `recover` of it read by qemu-img, equal the chain as built."""
+    files = salvage_chain(tmp_path, guard_sources)
+    work = damaged_copy(tmp_path, files, lambda w: zero_header(w / NAMES[level]))
+    guard_sources(work)
+    err = strict_refused(work, 4)
+    assert NAMES[level] in err and "damaged header" in err
+    r = run_cli("restore-descriptor", work, "--salvage", "--json")
+    assert r.returncode == 15, r.stderr.decode()
+    rep = json.loads(r.stdout)
+    assert rep["chain"] == NAMES and rep["partial"] and rep["exit_code"] == 15, rep["links"]
+    assert rep["damage"] == {"left_out": 0, "inferred": 1, "bad_bat_entries": 0}
+    assert any(NAMES[level] in u and "inferred" in u for u in rep["undecided"])
+    facts = {i["file"]: i for i in rep["images"]}
+    assert facts[NAMES[level]]["header_inferred"] and not facts[NAMES[level]]["size_exact"]
+    assert "partial" in r.stderr.decode()
+    assert rep["disk_size"] == 4 << 20
+    assert salvage_read_sha(work, tmp_path) == qemu_sha(files, tmp_path)
+    rec = tmp_path / "rec"
+    r = run_cli("recover", work, rec)
+    assert r.returncode == 0, r.stderr.decode()
+    assert qemu_sha(descriptor_files(rec), tmp_path) == qemu_sha(files, tmp_path)
+    # The text says the same.
+    text = run_cli("restore-descriptor", work, "--salvage", "-n", "-o", tmp_path / "x.xml")
+    assert text.returncode == 15 and b"could not decide: the header of " + NAMES[level].encode() \
+        in text.stdout and b"result: PARTIAL" in text.stdout
+
+
+def test_zeroed_header_random_names(tmp_path, guard_sources):
+    """No names to tell a delta: a file without signature whose first cluster holds a BAT in
+    the other images' layout is a damaged delta, not a raw base."""
+    files = salvage_chain(tmp_path, guard_sources, names=False)
+    work = damaged_copy(tmp_path, files, lambda w: zero_header(w / files[1].name))
+    guard_sources(work)
+    assert "holds a ploop BAT" in strict_refused(work, 4)
+    r = run_cli("restore-descriptor", work, "--salvage", "--json")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 15 and rep["chain"] == [f.name for f in files], rep["links"]
+    assert salvage_read_sha(work, tmp_path) == qemu_sha(files, tmp_path)
+
+
+def test_unreadable_bat_entry(tmp_path, guard_sources):
+    """A BAT entry of the middle delta points past the end of its file: strict exit 5 (with
+    the --salvage hint); --salvage drops the entry, says so, and exits 15. The cluster is one
+    the top maps too, so the top still reads exactly like the chain as built."""
+    files = salvage_chain(tmp_path, guard_sources)
+    mid = bat_entries(files[1])
+    top = bat_entries(files[2])
+    v = min(set(mid) & set(top))
+
+    def damage(w: Path) -> None:
+        bat_entry(w / A, v, 0x7FFFFFF0)
+
+    work = damaged_copy(tmp_path, files, damage)
+    guard_sources(work)
+    strict_refused(work, 5)
+    r = run_cli("restore-descriptor", work, "--salvage", "--json")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 15 and rep["chain"] == NAMES, rep["links"]
+    assert rep["damage"] == {"left_out": 0, "inferred": 0, "bad_bat_entries": 1}
+    assert any(A in u and "BAT_PAST_EOF" in u for u in rep["undecided"])
+    assert salvage_read_sha(work, tmp_path) == qemu_sha(files, tmp_path)
+
+
+def test_unusable_image_left_out(tmp_path, guard_sources):
+    """The top's first cluster is overwritten with garbage behind an intact signature: no
+    header can be inferred. --salvage leaves it out, rebuilds the rest, says where it could
+    not place it, exit 15; the rebuilt disk reads like qemu's chain of the other two."""
+    files = salvage_chain(tmp_path, guard_sources)
+
+    def damage(w: Path) -> None:
+        with open(w / B, "r+b") as f:
+            f.seek(16)
+            f.write(random.Random(1).randbytes((64 << 10) - 16))
+
+    work = damaged_copy(tmp_path, files, damage)
+    guard_sources(work)
+    strict_refused(work, 4)
+    r = run_cli("restore-descriptor", work, "--salvage", "--json")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 15 and rep["chain"] == NAMES[:2], (rep["left_out"], rep["links"])
+    assert [lo["file"] for lo in rep["left_out"]] == [B]
+    assert any(u.startswith(f"where {B} belongs") for u in rep["undecided"])
+    assert export_sha(work, tmp_path) == qemu_sha(files[:2], tmp_path)
+
+
+def test_salvage_on_intact_folder(tmp_path, guard_sources):
+    """Nothing damaged: --salvage changes nothing (exit 0, not partial)."""
+    files = salvage_chain(tmp_path, guard_sources)
+    work = tmp_path / "work"
+    link_images(tmp_path / "made", work)
+    rc, rep = restore_json(work, "--salvage")
+    assert rc == 0 and not rep["partial"] and rep["chain"] == NAMES, rep["decisions"]
+    assert export_sha(work, tmp_path) == qemu_sha(files, tmp_path)

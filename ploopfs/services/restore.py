@@ -39,6 +39,8 @@ from ploopfs.errors import (
     BadChainError,
     BadDescriptorError,
     BadImageError,
+    CorruptImageError,
+    ExitCode,
     NotFoundError,
     OutputError,
     UsageError,
@@ -62,6 +64,7 @@ from ploopfs.format.header import (
     chs_geometry,
     sniff,
 )
+from ploopfs.format.infer import CANDIDATE_SECTORS, Hints
 from ploopfs.format.probe import FileKind, probe
 from ploopfs.volume import fileio
 from ploopfs.volume.fileio import open_readonly
@@ -135,7 +138,9 @@ class Candidate:
             "empty_flag": bool(h and h.flags & CIF_EMPTY), "mtime_ns": self.mtime_ns,
             "mapped_clusters": 0 if h is None else len(self.image.mapping()),
             "size_exact": self.size_exact, "size_at_least": self.floor,
-            "size_note": self.size_note,
+            "size_note": self.size_note, "header_error": self.image.header_error,
+            "header_inferred": self.image.inferred.line() if self.image.inferred else None,
+            "bad_bat_entries": len(self.image.bad_slots),
             "named_base": self.named_base, "file_guid": self.file_guid,
             "old_descriptor_guid": self.old_guid, "old_descriptor_parent": self.old_parent,
         }
@@ -150,6 +155,8 @@ class Scan:
     ignored: list[dict[str, str]] = field(default_factory=list)
     old_top: str | None = None  # file name of the top in a damaged old descriptor
     old_notes: list[str] = field(default_factory=list)
+    salvage: bool = False
+    left_out: list[dict[str, str]] = field(default_factory=list)  # --salvage: unreadable images
 
     def close(self) -> None:
         for c in self.all():
@@ -159,16 +166,21 @@ class Scan:
         return [*([self.raw] if self.raw else []), *self.images]
 
 
-def scan_folder(folder: str, cluster_size: int | None = None) -> Scan:
+def scan_folder(folder: str, cluster_size: int | None = None, salvage: bool = False) -> Scan:
     """Open every image file of `folder` read-only. Errors: the folder missing or without
     images (NOT_FOUND), only non-images (BAD_IMAGE), mixed cluster sizes or versions, several
-    raw candidates (BAD_CHAIN)."""
+    raw candidates (BAD_CHAIN). A ploop image whose header or BAT cannot be used is an error
+    (BAD_IMAGE, CORRUPT), and so is a file without signature that is a damaged delta rather
+    than a raw base; with `salvage` such headers are inferred from the BAT (format/infer.py),
+    unreadable BAT entries dropped, and what cannot be used is left out (`Scan.left_out`)."""
     if not os.path.isdir(folder):
         raise NotFoundError("no such folder" if not os.path.exists(folder) else "not a folder",
                             folder)
     ploop: list[Candidate] = []
     raws: list[tuple[str, str, int, int]] = []
     ignored: list[dict[str, str]] = []
+    damaged: list[tuple[str, str, int, str]] = []  # salvage: (name, path, mtime, why), inferred below
+    left_out: list[dict[str, str]] = []
     try:
         for entry, path, st in _files(folder, ignored):
             kind = _sniff_file(path, st, ignored)
@@ -177,23 +189,153 @@ def scan_folder(folder: str, cluster_size: int | None = None) -> Scan:
             if kind is ImageKind.RAW:
                 raws.append((entry, path, st.st_size, st.st_mtime_ns))
                 continue
-            ploop.append(Candidate(entry, path, Image.open(path), st.st_mtime_ns))
+            _open_ploop(entry, path, st.st_mtime_ns, ploop, damaged, salvage)
+        if ploop or damaged or salvage:
+            raws = _unsigned_deltas(raws, ploop, damaged, salvage)
+        if damaged:
+            ploop = sorted(ploop + _infer_damaged(damaged, ploop, cluster_size, left_out),
+                           key=lambda c: c.name)
         if not ploop:
             raws = _image_named(raws, ignored)
             if not raws:
-                _no_images(folder, ignored)
+                _no_images(folder, [*left_out, *ignored])
+        if ploop and salvage:
+            ploop = _one_disk(ploop, left_out)
         cluster = _common_cluster(ploop) if ploop else _raw_cluster(raws, cluster_size)
         raw = _pick_raw(raws, ploop, cluster, ignored)
         for c in ploop:
-            c.image.mapping()  # strict: a damaged BAT is an error here (exit 5)
+            c.image.salvage = salvage  # unreadable BAT entries are dropped and recorded
+            _strict(c.image.mapping)  # strict: a damaged BAT is an error here (exit 5)
     except BaseException:
         for c in ploop:
             c.image.close()
         raise
-    scan = Scan(folder, ploop, raw, cluster, ignored)
+    scan = Scan(folder, ploop, raw, cluster, ignored, salvage=salvage, left_out=left_out)
     _name_evidence(scan)
     _size_evidence(scan)
     return scan
+
+
+# -- damaged images (--salvage) -------------------------------------------------------------------
+_SALVAGE_HINT = "restore-descriptor --salvage infers the header or leaves the file out"
+
+
+def _strict(fn: Callable[[], Any]) -> Any:
+    """Call fn; a damaged header or BAT error gets the hint that --salvage exists."""
+    try:
+        return fn()
+    except (BadImageError, CorruptImageError) as e:
+        raise _hinted(e) from e
+
+
+def _hinted(e: BadImageError | CorruptImageError) -> BadImageError | CorruptImageError:
+    return type(e)(f"{e.what}; {_SALVAGE_HINT}", e.where, offset=e.offset)
+
+
+def _open_ploop(name: str, path: str, mtime: int, ploop: list[Candidate],
+                damaged: list[tuple[str, str, int, str]], salvage: bool) -> None:
+    """A file with a ploop signature. Its header must be usable; with `salvage` a damaged one
+    is set aside, to be inferred once the readable headers are known (they are the hints)."""
+    try:
+        ploop.append(Candidate(name, path, Image.open(path), mtime))
+    except (BadImageError, CorruptImageError) as e:
+        if not salvage:
+            raise _hinted(e) from e
+        damaged.append((name, path, mtime, e.what))
+
+
+def _unsigned_deltas(raws: list[tuple[str, str, int, int]], ploop: list[Candidate],
+                     damaged: list[tuple[str, str, int, str]], salvage: bool
+                     ) -> list[tuple[str, str, int, int]]:
+    """Files without a ploop signature that are not a raw base but a delta whose header was
+    damaged (a zeroed header, say): named as a snapshot delta of another image (ploop names
+    deltas after the first image, format.md §4.3, and only the base may be raw, §0), or
+    starting with a BAT in the layout of the other images (after the 64 header bytes, every
+    non-zero slot of the first cluster names a distinct data cluster inside the file, §2).
+    Taken as a raw base, such a file made a wrong chain with high confidence. Strict: an
+    error; salvage: set aside to be inferred. Returns the remaining raw candidates."""
+    names = [c.name for c in ploop] + [d[0] for d in damaged] + [r[0] for r in raws]
+    refs = sorted({(c.image.header.cluster_sectors, c.image.header.version) for c in ploop
+                   if c.image.header is not None})
+    if not refs and salvage:
+        refs = [(cs, v) for cs in CANDIDATE_SECTORS for v in (2, 1)]
+    keep = []
+    for name, path, size, mtime in raws:
+        base = next((o for o in names if o != name and name.startswith(o + ".")), None)
+        why = (f"named as a snapshot delta of {base}" if base else
+               "its first cluster holds a ploop BAT" if _bat_like(path, size, refs) else None)
+        if why is None:
+            keep.append((name, path, size, mtime))
+        elif salvage:
+            damaged.append((name, path, mtime, f"no ploop signature, but {why}: a damaged header"))
+        else:
+            raise BadImageError(f"no ploop signature, but {why}: a ploop image with a damaged "
+                                f"header, not a raw base; {_SALVAGE_HINT}", path, offset=0)
+    return keep
+
+
+def _bat_like(path: str, size: int, refs: list[tuple[int, int]]) -> bool:
+    """Whether the slots after the 64 header bytes, up to the end of the first cluster, are a
+    BAT for one of the (cluster sectors, version) layouts: at least one non-zero slot, and every
+    non-zero slot a distinct data cluster inside the file (format.md §2.2, §2.3)."""
+    refs = [(cs, v) for cs, v in refs if size >= 2 * cs * SECTOR]
+    if not refs:
+        return False
+    fd = open_readonly(path)
+    try:
+        head = pread_exact(fd, max(cs for cs, _v in refs) * SECTOR, 0, path)
+    finally:
+        os.close(fd)
+    for cs, version in refs:
+        c = cs * SECTOR
+        e = np.frombuffer(head[HEADER_SIZE:HEADER_SIZE + (c - HEADER_SIZE) // 4 * 4], "<u4")
+        nz = e[e != 0].astype(np.int64)
+        if not nz.size:
+            continue
+        cl = nz if version == 2 else np.where(nz % cs == 0, nz // cs, -1)
+        if (cl >= 1).all() and ((cl + 1) * c <= size).all() and np.unique(cl).size == cl.size:
+            return True
+    return False
+
+
+def _infer_damaged(damaged: list[tuple[str, str, int, str]], ploop: list[Candidate],
+                   cluster_size: int | None, left_out: list[dict[str, str]]) -> list[Candidate]:
+    """--salvage: infer each damaged header from its BAT, with the readable headers as hints
+    (one cluster size and version per disk, format.md §4.2), as salvage readers do; an image
+    whose header cannot be inferred is left out, and the report says why."""
+    sib = tuple((h.cluster_sectors, h.version, h.bat_entries) for h in
+                (c.image.header for c in ploop) if h is not None)
+    hints = Hints(cluster_size // SECTOR if cluster_size else 0, 0, sib)
+    out = []
+    for name, path, mtime, why in damaged:
+        try:
+            im = Image.open(path, allow_raw=False, not_raw_reason="a damaged header", infer=hints)
+        except (BadImageError, CorruptImageError) as e:
+            left_out.append({"file": name, "reason": e.what})
+            continue
+        im.header_error = why
+        out.append(Candidate(name, path, im, mtime))
+    return out
+
+
+def _one_disk(ploop: list[Candidate], left_out: list[dict[str, str]]) -> list[Candidate]:
+    """--salvage: the images with the most common cluster size and version form the disk
+    (format.md §4.2); any other is left out instead of refusing the folder."""
+    def layout(c: Candidate) -> tuple[int, int]:
+        assert c.image.header is not None
+        return c.image.header.cluster_sectors, c.image.header.version
+
+    counts: dict[tuple[int, int], int] = {}
+    for c in ploop:
+        counts[layout(c)] = counts.get(layout(c), 0) + (1 if c.image.inferred is None else 0)
+    best = max(counts, key=lambda k: (counts[k], -k[0]))
+    for c in ploop:
+        if layout(c) != best:
+            left_out.append({"file": c.name, "reason": f"cluster size {layout(c)[0]} sectors, "
+                             f"v{layout(c)[1]}; the other images have {best[0]}, v{best[1]}: "
+                             "not one disk"})
+            c.image.close()
+    return [c for c in ploop if layout(c) == best]
 
 
 def _files(folder: str, ignored: list[dict[str, str]]) -> Iterator[tuple[str, str, os.stat_result]]:
@@ -700,13 +842,25 @@ class Restored:
     content: dict[str, int]
     output: str | None = None
     written: bool = False
+    salvage: bool = False
+    left_out: list[dict[str, str]] = field(default_factory=list)  # unreadable images (--salvage)
+    undecided: list[str] = field(default_factory=list)  # what the damage left open
+    damage: dict[str, int] = field(default_factory=dict)  # left_out, inferred, bad_bat_entries
 
     @property
     def confidence(self) -> str:
         return "low" if any(d.confidence == "low" for d in self.decisions) else "high"
 
     @property
+    def partial(self) -> bool:
+        """Rebuilt from what could be read (--salvage): an image left out, a header inferred
+        or BAT entries unreadable."""
+        return any(self.damage.values())
+
+    @property
     def exit_code(self) -> int:
+        if self.partial:
+            return int(ExitCode.DATA_REPLACED)  # done, but not from everything the disk held
         return 0 if self.confidence == "high" else 1
 
     def to_json(self) -> dict[str, Any]:
@@ -719,7 +873,9 @@ class Restored:
             "chain": [im.file for im in d.chain()],  # base first, up to the top
             "images": self.scan_facts, "links": self.links,
             "decisions": [x.to_json() for x in self.decisions], "ignored": self.ignored,
-            "notes": self.notes, "content": self.content,
+            "notes": self.notes, "content": self.content, "salvage": self.salvage,
+            "partial": self.partial, "damage": self.damage, "left_out": self.left_out,
+            "undecided": self.undecided,
         }
 
     def text(self) -> str:
@@ -738,31 +894,47 @@ class Restored:
             lines.append(f"  note: {n}")
         for ig in self.ignored:
             lines.append(f"  ignored {ig['file']}: {ig['reason']}")
+        for lo in self.left_out:
+            lines.append(f"  left out {lo['file']}: {lo['reason']}")
+        for u in self.undecided:
+            lines.append(f"  could not decide: {u}")
         verdict = ("high confidence" if self.confidence == "high" else
                    "LOW CONFIDENCE: the evidence is ambiguous; check the links marked [low]")
+        if self.partial:
+            verdict = f"PARTIAL: {self.damage_summary()}; see 'could not decide'; {verdict}"
         where = (f"written to {self.output}" if self.written else
                  f"not written{' (would be ' + self.output + ')' if self.output else ''}")
         lines.append(f"result: {verdict}; {where}")
         return "\n".join(lines)
 
+    def damage_summary(self) -> str:
+        d = self.damage
+        return (f"rebuilt from what could be read ({d.get('left_out', 0)} image(s) left out, "
+                f"{d.get('inferred', 0)} header(s) inferred, {d.get('bad_bat_entries', 0)} "
+                "unreadable BAT entries)")
+
 
 def restore(folder: str, *, output: str | None = None, sample: int = DEFAULT_SAMPLE,
             cluster_size: int | None = None, write: bool = True,
-            old_descriptor: str | bool | None = True) -> Restored:
+            old_descriptor: str | bool | None = True, salvage: bool = False) -> Restored:
     """Infer the tree of the images in `folder` and (unless `write` is False) write the
     descriptor to `output` (default: folder/DiskDescriptor.xml), never replacing a file.
     `old_descriptor`: a damaged descriptor to take GUIDs and links from; True = the folder's
-    DiskDescriptor.xml if there is one; False/None = none."""
+    DiskDescriptor.xml if there is one; False/None = none. `salvage`: damaged headers are
+    inferred and unreadable images left out instead of failing; the result says what that
+    left undecided (`partial`, exit 15)."""
     target = output if output is not None else os.path.join(folder, DESCRIPTOR_NAME)
     if write and os.path.lexists(target):
         hint = "" if output is not None else "; give -o NEW_FILE to write it elsewhere"
         raise OutputError(f"already exists; refusing to overwrite{hint}", target)
-    scan = scan_folder(folder, cluster_size)
+    scan = scan_folder(folder, cluster_size, salvage)
     try:
         old = os.path.join(folder, DESCRIPTOR_NAME) if old_descriptor is True else old_descriptor
         if old and (old_descriptor is not True or os.path.isfile(old)):
             apply_old_descriptor(scan, old)
         res = infer(scan, sample, target)
+        res.salvage, res.left_out = scan.salvage, scan.left_out
+        res.undecided, res.damage = damage_report(scan)
     finally:
         scan.close()
     res.output = target
@@ -770,6 +942,32 @@ def restore(folder: str, *, output: str | None = None, sample: int = DEFAULT_SAM
         fileio.write_new(target, render_descriptor(res.descriptor), what="descriptor")
         res.written = True
     return res
+
+
+def damage_report(scan: Scan) -> tuple[list[str], dict[str, int]]:
+    """What the damage found by a --salvage scan leaves undecided, and counts of it."""
+    out: list[str] = []
+    for lo in scan.left_out:
+        out.append(f"where {lo['file']} belongs in the tree: it was left out (see above), so "
+                   "what it holds is not part of the rebuilt disk, and a delta that was above "
+                   "it now reads through to the level below")
+    inferred = [c for c in scan.images if c.image.inferred is not None]
+    for c in inferred:
+        assert c.image.inferred is not None
+        out.append(f"the header of {c.name} ({c.image.header_error}): "
+                   f"{c.image.inferred.line()}; the file is not repaired, so only salvage "
+                   "readers open it: read the disk with --salvage, or run `ploopfs recover` "
+                   "on the new descriptor for a clean copy")
+    bad = 0
+    for c in scan.images:
+        if c.image.bad_slots:
+            bad += len(c.image.bad_slots)
+            codes = sorted({b.code for b in c.image.bad_slots})
+            out.append(f"the data of {len(c.image.bad_slots)} cluster(s) of {c.name}: their BAT "
+                       f"entries cannot be read ({', '.join(codes)}), so they were left out of "
+                       "the content comparison; a --salvage read serves them from the level "
+                       "below or as zeros")
+    return out, {"left_out": len(scan.left_out), "inferred": len(inferred), "bad_bat_entries": bad}
 
 
 def infer(scan: Scan, sample: int, target: str) -> Restored:
