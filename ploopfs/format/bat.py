@@ -114,3 +114,26 @@ def classify_entries(entries: np.ndarray, header: Header, file_size: int) -> Ent
     else:
         unaligned = np.zeros(entries.shape, bool)
     return EntryProblems(reserved, into, past, unaligned)
+
+
+def duplicate_slots(vclusters: np.ndarray, offsets: np.ndarray) -> list[tuple[int, int, int]]:
+    """Slots that share a physical cluster with another (format.md §2.3): (virtual cluster, the
+    lowest virtual cluster sharing it, the shared offset or entry), one per extra slot. `offsets`
+    may be file offsets or raw entries (one unit per image); equal values are what counts. The
+    lowest virtual cluster is the one that keeps the cluster (salvage) and the one named (check)."""
+    import numpy as np
+
+    if offsets.size < 2:
+        return []
+    order = np.argsort(offsets, kind="stable")  # virtual clusters ascending within one value
+    so = offsets[order]
+    dup = np.flatnonzero(so[1:] == so[:-1]) + 1
+    out = []
+    owner = -1
+    for j in dup.tolist():
+        if so[j] != so[j - 1] or owner < 0 or so[owner] != so[j]:
+            owner = j - 1
+            while owner > 0 and so[owner - 1] == so[j]:
+                owner -= 1
+        out.append((int(vclusters[order[j]]), int(vclusters[order[owner]]), int(so[j])))
+    return out

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ploopfs.errors import PloopfsError
-from ploopfs.format.bat import bat_entry_off, classify_entries, decode_entries
+from ploopfs.format.bat import bat_entry_off, classify_entries, decode_entries, duplicate_slots
 from ploopfs.format.chain import Level, chain_anomalies
 from ploopfs.format.descriptor import Descriptor, ImageEntry, Shot
 from ploopfs.format.descriptor_scan import scan_descriptor
@@ -38,6 +38,7 @@ from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.format.probe import FileKind, probe
 from ploopfs.services.partitions import LUKS_MAGIC, inspect_disk
 from ploopfs.volume.fileio import open_readonly
+from ploopfs.volume.image import bat_chunks
 from ploopfs.volume.source import (
     DESCRIPTOR_NAME,
     MAX_LEVELS,
@@ -341,20 +342,12 @@ def _scan_bat(r: _Report, path: str, fd: int, h: Header, size: int) -> _Scanned:
     pad_v, pad_e = [], []
     start = bat_entry_off(0)
     stop = min(bat_entry_off(nslots), size // 4 * 4)
-    pos = start
-    while pos < stop:
-        data_pos = _seek(fd, pos, os.SEEK_DATA, stop)
-        if data_pos >= stop:
-            break
-        if data_pos > pos:
-            pos = data_pos - (data_pos - start) % 4
-        n = min(BAT_CHUNK, stop - pos)
+    for pos, n in bat_chunks(fd, start, stop):
         try:
             raw = _pread(fd, n, pos)
         except OSError as e:
             r.add("IMAGE_READ_ERROR", f"reading the BAT failed: {e.strerror}", file=path, offset=pos,
                   severity=Severity.DAMAGED)
-            pos += n
             continue
         ent = decode_entries(raw[: len(raw) // 4 * 4])
         nz = np.flatnonzero(ent)
@@ -367,7 +360,6 @@ def _scan_bat(r: _Report, path: str, fd: int, h: Header, size: int) -> _Scanned:
             e_parts.append(vals[valid])
             pad_v.append(idx[~valid])
             pad_e.append(vals[~valid])
-        pos += max(n, 4)
     vcl = np.concatenate(v_parts) if v_parts else np.zeros(0, np.int64)
     ent = np.concatenate(e_parts) if e_parts else np.zeros(0, np.uint32)
     for i, e in zip(_cat(pad_v).tolist(), _cat(pad_e).tolist(), strict=True):
@@ -398,16 +390,9 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _check_duplicates(r: _Report, path: str, h: Header, vcl: np.ndarray, offs: np.ndarray) -> None:
-    if offs.size < 2:
-        return
-    order = np.argsort(offs, kind="stable")
-    so = offs[order]
-    dup = np.flatnonzero(so[1:] == so[:-1]) + 1
-    for j in dup.tolist():
-        v, first = int(vcl[order[j]]), int(vcl[order[j - 1]])
-        o = int(so[j])
-        r.add("BAT_DUPLICATE", f"shares its cluster at byte {o} with virtual cluster {first} "
-              "", file=path, offset=bat_entry_off(v), vcluster=v, pcluster=o // h.cluster_size,
+    for v, first, o in duplicate_slots(vcl, offs):
+        r.add("BAT_DUPLICATE", f"shares its cluster at byte {o} with virtual cluster {first}",
+              file=path, offset=bat_entry_off(v), vcluster=v, pcluster=o // h.cluster_size,
               capped=True)
 
 

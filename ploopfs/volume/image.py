@@ -7,6 +7,7 @@ import os
 import stat
 from array import array
 from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from ploopfs.errors import (
 from ploopfs.format.bat import (
     bat_entry_off,
     classify_entries,
+    duplicate_slots,
     find_bad_entries,
     raise_bad_entry,
 )
@@ -36,6 +38,27 @@ if TYPE_CHECKING:
 
 # BAT is scanned in chunks of this many bytes: bounded memory for 64 TiB disks (256 MiB BATs).
 BAT_CHUNK = 1 << 20
+
+
+def bat_chunks(fd: int, start: int, stop: int, chunk: int = BAT_CHUNK) -> Iterator[tuple[int, int]]:
+    """(offset, length) of the BAT reads between `start` and `stop`, skipping the holes of a
+    sparse file (a hole reads as zeros: unallocated slots) with SEEK_DATA; pieces stay aligned
+    to 4-byte slots. Where SEEK_DATA is unsupported everything is read."""
+    pos = start
+    while pos < stop:
+        try:
+            data_pos = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data after pos
+                return
+            data_pos = pos
+        if data_pos >= stop:
+            return
+        if data_pos > pos:
+            pos = data_pos - (data_pos - start) % 4
+        n = min(chunk, stop - pos)
+        yield pos, n
+        pos += max(n, 4)
 
 
 def file_size(fd: int) -> int:
@@ -208,27 +231,20 @@ class Image:
         return self._mapping
 
     def _drop_duplicates(self, m: Mapping) -> Mapping:
-        """Salvage: of the slots sharing one physical cluster (format.md §2.3) the lowest virtual cluster
-        keeps it; the others are recorded in `bad_slots` and dropped, exactly the slots `check`
-        reports as BAT_DUPLICATE."""
+        """Salvage: of the slots sharing one physical cluster (format.md §2.3) the lowest virtual
+        cluster keeps it; the others are recorded in `bad_slots` and dropped, exactly the slots
+        `check` reports as BAT_DUPLICATE (format/bat.duplicate_slots)."""
         import numpy as np  # salvage only: the usual open stays free of numpy's import
 
         vcl, ent = np.frombuffer(m.vclusters, "=u4"), np.frombuffer(m.entries, "=u4")
-        order = np.argsort(ent, kind="stable")  # vclusters ascending within one entry
-        se = ent[order]
-        dup = np.flatnonzero(se[1:] == se[:-1]) + 1
-        if not dup.size:
+        dups = duplicate_slots(vcl, ent)
+        if not dups:
             return m
-        for j in dup.tolist():
-            k = j - 1  # the owner: first slot of this run of equal entries
-            while k > 0 and se[k - 1] == se[j]:
-                k -= 1
-            v, first, e = int(vcl[order[j]]), int(vcl[order[k]]), int(se[j])
+        for v, first, e in dups:
             self.bad_slots.append(BadSlot(
                 v, e, "BAT_DUPLICATE", f"shares its cluster (byte {e * m.unit}) with virtual "
                 f"cluster {first}"))
-        keep = np.ones(len(m), bool)
-        keep[order[dup]] = False
+        keep = ~np.isin(vcl, np.array([v for v, _, _ in dups], np.uint32))
         return Mapping(_u32(vcl[keep]), _u32(ent[keep]), m.unit)
 
     def _read_mapping(self) -> Mapping:
@@ -243,15 +259,7 @@ class Image:
         vclusters, entries = array("I"), array("I")
         start = bat_entry_off(0)
         end = bat_entry_off(hdr.bat_entries)
-        pos = start
-        while pos < end:
-            # Skip holes in a sparse BAT: a hole reads as zeros, i.e. unallocated entries.
-            data_pos = self._seek_data(pos)
-            if data_pos >= end:
-                break
-            if data_pos > pos:
-                pos = data_pos - (data_pos - start) % 4
-            n = min(BAT_CHUNK, end - pos)
+        for pos, n in bat_chunks(self.fd, start, end):
             raw = pread_exact(self.fd, n, pos, self.path)
             if len(raw) != n:
                 raise CorruptImageError(f"BAT truncated: read {len(raw)} of {n} bytes", self.path,
@@ -270,7 +278,6 @@ class Image:
                 v, e = _u32(nz), _u32(vals)
             vclusters += v
             entries += e
-            pos += n
         return Mapping(vclusters, entries, unit)
 
     def _drop_bad(self, nz: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -287,14 +294,6 @@ class Image:
         self.bad_slots.extend(BadSlot(r.index, r.entry, names[k], r.reason)
                               for r, k in zip(reasons, codes, strict=True))
         return nz[~bad], vals[~bad]
-
-    def _seek_data(self, pos: int) -> int:
-        try:
-            return os.lseek(self.fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # no data after pos
-                return 1 << 62
-            return pos  # SEEK_DATA unsupported here: read everything
 
     # -- format extension (format.md §6) ---------------------------------------------------------------
     def extension(self) -> FormatExtension | None:
