@@ -242,7 +242,7 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
 
     if opts.foreground:
         _setup_logging(opts, foreground=True)
-        return _serve(tree, target, opts, fs_file, None)
+        return _serve(tree, source, target, opts, fs_file, None)
 
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -258,7 +258,7 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
     try:
         _setup_logging(opts, foreground=False)
         _redirect_stdio()
-        code = _serve(tree, target, opts, fs_file, wfd)
+        code = _serve(tree, source, target, opts, fs_file, wfd)
     except PloopfsError as e:
         _report(wfd, f"E{int(e.exit_code)} {e.message()}")
         code = int(e.exit_code)
@@ -351,8 +351,26 @@ def _pick_fs_file(tree) -> str:
     raise MountError(f"--files needs an ext2/3/4 filesystem; found {found}", tree.disk.source)
 
 
-def _fuse_options(opts: MountOptions) -> set[str]:
-    o = {"ro", "default_permissions", "fsname=ploopfs", "subtype=ploopfs", "auto_unmount"}
+class _PathOption(str):
+    """A FUSE option holding a path: pyfuse3 encodes every option as ASCII, which a path need
+    not be; this one encodes as the file system does (UTF-8, undecodable bytes kept)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return os.fsencode(str(self))
+
+
+def fsname_option(source: str) -> str:
+    """`fsname=` naming the source (absolute), so that findmnt, df and mount show the disk
+    instead of "ploopfs". libfuse splits options at commas and unescapes backslashes: both are
+    escaped with a backslash."""
+    path = os.path.abspath(source).replace("\\", "\\\\").replace(",", "\\,")
+    return _PathOption("fsname=" + path)
+
+
+def _fuse_options(opts: MountOptions, source: str) -> set[str]:
+    o = {"ro", "default_permissions", "subtype=ploopfs", "auto_unmount"}
+    if not any(x.startswith("fsname=") for x in opts.fuse_options):  # -o fsname=… wins
+        o.add(fsname_option(source))
     return o | opts.fuse_options
 
 
@@ -445,7 +463,7 @@ def _libfuse_messages() -> Iterator[list[str]]:
             said += tmp.read().decode(errors="replace").strip().splitlines()
 
 
-def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
+def _serve(tree, source: str, target: str, opts: MountOptions, fs_file: str | None,
            wfd: int | None) -> int:
     import pyfuse3
     import trio
@@ -460,7 +478,7 @@ def _serve(tree, target: str, opts: MountOptions, fs_file: str | None,
     ops = Operations(tree.root, uid=opts.uid, gid=opts.gid, direct_io=opts.direct_io)
     _start_reaper(disk_mnt, private_dir, target if fs_file else None)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    fuse_opts = _fuse_options(opts)
+    fuse_opts = _fuse_options(opts, source)
     if fs_file:
         # the private disk layer is for fuse2fs only
         fuse_opts -= {"allow_other", "allow_root"}
