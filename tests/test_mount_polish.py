@@ -1,6 +1,7 @@
 """What `findmnt`, `df`, `stat` and `du` say about a mount (users' issues on `ploopfs mount`).
 
 1. The mount's source is the disk's path (absolute), also through mount.fuse3, for any path.
+2. `stat`: st_blocks of `disk`/`partN` = the bytes their images store, st_size the full size.
 
 Independent references: `qemu-img map` (which bytes of the disk some image holds, for every
 snapshot's chain), util-linux partx (partition ranges), findmnt/df/stat from coreutils and
@@ -12,22 +13,29 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
+from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from conftest import PLOOPFS
+from conftest import CORPUS_CASES, PLOOPFS, qemu_json_chain
 from mounting import (
     Mount,
     Mounter,
     is_mounted,
     mount_entry,
+    partx_table,
 )
 
 from ploopfs.format.descriptor import bare_guid
 from ploopfs.fuse.mount import fsname_option
+from ploopfs.services.tree import stored_bytes
+from ploopfs.volume.blockmap import ZERO_LEVEL
 
 KiB, MiB = 1 << 10, 1 << 20
 CaseFactory = Callable[[str], Path]
@@ -175,5 +183,151 @@ def test_source_through_mount_fuse3(corpus_case: CaseFactory, mounter: Mounter) 
         assert findmnt(mnt, "FSTYPE") == "fuse.ploopfs"
         assert mounter.run("umount", mnt).returncode == 0
         assert not is_mounted(mnt)
+
+
+# -- 3. st_blocks: what is stored -----------------------------------------------------------
+def _check_blocks(folder: Path, runs: list[tuple[int, int]], size: int) -> int:
+    """stat and du of disk and every partN under `folder` against the data runs; returns the
+    number of partitions checked."""
+    st = os.stat(folder / "disk")
+    assert st.st_size == size
+    assert st.st_blocks * 512 == clipped(runs, 0, size), folder
+    du = sh("du", "-B1", "--apparent-size", folder / "disk").split()[0]
+    assert int(du) == size
+    assert int(sh("du", "-B1", folder / "disk").split()[0]) == clipped(runs, 0, size)
+    table = partx_table(folder / "disk")
+    for n, (start, length) in table.items():
+        p = os.stat(folder / f"part{n}")
+        assert p.st_size == length
+        assert p.st_blocks * 512 == clipped(runs, start, start + length), (folder, n)
+        assert int(sh("stat", "-c", "%b", folder / f"part{n}")) == p.st_blocks
+    return len(table)
+
+
+@pytest.mark.parametrize("case", CORPUS_CASES)
+def test_st_blocks_of_every_snapshot(corpus_case: CaseFactory, mounter: Mounter,
+                                     case: str) -> None:
+    d = sparse_case(corpus_case, case)
+    meta = case_meta(d)
+    size = meta["virtual_size_bytes"]
+    m = mounter.mount(d, warning=IN_USE if case == "v2-dirty-inuse" else None)
+    parts = 0
+    for guid, (files, raw) in chains(d).items():
+        runs = qemu_data_runs(qemu_json_chain(files, raw_base=raw))
+        parts += _check_blocks(m / f"snapshots/{guid}", runs, size)
+        if guid == bare_guid(meta["top_guid"]):
+            _check_blocks(m.mountpoint, runs, size)
+    if case == EXT4_CASE:
+        assert parts == 2, "the GPT partition of both snapshots"
+    info = os.stat(m / "info.json")  # a file held in memory: all of it counts
+    assert info.st_blocks == -(-info.st_size // 512)
+
+
+class _FakeMap:
+    """The fields of a BlockMap that stored_bytes reads, from (vstart, count, level) triples."""
+
+    def __init__(self, extents: list[tuple[int, int, int]]) -> None:
+        self.vstart = array("I", [e[0] for e in extents])
+        self.count = array("I", [e[1] for e in extents])
+        self.level = array("B", [e[2] for e in extents])
+        self.a_vstart, self.a_count, self.a_level = map(memoryview, (self.vstart, self.count,
+                                                                     self.level))
+
+
+class _FakeVol:
+    def __init__(self, size: int, c: int, extents: list[tuple[int, int, int]],
+                 raw: tuple[int, int] | None = None) -> None:
+        self.size, self.cluster_size, self.map = size, c, _FakeMap(extents)
+        self.raw_base = raw is not None
+        if raw is not None:
+            self.images = [SimpleNamespace(fd=raw[0], file_size=raw[1])]
+
+
+def test_stored_bytes_against_a_byte_model(tmp_path: Path) -> None:
+    """stored_bytes over random extents (salvage's zeroed ones among them), ranges starting and
+    ending anywhere, a disk size inside the last cluster, and a sparse raw base file, against a
+    per-byte model (in sectors)."""
+    rng = random.Random(5)
+    raw_file = tmp_path / "base.raw"
+    for trial in range(300):
+        c = rng.choice([4096, 65536])
+        nclusters = rng.randrange(1, 40)
+        size = nclusters * c - rng.randrange(0, c, 512)
+        extents, v = [], rng.randrange(0, 3)
+        while v < nclusters:
+            n = rng.randrange(1, 5)
+            extents.append((v, min(n, nclusters - v), rng.choice([0, 1, 2, ZERO_LEVEL])))
+            v += n + rng.randrange(0, 4)
+        raw = None
+        data = np.zeros(-(-size // 512), bool)  # per sector: served from an image's data
+        for v, n, lv in extents:
+            if lv != ZERO_LEVEL:
+                data[v * c // 512:(v + n) * c // 512] = True
+        if trial % 3 == 0:  # a raw base: its data sectors count where no extent lies
+            raw_size = rng.randrange(0, size + 1, 512)
+            with open(raw_file, "wb") as f:
+                f.truncate(raw_size)
+                for _ in range(rng.randrange(0, 6)):
+                    off = rng.randrange(0, max(raw_size, 1), 4096)
+                    f.seek(off)
+                    f.write(b"x" * min(rng.choice([4096, 8192, 3 * 65536]), raw_size - off))
+            fd = os.open(raw_file, os.O_RDONLY)
+            covered = np.zeros_like(data)
+            for v, n, _lv in extents:
+                covered[v * c // 512:(v + n) * c // 512] = True
+            pos = 0
+            while pos < raw_size:
+                try:
+                    a = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError:
+                    break
+                b = os.lseek(fd, a, os.SEEK_HOLE)
+                sel = np.zeros_like(data)
+                sel[a // 512:b // 512] = True
+                data |= sel & ~covered
+                pos = b
+            raw = (fd, raw_size)
+        vol = _FakeVol(size, c, extents, raw)
+        try:
+            for _ in range(20):
+                a = rng.randrange(0, size + c, 512)
+                b = rng.randrange(a, size + 2 * c, 512)
+                want = int(data[a // 512:b // 512].sum()) * 512
+                assert stored_bytes(vol, a, b) == want, (trial, c, size, extents, a, b)
+            assert stored_bytes(vol, 0, size) == int(data.sum()) * 512
+        finally:
+            if raw is not None:
+                os.close(raw[0])
+
+
+def _sparse_partitioned_disk(folder: Path) -> Path:
+    """A 40 MiB parallels image (1 MiB clusters) with MBR partitions that start and end inside
+    clusters, clusters written out of order and partly (qemu-io), and holes."""
+    img = folder / "parts.hds"
+    sh("qemu-img", "create", "-q", "-f", "parallels", "-o", "cluster_size=1M", img, "40M")
+    mbr = bytearray(512)
+    for i, (start, sectors) in enumerate([(63, 20_537), (22_001, 40_000), (70_000, 9_000)]):
+        mbr[446 + 16 * i: 446 + 16 * (i + 1)] = (bytes([0, 0, 0, 0, 0x83, 0, 0, 0])
+                                                 + start.to_bytes(4, "little")
+                                                 + sectors.to_bytes(4, "little"))
+    mbr[510:] = b"\x55\xaa"
+    raw_mbr = folder / "mbr.bin"
+    raw_mbr.write_bytes(bytes(mbr))
+    cmds = ["-c", f"write -P 7 {39 * MiB + 5 * KiB} 3K", "-c", f"write -P 9 {10 * MiB} 4K",
+            "-c", f"write -P 11 {20 * MiB - 512} 1K", "-c", f"write -P 13 {33 * MiB} {2 * MiB}",
+            "-c", f"write -P 15 {MiB + 4 * KiB} 4K"]
+    sh("qemu-io", "-f", "parallels", *cmds, img)
+    sh("qemu-io", "-f", "parallels", "-c", f"write -s {raw_mbr} 0 512", img)
+    return img
+
+
+def test_st_blocks_partitions_inside_clusters(mounter: Mounter, tmp_path: Path,
+                                              guard_sources: Callable[..., None]) -> None:
+    """Partitions whose ends fall inside clusters count only their part of a cluster."""
+    img = _sparse_partitioned_disk(tmp_path)
+    guard_sources(img)
+    runs = qemu_data_runs(str(img))
+    m = mounter.mount(img)
+    assert _check_blocks(m.mountpoint, runs, 40 * MiB) == 3
 
 

@@ -81,11 +81,12 @@ class Operations(pyfuse3.Operations):
             a.st_mode = stat.S_IFREG | 0o444
             a.st_nlink = 1
             a.st_size = node.size
+            # What the images store for it (du, ls -s), not the size: a sparse file's blocks.
+            a.st_blocks = -(-min(node.stored, node.size) // 512)
         a.st_uid, a.st_gid = self.uid, self.gid
         ns = node.mtime_ns
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
         a.st_blksize = 1 << 20
-        a.st_blocks = -(-a.st_size // 512)
         return a
 
     # -- queries ------------------------------------------------------------------------------

@@ -7,18 +7,22 @@
     info.json                 what `ploopfs info --json` prints
     bad-clusters.json         salvage mounts only: damaged ranges known so far (docs/salvage.md)
 
-Front ends see only Dir and File nodes with sizes, mtimes and `read(offset, size)`."""
+Front ends see only Dir and File nodes with sizes, mtimes, `read(offset, size)` and the bytes
+the images store for them (`stored`)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-from collections.abc import Callable
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ploopfs.format.descriptor import bare_guid
 from ploopfs.services.info import disk_info
 from ploopfs.services.partitions import inspect_disk
+from ploopfs.volume.blockmap import ZERO_LEVEL
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
 
@@ -29,6 +33,19 @@ class File:
     size: int
     mtime_ns: int
     read: Callable[[int, int], bytes | bytearray | memoryview]
+    # Bytes the images store for this file (its allocated clusters), computed on first use;
+    # None: the file is data held in memory, all of it counts.
+    _stored: Callable[[], int] | None = field(default=None, repr=False)
+    _stored_value: int | None = field(default=None, repr=False)
+
+    @property
+    def stored(self) -> int:
+        """st_blocks × 512 of the file: what the images hold for it, at most its size."""
+        if self._stored is None:
+            return self.size
+        if self._stored_value is None:
+            self._stored_value = self._stored()
+        return self._stored_value
 
 
 class LiveFile(File):
@@ -73,14 +90,69 @@ def _range_reader(vol: Volume, start: int, size: int) -> Callable[[int, int], by
     return read
 
 
+def stored_bytes(vol: Volume, start: int, end: int) -> int:
+    """Bytes of the virtual disk range [start, end) that the images store: the clusters the
+    merged block map serves from some image (not salvage's zeroed ones), plus, over a raw base,
+    the data (not the holes) of its file where no delta maps (format.md §4.1)."""
+    end = min(end, vol.size)
+    if start >= end:
+        return 0
+    stored = _in_extents(vol, start, end, zeroed=False)
+    if vol.raw_base:
+        for a, b in _data_runs(vol.images[0].fd, start, min(end, vol.images[0].file_size)):
+            stored += b - a - _in_extents(vol, a, b, zeroed=True)
+    return stored
+
+
+def _data_runs(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """The data (non-hole) byte ranges of a file inside [start, end), by SEEK_DATA/SEEK_HOLE
+    (a file system without holes, or failing lseek, counts as all data). Moves the file
+    offset, which no reader uses (they pread)."""
+    pos = start
+    while pos < end:
+        try:
+            a = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: no data past pos; else count it all as data
+                yield pos, end
+            return
+        if a >= end:
+            return
+        b = min(os.lseek(fd, a, os.SEEK_HOLE), end)
+        yield a, b
+        pos = b
+
+
+def _in_extents(vol: Volume, start: int, end: int, *, zeroed: bool) -> int:
+    """Bytes of [start, end) inside extents of the block map (`zeroed`: ZERO_LEVEL ones too).
+    Work in proportion to the extents the range touches; whole ones are summed in C."""
+    m, c = vol.map, vol.cluster_size
+    i0 = max(0, bisect_right(m.a_vstart, start // c) - 1)
+    i1 = bisect_left(m.a_vstart, -(-end // c))  # the extents that start before `end`
+
+    def overlap(i: int) -> int:
+        a = m.a_vstart[i] * c
+        return max(0, min(end, a + m.a_count[i] * c) - max(start, a))
+
+    if i1 - i0 <= 2:  # the inner extents lie wholly inside the range
+        total = sum(overlap(i) for i in range(i0, i1))
+    else:
+        total = overlap(i0) + overlap(i1 - 1) + sum(m.count[i0 + 1:i1 - 1]) * c
+    if not zeroed and ZERO_LEVEL in m.level[i0:i1]:
+        total -= sum(overlap(i) for i in range(i0, i1) if m.a_level[i] == ZERO_LEVEL)
+    return total
+
+
 def volume_files(vol: Volume, mtime_ns: int) -> list[File | Dir]:
     """`disk` and `partN` of one volume."""
-    files: list[File | Dir] = [File("disk", vol.size, mtime_ns, vol.read)]
+    files: list[File | Dir] = [File("disk", vol.size, mtime_ns, vol.read,
+                                    lambda: stored_bytes(vol, 0, vol.size))]
     table = inspect_disk(vol.read, vol.size)
     for p in table.partitions:
         start = min(p.start, vol.size)
         size = max(0, min(p.size, vol.size - start))
-        files.append(File(f"part{p.number}", size, mtime_ns, _range_reader(vol, start, size)))
+        files.append(File(f"part{p.number}", size, mtime_ns, _range_reader(vol, start, size),
+                          lambda a=start, b=start + size: stored_bytes(vol, a, b)))
     return files
 
 
