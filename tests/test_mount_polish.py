@@ -1,7 +1,9 @@
 """What `findmnt`, `df`, `stat` and `du` say about a mount (users' issues on `ploopfs mount`).
 
 1. The mount's source is the disk's path (absolute), also through mount.fuse3, for any path.
-2. `stat`: st_blocks of `disk`/`partN` = the bytes their images store, st_size the full size.
+2. `df`: size = the virtual disk, used = what its images store, the rest free; never the
+   18G-of-18G-used that fired disk-full alarms; inodes not applicable.
+3. `stat`: st_blocks of `disk`/`partN` = the bytes their images store, st_size the full size.
 
 Independent references: `qemu-img map` (which bytes of the disk some image holds, for every
 snapshot's chain), util-linux partx (partition ranges), findmnt/df/stat from coreutils and
@@ -185,6 +187,46 @@ def test_source_through_mount_fuse3(corpus_case: CaseFactory, mounter: Mounter) 
         assert not is_mounted(mnt)
 
 
+# -- 2. df: meaningful sizes -------------------------------------------------------------------
+@pytest.mark.parametrize("case", CORPUS_CASES)
+def test_df_size_used_free(corpus_case: CaseFactory, mounter: Mounter, case: str) -> None:
+    """Size = the virtual disk, Used = the bytes qemu-img map reports as data for the mounted
+    snapshot, Avail = Free = the rest; the same before and after the whole tree is visited;
+    inodes 0 (df: "-"); statvfs says read-only."""
+    d = sparse_case(corpus_case, case)
+    meta = case_meta(d)
+    size = meta["virtual_size_bytes"]
+    files, raw = chains(d)[bare_guid(meta["top_guid"])]
+    used = clipped(qemu_data_runs(qemu_json_chain(files, raw_base=raw)), 0, size)
+    assert 0 < used < size
+    m = mounter.mount(d, warning=IN_USE if case == "v2-dirty-inuse" else None)
+    fields = "size,used,avail,pcent,itotal,iused,ipcent"
+    want = [str(size), str(used), str(size - used), f"{-(-used * 100 // size)}%", "0", "0", "-"]
+    assert df_row(m.mountpoint, fields) == want  # first request of the mount
+    for _ in os.walk(m.mountpoint):  # every node known: the old figure grew with them
+        pass
+    assert df_row(m.mountpoint, fields) == want
+    vfs = os.statvfs(m.mountpoint)
+    assert vfs.f_flag & os.ST_RDONLY
+    assert vfs.f_frsize * vfs.f_blocks == size
+    assert vfs.f_bfree == vfs.f_bavail == vfs.f_blocks - used // vfs.f_frsize
+
+
+def test_df_follows_the_snapshot(corpus_case: CaseFactory, mounter: Mounter) -> None:
+    """--snapshot: df describes the disk that is mounted."""
+    d = sparse_case(corpus_case, "plain-base-chain3")
+    size = case_meta(d)["virtual_size_bytes"]
+    seen = set()
+    for i, (guid, (files, raw)) in enumerate(chains(d).items()):
+        used = clipped(qemu_data_runs(qemu_json_chain(files, raw_base=raw)), 0, size)
+        m = mounter.mount(d, "--snapshot", guid, name=f"s{i}")
+        assert df_row(m.mountpoint, "size,used,avail") == [str(size), str(used),
+                                                           str(size - used)]
+        seen.add(used)
+        assert mounter.umount(m).returncode == 0
+    assert len(seen) > 1, "the snapshots store different amounts: the test would see a mix-up"
+
+
 # -- 3. st_blocks: what is stored -----------------------------------------------------------
 def _check_blocks(folder: Path, runs: list[tuple[int, int]], size: int) -> int:
     """stat and du of disk and every partN under `folder` against the data runs; returns the
@@ -329,5 +371,7 @@ def test_st_blocks_partitions_inside_clusters(mounter: Mounter, tmp_path: Path,
     runs = qemu_data_runs(str(img))
     m = mounter.mount(img)
     assert _check_blocks(m.mountpoint, runs, 40 * MiB) == 3
+    used = clipped(runs, 0, 40 * MiB)
+    assert df_row(m.mountpoint, "size,used") == [str(40 * MiB), str(used)]
 
 

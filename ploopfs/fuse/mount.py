@@ -475,7 +475,8 @@ def _serve(tree, source: str, target: str, opts: MountOptions, fs_file: str | No
     if fs_file:
         private_dir = os.path.realpath(tempfile.mkdtemp(prefix="ploopfs-disk-"))
         disk_mnt = private_dir
-    ops = Operations(tree.root, uid=opts.uid, gid=opts.gid, direct_io=opts.direct_io)
+    ops = Operations(tree.root, uid=opts.uid, gid=opts.gid, direct_io=opts.direct_io,
+                     usage=tree.usage)
     _start_reaper(disk_mnt, private_dir, target if fs_file else None)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     fuse_opts = _fuse_options(opts, source)

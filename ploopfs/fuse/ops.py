@@ -38,9 +38,12 @@ def guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
 
 class Operations(pyfuse3.Operations):
-    def __init__(self, root: Dir, *, uid: int, gid: int, direct_io: bool = False) -> None:
+    def __init__(self, root: Dir, *, uid: int, gid: int, direct_io: bool = False,
+                 usage: Callable[[], tuple[int, int]] | None = None) -> None:
+        """`usage`: (size, stored bytes) of the mounted disk, for statfs (df)."""
         super().__init__()
         self.uid, self.gid, self.direct_io = uid, gid, direct_io
+        self.usage = usage
         self._nodes: dict[int, File | Dir] = {pyfuse3.ROOT_INODE: root}
         self._inodes: dict[int, int] = {id(root): pyfuse3.ROOT_INODE}
         self._parents: dict[int, int] = {pyfuse3.ROOT_INODE: pyfuse3.ROOT_INODE}
@@ -156,13 +159,15 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """df: the size of the mounted disk, used = what its images store (`du disk`), free =
+        the rest, which the disk could still allocate (docs/mount.md: never 100 % for a
+        sparse disk, so disk-full monitoring stays quiet). Inodes: 0 of 0, "not applicable"."""
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 512
-        total = sum(n.size for n in self._nodes.values() if isinstance(n, File))
-        s.f_blocks = -(-total // 512)
-        s.f_bfree = s.f_bavail = 0
-        s.f_files = len(self._nodes)
-        s.f_ffree = s.f_favail = 0
+        size, stored = self.usage() if self.usage is not None else (0, 0)
+        s.f_blocks = -(-size // 512)
+        s.f_bfree = s.f_bavail = s.f_blocks - min(s.f_blocks, -(-stored // 512))
+        s.f_files = s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
         return s
 

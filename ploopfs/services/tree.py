@@ -169,6 +169,7 @@ class MountTree:
         self.mtime_ns = max((os.stat(p).st_mtime_ns for p in paths), default=0)
         info = json.dumps(disk_info(disk, snapshot), indent=2, default=str).encode() + b"\n"
         top_files = volume_files(self.volume, self._chain_mtime(snapshot))
+        self.disk_file = top_files[0]
         top_files.append(File("info.json", len(info), self.mtime_ns, _bytes_reader(info)))
         top_files.append(Dir("snapshots", self.mtime_ns, self._snapshot_dirs))
         if disk.salvage_log is not None:
@@ -176,6 +177,12 @@ class MountTree:
             top_files.append(LiveFile("bad-clusters.json", self.mtime_ns, lambda: json.dumps(
                 log.summary(), indent=2).encode() + b"\n"))
         self.root = Dir("", self.mtime_ns, lambda: top_files)
+
+    def usage(self) -> tuple[int, int]:
+        """(size, stored bytes) of the mounted snapshot's `disk`: what statfs reports."""
+        f = self.disk_file
+        assert isinstance(f, File)
+        return f.size, f.stored
 
     def _chain_mtime(self, snapshot: str | None) -> int:
         """Newest mtime (ns, exact) of the image files a snapshot reads."""
