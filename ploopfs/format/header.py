@@ -259,6 +259,10 @@ def new_header(size_bytes: int, cluster_size: int, version: int = 2) -> Header:
     if clusters > 0xFFFFFFFF:
         raise ValueError("too many clusters for a 32-bit BAT")
     cyl, heads, _spt = chs_geometry(size_sectors)
+    # m_Cylinders is 32 bits; a disk past 2^32 x heads x sectors per track has more cylinders
+    # (one head and one sector per track when nothing divides the size, format.md §1.7).
+    # Nothing reads the geometry: the field saturates.
+    cyl = min(cyl, 0xFFFFFFFF)
     bat_clusters = -(-(HEADER_SIZE + 4 * clusters) // cluster_size)
     return Header(
         signature=SIG_V1 if version == 1 else SIG_V2, type=PRL_IMAGE_COMPRESSED, heads=heads,
