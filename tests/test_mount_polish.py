@@ -4,6 +4,7 @@
 2. `df`: size = the virtual disk, used = what its images store, the rest free; never the
    18G-of-18G-used that fired disk-full alarms; inodes not applicable.
 3. `stat`: st_blocks of `disk`/`partN` = the bytes their images store, st_size the full size.
+4. The `--files` layer is read-only in the kernel (findmnt: ro), not only in fuse2fs.
 
 Independent references: `qemu-img map` (which bytes of the disk some image holds, for every
 snapshot's chain), util-linux partx (partition ranges), findmnt/df/stat from coreutils and
@@ -31,6 +32,7 @@ from mounting import (
     Mounter,
     is_mounted,
     mount_entry,
+    mounts_under,
     partx_table,
 )
 
@@ -373,5 +375,30 @@ def test_st_blocks_partitions_inside_clusters(mounter: Mounter, tmp_path: Path,
     assert _check_blocks(m.mountpoint, runs, 40 * MiB) == 3
     used = clipped(runs, 0, 40 * MiB)
     assert df_row(m.mountpoint, "size,used") == [str(40 * MiB), str(used)]
+
+
+# -- 4. the --files layer is read-only in the kernel ------------------------------------------
+@needs_root
+def test_files_layer_is_kernel_read_only(corpus_case: CaseFactory, mounter: Mounter) -> None:
+    """findmnt shows `ro` for both layers (fuse2fs's `-o ro` alone left the kernel mount rw);
+    statvfs says so; writes fail with EROFS from the kernel."""
+    d = corpus_case(EXT4_CASE)
+    m = mounter.mount(d, "--files")
+    opts = findmnt(m.mountpoint, "OPTIONS").split(",")
+    assert opts[0] == "ro", opts
+    assert findmnt(m.mountpoint, "FSTYPE") == "fuse.ext4"
+    private = mounts_under(mounter.root / "tmp")
+    assert len(private) == 1 and private[0].options.split(",")[0] == "ro"
+    assert private[0].source == str(d)  # the disk layer names the disk too
+    assert os.statvfs(m.mountpoint).f_flag & os.ST_RDONLY
+    for attempt in (lambda: (m / "new").write_bytes(b"x"), lambda: os.mkdir(m / "dir"),
+                    lambda: os.utime(m / "hello.txt", (0, 0))):
+        with pytest.raises(OSError) as exc:
+            attempt()
+        assert exc.value.errno == 30  # EROFS
+    # df on the files layer is fuse2fs's view of the ext4 inside, not 100 % full
+    size, used = map(int, df_row(m.mountpoint, "size,used"))
+    assert 0 < used < size
+    assert mounter.umount(m).returncode == 0
 
 

@@ -577,9 +577,12 @@ async def _start_fuse2fs(image: str, target: str, opts: MountOptions) -> subproc
     if extra & {"allow_other", "allow_root"}:
         extra.add("default_permissions")
     o = ["ro", "norecovery", "fakeroot", *sorted(extra)]
+    # `-o ro` is fuse2fs's own option: it consumes it (no writes in its code) and libfuse never
+    # sees it, so the kernel mount stayed rw (findmnt). libfuse's `-r` reaches the mount as
+    # MS_RDONLY (fusermount3 gets `ro`): the kernel itself refuses writes, and findmnt says ro.
     # Forked from this (the main) thread, not trio.lowlevel.open_process's worker thread: the
     # parent-death signal fires when the forking *thread* exits.
-    proc = subprocess.Popen([exe, image, target, "-f", "-o", ",".join(o)],
+    proc = subprocess.Popen([exe, image, target, "-f", "-r", "-o", ",".join(o)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, preexec_fn=_die_with_parent(os.getpid()))
     deadline = trio.current_time() + READY_TIMEOUT
