@@ -330,3 +330,25 @@ def test_salvage_on_intact_folder(tmp_path, guard_sources):
     rc, rep = restore_json(work, "--salvage")
     assert rc == 0 and not rep["partial"] and rep["chain"] == NAMES, rep["decisions"]
     assert export_sha(work, tmp_path) == qemu_sha(files, tmp_path)
+
+
+def test_salvage_leaves_out_another_cluster_size(tmp_path, guard_sources):
+    """An image of another cluster size is not part of the disk (format.md §4.2): strict exit 7;
+    --salvage leaves it out and says so (exit 15), the rest is rebuilt."""
+    files = salvage_chain(tmp_path, guard_sources)
+    stray = "root.hds.{7c1e5a00-0000-4000-8000-0000000000ff}"
+
+    def damage(w: Path) -> None:
+        qemu_create(w / stray, 4 << 20, 1 << 20)
+        qemu_write(str(w / stray), [(0, 4096, 9)])
+
+    work = damaged_copy(tmp_path, files, damage)
+    guard_sources(work)
+    r = run_cli("restore-descriptor", work)
+    assert r.returncode == 7 and b"cluster size" in r.stderr, r.stderr.decode()
+    r = run_cli("restore-descriptor", work, "--salvage", "--json")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 15 and rep["chain"] == NAMES, rep["links"]
+    assert [lo["file"] for lo in rep["left_out"]] == [stray]
+    assert "not one disk" in rep["left_out"][0]["reason"]
+    assert export_sha(work, tmp_path) == qemu_sha(files, tmp_path)

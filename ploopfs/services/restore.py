@@ -325,9 +325,11 @@ def _one_disk(ploop: list[Candidate], left_out: list[dict[str, str]]) -> list[Ca
         assert c.image.header is not None
         return c.image.header.cluster_sectors, c.image.header.version
 
-    counts: dict[tuple[int, int], int] = {}
+    # Readable headers count first, inferred ones break ties.
+    counts: dict[tuple[int, int], tuple[int, int]] = {}
     for c in ploop:
-        counts[layout(c)] = counts.get(layout(c), 0) + (1 if c.image.inferred is None else 0)
+        readable, total = counts.get(layout(c), (0, 0))
+        counts[layout(c)] = (readable + (c.image.inferred is None), total + 1)
     best = max(counts, key=lambda k: (counts[k], -k[0]))
     for c in ploop:
         if layout(c) != best:
