@@ -5,6 +5,8 @@
    18G-of-18G-used that fired disk-full alarms; inodes not applicable.
 3. `stat`: st_blocks of `disk`/`partN` = the bytes their images store, st_size the full size.
 4. The `--files` layer is read-only in the kernel (findmnt: ro), not only in fuse2fs.
+5. `--files` on an ext4 whose group descriptors are garbage is refused (exit 12), not mounted
+   to fail every listing.
 
 Independent references: `qemu-img map` (which bytes of the disk some image holds, for every
 snapshot's chain), util-linux partx (partition ranges), findmnt/df/stat from coreutils and
@@ -28,18 +30,23 @@ import numpy as np
 import pytest
 from conftest import CORPUS_CASES, PLOOPFS, qemu_json_chain
 from mounting import (
+    EXIT_TIMEOUT,
+    READY_TIMEOUT,
     Mount,
     Mounter,
     is_mounted,
     mount_entry,
     mounts_under,
     partx_table,
+    wait_until,
 )
 
+from ploopfs.errors import ExitCode
 from ploopfs.format.descriptor import bare_guid
 from ploopfs.fuse.mount import fsname_option
 from ploopfs.services.tree import stored_bytes
 from ploopfs.volume.blockmap import ZERO_LEVEL
+from ploopfs.volume.writer import chain_descriptor, write_descriptor
 
 KiB, MiB = 1 << 10, 1 << 20
 CaseFactory = Callable[[str], Path]
@@ -402,3 +409,81 @@ def test_files_layer_is_kernel_read_only(corpus_case: CaseFactory, mounter: Moun
     assert mounter.umount(m).returncode == 0
 
 
+# -- 5. --files refuses an ext4 whose descriptors are garbage --------------------------------
+def _ext4_disk(folder: Path, damage: bool, partitioned: bool) -> Path:
+    """A ploop disk (qemu-img convert + DiskDescriptor.xml) holding a 4-group ext4 (1 KiB
+    blocks, 32 MiB), in MBR partition 1 or on the whole disk; `damage`: the block after the
+    superblock (the group descriptor table) overwritten with random bytes."""
+    folder.mkdir()
+    src = folder / "tree"
+    src.mkdir()
+    (src / "hello.txt").write_text("hello\n")
+    fs = folder / "fs.raw"
+    sh("truncate", "-s", "32M", fs)
+    sh("mkfs.ext4", "-q", "-F", "-b", "1024", "-d", src, fs)
+    if damage:
+        with open(fs, "r+b") as f:
+            f.seek(2 * KiB)  # 1 KiB blocks: boot block 0, superblock 1, descriptors from 2
+            f.write(os.urandom(KiB))
+    raw = fs
+    if partitioned:
+        raw = folder / "disk.raw"
+        sh("truncate", "-s", "34M", raw)
+        mbr = bytearray(512)
+        mbr[446:462] = (bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + (2048).to_bytes(4, "little")
+                        + (32 * 2048).to_bytes(4, "little"))
+        mbr[510:] = b"\x55\xaa"
+        with open(raw, "r+b") as f:
+            f.write(mbr)
+            f.seek(MiB)
+            f.write(fs.read_bytes())
+    out = folder / "ct"
+    out.mkdir()
+    sh("qemu-img", "convert", "-f", "raw", "-O", "parallels", raw, out / "root.hdd")
+    write_descriptor(out / "DiskDescriptor.xml",
+                     chain_descriptor(["root.hdd"], os.path.getsize(raw), MiB))
+    return out
+
+
+@needs_root
+@pytest.mark.parametrize("partitioned", [True, False], ids=["part1", "disk"])
+def test_files_refuses_garbage_descriptors(mounter: Mounter, tmp_path: Path,
+                                           guard_sources: Callable[..., None],
+                                           partitioned: bool) -> None:
+    where = "part1" if partitioned else "disk"
+    bad = _ext4_disk(tmp_path / "src-bad", True, partitioned)
+    good = _ext4_disk(tmp_path / "src-good", False, partitioned)
+    guard_sources(bad, good)
+    # independent: e2fsck finds the descriptors corrupt, fuse2fs serves nothing
+    r = subprocess.run(["e2fsck", "-fn", str(tmp_path / "src-bad" / "fs.raw")], capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert r.returncode >= 4 and "descriptor" in (r.stdout + r.stderr).lower(), r.stdout
+    fmnt = mounter.mountpoint("direct")
+    p, _ = mounter.popen(["fuse2fs", str(tmp_path / "src-bad" / "fs.raw"), str(fmnt), "-f", "-o",
+                            "ro,norecovery,fakeroot"], "fuse2fs")
+    wait_until(lambda: is_mounted(fmnt) or p.poll() is not None, READY_TIMEOUT, "fuse2fs")
+    if p.poll() is None:  # it mounts (e2fsprogs 1.47), and then fails to list
+        with pytest.raises(OSError):
+            os.listdir(fmnt)
+        assert subprocess.run(["fusermount3", "-u", str(fmnt)], timeout=30).returncode == 0
+        p.wait(timeout=EXIT_TIMEOUT)
+
+    mnt = mounter.mountpoint()
+    r = mounter.run("mount", "--files", bad, mnt, "--pid-file", mounter.root / "bad.pid")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == int(ExitCode.MOUNT), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("ploopfs: "), r.stderr
+    for needle in (str(bad), "unreadable metadata", f"in {where}", "descriptor", "ploopfs info"):
+        assert needle in lines[0], (needle, lines[0])
+    assert r.stdout == ""
+    assert mounts_under(mounter.root) == [], "something stayed mounted"
+    assert os.listdir(mounter.root / "tmp") == [], "a private disk layer folder was left"
+    assert not (mounter.root / "bad.pid").exists()
+    assert os.listdir(mnt) == []
+    # the raw disk still mounts without --files; the healthy twin mounts with it
+    m = mounter.mount(bad, name="raw")
+    assert os.path.getsize(m / where) >= 32 * MiB
+    g = mounter.mount(good, "--files", name="good")
+    assert (g / "hello.txt").read_text() == "hello\n"
+    for x in (g, m):  # ploopfs umount takes down both layers of --files, in order
+        assert mounter.umount(x).returncode == 0

@@ -343,12 +343,38 @@ def _pick_fs_file(tree) -> str:
     table = inspect_disk(vol.read, vol.size)
     for p in table.partitions:
         if p.fs in ("ext2", "ext3", "ext4"):
+            start = min(p.start, vol.size)
+            _check_fs_metadata(tree, f"part{p.number}", start, min(p.size, vol.size - start))
             return f"part{p.number}"
     if table.whole_disk_fs in ("ext2", "ext3", "ext4"):
+        _check_fs_metadata(tree, "disk", 0, vol.size)
         return "disk"
     found = ", ".join(f"part{p.number}: {p.fs or 'unknown'}" for p in table.partitions) or (
         table.whole_disk_fs or "nothing recognisable")
     raise MountError(f"--files needs an ext2/3/4 filesystem; found {found}", tree.disk.source)
+
+
+def _check_fs_metadata(tree, where: str, start: int, limit: int) -> None:
+    """Refuse (exit 12) a filesystem whose superblock or group descriptors are damaged, as the
+    kernel's ext4_check_descriptors would: fuse2fs mounts it anyway and then fails every
+    listing (EIO, ERANGE), a mount that looks fine and serves nothing. The analyser is
+    fsusage's (superblock and descriptor table only, no bitmaps); a filesystem merely too big
+    for it (more than MAX_GROUPS groups) or needing journal recovery is not refused."""
+    from ploopfs.services.fsusage import MAX_GROUPS, analyse_fs
+
+    fs = analyse_fs(tree.volume.read, where, start, limit, bitmaps=False)
+    too_big = fs.groups > MAX_GROUPS and fs.size_bytes <= limit  # a limit of ours, not damage
+    bad = [f for f in fs.findings if f.code in ("EXT4_SUPERBLOCK", "EXT4_DESC")
+           or (f.code == "EXT4_GEOMETRY" and not too_big)]
+    if not bad:
+        return
+    first = bad[0].message.removesuffix("; group counted as used").removesuffix(
+        "; filesystem not analysed")
+    more = f"; {len(bad) - 1} more finding(s)" if len(bad) > 1 else ""
+    raise MountError(
+        f"--files: the {fs.kind} filesystem in {where} has unreadable metadata ({first}{more}): "
+        f"fuse2fs would fail every listing; `ploopfs info` lists the damage, and a mount "
+        f"without --files still serves the raw {where}", tree.disk.source)
 
 
 class _PathOption(str):
