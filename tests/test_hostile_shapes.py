@@ -54,7 +54,8 @@ def _wide_tree(folder: Path, n: int) -> list[str]:
     the base); returns the GUIDs."""
     _deep_chain(folder, 2)
     dd = folder / "DiskDescriptor.xml"
-    from ploopfs.format.descriptor import ImageEntry, Shot, parse_descriptor, render_descriptor
+    from ploopfs.format.descriptor import ImageEntry, Shot, render_descriptor
+    from ploopfs.format.descriptor_scan import parse_descriptor
     from ploopfs.volume.writer import new_guid
 
     d = parse_descriptor(dd.read_bytes())

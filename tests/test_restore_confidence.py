@@ -37,7 +37,7 @@ from test_restore import (
     restore_json,
 )
 
-from ploopfs.format.descriptor import parse_descriptor
+from ploopfs.format.descriptor_scan import parse_descriptor
 
 A = "root.hds.{7c1e5a00-0000-4000-8000-00000000000a}"
 B = "root.hds.{7c1e5a00-0000-4000-8000-00000000000b}"

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ploopfs.errors import BadChainError, BadDescriptorError, NotFoundError, UnsupportedError
+from ploopfs.errors import BadChainError, BadDescriptorError, NotFoundError
 from ploopfs.format.header import NONE_GUID, TOP_GUID
 
 if TYPE_CHECKING:
@@ -77,7 +77,6 @@ class Descriptor:
     heads: int = 0
     sectors: int = 0  # CHS sectors per track (NOT the cluster size, format.md §11 trap 2)
     blocksize: int = 0  # cluster size in sectors
-    zero_blocksize: bool = False  # <Blocksize> present but 0
     preallocated: bool = False
     max_delta_size: int = 0
     encryption_keyid: str | None = None
@@ -188,17 +187,6 @@ class Descriptor:
         return out
 
 
-def _text(el: etree._Element | None) -> str | None:
-    return None if el is None else (el.text or "")
-
-
-def _child(parent: etree._Element, name: str, where: str, path: str) -> etree._Element:
-    el = parent.find(name)
-    if el is None:
-        raise BadDescriptorError("required element missing", where, element=f"{path}/{name}")
-    return el
-
-
 _XML_ENCODING = re.compile(rb"""^(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding\s*=\s*["']([\w.:-]+)["']""")
 
 
@@ -229,7 +217,7 @@ class XmlRefused(Exception):
 def load_root(data: bytes) -> etree._Element:
     """The root element of a descriptor document, parsed safely: entities, DTDs and network
     access are refused (the file may come from an untrusted backup), and so is anything larger
-    than MAX_DESCRIPTOR_BYTES. Serves parse_descriptor and descriptor_scan. Raises XmlRefused;
+    than MAX_DESCRIPTOR_BYTES. Serves descriptor_scan. Raises XmlRefused;
     a ValueError/LookupError lxml may raise (an unusable declared encoding) passes through."""
     if len(data) > MAX_DESCRIPTOR_BYTES:
         raise XmlRefused(
@@ -253,145 +241,6 @@ def load_root(data: bytes) -> etree._Element:
     if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
         raise XmlRefused("dtd")
     return root
-
-
-ZERO_BLOCKSIZE = "<Blocksize> is 0, which is no cluster size (sectors per cluster)"
-
-
-def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml") -> Descriptor:
-    """Parse (safely, see load_root) and validate."""
-    try:
-        root = load_root(data)
-    except XmlRefused as e:
-        if e.kind == "dtd":
-            raise BadDescriptorError("DTD or entity declarations are not allowed", where,
-                                     element="!DOCTYPE") from None
-        raise BadDescriptorError(e.message, where) from None
-
-    d = Descriptor(root_name=str(root.tag))
-    # The root element's name is not checked by ploop (format.md §5.2); both names appear in the wild.
-    if d.root_name not in ("Virtuozzo_disk_image", "Parallels_disk_image"):
-        d.warnings.append(f"unexpected root element <{d.root_name}>")
-
-    params = _child(root, "Disk_Parameters", where, d.root_name)
-
-    def num(parent: etree._Element, name: str, path: str) -> int:
-        el = parent.find(name)
-        return 0 if el is None else parse_number(el.text, where, f"{path}/{name}")
-
-    d.disk_size = num(params, "Disk_size", "Disk_Parameters")
-    d.max_delta_size = num(params, "Max_delta_size", "Disk_Parameters")
-    d.cylinders = num(params, "Cylinders", "Disk_Parameters")
-    d.heads = num(params, "Heads", "Disk_Parameters")
-    d.sectors = num(params, "Sectors", "Disk_Parameters")
-    keyid = params.find("Encryption/KeyId")
-    if keyid is not None and (keyid.text or "").strip():
-        d.encryption_keyid = keyid.text.strip()
-
-    sdata = _child(root, "StorageData", where, d.root_name)
-    vol_parent = sdata.find("Volume/Parent")
-    if vol_parent is not None:
-        d.volume_parent = (vol_parent.text or "").strip()
-    storages = sdata.findall("Storage")
-    if not storages:
-        raise BadDescriptorError("required element missing", where, element="StorageData/Storage")
-    if len(storages) > 1:  # well-formed, just not handled: unsupported (9), not malformed (6)
-        raise UnsupportedError("several <Storage> elements (split disks) are not supported",
-                               where, element="StorageData/Storage")
-    storage = storages[0]
-    d.blocksize = num(storage, "Blocksize", "Storage")
-    # Refused by open_source unless salvaging (then the images' own cluster size serves).
-    d.zero_blocksize = storage.find("Blocksize") is not None and not d.blocksize
-    d.preallocated = num(storage, "Preallocated", "Storage") == 1
-    for i, im in enumerate(storage.findall("Image")):
-        path = f"Storage/Image[{i + 1}]"
-        guid = norm_guid(_text(_child(im, "GUID", where, path)), where, f"{path}/GUID")
-        f = (_text(_child(im, "File", where, path)) or "").strip()
-        if not f:
-            raise BadDescriptorError("empty file name", where, element=f"{path}/File")
-        typ = (_text(im.find("Type")) or "Compressed").strip()
-        d.images.append(ImageEntry(guid, f, typ))
-    if not d.images:
-        raise BadDescriptorError("no images", where, element="Storage/Image")
-
-    snaps = _child(root, "Snapshots", where, d.root_name)
-    for i, sh in enumerate(snaps.findall("Shot")):
-        path = f"Snapshots/Shot[{i + 1}]"
-        guid = norm_guid(_text(_child(sh, "GUID", where, path)), where, f"{path}/GUID")
-        parent = norm_guid(_text(_child(sh, "ParentGUID", where, path)), where,
-                           f"{path}/ParentGUID")
-        marker = next((m for m in TEMPORARY_MARKERS if sh.find(m) is not None), None)
-        d.shots.append(Shot(guid, parent, marker))
-    top_el = snaps.find("TopGUID")
-    # An element with no children is falsy in ElementTree/lxml: test `is None` (format.md §11 trap 9).
-    top_text = _text(top_el)
-    _resolve_top(d, top_text if top_text and top_text.strip() else None, where)
-    _validate_tree(d, where)
-    return d
-
-
-def _resolve_top(d: Descriptor, top_text: str | None, where: str) -> None:
-    """TopGUID rules of validate_disk_descriptor (format.md §5.3, §5.4)."""
-    image_guids = {im.guid for im in d.images}
-    shot_guids = {s.guid for s in d.shots}
-    # Compatibility: one image more than Shots and an unlisted magic-GUID image gets a root Shot.
-    if len(d.images) != len(d.shots) and TOP_GUID in image_guids and TOP_GUID not in shot_guids:
-        d.shots.append(Shot(TOP_GUID, NONE_GUID))
-        d.warnings.append("no <Shot> for the top image; assumed a base (ploop compatibility rule)")
-    if top_text is not None:
-        d.top_guid = norm_guid(top_text, where, "Snapshots/TopGUID")
-    elif any(s.guid == TOP_GUID for s in d.shots):
-        d.top_guid = TOP_GUID
-    else:
-        raise BadChainError("no <TopGUID> and no image with the top GUID " + TOP_GUID, where,
-                            element="Snapshots/TopGUID")
-
-
-def _validate_tree(d: Descriptor, where: str) -> None:
-    seen: set[str] = set()
-    for im in d.images:
-        if im.guid in seen:
-            raise BadChainError(f"GUID {im.guid} is used by two images", where,
-                                element="Storage/Image/GUID")
-        seen.add(im.guid)
-    shot_by_guid: dict[str, Shot] = {}
-    for s in d.shots:
-        if s.guid in shot_by_guid:
-            raise BadChainError(f"GUID {s.guid} has two <Shot> elements", where,
-                                element="Snapshots/Shot/GUID")
-        if s.guid not in seen:
-            raise BadChainError(f"<Shot> {s.guid} has no <Image>", where,
-                                element="Snapshots/Shot/GUID")
-        shot_by_guid[s.guid] = s
-    for im in d.images:
-        if im.guid not in shot_by_guid:
-            raise BadChainError(f"image {im.guid} has no <Shot>", where, element="Snapshots/Shot")
-    for s in d.shots:
-        if s.parent != NONE_GUID and s.parent not in shot_by_guid:
-            raise BadChainError(f"<Shot> {s.guid} has unknown parent {s.parent}", where,
-                                element="Snapshots/Shot/ParentGUID")
-    roots = d.roots()
-    if not roots:
-        raise BadChainError("no base image (no <Shot> with parent " + NONE_GUID + ")", where,
-                            element="Snapshots/Shot/ParentGUID")
-    if len(roots) > 1:
-        raise BadChainError(f"several base images: {', '.join(roots)}", where,
-                            element="Snapshots/Shot/ParentGUID")
-    # Every shot must reach the root: this finds cycles not attached to it.
-    for s in d.shots:
-        g, steps = s.guid, 0
-        while g != NONE_GUID:
-            steps += 1
-            if steps > len(d.shots):
-                raise BadChainError(f"cycle in the snapshot tree through {s.guid}", where,
-                                    element="Snapshots/Shot/ParentGUID")
-            g = shot_by_guid[g].parent
-    if d.top_guid not in shot_by_guid:
-        raise BadChainError(f"TopGUID {d.top_guid} is not an image of this disk", where,
-                            element="Snapshots/TopGUID")
-    if shot_by_guid[d.top_guid].temporary:
-        d.warnings.append(f"top snapshot {d.top_guid} is marked <{shot_by_guid[d.top_guid].temporary}>"
-                          " (ploop refuses to use such a disk until it is merged)")
 
 
 def render_descriptor(d: Descriptor) -> bytes:

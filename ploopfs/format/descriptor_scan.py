@@ -1,9 +1,11 @@
-"""Lenient reading of DiskDescriptor.xml for `check` (format.md §5).
+"""Reading DiskDescriptor.xml (format.md §5): one lenient decoder, policies on top.
 
-`parse_descriptor` stops at the first problem; `scan_descriptor` collects every problem it can
-find and still returns as much of the snapshot tree as it could read. Pure: bytes in, a
-Descriptor (or None) and a list of problems out. The same safety rules apply: no DTD or entity is
-ever loaded, the size is capped.
+`scan_descriptor` collects every problem it can find, each with a code of docs/check.md and a
+severity, and still returns as much of the snapshot tree as it could read: `check` reports
+them all. `parse_descriptor` is the reading policy of every other command: the first problem
+at or above DAMAGED (or, when salvaging, at FATAL) is raised as the error of its kind, the
+others become warnings. Pure: bytes in, a Descriptor out. No DTD or entity is ever loaded, the
+size is capped.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from ploopfs.errors import BadDescriptorError
+from ploopfs.errors import BadChainError, BadDescriptorError, PloopfsError, UnsupportedError
 from ploopfs.format.descriptor import (
     TEMPORARY_MARKERS,
-    ZERO_BLOCKSIZE,
     Descriptor,
     ImageEntry,
     Shot,
@@ -24,7 +25,31 @@ from ploopfs.format.descriptor import (
     norm_guid,
     parse_number,
 )
+from ploopfs.format.findings import Severity
 from ploopfs.format.header import NONE_GUID, TOP_GUID
+
+ZERO_BLOCKSIZE = "<Blocksize> is 0, which is no cluster size (sectors per cluster)"
+
+# Every descriptor problem: its severity, and the error a strict reader raises for it.
+PROBLEMS: dict[str, tuple[Severity, type[PloopfsError]]] = {
+    "DESCRIPTOR_TOO_LARGE": (Severity.FATAL, BadDescriptorError),
+    "DESCRIPTOR_ENTITIES": (Severity.FATAL, BadDescriptorError),
+    "DESCRIPTOR_MALFORMED": (Severity.FATAL, BadDescriptorError),
+    "DESCRIPTOR_ELEMENT": (Severity.FATAL, BadDescriptorError),
+    "DESCRIPTOR_UNSUPPORTED": (Severity.FATAL, UnsupportedError),
+    "DESCRIPTOR_ROOT": (Severity.INFO, BadDescriptorError),
+    "DESCRIPTOR_COMPAT": (Severity.INFO, BadChainError),
+    "DESCRIPTOR_NUMBER": (Severity.DAMAGED, BadDescriptorError),
+    "DESCRIPTOR_BLOCKSIZE": (Severity.DAMAGED, BadDescriptorError),
+    "DESCRIPTOR_GUID": (Severity.DAMAGED, BadDescriptorError),
+    "DESCRIPTOR_DUPLICATE_GUID": (Severity.DAMAGED, BadChainError),
+    "DESCRIPTOR_SHOT": (Severity.DAMAGED, BadChainError),
+    "DESCRIPTOR_PARENT": (Severity.DAMAGED, BadChainError),
+    "DESCRIPTOR_ROOTS": (Severity.DAMAGED, BadChainError),
+    "DESCRIPTOR_CYCLE": (Severity.DAMAGED, BadChainError),
+    "DESCRIPTOR_TOPGUID": (Severity.DAMAGED, BadChainError),
+    "DESCRIPTOR_TEMPORARY": (Severity.WARNING, BadChainError),
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +57,28 @@ class DescriptorProblem:
     code: str  # a DESCRIPTOR_* code of docs/check.md
     element: str | None
     message: str
+
+    @property
+    def severity(self) -> Severity:
+        return PROBLEMS[self.code][0]
+
+
+def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml", *,
+                     salvage: bool = False) -> Descriptor:
+    """The descriptor as every command but `check` reads it: the first problem at or above
+    DAMAGED (with `salvage`, only a FATAL one) raises its error, naming the element; the
+    others become `warnings`. A DAMAGED problem suggests --salvage, which reads the tree as far
+    as it is readable (bad images and shots left out)."""
+    d, problems = scan_descriptor(data)
+    limit = Severity.FATAL if salvage else Severity.DAMAGED
+    for p in problems:
+        if p.severity >= limit or (d is None and p.severity >= Severity.DAMAGED):
+            hint = "; try --salvage" if p.severity < Severity.FATAL and not salvage else ""
+            raise PROBLEMS[p.code][1](p.message + hint, where, element=p.element)
+    if d is None:  # unusable without a problem at DAMAGED or worse cannot happen
+        raise BadDescriptorError("not a usable descriptor", where)
+    d.warnings.extend(p.message for p in problems)
+    return d
 
 
 class _Scan:
@@ -94,6 +141,7 @@ def scan_descriptor(data: bytes) -> tuple[Descriptor | None, list[DescriptorProb
     params, sdata, snaps = parts["Disk_Parameters"], parts["StorageData"], parts["Snapshots"]
     if params is not None:
         d.disk_size = scan.number(params, "Disk_size", "Disk_Parameters")
+        d.max_delta_size = scan.number(params, "Max_delta_size", "Disk_Parameters")
         d.cylinders = scan.number(params, "Cylinders", "Disk_Parameters")
         d.heads = scan.number(params, "Heads", "Disk_Parameters")
         d.sectors = scan.number(params, "Sectors", "Disk_Parameters")
@@ -114,15 +162,15 @@ def _scan_storage(sdata: etree._Element, d: Descriptor, scan: _Scan) -> None:
     vol = sdata.find("Volume/Parent")
     if vol is not None:
         d.volume_parent = (vol.text or "").strip()
-        scan.add("DESCRIPTOR_UNSUPPORTED", "StorageData/Volume", "<Volume> parents are not supported")
+        scan.add("DESCRIPTOR_UNSUPPORTED", "StorageData/Volume",
+                 "descriptors with a <Volume> parent are not supported yet")
     storages = sdata.findall("Storage")
     if not storages:
         scan.add("DESCRIPTOR_ELEMENT", "StorageData/Storage", "required element missing")
         return
     if len(storages) > 1:
         scan.add("DESCRIPTOR_UNSUPPORTED", "StorageData/Storage",
-                 f"{len(storages)} <Storage> elements (split disks) are not supported; "
-                 "checking the first")
+                 f"{len(storages)} <Storage> elements (split disks) are not supported")
     st = storages[0]
     d.blocksize = scan.number(st, "Blocksize", "Storage")
     if st.find("Blocksize") is not None and not d.blocksize:
@@ -168,6 +216,8 @@ def _scan_tree(d: Descriptor, snaps: etree._Element, scan: _Scan) -> None:
     # ploop's compatibility rule: an unlisted magic-GUID image is a base.
     if len(d.images) != len(d.shots) and TOP_GUID in images and all(s.guid != TOP_GUID for s in d.shots):
         d.shots.append(Shot(TOP_GUID, NONE_GUID))
+        scan.add("DESCRIPTOR_COMPAT", "Snapshots/Shot", "no <Shot> for the top image; assumed a "
+                 "base (ploop compatibility rule)")
     shots = {s.guid: s for s in d.shots}
     for s in list(d.shots):
         if s.guid not in images:

@@ -21,6 +21,7 @@ from ploopfs.errors import PloopfsError
 from ploopfs.format.bat import bat_entry_off, classify_entries, decode_entries, duplicate_slots
 from ploopfs.format.chain import Level, chain_anomalies
 from ploopfs.format.descriptor import Descriptor, ImageEntry, Shot
+from ploopfs.format.descriptor_scan import PROBLEMS as DESCRIPTOR_PROBLEMS
 from ploopfs.format.descriptor_scan import scan_descriptor
 from ploopfs.format.extension import parse_extension
 from ploopfs.format.findings import Severity
@@ -92,23 +93,7 @@ CODES: dict[str, Severity] = {
     "EXTENSION_CORRUPT": Severity.WARNING,
     "EXTENSION_OVERLAP": Severity.DAMAGED,
     "DESCRIPTOR_MISSING": Severity.FATAL,
-    "DESCRIPTOR_TOO_LARGE": Severity.FATAL,
-    "DESCRIPTOR_ENTITIES": Severity.FATAL,
-    "DESCRIPTOR_MALFORMED": Severity.FATAL,
-    "DESCRIPTOR_ELEMENT": Severity.FATAL,
-    "DESCRIPTOR_UNSUPPORTED": Severity.FATAL,
-    "DESCRIPTOR_ROOT": Severity.INFO,
-    "DESCRIPTOR_NUMBER": Severity.WARNING,
-    "DESCRIPTOR_BLOCKSIZE": Severity.DAMAGED,
-    "DESCRIPTOR_GUID": Severity.DAMAGED,
-    "DESCRIPTOR_DUPLICATE_GUID": Severity.DAMAGED,
-    "DESCRIPTOR_SHOT": Severity.DAMAGED,
-    "DESCRIPTOR_PARENT": Severity.DAMAGED,
-    "DESCRIPTOR_ROOTS": Severity.DAMAGED,
-    "DESCRIPTOR_CYCLE": Severity.DAMAGED,
     "CHAIN_DEPTH": Severity.WARNING,
-    "DESCRIPTOR_TOPGUID": Severity.DAMAGED,
-    "DESCRIPTOR_TEMPORARY": Severity.WARNING,
     "DESCRIPTOR_FILE_MISSING": Severity.FATAL,
     "DESCRIPTOR_UNSAFE_PATH": Severity.FATAL,
     "DESCRIPTOR_CLUSTER_MISMATCH": Severity.DAMAGED,
@@ -122,6 +107,7 @@ CODES: dict[str, Severity] = {
     "DEEP_IO_ERROR": Severity.DAMAGED,
     "DEEP_HOLE": Severity.INFO,
     "DEEP_SHADOW": Severity.INFO,
+    **{code: sev for code, (sev, _error) in DESCRIPTOR_PROBLEMS.items()},
 }
 
 
@@ -586,7 +572,7 @@ def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bo
     data = _pread(fd, min(size, (4 << 20) + 1), 0)
     desc, problems = scan_descriptor(data)
     for p in problems:
-        r.add(p.code, p.message, file=dd, element=p.element)
+        r.add(p.code, p.message, file=dd, element=p.element, severity=p.severity)
     if desc is None:
         return
     chain = _select_chain(r, dd, desc, snapshot)

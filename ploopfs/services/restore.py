@@ -51,9 +51,9 @@ from ploopfs.format.descriptor import (
     ImageEntry,
     Shot,
     norm_guid,
-    parse_descriptor,
     render_descriptor,
 )
+from ploopfs.format.descriptor_scan import parse_descriptor
 from ploopfs.format.header import (
     CIF_EMPTY,
     HEADER_SIZE,

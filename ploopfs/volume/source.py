@@ -21,12 +21,11 @@ from ploopfs.errors import (
 from ploopfs.format.chain import Level, chain_anomalies
 from ploopfs.format.descriptor import (
     MAX_DESCRIPTOR_BYTES,
-    ZERO_BLOCKSIZE,
     Descriptor,
     ImageEntry,
     Shot,
-    parse_descriptor,
 )
+from ploopfs.format.descriptor_scan import parse_descriptor
 from ploopfs.format.findings import Severity
 from ploopfs.format.header import (
     NONE_GUID,
@@ -272,17 +271,9 @@ def _open_descriptor(path: str, opts: OpenOptions) -> Disk:
         data = pread_exact(fd, size, 0, path)
     finally:
         os.close(fd)
-    desc = parse_descriptor(data, path)
-    if desc.zero_blocksize:
-        if opts.salvage is None:
-            raise BadDescriptorError(f"{ZERO_BLOCKSIZE}; try --salvage to use the images' own",
-                                     path, element="Storage/Blocksize")
-        desc.warnings.append(f"{ZERO_BLOCKSIZE}; the images' own cluster size is used")
+    desc = parse_descriptor(data, path, salvage=opts.salvage is not None)
     disk = Disk(path, desc, path, {}, opts)
     disk.warnings.extend(f"{path}: {w}" for w in desc.warnings)
-    if desc.volume_parent is not None:
-        raise UnsupportedError("descriptors with a <Volume> parent are not supported yet", path,
-                               element="StorageData/Volume")
     folder = os.path.dirname(os.path.abspath(path))
     for i, im in enumerate(desc.images):
         try:

@@ -11,8 +11,8 @@ import common
 
 with common.atheris.instrument_imports(include=["ploopfs"]):
     from ploopfs.errors import PloopfsError
-    from ploopfs.format.descriptor import parse_descriptor, render_descriptor
-    from ploopfs.format.descriptor_scan import scan_descriptor
+    from ploopfs.format.descriptor import render_descriptor
+    from ploopfs.format.descriptor_scan import parse_descriptor, scan_descriptor
 
 
 def test_one_input(data: bytes) -> None:
