@@ -40,11 +40,15 @@ class PloopfsError(Exception):
     exit_code: ExitCode = ExitCode.INTERNAL
 
     def __init__(self, what: str, where: str | os.PathLike[str] | None = None,
-                 *, offset: int | None = None, element: str | None = None) -> None:
+                 *, offset: int | None = None, element: str | None = None,
+                 code: str | None = None) -> None:
         self.what = what
         self.where = os.fspath(where) if where is not None else None
         self.offset = offset
         self.element = element
+        # A stable finding code (docs/check.md) where one fits, so callers that sort errors
+        # ask the code, never the wording.
+        self.code = code
         super().__init__(self.message())
 
     def message(self) -> str:

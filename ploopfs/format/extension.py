@@ -74,7 +74,8 @@ def parse_extension(cluster: bytes, cluster_size: int, where: str = "",
                                 where, offset=offset)
     magic, md5 = _CHECK.unpack_from(cluster, 0)
     if magic != FORMAT_EXTENSION_MAGIC:
-        raise CorruptImageError(f"format extension magic is {magic:#018x}", where, offset=offset)
+        raise CorruptImageError(f"format extension magic is {magic:#018x}", where, offset=offset,
+                                code="EXTENSION_MAGIC")
     import hashlib  # here, not at the top: most images have no extension (start time)
     import uuid
 

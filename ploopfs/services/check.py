@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ploopfs.errors import PloopfsError
+from ploopfs.errors import PloopfsError, UnsafePathError
 from ploopfs.format.bat import bat_entry_off, classify_entries, decode_entries, duplicate_slots
 from ploopfs.format.chain import Level, chain_anomalies
 from ploopfs.format.descriptor import Descriptor, ImageEntry, Shot
@@ -442,7 +442,7 @@ def _extension_clusters(r: _Report, sc: _Scanned, used: np.ndarray) -> list[int]
         raw = _pread(sc.fd, c, off)
         ext = parse_extension(raw, c, sc.path, off)
     except PloopfsError as e:
-        code = "EXTENSION_MAGIC" if "magic" in e.what else "EXTENSION_CORRUPT"
+        code = e.code or "EXTENSION_CORRUPT"
         r.add(code, e.what, file=sc.path, offset=e.offset if e.offset is not None else off)
         return out
     except (OSError, ValueError, OverflowError) as e:
@@ -555,7 +555,7 @@ def _open(r: _Report, path: str, code: str, *, in_chain: bool) -> int | None:
     try:
         return open_readonly(path)
     except PloopfsError as e:
-        kind = "IMAGE_NOT_REGULAR" if "not a regular" in e.what or "directory" in e.what else code
+        kind = e.code if e.code == "IMAGE_NOT_REGULAR" else code
         r.add(kind, e.what, file=path, severity=CODES[kind] if in_chain else Severity.DAMAGED)
     except OSError as e:
         r.add(code, e.strerror or str(e), file=path)
@@ -614,7 +614,8 @@ def _check_listed_image(r: _Report, dd: str, folder: str, i: int, im: ImageEntry
     try:
         path = resolve_image_path(folder, im.file, allow_outside, [], dd, element)
     except PloopfsError as e:
-        code = "DESCRIPTOR_UNSAFE_PATH" if "outside" in e.what else "DESCRIPTOR_FILE_MISSING"
+        code = "DESCRIPTOR_UNSAFE_PATH" if isinstance(e, UnsafePathError) else \
+            "DESCRIPTOR_FILE_MISSING"
         r.add(code, e.what, file=dd, element=element, severity=sev)
         return None
     fd = _open(r, path, "SOURCE_UNREADABLE", in_chain=lvl is not None)

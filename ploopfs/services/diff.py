@@ -57,7 +57,7 @@ from ploopfs.native import candidate_runs as native_candidate_runs
 from ploopfs.services.rdiff import DeltaWriter
 from ploopfs.volume import fileio
 from ploopfs.volume.blockmap import ZERO_LEVEL
-from ploopfs.volume.source import Disk, OpenOptions, open_source
+from ploopfs.volume.source import RAW_NEEDS_CLUSTER_SIZE, Disk, OpenOptions, open_source
 from ploopfs.volume.volume import Segment, Volume, zeros
 from ploopfs.volume.writer import (
     ImageWriter,
@@ -947,7 +947,7 @@ def _open_pair(old_src: str, new_src: str, options: OpenOptions,
 
 def _wants_cluster_size(e: BadImageError, options: OpenOptions) -> bool:
     """The error of a raw file opened without a cluster size (not of a damaged ploop image)."""
-    return not options.cluster_size and "--cluster-size" in e.what
+    return not options.cluster_size and e.code == RAW_NEEDS_CLUSTER_SIZE
 
 
 # -- the three outputs --------------------------------------------------------------------------

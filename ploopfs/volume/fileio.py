@@ -66,7 +66,8 @@ def open_readonly(path: str | os.PathLike[str]) -> int:
     except FileNotFoundError:
         raise NotFoundError("image file does not exist", p) from None
     except IsADirectoryError:
-        raise BadImageError("is a directory, not an image file", p) from None
+        raise BadImageError("is a directory, not an image file", p,
+                            code="IMAGE_NOT_REGULAR") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise NotFoundError("symbolic link loop (the link leads back to itself)", p) from None
@@ -75,8 +76,8 @@ def open_readonly(path: str | os.PathLike[str]) -> int:
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         os.close(fd)
         if stat.S_ISDIR(st.st_mode):  # O_RDONLY opens a directory without an error
-            raise BadImageError("is a directory, not an image file", p)
-        raise BadImageError("not a regular file or block device", p)
+            raise BadImageError("is a directory, not an image file", p, code="IMAGE_NOT_REGULAR")
+        raise BadImageError("not a regular file or block device", p, code="IMAGE_NOT_REGULAR")
     os.set_blocking(fd, True)
     _remember(st, p)
     return fd

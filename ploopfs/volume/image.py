@@ -36,6 +36,8 @@ from ploopfs.volume.fileio import open_readonly
 if TYPE_CHECKING:
     import numpy as np
 
+RAW_NEEDS_CLUSTER_SIZE = "RAW_NEEDS_CLUSTER_SIZE"  # error code: a raw file opened without one
+
 # BAT is scanned in chunks of this many bytes: bounded memory for 64 TiB disks (256 MiB BATs).
 BAT_CHUNK = 1 << 20
 
@@ -166,7 +168,7 @@ class Image:
                         infer = None  # a raw base: no ploop header to infer
                         raise BadImageError(
                             f"not a ploop image (signature {head[:16]!r}); to read it as a raw disk "
-                            "give --cluster-size", path, offset=0)
+                            "give --cluster-size", path, offset=0, code=RAW_NEEDS_CLUSTER_SIZE)
                     return cls(path, fd, kind, None, size, raw_cluster_size)
                 hdr, anomalies = decode_header(head, path, size)
                 bad = worst(anomalies, Severity.FATAL if lenient else Severity.DAMAGED)

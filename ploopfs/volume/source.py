@@ -40,7 +40,7 @@ from ploopfs.format.infer import Hints
 from ploopfs.format.probe import FileKind, probe
 from ploopfs.volume import fileio
 from ploopfs.volume.fileio import open_readonly
-from ploopfs.volume.image import Image, pread_exact
+from ploopfs.volume.image import RAW_NEEDS_CLUSTER_SIZE, Image, pread_exact
 from ploopfs.volume.salvage import SalvageLog, SalvageVolume
 from ploopfs.volume.volume import Volume
 
@@ -237,7 +237,7 @@ def open_source(source: str | os.PathLike[str], options: OpenOptions | None = No
     if kind is ImageKind.RAW and not opts.cluster_size:
         raise BadImageError(
             f"not a ploop image or descriptor (first bytes {head[:16]!r}); to read a raw disk "
-            "give --cluster-size", src, offset=0)
+            "give --cluster-size", src, offset=0, code=RAW_NEEDS_CLUSTER_SIZE)
     return _single_image(src, kind, opts)
 
 
