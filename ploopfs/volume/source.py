@@ -135,7 +135,14 @@ class Disk:
 
     def chain(self, snapshot: str | None = None) -> list[ImageEntry]:
         d = self.descriptor
-        return d.chain(None if snapshot is None else d.snapshot_guid(snapshot, self.source))
+        try:
+            return d.chain(None if snapshot is None else d.snapshot_guid(snapshot, self.source))
+        except KeyError as e:
+            # Only a descriptor read with --salvage gets here (strictly, an unknown TopGUID or
+            # parent is refused while parsing): the chain leads to a GUID with no image.
+            raise BadChainError(f"the chain leads to {e.args[0]}, which is not an image of this "
+                                "disk", self.descriptor_path or self.source,
+                                element="Snapshots") from None
 
     def volume(self, snapshot: str | None = None, *, skip: Collection[str] = ()) -> Volume:
         """The virtual disk as seen from `snapshot` (default: the top). `skip`: GUIDs of levels
