@@ -22,6 +22,9 @@ from ploopfs.volume.writer import (
 
 Progress = Callable[[int], None]  # called with bytes done so far
 CHUNK = 4 << 20
+# off_t: a salvage read keeps the size a header claims (m_SizeInSectors up to 2^64-1 sectors),
+# which no file can be; os.ftruncate would raise OverflowError.
+MAX_FILE_SIZE = (1 << 63) - 1
 
 
 @dataclass
@@ -64,6 +67,9 @@ def export_raw(disk: Disk, out: str, snapshot: str | None = None,
         fileio.check_stdout()
         _stream(vol, sys.stdout.buffer, report, progress)
         return _with_salvage(disk, report)
+    if vol.size > MAX_FILE_SIZE:
+        raise OutputError(f"the disk is {vol.size} bytes, more than a file can hold "
+                          f"({MAX_FILE_SIZE})", out)
     fd = fileio.create(out, replace=replace, what="raw export",
                        hint="; pass --force to replace an earlier output")
     buf = bytearray(CHUNK)
