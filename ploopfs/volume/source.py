@@ -75,6 +75,9 @@ class Disk:
     # Salvage only: images whose file is missing (GUID -> the error), so that `recover` can keep
     # the rest of the tree; a strict open fails on the first missing file instead.
     missing: dict[str, NotFoundError] = field(default_factory=dict)
+    # Salvage only: (cluster sectors, version, BAT entries) of each image whose header parses,
+    # read once for the inference hints of all the others (_hints).
+    _headers: dict[str, tuple[int, int, int]] | None = None
 
     def __post_init__(self) -> None:
         if self.options.salvage is not None and self.salvage_log is None:
@@ -113,19 +116,21 @@ class Disk:
     def _hints(self, guid: str) -> Hints:
         """What the descriptor and the other images' readable headers say about a damaged
         header (format.md §4.2: one cluster size and version per chain)."""
-        sib = []
-        for g, path in self.paths.items():
-            if g == guid or g in self.missing:
-                continue
-            try:
-                fd = open_readonly(path)
+        if self._headers is None:  # once: re-reading every header per image was O(n^2)
+            self._headers = {}
+            for g, path in self.paths.items():
+                if g in self.missing:
+                    continue
                 try:
-                    h = parse_header(pread_exact(fd, 64, 0, path), path)
-                finally:
-                    os.close(fd)
-            except PloopfsError:
-                continue
-            sib.append((h.cluster_sectors, h.version, h.bat_entries))
+                    fd = open_readonly(path)
+                    try:
+                        h = parse_header(pread_exact(fd, 64, 0, path), path)
+                    finally:
+                        os.close(fd)
+                except PloopfsError:
+                    continue
+                self._headers[g] = (h.cluster_sectors, h.version, h.bat_entries)
+        sib = [v for g, v in self._headers.items() if g != guid and g not in self.missing]
         d = self.descriptor
         return Hints(d.blocksize, d.disk_size if self.descriptor_path else 0, tuple(sib))
 
