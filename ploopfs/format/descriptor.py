@@ -142,7 +142,7 @@ class Descriptor:
             if 0 <= n < len(order):
                 return order[n]
         bare = t.strip("{}")
-        if t.startswith("{") or not re.fullmatch(r"-?\d{1,9}", t):
+        if not t.startswith("-"):  # not an index here: a GUID or a prefix of one
             hits = [g for g in order if g.strip("{}").startswith(bare)] if bare else []
             if len(hits) == 1:
                 return hits[0]

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import cli_json, qemu_json_chain, qemu_to_raw, run_cli
-from dissect.hypervisor.disk.hdd import HDD, HDS
-from dissect.util.stream import AlignedStream
+from readers import dissect_read_disk, dissect_read_image
 
 from ploopfs.format.header import SIG_V1, SIG_V2
 from ploopfs.volume.source import open_source
@@ -115,38 +114,6 @@ def ploopfs_read(source: Path, snapshot: str | None = None) -> bytes:
     with open_source(source) as disk:
         vol = disk.volume(snapshot)
         return bytes(vol.read(0, vol.size))
-
-
-def _dissect_read(stream: AlignedStream, cluster: int) -> bytes:
-    """Read a dissect stream one cluster per underlying `_read` call.
-
-    dissect.hypervisor 3.21 `HDS._iter_runs` merges a hole of N bytes with a following mapped
-    cluster stored at file offset N (it uses offset 0 as the hole marker and tests
-    `read_offset == run_offset + run_size`), so a read spanning both returns zeros for that
-    cluster. With every stream's alignment set to the cluster size and one cluster per read,
-    each `_read` covers a single cluster and no runs are merged."""
-    streams = [stream]
-    for _storage, s in getattr(stream, "streams", []):
-        while s is not None:
-            streams.append(s)
-            s = getattr(s, "parent", None)
-    for s in streams:  # nothing has been read yet, so position 0 stays aligned
-        s.align = cluster
-    parts = []
-    for pos in range(0, stream.size, cluster):
-        stream.seek(pos)
-        parts.append(stream.read(cluster))
-    return b"".join(parts)
-
-
-def dissect_read_image(image: Path) -> bytes:
-    with open(image, "rb") as fh:
-        s = HDS(fh)
-        return _dissect_read(s, s.cluster_size)
-
-
-def dissect_read_disk(folder: Path, guid: str, cluster: int) -> bytes:
-    return _dissect_read(HDD(folder).open(guid), cluster)
 
 
 def cluster_of(image: Path) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import damage as dm
 import pytest
-from conftest import expected_hashes, qemu_json_chain, qemu_to_raw, run_cli, sha256_file
+from conftest import REPO, expected_hashes, qemu_json_chain, qemu_to_raw, run_cli, sha256_file
 
 from ploopfs.errors import ExitCode
 from ploopfs.format.header import NONE_GUID
@@ -595,7 +595,7 @@ def test_help_and_version(args: list[str]) -> None:
 
 def test_exit_codes_documented() -> None:
     """docs/cli.md lists every exit code of ploopfs.errors.ExitCode with its number."""
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    doc = (REPO / "docs" / "cli.md").read_text()
     section = doc.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     for code in ExitCode:
         assert f"`{int(code)}`" in section and code.name in section, code

@@ -32,7 +32,7 @@ RUNS = {"header": 50000, "descriptor": 20000, "rdiff_sig": 20000, "rdiff_delta":
 FUZZ_RUNS = os.environ.get("PLOOPFS_FUZZ_RUNS")
 FUZZ_SECONDS = int(os.environ.get("PLOOPFS_FUZZ_SECONDS", "10"))
 FUZZ_SEED = int(os.environ.get("PLOOPFS_FUZZ_SEED", "1"))  # fixed: the same inputs every run
-REGRESSIONS = Path(__file__).resolve().parent / "fuzz_regressions"
+REGRESSIONS = Path(__file__).resolve().parents[1] / "fuzz_regressions"
 DICT = {t: FUZZ / "descriptor.dict" for t in ("descriptor", "check", "read")}
 
 pytest.importorskip("atheris")

@@ -22,11 +22,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from ploopfs._native import ffi, lib
 
 from ploopfs.errors import BadDeltaError, BadSignatureError, ExitCode
 from ploopfs.services import rdiff as R
-from tests.conftest import run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("rdiff") is None, reason="rdiff not installed")
 
@@ -214,7 +214,7 @@ def test_signature_api_threads_and_stdout(tmp_path: Path, basis_file: Path) -> N
 def test_signature_of_ploop_source(tmp_path: Path, corpus_case) -> None:
     """A ploop disk as BASIS: the signature of its virtual disk equals rdiff's signature of the
     disk exported to raw by qemu-img (independent reader)."""
-    from tests.conftest import qemu_to_raw
+    from conftest import qemu_to_raw
 
     case = corpus_case("v2-single")
     raw = tmp_path / "disk.raw"

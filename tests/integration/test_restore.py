@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CORPUS_CASES, expected_hashes, qemu_json_chain, qemu_to_raw, run_cli
-from test_qemu_interop import dissect_read_disk
+from readers import dissect_read_disk
 
 from ploopfs.format.descriptor_scan import parse_descriptor
 from ploopfs.format.header import NONE_GUID, TOP_GUID
