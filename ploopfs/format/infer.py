@@ -1,4 +1,4 @@
-"""Inferring a damaged image header from its BAT and data (issue #5 item 5, docs/salvage.md).
+"""Inferring a damaged image header from its BAT and data (docs/salvage.md).
 
 When the 64-byte header is unreadable (foreign signature, garbage fields) but the BAT behind it
 survives, the cluster size, the format version and the BAT length can be told from the entries

@@ -1,4 +1,4 @@
-"""`ploopfs check`: a read-only diagnosis of a ploop disk (issue #5 part 1, docs/check.md).
+"""`ploopfs check`: a read-only diagnosis of a ploop disk (docs/check.md).
 
 Unlike `ploop check` (format.md §7.1) nothing is ever written, the BAT is checked even when
 the file size is not cluster-aligned (format.md §11 trap 22), and every problem is reported, not only the

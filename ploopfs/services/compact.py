@@ -1,5 +1,5 @@
 """`ploopfs compact`: a new clean single-image v2 ploop disk holding only what the data needs
-(issue #6, format.md §7.8, §7.9).
+(format.md §7.8, §7.9).
 
 Kept: every mapped cluster outside analysed ext2/3/4 filesystems (partition tables with the GPT
 backup in the last cluster, format.md §8.1; other or unknown filesystems; gaps) and every cluster holding

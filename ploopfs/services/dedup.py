@@ -1,4 +1,4 @@
-"""Storage what-if (`ploopfs du --dedup DISK...`, issue #6 item 4, docs/dedup.md): how much
+"""Storage what-if (`ploopfs du --dedup DISK...`, docs/dedup.md): how much
 block-level deduplication and compression would save across one or many disks.
 
 Each disk's virtual disk is read through its block map: unallocated ranges are skipped (a

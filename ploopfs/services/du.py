@@ -1,4 +1,4 @@
-"""`ploopfs du`: where the space of a ploop disk goes (issue #6, format.md §7.9).
+"""`ploopfs du`: where the space of a ploop disk goes (format.md §7.9).
 
 Per image: file size, bytes on disk, sparse holes, data cluster slots, referenced and leaked
 clusters, preallocated tail; per chain level: clusters it serves and clusters shadowed by a

@@ -1,5 +1,5 @@
 """`ploopfs restore-descriptor`: rebuild a lost DiskDescriptor.xml from the image files alone
-(issue #5 item 4, docs/restore.md). Never writes to the images; never replaces a file.
+(docs/restore.md). Never writes to the images; never replaces a file.
 
 Image files carry no chain links (format.md §0, §5.8), so the snapshot tree is inferred:
 

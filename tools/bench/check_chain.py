@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time of `check` (metadata only) on a 1 TiB virtual disk with 4 images (issue #5).
+"""Time of `check` (metadata only) on a 1 TiB virtual disk with 4 images.
 
 Reuses open_map.py's chain builder (base + 3 deltas, 1 MiB clusters, 1,048,576 BAT entries per
 image; the base maps 100 % of the clusters, the deltas 25/10/5 %; data clusters are holes, which

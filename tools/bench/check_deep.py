@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Throughput of `check --deep` vs `cat` of the image files (issue #5).
+"""Throughput of `check --deep` vs `cat` of the image files.
 
 Reuses read_chain.py's builder: a 1 GiB virtual disk (1 MiB clusters) as base + 3 deltas full of
 random data (the deltas rewrite 25/10/5 % of the clusters in random order). With the page cache

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Throughput of `ploopfs compact` against `cat` (issue #6).
+"""Throughput of `ploopfs compact` against `cat`.
 
 Reuses du_bench.py's 100 GiB disk (about 3 GiB of files, a third deleted). Each sample is a
 fresh `ploopfs compact --json` into an empty folder; its throughput is the bytes of the clusters

@@ -1,6 +1,5 @@
 #!/usr/bin/env python3
-"""Throughput of `ploopfs du --dedup` over a fleet of disks vs `cat` of their image files
-(issue #6).
+"""Throughput of `ploopfs du --dedup` over a fleet of disks vs `cat` of their image files.
 
 Builds --disks (default 10) ploop disks of --size (default 1 GiB; the issue's 4 GiB needs
 40 GiB of free space) with ploopfs.volume.writer.ImageWriter, 1 MiB clusters, like containers

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """`ploopfs diff --format rdiff` of two 1 GiB ploop images vs `rdiff signature` + `rdiff delta`
-and vs `cat OLD NEW > /dev/null` (issue #4, docs/benchmarks.md).
+and vs `cat OLD NEW > /dev/null` (docs/benchmarks.md).
 
 Builds (once per work dir) OLD and NEW: two independent v2 images of --size bytes (default
 1 GiB, 1 MiB clusters, every cluster allocated with random data, written by ImageWriter), NEW

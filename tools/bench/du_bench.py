@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time of `ploopfs du` on a 100 GiB sparse ext4 disk (issue #6).
+"""Time of `ploopfs du` on a 100 GiB sparse ext4 disk.
 
 The disk: a GPT with one ext4 partition (mkfs.ext4 defaults: 64bit, flex_bg, lazy init, so
 most groups are BLOCK_UNINIT) filled from a tree of random files (--fill-mib), part of them

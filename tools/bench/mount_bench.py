@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reads through `ploopfs mount` vs qemu-storage-daemon's FUSE export of the same image (issue #3).
+"""Reads through `ploopfs mount` vs qemu-storage-daemon's FUSE export of the same image.
 
 Builds (once per work dir) a 1 GiB raw file of random data, `single.hds` = `qemu-img convert
 -O parallels` of it (a single-image v2 disk) and an 8-deep chain (base + 7 deltas written with

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time and peak memory to open a 1 TiB, 4-image ploop chain and build its block map (issue #2).
+"""Time and peak memory to open a 1 TiB, 4-image ploop chain and build its block map.
 
 Builds (once per work dir) a chain base + 3 deltas of a --size virtual disk (default 1 TiB,
 1 MiB clusters, so 1,048,576 BAT entries per image) without writing any data: each image gets

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""rdiff drop-in benchmark (issue #4, docs/benchmarks.md): `ploopfs signature` + `ploopfs delta`
+"""rdiff drop-in benchmark (docs/benchmarks.md): `ploopfs signature` + `ploopfs delta`
 vs `rdiff signature` + `rdiff delta` on two 1 GiB raw files, 1 MiB blocks, 5 % of the blocks
 changed; and `ploopfs delta` vs `rdiff delta` from the same (rdiff-written) signature.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Sequential read throughput of a 4-deep ploop chain vs os.pread of a raw copy (issue #2).
+"""Sequential read throughput of a 4-deep ploop chain vs os.pread of a raw copy.
 
 Builds (once per work dir) a virtual disk of --size bytes (default 1 GiB, 1 MiB clusters) as a
 chain base + 3 deltas written with ploopfs.volume.writer.ImageWriter: the base maps every
