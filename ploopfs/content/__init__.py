@@ -1,0 +1,2 @@
+"""What a virtual disk holds: partition tables, and the filesystems in them, found and analysed
+through a registry of analysers (docs/architecture.md, "content/")."""
