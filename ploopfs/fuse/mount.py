@@ -337,7 +337,7 @@ def _setup_logging(opts: MountOptions, foreground: bool) -> None:
 def _pick_fs_file(tree) -> str:
     """The file fuse2fs should serve: the first partition with an ext2/3/4 filesystem, else the
     whole disk if it holds one."""
-    from ploopfs.services.partitions import inspect_disk
+    from ploopfs.content.partitions import inspect_disk
 
     vol = tree.volume
     table = inspect_disk(vol.read, vol.size)

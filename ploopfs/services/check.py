@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ploopfs.content.partitions import LUKS_MAGIC, inspect_disk
 from ploopfs.errors import PloopfsError, UnsafePathError
 from ploopfs.format.bat import bat_entry_off, classify_entries, decode_entries, duplicate_slots
 from ploopfs.format.chain import Level, chain_anomalies
@@ -37,7 +38,6 @@ from ploopfs.format.header import (
 )
 from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.format.probe import FileKind, probe
-from ploopfs.services.partitions import LUKS_MAGIC, inspect_disk
 from ploopfs.volume.fileio import open_readonly
 from ploopfs.volume.image import bat_chunks
 from ploopfs.volume.source import (

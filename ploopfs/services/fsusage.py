@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ploopfs.content.partitions import PartitionTable, inspect_disk
 from ploopfs.format.ext4 import (
     BG_BLOCK_UNINIT,
     SB_OFFSET,
@@ -44,7 +45,6 @@ from ploopfs.format.ext4 import (
     overhead_blocks,
     parse_superblock,
 )
-from ploopfs.services.partitions import PartitionTable, inspect_disk
 
 Reader = Callable[[int, int], bytes | bytearray]
 EXT_KINDS = ("ext2", "ext3", "ext4")

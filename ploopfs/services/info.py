@@ -6,11 +6,11 @@ import contextlib
 import os
 from typing import Any
 
+from ploopfs.content.partitions import inspect_disk
 from ploopfs.errors import PloopfsError
 from ploopfs.format.header import DISK_CLOSED_V21, Header
 from ploopfs.services.du import size_str
 from ploopfs.services.fsusage import usage_summary
-from ploopfs.services.partitions import inspect_disk
 from ploopfs.volume.source import Disk
 
 

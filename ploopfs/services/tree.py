@@ -19,9 +19,9 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from ploopfs.content.partitions import inspect_disk
 from ploopfs.format.descriptor import bare_guid
 from ploopfs.services.info import disk_info
-from ploopfs.services.partitions import inspect_disk
 from ploopfs.volume.blockmap import ZERO_LEVEL
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume

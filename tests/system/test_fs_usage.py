@@ -337,7 +337,7 @@ def test_gpt_entry_outside_the_disk(first: int, last: int, says: str, tmp_path: 
 
 
 def test_partition_past_the_end_is_never_read() -> None:
-    from ploopfs.services.partitions import inspect_disk
+    from ploopfs.content.partitions import inspect_disk
 
     size = 8 * MiB
     disk = bytearray(size)
