@@ -360,7 +360,7 @@ def _check_fs_metadata(tree, where: str, start: int, limit: int) -> None:
     listing (EIO, ERANGE), a mount that looks fine and serves nothing. The analyser is
     fsusage's (superblock and descriptor table only, no bitmaps); a filesystem merely too big
     for it (more than MAX_GROUPS groups) or needing journal recovery is not refused."""
-    from ploopfs.services.fsusage import MAX_GROUPS, analyse_fs
+    from ploopfs.content.usage import MAX_GROUPS, analyse_fs
 
     fs = analyse_fs(tree.volume.read, where, start, limit, bitmaps=False)
     too_big = fs.groups > MAX_GROUPS and fs.size_bytes <= limit  # a limit of ours, not damage

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ploopfs.content.usage import DiskFs, analyse_disk
 from ploopfs.native import is_zero
 from ploopfs.services.du import CHUNK, keep_map, runs
-from ploopfs.services.fsusage import DiskFs, analyse_disk
 from ploopfs.volume import fileio
 from ploopfs.volume.readahead import read_ahead
 from ploopfs.volume.source import Disk

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ploopfs.content.usage import ClusterSet, DiskFs, analyse_disk, cluster_maps
 from ploopfs.native import is_zero
-from ploopfs.services.fsusage import ClusterSet, DiskFs, analyse_disk, cluster_maps
 from ploopfs.volume.image import Image
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume

@@ -7,10 +7,10 @@ import os
 from typing import Any
 
 from ploopfs.content.partitions import inspect_disk
+from ploopfs.content.usage import usage_summary
 from ploopfs.errors import PloopfsError
 from ploopfs.format.header import DISK_CLOSED_V21, Header
 from ploopfs.services.du import size_str
-from ploopfs.services.fsusage import usage_summary
 from ploopfs.volume.source import Disk
 
 

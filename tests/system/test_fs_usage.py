@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from conftest import PLOOPFS, cli_json, run_cli
 
-from ploopfs.services.fsusage import ClusterSet
+from ploopfs.content.usage import ClusterSet
 
 MiB = 1 << 20
 LIMIT_S = 20
