@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
 
 from ploopfs import __version__
 from ploopfs.cli_common import (
@@ -19,24 +16,20 @@ from ploopfs.cli_common import (
     add_allow_outside_paths,
     add_cluster_size,
     add_force,
+    add_salvage,
+    add_source_args,
     cluster_size_arg,
+    data_replaced,
+    open_disk,
     parse_size,
+    print_json,
+    progress_bar,
     usage_exit_code,
+    warn,
 )
 from ploopfs.errors import ExitCode, PloopfsError, SourceIOError, UsageError
 
 __all__ = ["build_parser", "cluster_size_arg", "main", "parse_size", "progress_bar", "run"]
-
-
-def _source_args(p: argparse.ArgumentParser, snapshot: bool = True) -> None:
-    p.add_argument("source", metavar="SOURCE",
-                   help="DiskDescriptor.xml, the folder holding it, a ploop image file, or a raw "
-                        "file (with --cluster-size)")
-    if snapshot:
-        p.add_argument("-s", "--snapshot", metavar="GUID",
-                       help="snapshot to read (default: the top); braces and case do not matter")
-    add_cluster_size(p)
-    add_allow_outside_paths(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,13 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="disk size, images, headers, snapshot tree, partitions",
                        description="Describe a ploop disk: every image and header field, the "
                                    "snapshot tree, the partition table and filesystems inside.")
-    _source_args(p)
+    add_source_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("snapshots", help="the snapshot tree (like `ploop snapshot-list`)",
                        description="List the snapshots of a descriptor as a tree; * marks the top.")
-    _source_args(p, snapshot=False)
+    add_source_args(p, snapshot=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_snapshots)
 
@@ -68,14 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ploop disk in the folder OUTPUT. Exit 0, or with --salvage 15 "
                                    "when damaged data was served as zeros or older data (listed "
                                    "in the report; docs/salvage.md).")
-    _source_args(p)
+    add_source_args(p)
     p.add_argument("output", metavar="OUTPUT", help="file (raw), '-' (raw to stdout) or folder")
     p.add_argument("-f", "--format", choices=("raw", "ploop"), default="raw",
                    help="output format (default: raw)")
     add_force(p, "the raw OUTPUT file (a ploop OUTPUT folder must be new or empty)")
     p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _salvage_arg(p)
+    add_salvage(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -115,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and info.json read-only under MOUNTPOINT (or, with --files, the files of the "
                     "ext2/3/4 filesystem inside). Returns once the mount is ready; the server runs "
                     "in the background. fstab: SOURCE MOUNTPOINT fuse.ploopfs ro,snapshot=GUID 0 0")
-    _source_args(p)
+    add_source_args(p)
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
     p.add_argument("--files", action="store_true",
                    help="show the container's files (ext2/3/4 via fuse2fs) instead of raw disks")
@@ -129,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bypass the page cache (for streaming copies, loop devices)")
     p.add_argument("--pid-file", metavar="FILE", help="write the server's PID here")
     p.add_argument("--log-file", metavar="FILE", help="log here (default: syslog in background)")
-    _salvage_arg(p)
+    add_salvage(p)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a ploopfs mount (both layers with --files)",
@@ -143,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "partition table without writing anything. Exit: 0 clean, "
                                    "1 warnings, 2 damaged but salvageable, 3 unreadable "
                                    "(docs/check.md).")
-    _source_args(p)
+    add_source_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--deep", action="store_true",
                    help="also read every referenced cluster (I/O errors, holes, shadowed copies)")
@@ -156,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the chosen snapshot), with recovery.json listing every lost or "
                                    "substituted range (docs/salvage.md). Exit 0, or 15 when data "
                                    "was replaced or lost: see recovery.json.")
-    _source_args(p)
+    add_source_args(p)
     p.add_argument("outdir", metavar="OUTDIR",
                    help="a new or empty folder (never replaced: there is no --force)")
     p.add_argument("--salvage", choices=("zeros", "older"), default="older",
@@ -181,67 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# -- helpers ------------------------------------------------------------------------------------
-def _salvage_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--salvage", nargs="?", const="zeros", choices=("zeros", "older"),
-                   metavar="zeros|older",
-                   help="do not fail on damaged clusters: serve them as zeros (the default of a "
-                        "bare --salvage) or from the next lower delta (older), and record them "
-                        "(docs/salvage.md)")
-
-
-def _open(args: argparse.Namespace):
-    from ploopfs.volume.source import OpenOptions, open_source
-
-    return open_source(args.source, OpenOptions(cluster_size=args.cluster_size,
-                                                allow_outside_paths=args.allow_outside_paths,
-                                                salvage=getattr(args, "salvage", None)))
-
-
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
-    sys.stdout.write("\n")
-
-
-def _warn(lines: Iterable[str]) -> None:
-    for w in lines:
-        print(f"ploopfs: warning: {w}", file=sys.stderr)
-
-
-@contextmanager
-def progress_bar(total: int | Callable[[], int], label: str,
-                 enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar on a terminal (stderr), nothing otherwise. `total` may be a function,
-    called only when a bar is shown (diff's walks both block maps for it)."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    if callable(total):
-        total = total()
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(),
-                  console=__import__("rich.console").console.Console(stderr=True),
-                  transient=True) as prog:
-        task = prog.add_task(label, total=total)
-        yield lambda done: prog.update(task, completed=done)
-
-
 # -- commands -----------------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
     from ploopfs.services.info import disk_info, format_info
 
-    with _open(args) as disk:
+    with open_disk(args) as disk:
         info = disk_info(disk, args.snapshot)
     if args.json:
-        _print_json(info)
+        print_json(info)
     else:
         print(format_info(info))
     return 0
@@ -250,11 +190,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_snapshots(args: argparse.Namespace) -> int:
     from ploopfs.services.info import format_snapshot_list, snapshot_tree
 
-    with _open(args) as disk:
+    with open_disk(args) as disk:
         shots = snapshot_tree(disk)
-        _warn(disk.warnings)
+        warn(disk.warnings)
     if args.json:
-        _print_json({"top_guid": disk.descriptor.top_guid, "snapshots": shots})
+        print_json({"top_guid": disk.descriptor.top_guid, "snapshots": shots})
     else:
         print(format_snapshot_list(shots))
     return 0
@@ -267,7 +207,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError("--format ploop writes a folder; '-' is only for raw output")
     if args.force and (args.format == "ploop" or args.output == "-"):
         raise UsageError("--force replaces a raw output file; a ploop folder must be new or empty")
-    with _open(args) as disk:
+    with open_disk(args) as disk:
         vol = disk.volume(args.snapshot)
         total = vol.size if args.output == "-" else export_work(vol)
         with progress_bar(total, "export", not args.no_progress) as prog:
@@ -275,39 +215,32 @@ def cmd_export(args: argparse.Namespace) -> int:
                 report = export_raw(disk, args.output, args.snapshot, prog, replace=args.force)
             else:
                 report = export_ploop(disk, args.output, args.snapshot, prog)
-        _warn(disk.warnings)
+        warn(disk.warnings)
         if disk.salvage_log is not None:
-            _warn([disk.salvage_log.summary_line()])
+            warn([disk.salvage_log.summary_line()])
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     return ExitCode.DATA_REPLACED if data_replaced(report.salvage) else ExitCode.OK
-
-
-def data_replaced(salvage: dict[str, Any] | None) -> bool:
-    """Whether a salvage summary or recovery report has data that is not what the source held:
-    ranges served as zeros or older data, or dropped (unreadable) levels. `shadowed` ranges
-    (a valid higher level covers them) and a clean salvage read count as nothing replaced."""
-    return bool(salvage and (salvage.get("substituted_ranges") or salvage.get("dropped_levels")))
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     from ploopfs.services.recover import REPORT_NAME, Recovery
 
-    with _open(args) as disk:
+    with open_disk(args) as disk:
         rec = Recovery(disk, args.outdir, args.snapshot, flatten=args.flatten)
         with progress_bar(rec.work, "recover", not args.no_progress) as prog:
             out = rec.run(prog)
-        _warn(disk.warnings)
-        _warn([f"recover: {len(out.get('dropped_levels', []))} unreadable image(s) left out "
+        warn(disk.warnings)
+        warn([f"recover: {len(out.get('dropped_levels', []))} unreadable image(s) left out "
                f"(their data is lost); see {os.path.join(args.outdir, REPORT_NAME)}"]
               if out.get("dropped_levels") else [])
-        _warn([f"salvage ({out['policy']}): {out['substituted_ranges']} damaged range(s), "
+        warn([f"salvage ({out['policy']}): {out['substituted_ranges']} damaged range(s), "
                f"{out['substituted_bytes']} bytes served as "
                f"{'zeros' if out['policy'] == 'zeros' else 'older data or zeros'} "
                f"({out['bat_entries']} bad BAT entries, {out['read_errors']} read errors); see "
                f"{os.path.join(args.outdir, REPORT_NAME)}"])
     if args.json:
-        _print_json(out)
+        print_json(out)
     return ExitCode.DATA_REPLACED if data_replaced(out) else ExitCode.OK
 
 
@@ -328,12 +261,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
         with progress_bar(lambda: work_bytes(sides, opts), "diff", not args.no_progress) as prog:
             opts.progress = prog
             report = diff(sides, args.output, args.format, opts, replace=args.force)
-        _warn(sides.old_disk.warnings + [w for w in sides.new_disk.warnings
+        warn(sides.old_disk.warnings + [w for w in sides.new_disk.warnings
                                          if w not in sides.old_disk.warnings])
     finally:
         sides.close()
     if args.json:
-        _print_json(report)
+        print_json(report)
     return 0
 
 
@@ -344,7 +277,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                         direct_io=args.direct_io, pid_file=args.pid_file, log_file=args.log_file,
                         allow_outside_paths=args.allow_outside_paths,
                         cluster_size=args.cluster_size, salvage=args.salvage)
-    _warn(apply_o_options(opts, args.options))
+    warn(apply_o_options(opts, args.options))
     if args.readahead is not None:
         opts.readahead_kb = args.readahead
     for attr in ("pid_file", "log_file"):
@@ -366,7 +299,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check(args.source, args.snapshot, args.deep,
                    allow_outside_paths=args.allow_outside_paths, raw_cluster_size=args.cluster_size)
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     else:
         for f in report.findings:
             print(f.line())

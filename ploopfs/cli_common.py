@@ -1,16 +1,17 @@
 """What every command line module shares (cli.py, cli_rdiff.py, cli_space.py, cli_restore.py,
-cli_dedup.py): the parser class that turns usage errors into exit 64, the one size parser, and
-the options several commands take, each defined once so a flag means the same everywhere
-(docs/cli.md). Imports nothing of the other cli modules, so each of them can import it at the
-top."""
+cli_dedup.py): the parser class that turns usage errors into exit 64, the one size parser, the
+options several commands take, each defined once so a flag means the same everywhere
+(docs/cli.md), and the output helpers (JSON, warnings, the progress bar). Imports nothing of the
+other cli modules, so each of them can import it at the top."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 from ploopfs.errors import ExitCode
 
@@ -74,6 +75,85 @@ def add_force(p: argparse.ArgumentParser, what: str = "the output file") -> None
     earlier ploopfs output, never a source or another file."""
     p.add_argument("--force", action="store_true",
                    help=f"replace {what} if it is an earlier ploopfs output (never anything else)")
+
+
+def add_source_args(p: argparse.ArgumentParser, snapshot: bool = True) -> None:
+    """SOURCE, -s/--snapshot (unless `snapshot` is false) and the options to open it."""
+    p.add_argument("source", metavar="SOURCE",
+                   help="DiskDescriptor.xml, the folder holding it, a ploop image file, or a raw "
+                        "file (with --cluster-size)")
+    if snapshot:
+        p.add_argument("-s", "--snapshot", metavar="GUID",
+                       help="snapshot to read (default: the top); braces and case do not matter")
+    add_cluster_size(p)
+    add_allow_outside_paths(p)
+
+
+def add_salvage(p: argparse.ArgumentParser) -> None:
+    """--salvage[=zeros|older] of the readers (export, mount); recover has its own default."""
+    p.add_argument("--salvage", nargs="?", const="zeros", choices=("zeros", "older"),
+                   metavar="zeros|older",
+                   help="do not fail on damaged clusters: serve them as zeros (the default of a "
+                        "bare --salvage) or from the next lower delta (older), and record them "
+                        "(docs/salvage.md)")
+
+
+def open_disk(args: argparse.Namespace, source: str | None = None):
+    """open_source of `source` (default: args.source) with the command's --cluster-size,
+    --allow-outside-paths and, when it has one, --salvage."""
+    from ploopfs.volume.source import OpenOptions, open_source
+
+    return open_source(args.source if source is None else source,
+                       OpenOptions(cluster_size=args.cluster_size,
+                                   allow_outside_paths=args.allow_outside_paths,
+                                   salvage=getattr(args, "salvage", None)))
+
+
+def print_json(obj: Any, file: Any = None) -> None:
+    """`obj` as indented JSON on stdout (or `file`), one newline after it."""
+    import json
+
+    out = sys.stdout if file is None else file
+    json.dump(obj, out, indent=2, sort_keys=False, default=str)
+    out.write("\n")
+
+
+def warn(lines: Iterable[str]) -> None:
+    for w in lines:
+        print(f"ploopfs: warning: {w}", file=sys.stderr)
+
+
+@contextmanager
+def progress_bar(total: int | Callable[[], int], label: str,
+                 enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on a terminal (stderr), nothing otherwise. `total` may be a function,
+    called only when a bar is shown (diff's walks both block maps for it)."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    if callable(total):
+        total = total()
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=__import__("rich.console").console.Console(stderr=True),
+                  transient=True) as prog:
+        task = prog.add_task(label, total=total)
+        yield lambda done: prog.update(task, completed=done)
+
+
+def data_replaced(salvage: dict[str, Any] | None) -> bool:
+    """Whether a salvage summary or recovery report has data that is not what the source held:
+    ranges served as zeros or older data, or dropped (unreadable) levels. `shadowed` ranges
+    (a valid higher level covers them) and a clean salvage read count as nothing replaced."""
+    return bool(salvage and (salvage.get("substituted_ranges") or salvage.get("dropped_levels")))
 
 
 def usage_exit_code(code: object) -> int:

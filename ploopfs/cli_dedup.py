@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ploopfs.cli_common import parse_size
+from ploopfs.cli_common import parse_size, print_json, progress_bar, warn
 from ploopfs.errors import UsageError
 
 
@@ -54,7 +54,6 @@ def _options(args: argparse.Namespace):
 
 
 def run_dedup(args: argparse.Namespace) -> int:
-    from ploopfs.cli import _print_json, _warn, progress_bar
     from ploopfs.services.dedup import Scanner, format_report, planned_bytes
 
     o = _options(args)
@@ -65,9 +64,9 @@ def run_dedup(args: argparse.Namespace) -> int:
             sc.add(src, prog)
         report = sc.report()
     for d in report["disks"]:
-        _warn(d["warnings"])
+        warn(d["warnings"])
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         print(format_report(report))
     return 0

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-from ploopfs.cli_common import add_force
+from ploopfs.cli_common import add_force, print_json, progress_bar, warn
 from ploopfs.errors import NotFoundError, OutputError
 from ploopfs.volume import fileio
 
@@ -104,8 +104,7 @@ def open_input(path: str, snapshot: str | None) -> Iterator[tuple[ReadAt, int]]:
 
     with open_source(path) as disk:
         vol = disk.volume(snapshot)
-        for w in disk.warnings:
-            print(f"ploopfs: warning: {w}", file=sys.stderr)
+        warn(disk.warnings)
         yield vol.read, vol.size
 
 
@@ -137,18 +136,12 @@ def open_output(path: str, force: bool) -> Iterator[BinaryIO]:
 
 
 def _summary(args: argparse.Namespace, obj: dict[str, Any], to_stdout: bool) -> None:
-    if not args.json:
-        return
-    import json
-
-    stream = sys.stdout if to_stdout else sys.stderr
-    json.dump(obj, stream, indent=2)
-    stream.write("\n")
+    if args.json:
+        print_json(obj, sys.stdout if to_stdout else sys.stderr)
 
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_signature(args: argparse.Namespace) -> int:
-    from ploopfs.cli import progress_bar
     from ploopfs.services.rdiff import SigParams, write_signature
 
     params = SigParams(args.hash, args.rollsum, args.block_size, args.sum_size)
@@ -168,7 +161,6 @@ def cmd_signature(args: argparse.Namespace) -> int:
 
 
 def cmd_delta(args: argparse.Namespace) -> int:
-    from ploopfs.cli import progress_bar
     from ploopfs.services.rdiff import delta_from_signature, read_signature
 
     t0 = time.monotonic()
@@ -190,7 +182,6 @@ def cmd_delta(args: argparse.Namespace) -> int:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    from ploopfs.cli import progress_bar
     from ploopfs.services.rdiff import patch
 
     t0 = time.monotonic()

@@ -5,11 +5,9 @@ ploopfs/services/restore.py; docs/restore.md."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
-from ploopfs.cli_common import add_cluster_size
+from ploopfs.cli_common import add_cluster_size, print_json, warn
 
 
 def add_parsers(sub: Any) -> None:
@@ -57,14 +55,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
                   old_descriptor=False if args.ignore_old else args.old_descriptor or True,
                   salvage=args.salvage)
     if args.json:
-        json.dump(res.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(res.to_json())
     else:
         print(res.text())
     if res.partial:
-        print(f"ploopfs: warning: partial: {res.damage_summary()}; see 'could not decide'",
-              file=sys.stderr)
+        warn([f"partial: {res.damage_summary()}; see 'could not decide'"])
     if res.confidence != "high":
-        print("ploopfs: warning: low confidence: the evidence does not settle every link; see "
-              "the [low] lines", file=sys.stderr)
+        warn(["low confidence: the evidence does not settle every link; see the [low] lines"])
     return res.exit_code

@@ -8,7 +8,14 @@ import argparse
 import sys
 from typing import Any
 
-from ploopfs.cli_common import add_allow_outside_paths, add_cluster_size
+from ploopfs.cli_common import (
+    add_allow_outside_paths,
+    add_cluster_size,
+    open_disk,
+    print_json,
+    progress_bar,
+    warn,
+)
 from ploopfs.errors import UsageError
 
 # Exit code of du/compact when the filesystem analysis has findings (docs/space.md): the
@@ -59,13 +66,6 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_compact)
 
 
-def _open(source: str, args: argparse.Namespace):
-    from ploopfs.volume.source import OpenOptions, open_source
-
-    return open_source(source, OpenOptions(cluster_size=args.cluster_size,
-                                           allow_outside_paths=args.allow_outside_paths))
-
-
 def cmd_du(args: argparse.Namespace) -> int:
     if args.dedup:
         from ploopfs.cli_dedup import run_dedup
@@ -73,32 +73,30 @@ def cmd_du(args: argparse.Namespace) -> int:
         return run_dedup(args)
     if len(args.sources) != 1:
         raise UsageError("du takes one SOURCE (several only with --dedup)")
-    from ploopfs.cli import _print_json, _warn
     from ploopfs.services.du import disk_usage, format_du
 
-    with _open(args.sources[0], args) as disk:
+    with open_disk(args, args.sources[0]) as disk:
         report = disk_usage(disk, args.snapshot, zeros=args.zeros)
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     else:
         print(format_du(report))
-        _warn(report.warnings)
+        warn(report.warnings)
     return EXIT_FINDINGS if report.findings else 0
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from ploopfs.cli import _print_json, _warn, progress_bar
     from ploopfs.services.compact import compact, compact_plan
     from ploopfs.services.du import size_str
 
-    with _open(args.source, args) as disk:
+    with open_disk(args) as disk:
         plan = compact_plan(disk, args.snapshot)
         with progress_bar(plan.work_bytes, "compact", not args.no_progress) as prog:
             report = compact(disk, args.outdir, args.snapshot, prog, plan)
-        _warn(disk.warnings)
-    _warn(report.findings)
+        warn(disk.warnings)
+    warn(report.findings)
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     else:
         print(f"{report.output}: {size_str(report.output_file_bytes)} written "
               f"(source {size_str(report.source_disk_bytes)} on disk, "
