@@ -16,7 +16,8 @@ import damage as dm
 import pytest
 from conftest import PLOOPFS, run_cli
 
-from ploopfs import cli, cli_common, cli_dedup
+from ploopfs import cli
+from ploopfs.cli import common, space
 from ploopfs.errors import ExitCode
 
 # Positional arguments that satisfy each command's parser, so that only the bogus option is wrong.
@@ -189,12 +190,12 @@ def test_force_is_long_only_and_on_every_file_writer() -> None:
 
 
 def test_one_parse_size_and_source_options() -> None:
-    assert cli.parse_size is cli_common.parse_size is cli_dedup.parse_size
-    assert cli.cluster_size_arg is cli_common.cluster_size_arg
+    assert cli.parse_size is common.parse_size is space.parse_size
+    assert cli.cluster_size_arg is common.cluster_size_arg
     for name, sp in _subparsers().items():
         for a in sp._actions:
             if "--cluster-size" in a.option_strings:
-                assert a.type is cli_common.cluster_size_arg, name
+                assert a.type is common.cluster_size_arg, name
 
 
 def test_export_force_replaces_only_own_output(corpus_case, tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
-"""What every command line module shares (cli.py, cli_rdiff.py, cli_space.py, cli_restore.py,
-cli_dedup.py): the parser class that turns usage errors into exit 64, the one size parser, the
-options several commands take, each defined once so a flag means the same everywhere
-(docs/cli.md), and the output helpers (JSON, warnings, the progress bar). Imports nothing of the
-other cli modules, so each of them can import it at the top."""
+"""What every command module of ploopfs/cli/ shares: the parser class that turns usage errors
+into exit 64, the one size parser, the options several commands take, each defined once so a
+flag means the same everywhere (docs/cli.md), and the output helpers (JSON, warnings, the
+progress bar, sizes as text). Imports no other module of the package, so each of them can
+import it at the top."""
 
 from __future__ import annotations
 

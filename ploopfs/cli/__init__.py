@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from ploopfs import __version__
-from ploopfs.cli_common import (
+from ploopfs.cli.common import (
     Parser,
     add_allow_outside_paths,
     add_cluster_size,
@@ -162,15 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_recover)
 
-    from ploopfs.cli_rdiff import add_parsers as add_rdiff_parsers
+    from ploopfs.cli import rdiff, restore, space
 
-    add_rdiff_parsers(sub)  # signature, delta, patch (rdiff drop-in)
-    from ploopfs.cli_space import add_parsers as add_space_parsers
-
-    add_space_parsers(sub)  # du (with --dedup), compact
-    from ploopfs.cli_restore import add_parsers as add_restore_parsers
-
-    add_restore_parsers(sub)  # restore-descriptor
+    rdiff.register(sub)  # signature, delta, patch (rdiff drop-in)
+    space.register(sub)  # du (with --dedup), compact
+    restore.register(sub)  # restore-descriptor
     return parser
 
 

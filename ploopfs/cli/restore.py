@@ -1,16 +1,15 @@
-"""`ploopfs restore-descriptor` (issue #5): rebuild a lost DiskDescriptor.xml from the image
-files alone, kept apart from cli.py so that file only gains one call. Engine:
-ploopfs/services/restore.py; docs/restore.md."""
+"""`ploopfs restore-descriptor`: rebuild a lost DiskDescriptor.xml from the image files alone.
+Engine: ploopfs/services/restore.py (docs/restore.md)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ploopfs.cli_common import add_cluster_size, print_json, warn
+from ploopfs.cli.common import add_cluster_size, print_json, warn
 
 
-def add_parsers(sub: Any) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "restore-descriptor", help="rebuild a lost DiskDescriptor.xml from the image files",
         description="Infer the snapshot chain (or tree) of the image files in DIR from their "

@@ -1,5 +1,5 @@
-"""`ploopfs signature|delta|patch`: the rdiff drop-in commands (issue #4), kept apart from
-cli.py so that file only gains one call. Engine: ploopfs/services/rdiff.py."""
+"""`ploopfs signature|delta|patch`: the rdiff drop-in commands, on plain files and on the
+virtual disk of any ploop SOURCE. Engine: ploopfs/services/rdiff.py (docs/rdiff.md)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-from ploopfs.cli_common import add_force, print_json, progress_bar, warn
+from ploopfs.cli.common import add_force, print_json, progress_bar, warn
 from ploopfs.errors import NotFoundError, OutputError
 from ploopfs.volume import fileio
 
 ReadAt = Callable[[int, int], Any]
 
 
-def add_parsers(sub: Any) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "signature", help="rdiff signature of a file or ploop disk (byte-identical to rdiff)",
         description="Write the librsync signature of BASIS to SIG ('-' = stdout), byte-identical "

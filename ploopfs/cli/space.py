@@ -1,6 +1,6 @@
-"""`ploopfs du` and `ploopfs compact` (issue #6: space), kept apart from cli.py so that file only
-gains one call. `du --dedup` is delegated to ploopfs/cli_dedup.py. Engines:
-ploopfs/services/du.py, compact.py and fsusage.py (docs/space.md)."""
+"""`ploopfs du` (with `--dedup`) and `ploopfs compact`: where a disk's space goes, what it
+would take after dedup and compression, and a smaller copy. Engines: ploopfs/services/du.py,
+compact.py, dedup.py (docs/space.md, docs/dedup.md)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import argparse
 import sys
 from typing import Any
 
-from ploopfs.cli_common import (
+from ploopfs.cli.common import (
     add_allow_outside_paths,
     add_cluster_size,
     open_disk,
+    parse_size,
     print_json,
     progress_bar,
     warn,
@@ -28,7 +29,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     add_allow_outside_paths(p)
 
 
-def add_parsers(sub: Any) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "du", help="how much space a ploop disk uses and wastes",
         description="Per image and per snapshot: allocated, referenced, leaked and shadowed "
@@ -43,9 +44,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--zeros", action="store_true",
                    help="also read every allocated cluster to count all-zero ones (reads all data)")
     _common_args(p)
-    from ploopfs.cli_dedup import add_dedup_args
-
-    add_dedup_args(p)
+    _dedup_args(p)
     p.set_defaults(func=cmd_du)
 
     p = sub.add_parser(
@@ -68,9 +67,7 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_du(args: argparse.Namespace) -> int:
     if args.dedup:
-        from ploopfs.cli_dedup import run_dedup
-
-        return run_dedup(args)
+        return _run_dedup(args)
     if len(args.sources) != 1:
         raise UsageError("du takes one SOURCE (several only with --dedup)")
     from ploopfs.services.du import disk_usage, format_du
@@ -104,3 +101,66 @@ def cmd_compact(args: argparse.Namespace) -> int:
               f"{report.clusters_unused_dropped} unused and {report.clusters_zero_dropped} zero "
               "clusters dropped", file=sys.stderr)
     return EXIT_FINDINGS if report.findings else 0
+
+
+# -- du --dedup (docs/dedup.md) --------------------------------------------------------------
+def _size_option(text: str, what: str) -> int:
+    """parse_size for an option checked after parsing: its error as one UsageError line."""
+    try:
+        return parse_size(text)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
+def _dedup_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("--dedup (docs/dedup.md)")
+    g.add_argument("--dedup", action="store_true",
+                   help="estimate block-level deduplication and compression savings across the "
+                        "SOURCEs (each read through its virtual disk; --snapshot applies to all)")
+    g.add_argument("--block-sizes", default="4K,128K", metavar="SMALL,LARGE",
+                   help="the two dedup block sizes (default 4K,128K); SMALL divides LARGE, "
+                        "compression is measured on LARGE blocks")
+    g.add_argument("--memory", default="1G", metavar="SIZE",
+                   help="memory for the hash tables (default 1G); past it the tables switch to "
+                        "consistent hash sampling, reported as such")
+    g.add_argument("--sample", type=int, default=1024, metavar="N",
+                   help="compression sample: 1 in N distinct LARGE blocks, chosen by content "
+                        "hash, so always the same ones (default 1024, ~1 MiB per GiB; 1 = all; "
+                        "0 = no compression)")
+    g.add_argument("--sample-bits", type=int, default=0, metavar="K",
+                   help="start in sampled mode, keeping 1/2^K of the distinct hashes (default "
+                        "0: exact while the tables fit --memory)")
+
+
+def _dedup_options(args: argparse.Namespace):
+    from ploopfs.services.dedup import DedupOptions
+    from ploopfs.volume.source import OpenOptions
+
+    parts = args.block_sizes.split(",")
+    if len(parts) != 2:
+        raise UsageError(f"--block-sizes: {args.block_sizes!r} is not SMALL,LARGE")
+    small, large = (_size_option(x, "--block-sizes") for x in parts)
+    return DedupOptions(
+        small=small, large=large, memory=_size_option(args.memory, "--memory"),
+        shift=args.sample_bits, sample_every=args.sample, snapshot=args.snapshot,
+        open_options=OpenOptions(cluster_size=getattr(args, "cluster_size", None),
+                                 allow_outside_paths=getattr(args, "allow_outside_paths", False)))
+
+
+def _run_dedup(args: argparse.Namespace) -> int:
+    from ploopfs.services.dedup import Scanner, format_report, planned_bytes
+
+    o = _dedup_options(args)
+    show = sys.stderr.isatty() and not getattr(args, "no_progress", False)
+    total = planned_bytes(args.sources, o) if show else 0
+    with Scanner(o) as sc, progress_bar(total, "du --dedup", show) as prog:
+        for src in args.sources:
+            sc.add(src, prog)
+        report = sc.report()
+    for d in report["disks"]:
+        warn(d["warnings"])
+    if args.json:
+        print_json(report)
+    else:
+        print(format_report(report))
+    return 0
