@@ -1,18 +1,20 @@
 """What is inside a virtual disk: partition table (GPT or MBR), a filesystem guess per
-partition, LUKS (format.md §8, §9). Reads through any `read(offset, length)` callable."""
+partition from the registry's probes, LUKS (format.md §8, §9). Reads through any
+`read(offset, length)` callable."""
 
 from __future__ import annotations
 
 import struct
 import uuid
 import zlib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-Reader = Callable[[int, int], bytes | bytearray]
+from ploopfs.content.registry import LUKS_MAGIC, probe_fs
+from ploopfs.content.view import Reader
+
+__all__ = ["LUKS_MAGIC", "Partition", "PartitionTable", "Reader", "detect_fs", "inspect_disk"]
 
 GPT_SIG = b"EFI PART"
-LUKS_MAGIC = b"LUKS\xba\xbe"
 
 
 @dataclass
@@ -48,33 +50,9 @@ def _guid_le(b: bytes) -> str:
 
 
 def detect_fs(read: Reader, start: int, size: int) -> tuple[str | None, str | None]:
-    """(type, label) from well-known superblock magics; (None, None) when unknown."""
-    if size <= 0:
-        return None, None
-    head = bytes(read(start, min(size, 0x11000)))
-    if head[:6] == LUKS_MAGIC:
-        return "luks", None
-    if len(head) >= 0x478 and head[0x438:0x43A] == b"\x53\xef":
-        compat, incompat = struct.unpack_from("<II", head, 0x45C)
-        ro_compat = struct.unpack_from("<I", head, 0x464)[0]
-        label = head[0x478:0x488].split(b"\0", 1)[0].decode("utf-8", "replace") or None
-        if incompat & 0x2C0 or ro_compat & 0x78:  # extents/64bit/flex_bg, huge_file/gdt_csum/...
-            return "ext4", label
-        if compat & 0x4:  # has_journal
-            return "ext3", label
-        return "ext2", label
-    if head[:4] == b"XFSB":
-        return "xfs", head[108:120].split(b"\0", 1)[0].decode("utf-8", "replace") or None
-    if len(head) >= 0x10048 and head[0x10040:0x10048] == b"_BHRfS_M":
-        return "btrfs", None
-    if head[3:11] == b"NTFS    ":
-        return "ntfs", None
-    if head[0x52:0x5A] == b"FAT32   " or head[0x36:0x3B] == b"FAT16" or head[0x36:0x3B] == b"FAT12":
-        return "vfat", None
-    for ps in (4096, 8192, 16384, 65536):
-        if len(head) >= ps and head[ps - 10: ps] in (b"SWAPSPACE2", b"SWAP-SPACE"):
-            return "swap", None
-    return None, None
+    """(type, label) of the filesystem in the `size` bytes at `start`, as the first of the
+    registry's probes to recognise it says (content/registry.py); (None, None) when unknown."""
+    return probe_fs(read, start, size) or (None, None)
 
 
 def _outside(start: int, size: int, disk_size: int) -> str | None:

@@ -1,6 +1,6 @@
 """Pure decoding of ext2/3/4 metadata: the superblock, group descriptors (32- and 64-byte), the
 group flags (BLOCK_UNINIT, INODE_UNINIT) and where each group's fixed metadata lies (sparse_super,
-sparse_super2, meta_bg, flex_bg). No I/O: callers hand in bytes (ploopfs/services/fsusage.py).
+sparse_super2, meta_bg, flex_bg). No I/O: callers hand in bytes (ploopfs/content/ext.py).
 
 Layout follows the kernel's fs/ext4 (ext4.h, balloc.c: ext4_num_base_meta_blocks,
 ext4_bg_has_super, descriptor_loc in super.c) and e2fsprogs' lib/ext2fs. Used by `ploopfs du`,

@@ -335,37 +335,35 @@ def _setup_logging(opts: MountOptions, foreground: bool) -> None:
 
 
 def _pick_fs_file(tree) -> str:
-    """The file fuse2fs should serve: the first partition with an ext2/3/4 filesystem, else the
-    whole disk if it holds one."""
+    """The file fuse2fs should serve: the first partition holding a filesystem whose analyser
+    serves files (content/registry.py: ext2/3/4), else the whole disk if it holds one."""
     from ploopfs.content.partitions import inspect_disk
+    from ploopfs.content.registry import analyser_for, analysers
 
     vol = tree.volume
     table = inspect_disk(vol.read, vol.size)
     for p in table.partitions:
-        if p.fs in ("ext2", "ext3", "ext4"):
+        if (an := analyser_for(p.fs)) is not None and an.serves_files:
             start = min(p.start, vol.size)
-            _check_fs_metadata(tree, f"part{p.number}", start, min(p.size, vol.size - start))
+            _check_fs_metadata(tree, an, f"part{p.number}", start, min(p.size, vol.size - start))
             return f"part{p.number}"
-    if table.whole_disk_fs in ("ext2", "ext3", "ext4"):
-        _check_fs_metadata(tree, "disk", 0, vol.size)
+    if (an := analyser_for(table.whole_disk_fs)) is not None and an.serves_files:
+        _check_fs_metadata(tree, an, "disk", 0, vol.size)
         return "disk"
     found = ", ".join(f"part{p.number}: {p.fs or 'unknown'}" for p in table.partitions) or (
         table.whole_disk_fs or "nothing recognisable")
-    raise MountError(f"--files needs an ext2/3/4 filesystem; found {found}", tree.disk.source)
+    kinds = " or ".join(a.title for a in analysers() if a.serves_files)
+    raise MountError(f"--files needs an {kinds} filesystem; found {found}", tree.disk.source)
 
 
-def _check_fs_metadata(tree, where: str, start: int, limit: int) -> None:
-    """Refuse (exit 12) a filesystem whose superblock or group descriptors are damaged, as the
-    kernel's ext4_check_descriptors would: fuse2fs mounts it anyway and then fails every
-    listing (EIO, ERANGE), a mount that looks fine and serves nothing. The analyser is
-    fsusage's (superblock and descriptor table only, no bitmaps); a filesystem merely too big
-    for it (more than MAX_GROUPS groups) or needing journal recovery is not refused."""
-    from ploopfs.content.usage import MAX_GROUPS, analyse_fs
-
-    fs = analyse_fs(tree.volume.read, where, start, limit, bitmaps=False)
-    too_big = fs.groups > MAX_GROUPS and fs.size_bytes <= limit  # a limit of ours, not damage
-    bad = [f for f in fs.findings if f.code in ("EXT4_SUPERBLOCK", "EXT4_DESC")
-           or (f.code == "EXT4_GEOMETRY" and not too_big)]
+def _check_fs_metadata(tree, analyser, where: str, start: int, limit: int) -> None:
+    """Refuse (exit 12) a filesystem whose metadata is damaged (for ext: superblock or group
+    descriptors, as the kernel's ext4_check_descriptors would): fuse2fs mounts it anyway and
+    then fails every listing (EIO, ERANGE), a mount that looks fine and serves nothing. The
+    filesystem's analyser reads it (superblock and descriptor table only, no bitmaps) and says
+    which findings make it unreadable (`Analyser.unreadable`)."""
+    fs = analyser.analyse(tree.volume.read, where, start, limit, bitmaps=False)
+    bad = analyser.unreadable(fs, limit)
     if not bad:
         return
     first = bad[0].message.removesuffix("; group counted as used").removesuffix(
