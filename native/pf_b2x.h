@@ -1,6 +1,6 @@
 /* Multi-buffer BLAKE2b: the digests of several equal-length messages at once, one message per
  * SIMD lane (8 lanes with AVX-512, 4 with AVX2), for the signature and delta engine, which hash
- * thousands of independent equal-sized blocks (pf_rdiff.c).
+ * thousands of independent equal-sized blocks (pf_sig.c, pf_search.c).
  *
  * Why our own code: libb2 and libsodium hash one message at a time (0.62 / 0.85 GB/s per core
  * here); a block's strong sum is the delta engine's bottleneck (docs/diff.md), and no packaged

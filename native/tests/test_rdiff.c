@@ -1,4 +1,5 @@
-/* C unit tests for pf_rdiff.c (run from test_native.c's main under ASan/UBSan).
+/* C unit tests for the rdiff engine (pf_rollsum.c, pf_sig.c, pf_search.c, pf_emit.c,
+ * pf_patch.c; run from test_native.c's main under ASan/UBSan.
  * Known answers: MD4 from RFC 1320 §A.5, BLAKE2b-256 (unkeyed, outlen 32) cross-checked with
  * Python's hashlib, rollsum/RabinKarp from the definitions in docs/rdiff.md (byte-by-byte
  * references below), zero-window constants from librsync issue #11. */
