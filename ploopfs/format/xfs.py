@@ -19,6 +19,7 @@ sectors 0 (superblock copy), 1 (AGF), 2 (AGI) and 3 (AGFL) of each AG.
 
 from __future__ import annotations
 
+import functools
 import struct
 import uuid as uuidlib
 from collections.abc import Callable
@@ -85,34 +86,76 @@ class XfsFormatError(ValueError):
 
 
 # -- CRC32C (Castagnoli), as v5 metadata stores it -------------------------------------------------
-def _crc_table() -> list[int]:
-    t = []
+# CRC32C without its initial and final inversion ("raw") is linear over GF(2), and leading zero
+# bytes leave it at 0. So a buffer (front-padded with zeros to whole 256-byte chunks) is summed
+# with two table look-ups per byte, all at once in numpy: POS[p][b] is the raw CRC of byte b at
+# position p of a chunk; SHIFT[j][i][b] that of byte i of a chunk's raw CRC followed by j more
+# chunks. The initial inversion is an XOR of the first 4 bytes; ~20 µs per 4 KiB block.
+_CHUNK = 256
+_MAX_CHUNKS = 256  # 64 KiB, the largest XFS block
+
+
+@functools.cache
+def _crc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = np.zeros(256, np.uint32)
     for i in range(256):
         c = i
         for _ in range(8):
             c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        t.append(c)
-    return t
+        t[i] = c
+    eight = np.uint32(8)
+
+    def shift1(x: np.ndarray) -> np.ndarray:  # append one zero byte
+        return (x >> eight) ^ t[x & np.uint32(0xFF)]
+
+    pos = np.empty((_CHUNK, 256), np.uint32)
+    pos[_CHUNK - 1] = t
+    for p in range(_CHUNK - 2, -1, -1):
+        pos[p] = shift1(pos[p + 1])
+    shift = np.empty((_MAX_CHUNKS, 4, 256), np.uint32)
+    shift[0] = np.arange(256, dtype=np.uint32)[None, :] << (eight * np.arange(4, dtype=np.uint32))[:, None]
+    one = shift[0]
+    for _ in range(_CHUNK):
+        one = shift1(one)
+    shift[1] = one
+    for j in range(2, _MAX_CHUNKS):  # shift[j] = shift[j - 1] followed by one more chunk
+        prev = shift[j - 1]
+        shift[j] = (one[0][prev & 0xFF] ^ one[1][(prev >> eight) & 0xFF]
+                    ^ one[2][(prev >> np.uint32(16)) & 0xFF] ^ one[3][prev >> np.uint32(24)])
+    return t, pos.ravel(), shift
 
 
-_CRC_TABLE = _crc_table()
-
-
-def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
-    """The standard CRC32C of `data` (crc32c(b"123456789") == 0xE3069283); `crc` continues an
-    earlier result."""
-    crc ^= 0xFFFFFFFF
-    t = _CRC_TABLE
-    for b in bytes(data):
-        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+def crc32c(data: bytes | bytearray | memoryview) -> int:
+    """The standard CRC32C of `data` (crc32c(b"123456789") == 0xE3069283), at most 64 KiB."""
+    b = np.frombuffer(bytes(data), np.uint8)
+    n = b.size
+    if n > _CHUNK * _MAX_CHUNKS:
+        raise ValueError(f"crc32c of {n} bytes (at most {_CHUNK * _MAX_CHUNKS})")
+    if n < 4:  # too short for the inversion trick; only tests ask
+        t = _crc_tables()[0]
+        crc = 0xFFFFFFFF
+        for x in b.tolist():
+            crc = int(t[(crc ^ x) & 0xFF]) ^ (crc >> 8)
+        return crc ^ 0xFFFFFFFF
+    _t, pos, shift = _crc_tables()
+    k = -(-n // _CHUNK)
+    buf = np.zeros(k * _CHUNK, np.uint8)
+    pad = k * _CHUNK - n
+    buf[pad:] = b
+    buf[pad:pad + 4] ^= 0xFF
+    chunk_crc = np.bitwise_xor.reduce(
+        pos[np.arange(0, _CHUNK * 256, 256) + buf.reshape(k, _CHUNK).astype(np.intp)], axis=1)
+    by = chunk_crc.astype("<u4").view(np.uint8).reshape(k, 4)
+    parts = shift[np.arange(k - 1, -1, -1)[:, None], np.arange(4)[None, :], by]
+    return int(np.bitwise_xor.reduce(parts, axis=None)) ^ 0xFFFFFFFF
 
 
 def metadata_crc(buf: bytes | bytearray | memoryview, off: int) -> int:
     """The CRC32C of a v5 metadata buffer whose checksum field (4 bytes at `off`) counts as
     zero (xfs_start_cksum_safe / xfs_end_cksum)."""
-    b = bytes(buf)
-    return crc32c(b[off + 4:], crc32c(bytes(4), crc32c(b[:off])))
+    b = bytearray(buf)
+    b[off:off + 4] = bytes(4)
+    return crc32c(b)
 
 
 def crc_ok(buf: bytes | bytearray | memoryview, off: int) -> bool:
