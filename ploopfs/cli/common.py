@@ -118,6 +118,15 @@ def print_json(obj: Any, file: Any = None) -> None:
     out.write("\n")
 
 
+def size_str(n: float) -> str:
+    """A byte count as text in binary units: `512 B`, `1.5 MiB`."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
 def warn(lines: Iterable[str]) -> None:
     for w in lines:
         print(f"ploopfs: warning: {w}", file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ploopfs.cli.common import (
     add_allow_outside_paths,
@@ -15,9 +15,13 @@ from ploopfs.cli.common import (
     parse_size,
     print_json,
     progress_bar,
+    size_str,
     warn,
 )
 from ploopfs.errors import UsageError
+
+if TYPE_CHECKING:
+    from ploopfs.services.du import DuReport
 
 # Exit code of du/compact when the filesystem analysis has findings (docs/space.md): the
 # figures are complete, damaged groups were counted as used (compact kept them whole).
@@ -70,7 +74,7 @@ def cmd_du(args: argparse.Namespace) -> int:
         return _run_dedup(args)
     if len(args.sources) != 1:
         raise UsageError("du takes one SOURCE (several only with --dedup)")
-    from ploopfs.services.du import disk_usage, format_du
+    from ploopfs.services.du import disk_usage
 
     with open_disk(args, args.sources[0]) as disk:
         report = disk_usage(disk, args.snapshot, zeros=args.zeros)
@@ -84,7 +88,6 @@ def cmd_du(args: argparse.Namespace) -> int:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     from ploopfs.services.compact import compact, compact_plan
-    from ploopfs.services.du import size_str
 
     with open_disk(args) as disk:
         plan = compact_plan(disk, args.snapshot)
@@ -101,6 +104,69 @@ def cmd_compact(args: argparse.Namespace) -> int:
               f"{report.clusters_unused_dropped} unused and {report.clusters_zero_dropped} zero "
               "clusters dropped", file=sys.stderr)
     return EXIT_FINDINGS if report.findings else 0
+
+
+def format_du(r: DuReport) -> str:
+    """The text report of `ploopfs du` (its --json is r.to_json())."""
+    c = r.cluster_size
+    cl = r.clusters
+
+    def cs(k: int | None) -> str:
+        return "-" if k is None else f"{k} ({size_str(k * c)})"
+
+    lines = [f"source:    {r.source}", f"snapshot:  {r.snapshot}",
+             f"disk:      {size_str(r.disk_size)}, clusters of {size_str(c)}, "
+             f"{cl['mapped']} of {cl['total']} mapped", "", "images (base first):"]
+    for im in r.images:
+        lines.append(f"  [{im['level']}] {im['path']}  {im['kind']}")
+        lines.append(f"      file {size_str(im['file_size'])}, on disk {size_str(im['disk_bytes'])}"
+                     f", sparse holes {size_str(im['hole_bytes'])}")
+        if "referenced_clusters" in im:
+            lines.append(
+                f"      clusters: {im['data_slots']} allocated, {im['referenced_clusters']} "
+                f"referenced, {im['leaked_clusters']} leaked, served {im['served_clusters']}, "
+                f"shadowed above {im['shadowed_clusters']} (kept only for snapshots)")
+            lines.append(f"      preallocated tail {size_str(im['prealloc_tail_bytes'])} "
+                         f"({size_str(im['prealloc_tail_data_bytes'])} on disk)")
+        else:
+            lines.append(f"      raw base, serves {im['served_clusters']} clusters")
+    lines += ["", f"partition table: {r.partition_scheme}"]
+    for fs in r.filesystems:
+        lines.append(f"  {fs['where']}: {fs['kind']}" + (f" {fs['label']!r}" if fs["label"] else "")
+                     + f", {size_str(fs['size_bytes'])}, {fs['block_size']}-byte blocks")
+        if "blocks" not in fs:  # the superblock alone: not analysed, and why
+            lines.append(f"      {fs['note']}")
+            continue
+        b, i = fs["blocks"], fs["inodes"]
+        lines.append(f"      blocks: {b['used']} used, {b['free']} free, {b['available']} "
+                     f"available of {b['total']}; inodes: {i['used']} used, {i['free']} free of "
+                     f"{i['total']}")
+        fc = fs["clusters"]
+        if fc is None:
+            lines.append("      clusters: not analysed (see findings); kept whole by compact")
+            continue
+        lines.append(f"      clusters: {cs(fc['mapped'])} allocated, {cs(fc['used'])} used by "
+                     f"the fs, {cs(fc['wasted'])} wasted (allocated, no used block)")
+        if fc["used_unmapped"]:
+            lines.append(
+                f"      ({cs(fc['used_unmapped'])} of the used are holes in the image: the fs "
+                "counts their blocks as used (its metadata, e.g. inode tables and journal, or "
+                "preallocated blocks) but they were never written, so they read as zeros and "
+                "take no space; this is why used can exceed allocated)")
+    for o in r.others:
+        lines.append(f"  {o['where']}: {o['kind'] or 'unknown'}, {size_str(o['size_bytes'])}: "
+                     f"{o['note']}")
+    lines.append(f"  outside filesystems: {cs(cl['outside_filesystems_mapped'])} allocated")
+    if cl["zero"] is not None:
+        lines.append(f"  all-zero clusters: {cs(cl['zero'])} ({cs(cl['zero_kept'])} of them "
+                     "otherwise kept)")
+    t = r.total
+    lines += ["", f"compact would write about {size_str(t['compact_estimate_bytes'])} "
+                  f"({cl['kept_by_compact']} clusters kept)",
+              f"wasted {size_str(t['wasted_bytes'])} of {size_str(t['disk_bytes'])} "
+              f"({t['wasted_percent']:.1f} %)"]
+    lines += [f"finding: {f}" for f in r.findings]
+    return "\n".join(lines)
 
 
 # -- du --dedup (docs/dedup.md) --------------------------------------------------------------
@@ -148,7 +214,7 @@ def _dedup_options(args: argparse.Namespace):
 
 
 def _run_dedup(args: argparse.Namespace) -> int:
-    from ploopfs.services.dedup import Scanner, format_report, planned_bytes
+    from ploopfs.services.dedup import Scanner, planned_bytes
 
     o = _dedup_options(args)
     show = sys.stderr.isatty() and not getattr(args, "no_progress", False)
@@ -162,5 +228,72 @@ def _run_dedup(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print(format_report(report))
+        print(format_dedup(report))
     return 0
+
+
+def _dedup_size(n: float) -> str:
+    """A byte count as du --dedup has always printed it: whole bytes, at most TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _ratio(x: float | None) -> str:
+    """A ratio as text: 'n/a' when nothing was measured (never a made-up 1.00x)."""
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def format_dedup(r: dict[str, Any]) -> str:
+    """The text report of `ploopfs du --dedup` (its --json is `r` itself)."""
+    from ploopfs.services.dedup import ASHIFT, COMPRESSORS
+
+    t = r["totals"]
+    lines = [f"du --dedup: {len(r['disks'])} disk(s), {_dedup_size(t['virtual_bytes'])} virtual, "
+             f"{_dedup_size(t['read_bytes'])} allocated and read, {_dedup_size(t['unallocated_bytes'])} "
+             f"unallocated (skipped); image files {_dedup_size(t['image_bytes'])}"]
+    for tb in r["block_sizes"]:
+        lines += _dedup_table_lines(tb)
+    c = r["compression"]
+    if c:
+        lines.append(f"compression of a sample: 1 in {c['sample_every']} distinct "
+                     f"{_dedup_size(c['block_size'])} blocks by content hash: "
+                     f"{c['distinct_blocks']} blocks, {_dedup_size(c['distinct_bytes'])}")
+        lines.append("  " + "   ".join(f"{n} {_ratio(c[n]['ratio'])}" for n in COMPRESSORS)
+                     + "  (referenced; after dedup: "
+                     + ", ".join(f"{n} {_ratio(c[n]['ratio_distinct'])}" for n in COMPRESSORS)
+                     + ")")
+        if not c["distinct_blocks"]:
+            lines.append("  (no block was sampled: use a smaller --sample)")
+    cb = r["combined"]
+    if c and c["distinct_blocks"]:
+        lines.append(f"dedup x compress at {_dedup_size(cb['block_size'])} (ZFS allocation, ashift "
+                     f"{ASHIFT}): {_dedup_size(cb['referenced_bytes'])} referenced -> "
+                     + ", ".join(f"{n} {_dedup_size(cb[n]['stored_bytes'])} ({_ratio(cb[n]['ratio'])})"
+                                 for n in COMPRESSORS))
+    return "\n".join(lines)
+
+
+def _dedup_table_lines(tb: dict[str, Any]) -> list[str]:
+    bs = tb["block_size"]
+    approx = "" if tb["mode"] == "exact" else "~"
+    mode = ("exact" if tb["mode"] == "exact" else
+            f"sampled: 1/{round(1 / tb['sample_fraction'])} of distinct hashes kept "
+            f"({tb['kept_entries']} entries), an unbiased estimate of the dedup ratio")
+    lines = [
+        f"{_dedup_size(bs)} blocks ({mode}):",
+        f"  referenced {tb['referenced_blocks']} ({_dedup_size(tb['referenced_bytes'])}), "
+        f"allocated after dedup {approx}{tb['allocated_blocks']} "
+        f"({_dedup_size(tb['allocated_bytes'])}); all-zero {tb['zero_blocks']}, "
+        f"unallocated {tb['unallocated_blocks']} (neither stored)",
+        f"  entries: unique (refcnt 1) {approx}{tb['unique_entries']}, duplicate "
+        f"{approx}{tb['duplicate_entries']} holding {approx}{tb['duplicate_refs']} references;"
+        f" dedup ratio {_ratio(tb['dedup_ratio'])}",
+        f"  {'refcnt':>8} {'entries':>12} {'LSIZE':>10} {'refs':>12} {'ref LSIZE':>10}",
+    ]
+    for h in tb["histogram"]:
+        lines.append(f"  {h['refcnt']:>8} {h['entries']:>12} {_dedup_size(h['entries'] * bs):>10} "
+                     f"{h['refs']:>12} {_dedup_size(h['refs'] * bs):>10}")
+    return lines

@@ -439,65 +439,10 @@ def estimate(sources: Sequence[str], o: DedupOptions,
         return sc.report()
 
 
-# -- text ----------------------------------------------------------------------------------
 def _size(n: float) -> str:
+    """A byte count as text, for the out-of-memory error."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError
-
-
-def _ratio(x: float | None) -> str:
-    """A ratio as text: 'n/a' when nothing was measured (never a made-up 1.00x)."""
-    return "n/a" if x is None else f"{x:.2f}x"
-
-
-def format_report(r: dict[str, Any]) -> str:
-    t = r["totals"]
-    lines = [f"du --dedup: {len(r['disks'])} disk(s), {_size(t['virtual_bytes'])} virtual, "
-             f"{_size(t['read_bytes'])} allocated and read, {_size(t['unallocated_bytes'])} "
-             f"unallocated (skipped); image files {_size(t['image_bytes'])}"]
-    for tb in r["block_sizes"]:
-        lines += _table_lines(tb)
-    c = r["compression"]
-    if c:
-        lines.append(f"compression of a sample: 1 in {c['sample_every']} distinct "
-                     f"{_size(c['block_size'])} blocks by content hash: "
-                     f"{c['distinct_blocks']} blocks, {_size(c['distinct_bytes'])}")
-        lines.append("  " + "   ".join(f"{n} {_ratio(c[n]['ratio'])}" for n in COMPRESSORS)
-                     + "  (referenced; after dedup: "
-                     + ", ".join(f"{n} {_ratio(c[n]['ratio_distinct'])}" for n in COMPRESSORS)
-                     + ")")
-        if not c["distinct_blocks"]:
-            lines.append("  (no block was sampled: use a smaller --sample)")
-    cb = r["combined"]
-    if c and c["distinct_blocks"]:
-        lines.append(f"dedup x compress at {_size(cb['block_size'])} (ZFS allocation, ashift "
-                     f"{ASHIFT}): {_size(cb['referenced_bytes'])} referenced -> "
-                     + ", ".join(f"{n} {_size(cb[n]['stored_bytes'])} ({_ratio(cb[n]['ratio'])})"
-                                 for n in COMPRESSORS))
-    return "\n".join(lines)
-
-
-def _table_lines(tb: dict[str, Any]) -> list[str]:
-    bs = tb["block_size"]
-    approx = "" if tb["mode"] == "exact" else "~"
-    mode = ("exact" if tb["mode"] == "exact" else
-            f"sampled: 1/{round(1 / tb['sample_fraction'])} of distinct hashes kept "
-            f"({tb['kept_entries']} entries), an unbiased estimate of the dedup ratio")
-    lines = [
-        f"{_size(bs)} blocks ({mode}):",
-        f"  referenced {tb['referenced_blocks']} ({_size(tb['referenced_bytes'])}), "
-        f"allocated after dedup {approx}{tb['allocated_blocks']} "
-        f"({_size(tb['allocated_bytes'])}); all-zero {tb['zero_blocks']}, "
-        f"unallocated {tb['unallocated_blocks']} (neither stored)",
-        f"  entries: unique (refcnt 1) {approx}{tb['unique_entries']}, duplicate "
-        f"{approx}{tb['duplicate_entries']} holding {approx}{tb['duplicate_refs']} references;"
-        f" dedup ratio {_ratio(tb['dedup_ratio'])}",
-        f"  {'refcnt':>8} {'entries':>12} {'LSIZE':>10} {'refs':>12} {'ref LSIZE':>10}",
-    ]
-    for h in tb["histogram"]:
-        lines.append(f"  {h['refcnt']:>8} {h['entries']:>12} {_size(h['entries'] * bs):>10} "
-                     f"{h['refs']:>12} {_size(h['refs'] * bs):>10}")
-    return lines

@@ -14,8 +14,9 @@ import os
 import common
 
 with common.atheris.instrument_imports(include=["ploopfs"]):
+    from ploopfs.cli.info import format_info
     from ploopfs.errors import PloopfsError
-    from ploopfs.services.info import disk_info, format_info
+    from ploopfs.services.info import disk_info
     from ploopfs.volume.source import Disk, OpenOptions, open_source
     from ploopfs.volume.volume import Volume
 
