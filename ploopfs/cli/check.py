@@ -1,12 +1,16 @@
 """`ploopfs check`: a read-only diagnosis of a (possibly damaged) disk, exit 0-3 by verdict.
-Engine: ploopfs/services/check.py (docs/check.md)."""
+Engine: ploopfs/services/check.py, whose report --json prints; the text lines are rendered
+here (docs/check.md)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ploopfs.cli.common import add_source_args, print_json
+
+if TYPE_CHECKING:
+    from ploopfs.services.check import CheckReport, Finding
 
 
 def register(sub: Any) -> None:
@@ -31,6 +35,38 @@ def cmd_check(args: argparse.Namespace) -> int:
         print_json(report.to_json())
     else:
         for f in report.findings:
-            print(f.line())
-        print(report.summary_line())
+            print(finding_line(f))
+        print(summary_line(report))
     return report.exit_code
+
+
+# -- text -----------------------------------------------------------------------------------------
+def location(f: Finding) -> str:
+    """Where a finding is: file, byte offset, descriptor element, virtual and physical
+    cluster, as far as known ('-' when nothing is)."""
+    loc = f.file or ""
+    if f.offset is not None:
+        loc += f" at offset {f.offset}"
+    if f.element is not None:
+        loc += f" in <{f.element}>"
+    extra = []
+    if f.vcluster is not None:
+        extra.append(f"virtual cluster {f.vcluster}")
+    if f.pcluster is not None:
+        extra.append(f"physical cluster {f.pcluster}")
+    if extra:
+        loc += f" ({', '.join(extra)})"
+    return loc.strip() or "-"
+
+
+def finding_line(f: Finding) -> str:
+    """`SEVERITY CODE location: message`, one line per finding (docs/check.md)."""
+    return f"{f.severity.name} {f.code} {location(f)}: {f.message}"
+
+
+def summary_line(report: CheckReport) -> str:
+    """The last line: how many findings of each severity, the verdict and the exit code."""
+    c = report.counts()
+    parts = ", ".join(f"{n} {k}" for k, n in c.items() if n)
+    return (f"check: {len(report.findings)} finding(s){' (' + parts + ')' if parts else ''}: "
+            f"{report.verdict} (exit {report.exit_code})")

@@ -122,24 +122,6 @@ class Finding:
     pcluster: int | None = None  # physical cluster in `file`
     element: str | None = None  # DiskDescriptor.xml element
 
-    def location(self) -> str:
-        loc = self.file or ""
-        if self.offset is not None:
-            loc += f" at offset {self.offset}"
-        if self.element is not None:
-            loc += f" in <{self.element}>"
-        extra = []
-        if self.vcluster is not None:
-            extra.append(f"virtual cluster {self.vcluster}")
-        if self.pcluster is not None:
-            extra.append(f"physical cluster {self.pcluster}")
-        if extra:
-            loc += f" ({', '.join(extra)})"
-        return loc.strip() or "-"
-
-    def line(self) -> str:
-        return f"{self.severity.name} {self.code} {self.location()}: {self.message}"
-
     def to_json(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if v is not None}
         d["severity"] = self.severity.name.lower()
@@ -183,12 +165,6 @@ class CheckReport:
         for f in self.findings:
             out[f.severity.name.lower()] += 1
         return out
-
-    def summary_line(self) -> str:
-        c = self.counts()
-        parts = ", ".join(f"{n} {k}" for k, n in c.items() if n)
-        return (f"check: {len(self.findings)} finding(s){' (' + parts + ')' if parts else ''}: "
-                f"{self.verdict} (exit {self.exit_code})")
 
     def to_json(self) -> dict:
         return {"source": self.source, "snapshot": self.snapshot, "deep": self.deep,

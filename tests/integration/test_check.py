@@ -18,6 +18,7 @@ from conftest import REPO, run_cli, sha256_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ploopfs.cli.check import finding_line
 from ploopfs.format.header import TOP_GUID
 from ploopfs.services.check import CODES, Severity, check
 from ploopfs.volume.writer import ImageWriter
@@ -55,7 +56,7 @@ def test_corpus_clean(corpus_case, name: str) -> None:
     case = corpus_case(name)
     rep = check(case)
     want = {"DIRTY"} if name == "v2-dirty-inuse" else set()
-    assert rep.codes() == want, [f.line() for f in rep.findings]
+    assert rep.codes() == want, [finding_line(f) for f in rep.findings]
     assert rep.exit_code == (1 if want else 0)
     # the same through the descriptor file and, for single images, the image itself
     assert check(case / "DiskDescriptor.xml").codes() == want
@@ -117,7 +118,7 @@ def test_variants_exact_codes(corpus_root: Path, tmp_path: Path) -> None:
             if rep.codes() != m.expect or rep.exit_code != m.exit_code:
                 failures.append(f"{name}/{m.name}: expected {sorted(m.expect)} exit {m.exit_code}, "
                                 f"got {sorted(rep.codes())} exit {rep.exit_code}: "
-                                + " | ".join(f.line() for f in rep.findings))
+                                + " | ".join(finding_line(f) for f in rep.findings))
     assert not failures, "\n".join(failures)
     assert {n: _hashes(p) for n, p in srcs.items()} == before, "make_variants modified its input"
     assert seen_names == set(corrupt.VARIANTS), set(corrupt.VARIANTS) - seen_names
@@ -185,7 +186,7 @@ def test_qemu_oracle(corpus_root: Path, tmp_path: Path) -> None:
                     # extension; we exclude extension + CBT clusters (format.md §6.4, §7.1).
                     assert ours.codes() == set()
                     continue
-                assert ours.codes() & want, (name, m.name, ln, [f.line() for f in ours.findings])
+                assert ours.codes() & want, (name, m.name, ln, [finding_line(f) for f in ours.findings])
     assert compared >= 60
 
 

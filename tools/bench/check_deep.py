@@ -36,6 +36,7 @@ from _common import (
 )
 from read_chain import build
 
+from ploopfs.cli.check import summary_line
 from ploopfs.services.check import check
 
 GB = 1e9
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
         rep = check(workdir, deep=True)
         dt = time.perf_counter() - t0
         if rep.exit_code != 0 or [i.allocated for i in rep.images] != info["clusters_written_per_level"]:
-            raise SystemExit(f"check_deep: WRONG RESULT: {rep.summary_line()} "
+            raise SystemExit(f"check_deep: WRONG RESULT: {summary_line(rep)} "
                              f"{[i.allocated for i in rep.images]}")
         return nbytes / dt
 
