@@ -1,12 +1,16 @@
 """`ploopfs restore-descriptor`: rebuild a lost DiskDescriptor.xml from the image files alone.
-Engine: ploopfs/services/restore.py (docs/restore.md)."""
+Engine: ploopfs/services/restore.py, whose result --json prints; the text report is rendered
+here (docs/restore.md)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ploopfs.cli.common import add_cluster_size, print_json, warn
+
+if TYPE_CHECKING:
+    from ploopfs.services.restore import Restored
 
 
 def register(sub: Any) -> None:
@@ -56,9 +60,50 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.json:
         print_json(res.to_json())
     else:
-        print(res.text())
+        print(format_restored(res))
     if res.partial:
-        warn([f"partial: {res.damage_summary()}; see 'could not decide'"])
+        warn([f"partial: {damage_summary(res)}; see 'could not decide'"])
     if res.confidence != "high":
         warn(["low confidence: the evidence does not settle every link; see the [low] lines"])
     return res.exit_code
+
+
+# -- text -----------------------------------------------------------------------------------------
+def format_restored(res: Restored) -> str:
+    """The chain found, each link with its deciding evidence, notes, files ignored or left out,
+    what could not be decided, and the verdict with where the descriptor went."""
+    d = res.descriptor
+    lines = [f"restore-descriptor {res.folder}: "
+             + " -> ".join(im.file for im in d.chain()) + "  (base -> top)"]
+    branches = [im.file for im in d.images if im.file not in {e.file for e in d.chain()}]
+    if branches:
+        lines.append("  off the top chain: " + ", ".join(branches))
+    for L in res.links:
+        lines.append(f"  [{L['confidence']}] {L['text']}")
+    for x in res.decisions:
+        if x.what.startswith("top") or x.what == "disk size":
+            lines.append(f"  [{x.confidence}] {x.text}")
+    for n in res.notes:
+        lines.append(f"  note: {n}")
+    for ig in res.ignored:
+        lines.append(f"  ignored {ig['file']}: {ig['reason']}")
+    for lo in res.left_out:
+        lines.append(f"  left out {lo['file']}: {lo['reason']}")
+    for u in res.undecided:
+        lines.append(f"  could not decide: {u}")
+    verdict = ("high confidence" if res.confidence == "high" else
+               "LOW CONFIDENCE: the evidence is ambiguous; check the links marked [low]")
+    if res.partial:
+        verdict = f"PARTIAL: {damage_summary(res)}; see 'could not decide'; {verdict}"
+    where = (f"written to {res.output}" if res.written else
+             f"not written{' (would be ' + res.output + ')' if res.output else ''}")
+    lines.append(f"result: {verdict}; {where}")
+    return "\n".join(lines)
+
+
+def damage_summary(res: Restored) -> str:
+    """What --salvage had to do without, in one clause."""
+    d = res.damage
+    return (f"rebuilt from what could be read ({d.get('left_out', 0)} image(s) left out, "
+            f"{d.get('inferred', 0)} header(s) inferred, {d.get('bad_bat_entries', 0)} "
+            "unreadable BAT entries)")

@@ -880,41 +880,6 @@ class Restored:
             "undecided": self.undecided,
         }
 
-    def text(self) -> str:
-        d = self.descriptor
-        lines = [f"restore-descriptor {self.folder}: "
-                 + " -> ".join(im.file for im in d.chain()) + "  (base -> top)"]
-        branches = [im.file for im in d.images if im.file not in {e.file for e in d.chain()}]
-        if branches:
-            lines.append("  off the top chain: " + ", ".join(branches))
-        for L in self.links:
-            lines.append(f"  [{L['confidence']}] {L['text']}")
-        for x in self.decisions:
-            if x.what.startswith("top") or x.what == "disk size":
-                lines.append(f"  [{x.confidence}] {x.text}")
-        for n in self.notes:
-            lines.append(f"  note: {n}")
-        for ig in self.ignored:
-            lines.append(f"  ignored {ig['file']}: {ig['reason']}")
-        for lo in self.left_out:
-            lines.append(f"  left out {lo['file']}: {lo['reason']}")
-        for u in self.undecided:
-            lines.append(f"  could not decide: {u}")
-        verdict = ("high confidence" if self.confidence == "high" else
-                   "LOW CONFIDENCE: the evidence is ambiguous; check the links marked [low]")
-        if self.partial:
-            verdict = f"PARTIAL: {self.damage_summary()}; see 'could not decide'; {verdict}"
-        where = (f"written to {self.output}" if self.written else
-                 f"not written{' (would be ' + self.output + ')' if self.output else ''}")
-        lines.append(f"result: {verdict}; {where}")
-        return "\n".join(lines)
-
-    def damage_summary(self) -> str:
-        d = self.damage
-        return (f"rebuilt from what could be read ({d.get('left_out', 0)} image(s) left out, "
-                f"{d.get('inferred', 0)} header(s) inferred, {d.get('bad_bat_entries', 0)} "
-                "unreadable BAT entries)")
-
 
 def restore(folder: str, *, output: str | None = None, sample: int = DEFAULT_SAMPLE,
             cluster_size: int | None = None, write: bool = True,
