@@ -48,6 +48,15 @@ def _old_detect_fs(head: bytes, size: int) -> tuple[str | None, str | None]:
     return None, None
 
 
+@pytest.fixture
+def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry as it was before any analyser but ext's: the plain signatures and ext
+    (other analysers, such as xfs, are tested on their own); restored after the test."""
+    ext = analyser_for("ext4")
+    monkeypatch.setattr(registry, "_probes", sorted([*registry._SIGNATURES, ext],
+                                                    key=lambda p: p.order))
+
+
 _MAGICS = [
     (0, b"LUKS\xba\xbe"), (0x438, b"\x53\xef"), (0, b"XFSB"), (0x10040, b"_BHRfS_M"),
     (3, b"NTFS    "), (0x52, b"FAT32   "), (0x36, b"FAT16"), (0x36, b"FAT12"),
@@ -67,7 +76,7 @@ def _head(rnd: random.Random) -> bytes:
     return bytes(buf)
 
 
-def test_probes_equal_the_old_detect_fs() -> None:
+def test_probes_equal_the_old_detect_fs(clean_registry: None) -> None:
     rnd = random.Random(7)
     seen = set()
     for _ in range(1500):
@@ -94,8 +103,8 @@ def test_builtin_kinds() -> None:
     ext = analyser_for("ext4")
     assert ext is not None and ext is analyser_for("ext2") is analyser_for("ext3")
     assert ext.serves_files and ext.title == "ext2/3/4"
-    assert [a.title for a in analysers()] == ["ext2/3/4"]
-    for kind in ("xfs", "btrfs", "ntfs", "vfat", "swap", "luks", None, "nope"):
+    assert "ext2/3/4" in [a.title for a in analysers()]
+    for kind in ("btrfs", "ntfs", "vfat", "swap", "luks", None, "nope"):
         assert analyser_for(kind) is None  # recognised (or not) but not analysed
     assert [p.order for p in registry.probes()] == sorted(p.order for p in registry.probes())
 
@@ -116,11 +125,6 @@ class FakeFs(Analyser):
         blocks, free = struct.unpack("<II", bytes(read(start + 6, 8)))
         return FsUsage(where, start, "fakefs", block_size=512, blocks_count=blocks,
                        free_blocks=free, available_blocks=free, counted=True, analysed=bitmaps)
-
-
-@pytest.fixture
-def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_probes", registry.probes())
 
 
 def _mbr_disk(*parts: tuple[int, int, bytes]) -> bytes:
