@@ -85,6 +85,11 @@ def add_source_args(p: argparse.ArgumentParser, snapshot: bool = True) -> None:
     if snapshot:
         p.add_argument("-s", "--snapshot", metavar="GUID",
                        help="snapshot to read (default: the top); braces and case do not matter")
+    add_open_options(p)
+
+
+def add_open_options(p: argparse.ArgumentParser) -> None:
+    """--cluster-size and --allow-outside-paths with their usual help: how open_disk opens."""
     add_cluster_size(p)
     add_allow_outside_paths(p)
 

@@ -13,7 +13,6 @@ from typing import Any, BinaryIO
 
 from ploopfs.cli.common import add_force, print_json, progress_bar, warn
 from ploopfs.errors import NotFoundError, OutputError
-from ploopfs.volume import fileio
 
 ReadAt = Callable[[int, int], Any]
 
@@ -112,6 +111,8 @@ def open_input(path: str, snapshot: str | None) -> Iterator[tuple[ReadAt, int]]:
 def open_output(path: str, force: bool) -> Iterator[BinaryIO]:
     """A buffered binary output ('-' = standard output); a partial file of ours is removed if
     writing fails. Opened after the inputs, so that fileio knows every source."""
+    from ploopfs.volume import fileio
+
     if path == "-":
         fileio.check_stdout()
         yield sys.stdout.buffer

@@ -9,8 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ploopfs.cli.common import (
-    add_allow_outside_paths,
-    add_cluster_size,
+    add_open_options,
     open_disk,
     parse_size,
     print_json,
@@ -28,11 +27,6 @@ if TYPE_CHECKING:
 EXIT_FINDINGS = 1
 
 
-def _common_args(p: argparse.ArgumentParser) -> None:
-    add_cluster_size(p)
-    add_allow_outside_paths(p)
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "du", help="how much space a ploop disk uses and wastes",
@@ -47,7 +41,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--zeros", action="store_true",
                    help="also read every allocated cluster to count all-zero ones (reads all data)")
-    _common_args(p)
+    add_open_options(p)
     _dedup_args(p)
     p.set_defaults(func=cmd_du)
 
@@ -65,7 +59,7 @@ def register(sub: Any) -> None:
     p.add_argument("-s", "--snapshot", metavar="GUID", help="snapshot to compact (default: the top)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _common_args(p)
+    add_open_options(p)
     p.set_defaults(func=cmd_compact)
 
 
