@@ -12,9 +12,11 @@ from ploopfs._native import ffi, lib
 # memoryview, mmap, array.array, numpy arrays); collections.abc.Buffer needs Python 3.12.
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
-__all__ = ["Blake3", "Buffer", "MapArrays", "bat_nonzero", "blake2b_lanes", "blake2b_many",
-           "candidate_runs", "count_nonzero_u32", "diff_window", "ffi", "first_nonzero",
-           "is_zero", "lib", "map_merge", "version"]
+__all__ = ["HASH_BLAKE2", "HASH_MD4", "WEAK_RABINKARP", "WEAK_ROLLSUM", "Blake3", "Buffer",
+           "MapArrays", "MatchIndex", "Patcher", "SigWriter", "bat_nonzero", "blake2b_lanes",
+           "blake2b_many", "candidate_runs", "cmd_copy", "cmd_literal", "count_nonzero_u32",
+           "diff_window", "ffi", "first_nonzero", "is_zero", "lib", "map_merge", "rabinkarp",
+           "rollsum", "strong_sum", "version"]
 
 # Block maps and BAT slots live in array.array (numpy is not imported on the way to a read or
 # a diff: it cost every command ~75 ms of its start). Their item sizes, checked once:
@@ -276,3 +278,149 @@ def candidate_runs(a: MapArrays, b: MapArrays, common: int, cluster_size: int
     first.frombytes(ffi.buffer(pf, 8 * k))
     runs.frombytes(ffi.buffer(pr, 8 * k))
     return first, runs
+
+
+# -- the rdiff engine (native/pf_rdiff.h: pf_rollsum, pf_sig, pf_search, pf_emit, pf_patch) ----
+HASH_MD4, HASH_BLAKE2 = lib.PF_HASH_MD4, lib.PF_HASH_BLAKE2  # strong hashes
+WEAK_ROLLSUM, WEAK_RABINKARP = lib.PF_WEAK_ROLLSUM, lib.PF_WEAK_RABINKARP  # weak sums
+
+
+def rollsum(data: Buffer) -> int:
+    """librsync's rollsum of `data` (as a signature stores it)."""
+    mv = _view(data)
+    return int(lib.pf_rollsum(ffi.from_buffer("unsigned char[]", mv), mv.nbytes))
+
+
+def rabinkarp(data: Buffer) -> int:
+    """librsync's RabinKarp sum of `data` (as a signature stores it)."""
+    mv = _view(data)
+    return int(lib.pf_rabinkarp(ffi.from_buffer("unsigned char[]", mv), mv.nbytes))
+
+
+def strong_sum(hash: int, data: Buffer) -> bytes:
+    """The full strong sum of `data`: MD4 (16 bytes) or BLAKE2b-256 (32), by HASH_*."""
+    mv = _view(data)
+    out = ffi.new("unsigned char[]", lib.PF_MAX_STRONG)
+    n = lib.pf_strong(hash, ffi.from_buffer("unsigned char[]", mv), mv.nbytes, out)
+    if n < 0:
+        raise ValueError(f"unknown strong hash {hash}")
+    return bytes(ffi.buffer(out, n))
+
+
+class SigWriter:
+    """Signature records of a basis given chunk by chunk (pf_sig_chunk): 4-byte weak sum +
+    `sum_len` strong bytes per block of `block_len`, hashed on `nthreads` threads without the
+    GIL. Chunks hold whole blocks except the last; at most `max_chunk` bytes each."""
+
+    def __init__(self, hash: int, weak: int, block_len: int, sum_len: int, nthreads: int,
+                 max_chunk: int) -> None:
+        ctx = lib.pf_sigctx_new(hash, weak, block_len, sum_len, nthreads)
+        if ctx == ffi.NULL:
+            raise MemoryError("pf_sigctx_new failed")
+        self._ctx = ffi.gc(ctx, lib.pf_sigctx_free)
+        self._block = block_len
+        self._rec = 4 + sum_len
+        self._out = ffi.new("unsigned char[]", -(-max_chunk // block_len) * self._rec)
+
+    def records(self, data: Buffer) -> memoryview:
+        """The records of `data`'s blocks; valid until the next call."""
+        mv = _view(data)
+        if -(-mv.nbytes // self._block) * self._rec > len(self._out):
+            raise ValueError(f"chunk of {mv.nbytes} bytes is larger than max_chunk")
+        n = lib.pf_sig_chunk(self._ctx, ffi.from_buffer("unsigned char[]", mv), mv.nbytes,
+                             self._out)
+        if n < 0:
+            raise RuntimeError("pf_sig_chunk failed")
+        return memoryview(ffi.buffer(self._out, n))
+
+
+class MatchIndex:
+    """A hash index over a signature's records (pf_index_new, which copies them) and the aligned
+    matcher (pf_match_chunk), hashing on `nthreads` threads without the GIL. ValueError when the
+    records cannot be indexed (too many, or no memory)."""
+
+    def __init__(self, hash: int, weak: int, block_len: int, sum_len: int, records: Buffer,
+                 nthreads: int, max_chunk: int) -> None:
+        mv = _view(records)
+        nrec = mv.nbytes // (4 + sum_len)
+        recs = ffi.from_buffer("unsigned char[]", mv) if nrec else ffi.NULL
+        ix = lib.pf_index_new(hash, weak, block_len, sum_len, recs, nrec, nthreads)
+        if ix == ffi.NULL:
+            raise ValueError(f"pf_index_new refused {nrec} records")
+        self._ix = ffi.gc(ix, lib.pf_index_free)
+        self._block = block_len
+        self._match = ffi.new("int64_t[]", max(1, -(-max_chunk // block_len)))
+        self._view = memoryview(ffi.buffer(self._match)).cast("q")
+
+    def __len__(self) -> int:
+        """Distinct records in the index (duplicates keep the first block)."""
+        return int(lib.pf_index_size(self._ix))
+
+    def match(self, data: Buffer, first_block: int) -> memoryview:
+        """Per block of `data` (new-file blocks first_block, first_block + 1, ...; the last may
+        be short): the index of an equal basis block, the one at the same index first, or -1.
+        A memoryview of int64 valid until the next call; at most `max_chunk` bytes."""
+        mv = _view(data)
+        nb = -(-mv.nbytes // self._block)
+        if nb > len(self._view):
+            raise ValueError(f"chunk of {mv.nbytes} bytes is larger than max_chunk")
+        got = lib.pf_match_chunk(self._ix, ffi.from_buffer("unsigned char[]", mv), mv.nbytes,
+                                 first_block, self._match)
+        if got < 0:
+            raise RuntimeError("pf_match_chunk failed")
+        return self._view[:got]
+
+
+def cmd_copy(start: int, length: int) -> bytes:
+    """The header of a delta's COPY command (minimal-width big-endian parameters); b"" for 0."""
+    out = ffi.new("unsigned char[]", lib.PF_CMD_MAX)
+    return bytes(ffi.buffer(out, lib.pf_cmd_copy(out, start, length)))
+
+
+def cmd_literal(length: int) -> bytes:
+    """The header of a delta's LITERAL command of `length` bytes (which follow it)."""
+    out = ffi.new("unsigned char[]", lib.PF_CMD_MAX)
+    return bytes(ffi.buffer(out, lib.pf_cmd_literal(out, length)))
+
+
+class Patcher:
+    """The streaming patcher (pf_patch): feed a delta after its magic, in pieces of any size;
+    the output goes to `out_fd` from the literals and from `basis_fd` (pread). `sparse`: the
+    output is a regular file, where all-zero runs become holes (finish() sets its length)."""
+
+    MORE, DONE = lib.PF_PATCH_MORE, lib.PF_PATCH_DONE
+
+    def __init__(self, basis_fd: int, out_fd: int, basis_size: int, sparse: bool) -> None:
+        p = lib.pf_patch_new(basis_fd, out_fd, basis_size, int(sparse))
+        if p == ffi.NULL:
+            raise MemoryError("pf_patch_new failed")
+        self._p = ffi.gc(p, lib.pf_patch_free)
+        self._consumed = ffi.new("size_t *")
+
+    def feed(self, data: Buffer) -> tuple[int, int]:
+        """(MORE: all of `data` used, feed more; DONE: END seen; < 0: an error, see error(),
+        and how many bytes of `data` were used)."""
+        mv = _view(data)
+        rc = lib.pf_patch_feed(self._p, ffi.from_buffer("unsigned char[]", mv), mv.nbytes,
+                               self._consumed)
+        return int(rc), int(self._consumed[0])
+
+    def finish(self) -> int:
+        """Set the output's length (holes at the end): 0, or an error (see error())."""
+        return int(lib.pf_patch_finish(self._p))
+
+    def error(self) -> tuple[str, int, int]:
+        """(message, offset of the failing command from the first byte fed, errno)."""
+        off = ffi.new("uint64_t *")
+        err = ffi.new("int *")
+        msg = ffi.string(lib.pf_patch_error(self._p, off, err)).decode()
+        return msg, int(off[0]), int(err[0])
+
+    @property
+    def written(self) -> int:
+        """Output bytes produced (holes included)."""
+        return int(lib.pf_patch_written(self._p))
+
+    @property
+    def commands(self) -> int:
+        return int(lib.pf_patch_commands(self._p))

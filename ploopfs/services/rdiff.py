@@ -1,5 +1,5 @@
-"""rdiff (librsync) drop-in: signatures, aligned deltas and patching, on the C engine in
-native/pf_rdiff.c (formats: docs/rdiff.md).
+"""rdiff (librsync) drop-in: signatures, aligned deltas and patching, on the C engine of
+native/pf_rdiff.h through the wrappers of ploopfs/native.py (formats: docs/rdiff.md).
 
 * `write_signature` writes exactly what `rdiff signature` writes for the same options
   (librsync 2.3.x defaults).
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Literal
 
-from ploopfs._native import ffi, lib
+from ploopfs import native
 from ploopfs.errors import (
     BadDeltaError,
     BadSignatureError,
@@ -48,8 +48,8 @@ MAGICS: dict[tuple[str, str], int] = {
 }
 MAGIC_PARAMS = {v: k for k, v in MAGICS.items()}
 STRONG_MAX = {"md4": 16, "blake2": 32}
-_HASH_ID = {"md4": lib.PF_HASH_MD4, "blake2": lib.PF_HASH_BLAKE2}
-_WEAK_ID = {"rollsum": lib.PF_WEAK_ROLLSUM, "rabinkarp": lib.PF_WEAK_RABINKARP}
+_HASH_ID = {"md4": native.HASH_MD4, "blake2": native.HASH_BLAKE2}
+_WEAK_ID = {"rollsum": native.WEAK_ROLLSUM, "rabinkarp": native.WEAK_RABINKARP}
 
 # Bytes read and hashed per step (rounded down to whole blocks). 16 MiB: with 1 MiB blocks each of
 # two hashing threads gets a full batch of 8 blocks for the 8-lane BLAKE2b (native/pf_b2x.h).
@@ -186,20 +186,12 @@ def write_signature(read_at: ReadAt, size: int, out: BinaryIO, params: SigParams
     parameters (block and sum size after rdiff's defaults)."""
     p = (params or SigParams()).resolved(size)
     _check_block(p.block_size, where)
-    ctx = lib.pf_sigctx_new(_HASH_ID[p.hash], _WEAK_ID[p.rollsum], p.block_size, p.sum_size,
-                            threads or default_threads())
-    if ctx == ffi.NULL:
-        raise MemoryError("pf_sigctx_new failed")
-    ctx = ffi.gc(ctx, lib.pf_sigctx_free)
-    out.write(struct.pack(">III", p.magic, p.block_size, p.sum_size))
     step = _chunk_size(p.block_size)
-    rec = 4 + p.sum_size
-    outbuf = ffi.new("unsigned char[]", (step // p.block_size) * rec)
+    sw = native.SigWriter(_HASH_ID[p.hash], _WEAK_ID[p.rollsum], p.block_size, p.sum_size,
+                          threads or default_threads(), step)
+    out.write(struct.pack(">III", p.magic, p.block_size, p.sum_size))
     for off, data in _chunks(read_at, size, step, where):
-        n = lib.pf_sig_chunk(ctx, ffi.from_buffer(data), len(data), outbuf)
-        if n < 0:
-            raise RuntimeError("pf_sig_chunk failed")
-        out.write(ffi.buffer(outbuf, n))
+        out.write(sw.records(data))
         if progress:
             progress(off + len(data))
     return p
@@ -263,7 +255,6 @@ class DeltaWriter:
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._cmd = ffi.new("unsigned char[]", lib.PF_CMD_MAX)
         self._copy_start = 0
         self._copy_len = 0
         self._lit = bytearray()
@@ -305,8 +296,7 @@ class DeltaWriter:
             self._emit_literal(mv[i:i + LITERAL_MAX])
 
     def _emit_literal(self, data: bytes | bytearray | memoryview) -> None:
-        n = lib.pf_cmd_literal(self._cmd, len(data))
-        self._write(ffi.buffer(self._cmd, n))
+        self._write(native.cmd_literal(len(data)))
         self._write(data)
         self.stats.literal_commands += 1
         self.stats.literal_bytes += len(data)
@@ -318,8 +308,7 @@ class DeltaWriter:
 
     def _flush_copy(self) -> None:
         if self._copy_len:
-            n = lib.pf_cmd_copy(self._cmd, self._copy_start, self._copy_len)
-            self._write(ffi.buffer(self._cmd, n))
+            self._write(native.cmd_copy(self._copy_start, self._copy_len))
             self.stats.copy_commands += 1
             self.stats.copy_bytes += self._copy_len
             self._copy_len = 0
@@ -341,29 +330,24 @@ def delta_from_signature(sig: Signature, read_new: ReadAt, new_size: int, out: B
     `read_new(offset, length)` (aligned matching, see the module docstring)."""
     p = sig.params
     _check_block(p.block_size, sig.name)
-    nthreads = threads or default_threads()
-    recs = ffi.from_buffer(sig.records) if sig.records else ffi.NULL
-    ix = lib.pf_index_new(_HASH_ID[p.hash], _WEAK_ID[p.rollsum], p.block_size, p.sum_size,
-                          recs, sig.nblocks, nthreads)
-    if ix == ffi.NULL:
-        raise UnsupportedError(f"cannot index {sig.nblocks} signature blocks (too many, or out "
-                               "of memory)", sig.name)
-    ix = ffi.gc(ix, lib.pf_index_free)
     bl = p.block_size
     step = _chunk_size(bl)
-    match = ffi.new("int64_t[]", step // bl)
+    try:
+        ix = native.MatchIndex(_HASH_ID[p.hash], _WEAK_ID[p.rollsum], bl, p.sum_size,
+                               sig.records, threads or default_threads(), step)
+    except ValueError:
+        raise UnsupportedError(f"cannot index {sig.nblocks} signature blocks (too many, or out "
+                               "of memory)", sig.name) from None
     w = DeltaWriter(out)
     for off, data in _chunks(read_new, new_size, step, where):
-        nb = lib.pf_match_chunk(ix, ffi.from_buffer(data), len(data), off // bl, match)
-        if nb < 0:
-            raise RuntimeError("pf_match_chunk failed")
-        _emit_chunk(w, memoryview(data).cast("B"), match, nb, bl)
+        match = ix.match(data, off // bl)
+        _emit_chunk(w, memoryview(data).cast("B"), match, len(match), bl)
         if progress:
             progress(off + len(data))
     return w.close()
 
 
-def _emit_chunk(w: DeltaWriter, data: memoryview, match, nb: int, bl: int) -> None:
+def _emit_chunk(w: DeltaWriter, data: memoryview, match: memoryview, nb: int, bl: int) -> None:
     """Commands for one chunk from its per-block matches, one call per run of blocks."""
     k = 0
     while k < nb:
@@ -445,51 +429,46 @@ def _patch_stream(bfd: int, bsize: int, bname: str, f: BinaryIO, dname: str, out
     ok = False
     try:
         sparse = stat.S_ISREG(os.fstat(ofd).st_mode)
-        st = lib.pf_patch_new(bfd, ofd, bsize, int(sparse))
-        if st == ffi.NULL:
-            raise MemoryError("pf_patch_new failed")
-        st = ffi.gc(st, lib.pf_patch_free)
+        st = native.Patcher(bfd, ofd, bsize, sparse)
         fed = _feed(st, f, dname, bname, out_name, progress)
-        if lib.pf_patch_finish(st) != 0:
+        if st.finish() != 0:
             _raise_patch(st, dname, bname, out_name)
         ok = True
-        return PatchStats(int(lib.pf_patch_commands(st)), int(lib.pf_patch_written(st)), 4 + fed)
+        return PatchStats(st.commands, st.written, 4 + fed)
     finally:
         os.close(ofd)
         if not ok and out_name != "-":
             fileio.remove(out_name)
 
 
-def _feed(st, f: BinaryIO, dname: str, bname: str, out_name: str, progress: Progress) -> int:
-    consumed = ffi.new("size_t *")
+def _feed(st: native.Patcher, f: BinaryIO, dname: str, bname: str, out_name: str,
+          progress: Progress) -> int:
     fed = 0
     while True:
         buf = f.read(PATCH_READ)
         if not buf:
             raise BadDeltaError("unexpected end of delta (no END command)", dname,
                                 offset=4 + fed)
-        rc = lib.pf_patch_feed(st, ffi.from_buffer(buf), len(buf), consumed)
-        fed += consumed[0]
-        if rc == lib.PF_PATCH_DONE:
+        rc, consumed = st.feed(buf)
+        fed += consumed
+        if rc == st.DONE:
             return fed
-        if rc != lib.PF_PATCH_MORE:
+        if rc != st.MORE:
             _raise_patch(st, dname, bname, out_name)
         if progress:
-            progress(int(lib.pf_patch_written(st)))
+            progress(st.written)
 
 
-def _raise_patch(st, dname: str, bname: str, out_name: str) -> None:
-    off = ffi.new("uint64_t *")
-    errno_ = ffi.new("int *")
-    msg = ffi.string(lib.pf_patch_error(st, off, errno_)).decode()
+def _raise_patch(st: native.Patcher, dname: str, bname: str, out_name: str) -> None:
+    msg, off, errno_ = st.error()
     code = _patch_errcode(msg)
     if code == "read":
-        raise SourceIOError(f"read failed: {os.strerror(errno_[0])}", bname)
+        raise SourceIOError(f"read failed: {os.strerror(errno_)}", bname)
     if code == "write":
-        if errno_[0] == errno.EPIPE:  # stdout closed early (`| head`): the CLI ends quietly
+        if errno_ == errno.EPIPE:  # stdout closed early (`| head`): the CLI ends quietly
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
-        raise OutputError(f"write failed: {os.strerror(errno_[0])}", out_name)
-    raise BadDeltaError(msg, dname, offset=4 + int(off[0]))
+        raise OutputError(f"write failed: {os.strerror(errno_)}", out_name)
+    raise BadDeltaError(msg, dname, offset=4 + off)
 
 
 def _patch_errcode(msg: str) -> str:

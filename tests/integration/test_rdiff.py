@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from ploopfs._native import ffi, lib
 
+from ploopfs import native
 from ploopfs.errors import BadDeltaError, BadSignatureError, ExitCode
 from ploopfs.services import rdiff as R
 
@@ -564,22 +564,35 @@ def test_native_weak_sums_match_definitions() -> None:
             s1 += b + 31
             s2 += s1
             h = (h * 0x08104225 + b) & 0xFFFFFFFF
-        assert lib.pf_rollsum(data, n) == ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
-        assert lib.pf_rabinkarp(data, n) == h
+        assert native.rollsum(data) == ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+        assert native.rabinkarp(data) == h
 
 
 def test_native_blake2b_256_matches_hashlib() -> None:
     rng = random.Random(2)
-    out = ffi.new("unsigned char[32]")
     for n in (0, 1, 127, 128, 129, 100000):
         data = rnd(rng, n)
-        assert lib.pf_strong(lib.PF_HASH_BLAKE2, data, n, out) == 32
-        assert bytes(out) == hashlib.blake2b(data, digest_size=32).digest()
-        assert bytes(out) != hashlib.blake2b(data).digest()[:32]
+        out = native.strong_sum(native.HASH_BLAKE2, data)
+        assert out == hashlib.blake2b(data, digest_size=32).digest()
+        assert out != hashlib.blake2b(data).digest()[:32]
+    # MD4 (nettle): RFC 1320 §A.5
+    assert native.strong_sum(native.HASH_MD4, b"abc").hex() == "a448017aaf21d8525fc10ae87aa6729d"
+    with pytest.raises(ValueError):
+        native.strong_sum(7, b"abc")
+
+
+def test_native_command_headers() -> None:
+    """Minimal-width big-endian parameters (docs/rdiff.md); nothing for a length of 0."""
+    assert native.cmd_literal(0) == b"" and native.cmd_copy(5, 0) == b""
+    assert native.cmd_literal(64) == b"\x40"
+    assert native.cmd_literal(65) == b"\x41\x41"
+    assert native.cmd_literal(1 << 20) == b"\x43\x00\x10\x00\x00"
+    assert native.cmd_copy(0, 1) == b"\x45\x00\x01"
+    assert native.cmd_copy(1 << 32, 300) == b"\x52" + (1 << 32).to_bytes(8, "big") + b"\x01\x2c"
 
 
 def test_native_match_chunk_from_python() -> None:
-    """Index + match through cffi: same-index first, moved blocks, short tail, misses."""
+    """Index + match through native.py: same-index first, moved blocks, short tail, misses."""
     rng = random.Random(3)
     bl = 4096
     base = rnd(rng, 10 * bl + 100)
@@ -587,14 +600,12 @@ def test_native_match_chunk_from_python() -> None:
     p = R.write_signature(lambda o, n: base[o:o + n], len(base), buf, R.SigParams(block_size=bl))
     sig = R.read_signature(io.BytesIO(buf.getvalue()))
     assert sig.params == p and sig.nblocks == 11
-    ix = lib.pf_index_new(lib.PF_HASH_BLAKE2, lib.PF_WEAK_RABINKARP, bl, 32, sig.records, 11, 2)
-    try:
-        assert lib.pf_index_size(ix) == 11
-        new = base[3 * bl:4 * bl] + base[bl:2 * bl] + rnd(rng, bl) + base[-100:]
-        m = ffi.new("int64_t[]", 4)
-        assert lib.pf_match_chunk(ix, new, len(new), 0, m) == 4
-        assert list(m) == [3, 1, -1, 10]
-    finally:
-        lib.pf_index_free(ix)
+    ix = native.MatchIndex(native.HASH_BLAKE2, native.WEAK_RABINKARP, bl, 32, sig.records, 2,
+                           4 * bl)
+    assert len(ix) == 11
+    new = base[3 * bl:4 * bl] + base[bl:2 * bl] + rnd(rng, bl) + base[-100:]
+    assert list(ix.match(new, 0)) == [3, 1, -1, 10]
+    with pytest.raises(ValueError):
+        ix.match(new + bytes(bl), 0)  # more than max_chunk
 
 
