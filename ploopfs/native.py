@@ -1,10 +1,15 @@
-"""Typed wrappers around the C helpers in ``ploopfs._native`` (built from native/ by cffi)."""
+"""Typed wrappers around the C helpers in ``ploopfs._native`` (built from native/ by cffi).
+
+The only module that touches the cffi handles (``ffi``, ``lib``): everything else calls C
+through the functions and classes here, which take any C-contiguous buffer, check sizes and
+raise instead of returning NULL or -1 (tests/unit/test_native.py checks that no other module
+imports ``ploopfs._native``)."""
 
 from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from ploopfs._native import ffi, lib
 
@@ -12,11 +17,10 @@ from ploopfs._native import ffi, lib
 # memoryview, mmap, array.array, numpy arrays); collections.abc.Buffer needs Python 3.12.
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
-__all__ = ["HASH_BLAKE2", "HASH_MD4", "WEAK_RABINKARP", "WEAK_ROLLSUM", "Blake3", "Buffer",
-           "MapArrays", "MatchIndex", "Patcher", "SigWriter", "bat_nonzero", "blake2b_lanes",
-           "blake2b_many", "candidate_runs", "cmd_copy", "cmd_literal", "count_nonzero_u32",
-           "diff_window", "ffi", "first_nonzero", "is_zero", "lib", "map_merge", "rabinkarp",
-           "rollsum", "strong_sum", "version"]
+__all__ = ["HASH_BLAKE2", "HASH_MD4", "WEAK_RABINKARP", "WEAK_ROLLSUM", "Blake3", "Buffer", "DedupScanner",
+           "DedupTable", "MapArrays", "MatchIndex", "Patcher", "SigWriter", "bat_nonzero", "blake2b_lanes",
+           "blake2b_many", "candidate_runs", "cmd_copy", "cmd_literal", "count_nonzero_u32", "diff_window",
+           "first_nonzero", "is_zero", "map_merge", "rabinkarp", "rollsum", "strong_sum", "version"]
 
 # Block maps and BAT slots live in array.array (numpy is not imported on the way to a read or
 # a diff: it cost every command ~75 ms of its start). Their item sizes, checked once:
@@ -424,3 +428,59 @@ class Patcher:
     @property
     def commands(self) -> int:
         return int(lib.pf_patch_commands(self._p))
+
+
+# -- du --dedup (native/pf_dedup.h) ------------------------------------------------------------
+class DedupTable(NamedTuple):
+    """One block size's reference-count table (pf_ddt) and counters, as the scan left them."""
+
+    shift: int  # sampling bits: 0 = exact, else 1 in 2^shift distinct hashes kept
+    entries: int  # distinct kept hashes
+    refs: int  # sum of their counts
+    peak_bytes: int  # most slot-array bytes held at once
+    hist_entries: list[int]  # [b]: kept hashes whose count c has floor(log2(c)) == b
+    hist_refs: list[int]  # [b]: the sum of their counts
+    blocks: int  # blocks hashed (zero or not)
+    zero: int  # all-zero blocks among them
+
+
+class DedupScanner:
+    """The du --dedup scanner (pf_dedup): XXH3-128 of every small and large block of the chunks
+    fed, counted per block size in tables of bounded memory (sampling past it). feed() may run
+    on several threads at once, without the GIL. ValueError on bad sizes or no memory."""
+
+    def __init__(self, small: int, large: int, small_mem: int, large_mem: int, shift: int,
+                 sample_every: int) -> None:
+        d = lib.pf_dedup_new(small, large, small_mem, large_mem, shift, sample_every)
+        if d == ffi.NULL:
+            raise ValueError("pf_dedup_new refused its arguments (or no memory)")
+        self._d = ffi.gc(d, lib.pf_dedup_free)
+        self.large = large
+
+    def picks_buffer(self, max_bytes: int) -> array:
+        """Room for the compression picks of a chunk of up to `max_bytes` (for feed)."""
+        return array("Q", bytes(8 * 3 * -(-max_bytes // self.large)))
+
+    def feed(self, data: Buffer, picks: array) -> int:
+        """Hash `data` (whole large blocks from a large-block boundary of the disk; the last
+        may be short at its end). The k-th compression sample pick is written to picks[3 k:3 k
+        + 3] as (index of the large block within data, hash lo, hash hi); returns how many.
+        MemoryError when a table cannot grow (or picks is too small)."""
+        mv = _view(data)
+        got = lib.pf_dedup_feed(self._d, ffi.from_buffer("unsigned char[]", mv), mv.nbytes,
+                                ffi.from_buffer("uint64_t[]", picks, require_writable=True),
+                                len(picks) // 3)
+        if got < 0:
+            raise MemoryError("pf_dedup_feed: a hash table could not grow (out of memory)")
+        return int(got)
+
+    def table(self, which: int) -> DedupTable:
+        """which: 0 = small blocks, 1 = large blocks."""
+        t = lib.pf_dedup_table(self._d, which)
+        he = ffi.new("uint64_t[]", lib.PF_DDT_BUCKETS)
+        hr = ffi.new("uint64_t[]", lib.PF_DDT_BUCKETS)
+        lib.pf_ddt_histogram(t, he, hr)
+        return DedupTable(int(lib.pf_ddt_shift(t)), int(lib.pf_ddt_entries(t)),
+                          int(lib.pf_ddt_refs(t)), int(lib.pf_ddt_peak_bytes(t)), list(he),
+                          list(hr), int(lib.pf_dedup_blocks(self._d, which)),
+                          int(lib.pf_dedup_zero(self._d, which)))

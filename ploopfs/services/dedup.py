@@ -27,13 +27,14 @@ import mmap
 import os
 import threading
 import zlib
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ploopfs.errors import UnsupportedError, UsageError
-from ploopfs.native import ffi, lib
+from ploopfs.native import DedupScanner
 from ploopfs.volume.source import OpenOptions, open_source
 from ploopfs.volume.volume import Volume
 
@@ -194,12 +195,12 @@ class Scanner:
         o.check()
         self.o = o
         small_mem = o.memory - o.memory // LARGE_SHARE
-        ctx = lib.pf_dedup_new(o.small, o.large, small_mem, o.memory // LARGE_SHARE, o.shift,
-                               max(o.sample_every, 1))
-        if ctx == ffi.NULL:
-            raise UsageError("du --dedup: cannot set up the hash tables (bad sizes or no memory)")
-        self._ctx = ffi.gc(ctx, lib.pf_dedup_free)
-        self._picks = ffi.new("uint64_t[]", 3 * (CHUNK // o.large))
+        try:
+            self._native = DedupScanner(o.small, o.large, small_mem, o.memory // LARGE_SHARE,
+                                        o.shift, max(o.sample_every, 1))
+        except ValueError:
+            raise UsageError("du --dedup: cannot set up the hash tables (bad sizes or no memory)"
+                             ) from None
         self._comp = _compressors() if o.sample_every else {}
         self._samples: dict[tuple[int, int], _Sample | Future[_Sample]] = {}
         self._backlog: list[Future[_Sample]] = []
@@ -210,11 +211,8 @@ class Scanner:
         self.read_bytes = 0
 
     # -- per chunk (runs on the worker threads) --
-    def _feed(self, view: memoryview, n: int, picks: Any) -> None:
-        buf = ffi.from_buffer("unsigned char[]", view)
-        got = lib.pf_dedup_feed(self._ctx, buf, n, picks, CHUNK // self.o.large)
-        if got < 0:
-            raise MemoryError("du --dedup: the hash table could not grow (out of memory)")
+    def _feed(self, view: memoryview, n: int, picks: array) -> None:
+        got = self._native.feed(view[:n], picks)  # MemoryError when a table cannot grow
         if not self._comp or not got:
             return
         L = self.o.large
@@ -283,7 +281,7 @@ class Scanner:
 
         def worker() -> None:
             buf = memoryview(bytearray(CHUNK))
-            picks = ffi.new("uint64_t[]", 3 * (CHUNK // self.o.large))
+            picks = self._native.picks_buffer(CHUNK)
             while True:
                 with self._lock:
                     nxt = None if state["stop"] else next(chunks, None)
@@ -342,21 +340,17 @@ class Scanner:
 
     def _table(self, which: int) -> dict[str, Any]:
         bs = self.o.large if which else self.o.small
-        t = lib.pf_dedup_table(self._ctx, which)
-        shift = int(lib.pf_ddt_shift(t))
-        entries, refs = int(lib.pf_ddt_entries(t)), int(lib.pf_ddt_refs(t))
-        he = ffi.new("uint64_t[]", lib.PF_DDT_BUCKETS)
-        hr = ffi.new("uint64_t[]", lib.PF_DDT_BUCKETS)
-        lib.pf_ddt_histogram(t, he, hr)
-        hashed = int(lib.pf_dedup_blocks(self._ctx, which))
-        zero = int(lib.pf_dedup_zero(self._ctx, which))
+        t = self._native.table(which)
+        shift, entries, refs = t.shift, t.entries, t.refs
+        he, hr = t.hist_entries, t.hist_refs
+        hashed, zero = t.blocks, t.zero
         total = sum(-(-d["virtual_bytes"] // bs) for d in self.disks)
         referenced = hashed - zero
         # Sampled: every kept figure stands for referenced / refs (~2^shift) of the real ones.
         scale = referenced / refs if refs else 0.0
         unique = int(he[0])  # entries referenced once
         hist = [{"refcnt": 1 << b, "entries": round(he[b] * scale), "refs": round(hr[b] * scale)}
-                for b in range(lib.PF_DDT_BUCKETS) if he[b]]
+                for b in range(len(he)) if he[b]]
         distinct = round(entries * scale)
         return {
             "block_size": bs,
@@ -375,7 +369,7 @@ class Scanner:
             "referenced_bytes": referenced * bs,
             "allocated_bytes": distinct * bs,
             "dedup_ratio": refs / entries if entries else None,  # None: nothing hashed
-            "table_peak_bytes": int(lib.pf_ddt_peak_bytes(t)),
+            "table_peak_bytes": t.peak_bytes,
             "histogram": hist,
         }
 

@@ -343,3 +343,62 @@ def test_bat_nonzero_reads_little_endian_slots() -> None:
     bad = native.bat_nonzero(raw, 1000, 5, 99, v, e)
     assert list(v) == [1001, 1003, 1004, 1005] and list(e) == [7, 0xFFFFFFFF, 3, 100]
     assert bad == 3  # 0xffffffff, 3 (< 5) and 100 (> 99)
+
+
+# -- du --dedup through native.DedupScanner ----------------------------------------------------
+def test_dedup_scanner_counts_blocks_and_picks() -> None:
+    """4 KiB / 16 KiB blocks: a repeated large block, a zero block, a short tail; every
+    non-zero large block picked (sample_every 1), with its index in the chunk."""
+    rng = random.Random(5)
+    a, b = rng.randbytes(16384), rng.randbytes(16384)
+    data = a + bytes(16384) + a + b + b"x" * 100
+    sc = native.DedupScanner(4096, 16384, 1 << 20, 1 << 20, 0, 1)
+    picks = sc.picks_buffer(len(data))
+    assert len(picks) == 3 * 5
+    got = sc.feed(data, picks)
+    assert got == 4 and [picks[3 * k] for k in range(got)] == [0, 2, 3, 4]
+    assert picks[1:3] == picks[4:6] != picks[7:9]  # same content, same hash
+    small, large = sc.table(0), sc.table(1)
+    assert (large.blocks, large.zero, large.entries, large.refs, large.shift) == (5, 1, 3, 4, 0)
+    assert large.hist_entries[0] == 2 and large.hist_entries[1] == 1  # refcount 1, 1, 2
+    assert (small.blocks, small.zero) == (17, 4)
+    with pytest.raises(ValueError):
+        native.DedupScanner(4096, 5000, 1 << 20, 1 << 20, 0, 1)  # small does not divide large
+
+
+# -- every C call goes through native.py; the build lists every part ---------------------------
+def test_only_native_py_imports_the_cffi_module() -> None:
+    """The services call C through native.py's typed wrappers, never ffi/lib directly."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(native.__file__).resolve().parent
+    users = []
+    for p in sorted(pkg.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            mods = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(m == "ploopfs._native" or m.startswith("ploopfs._native.") for m in mods) or (
+                    isinstance(node, ast.ImportFrom) and node.module == "ploopfs"
+                    and any(a.name == "_native" for a in node.names)):
+                users.append(str(p.relative_to(pkg)))
+    assert users == ["native.py"]
+
+
+def test_build_and_makefile_list_every_native_source() -> None:
+    """build_native.py and the Makefile list the same parts, and every one there is."""
+    import re
+    from pathlib import Path
+
+    here = Path(native.__file__).resolve().parents[1] / "native"
+    if not (here / "build_native.py").exists():
+        pytest.skip("no source tree")
+    text = (here / "build_native.py").read_text()
+    names = {m for part in ("HEADER_NAMES", "SOURCE_NAMES")
+             for m in re.findall(r'"([\w.]+)"', text.split(part + " = [", 1)[1].split("]", 1)[0])}
+    mk = (here / "Makefile").read_text().replace("\\\n", " ")
+    make_names = {n for var in ("SRC", "HDR")
+                  for n in re.search(rf"^{var} := (.*)$", mk, re.M).group(1).split()}
+    on_disk = {p.name for p in here.iterdir() if re.fullmatch(r"(pf_\w+|ploopfs_native)\.[chS]", p.name)}
+    assert make_names == on_disk
+    assert names == on_disk - {"pf_rdiff.h"}  # the umbrella header has no CDEF section
