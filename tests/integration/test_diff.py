@@ -30,15 +30,15 @@ from conftest import (
 from ploopfs.errors import ExitCode
 from ploopfs.format.descriptor import ImageEntry, Shot
 from ploopfs.format.header import TOP_GUID
-from ploopfs.services import diff as diff_mod
 from ploopfs.services.diff import (
     DiffOptions,
     RangesSink,
-    _batches,
     candidate_runs,
     open_sides,
     scan,
 )
+from ploopfs.services.diff import engine as diff_engine
+from ploopfs.services.diff.engine import _batches
 from ploopfs.volume.source import OpenOptions, open_source
 from ploopfs.volume.writer import ImageWriter, chain_descriptor, new_guid, write_descriptor
 
@@ -412,8 +412,8 @@ def test_probe_decides_clusters_changed_from_their_start(tmp_path: Path, guard_s
     windows: the rest is asked for only when they are equal). Clusters changed from their start,
     zeroed, changed in their last byte and re-written equal all come out right, and the counts
     say which probes decided."""
-    monkeypatch.setattr(diff_mod, "PROBE", 4096)
-    monkeypatch.setattr(diff_mod, "MMAP_MIN", C)  # windows of one cluster are mapped too
+    monkeypatch.setattr(diff_engine, "PROBE", 4096)
+    monkeypatch.setattr(diff_engine, "MMAP_MIN", C)  # windows of one cluster are mapped too
     guard_sources(tmp_path)
 
     def top_of(base: dict[int, bytes]) -> dict[int, bytes]:
@@ -435,8 +435,8 @@ def test_probing_stops_when_probes_do_not_decide(tmp_path: Path, guard_sources,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Clusters changed only at their end (or equal) defeat the probe: after at most the parts
     already announced, the scan announces whole clusters again, with the same result."""
-    monkeypatch.setattr(diff_mod, "PROBE", 4096)
-    monkeypatch.setattr(diff_mod, "MMAP_MIN", C)
+    monkeypatch.setattr(diff_engine, "PROBE", 4096)
+    monkeypatch.setattr(diff_engine, "MMAP_MIN", C)
     guard_sources(tmp_path)
 
     def top_of(base: dict[int, bytes]) -> dict[int, bytes]:

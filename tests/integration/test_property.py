@@ -233,8 +233,8 @@ def test_random_chain_diffs_match_the_model(case: DiffCase) -> None:
     served from different places are read; windows of one to many clusters, several short runs
     sharing one, read or mapped) reports exactly the clusters whose bytes differ in the model,
     hands the sink NEW's bytes of each, and hashes both whole disks right."""
-    import ploopfs.services.diff as diff_mod
     from ploopfs.services.diff import DiffOptions, RangesSink, scan
+    from ploopfs.services.diff import engine as diff_engine
 
     spec = case.spec
     c = spec.cluster
@@ -250,13 +250,13 @@ def test_random_chain_diffs_match_the_model(case: DiffCase) -> None:
             old = disk.volume(chain.guids[case.old])
             new = disk.volume(chain.guids[case.new])
             sink = RangesSink(c, "sha256")
-            mmap_min = diff_mod.MMAP_MIN
-            diff_mod.MMAP_MIN = c if case.map_small else mmap_min
+            mmap_min = diff_engine.MMAP_MIN
+            diff_engine.MMAP_MIN = c if case.map_small else mmap_min
             try:
                 stats = scan(old, new, sink, DiffOptions(hash=case.hash, mmap=case.mmap,
                                                           chunk=case.chunk_clusters * c))
             finally:
-                diff_mod.MMAP_MIN = mmap_min
+                diff_engine.MMAP_MIN = mmap_min
             sink.flush()
         got = [k for r in sink.ranges for k in range(r["cluster"], r["cluster"] + r["clusters"])]
         assert got == truth
