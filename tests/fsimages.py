@@ -219,7 +219,7 @@ def _gpt(raw: Path, parts: list[Part]) -> None:
     args = []
     for p in parts:
         args += ["-n", f"{p.number}:{p.start // 512}:{(p.start + p.size) // 512 - 1}"]
-    sh("sgdisk", "-q", *args, raw)
+    sh("sgdisk", "-o", *args, raw)  # (-q on an empty disk writes nothing)
 
 
 def _mkfs(dev: str, p: Part) -> None:

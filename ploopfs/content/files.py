@@ -207,6 +207,7 @@ class FileSystem:
         self._dirs = _Lru(256)
         self._xattrs = _Lru(1024)
         self._logged: set[int] = set()
+        self._opening = True  # errors while opening are raised to the caller, not logged
 
     # -- the interface -------------------------------------------------------------------------
     def attr(self, ino: int) -> Attr:
@@ -261,6 +262,9 @@ class FileSystem:
             self._fail(FsError(ino, f"{type(e).__name__}: {e}"))
 
     def _fail(self, e: FsError) -> None:
+        if self._opening:
+            self._attrs.pop(e.ino, None)
+            raise e
         if e.ino not in self._logged:
             self._logged.add(e.ino)
             log.error("%s%s: unreadable inode %d: %s", self.label, f" ({self.kind})",
@@ -379,6 +383,7 @@ class ExtFiles(FileSystem):
         a = self.attr(self.root)
         if not stat.S_ISDIR(a.mode):
             raise FsError(self.root, "the root inode is not a directory")
+        self._opening = False
 
     @property
     def block_count(self) -> int:
@@ -665,6 +670,7 @@ class XfsFiles(FileSystem):
         a = self.attr(self.root)
         if not stat.S_ISDIR(a.mode):
             raise FsError(self.root, "the root inode is not a directory")
+        self._opening = False
 
     def inode_offset(self, ino: int) -> int:
         """Byte offset of inode `ino` in the filesystem."""

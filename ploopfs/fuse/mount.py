@@ -1,5 +1,6 @@
 """Mount lifecycle: option handling, daemonising with a readiness report, signals, readahead,
-the optional fuse2fs file layer (`--files`), and unmounting.
+`--files` (the mount's root is the filesystem inside, served by the same process), and
+unmounting.
 
 Order matters (docs/mount.md): everything that can fail for a user reason (bad source,
 unknown snapshot, bad mountpoint) happens before the fork, so the error reaches the terminal with
@@ -16,13 +17,12 @@ import logging
 import logging.handlers
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,7 +127,7 @@ def check_mountpoint(path: str, opts: MountOptions | None = None) -> str:
     """The real path of a usable mountpoint, else MountError (exit 12). A folder with entries is
     refused, as FUSE 2's fusermount did: the mount would hide them until unmounted, silently.
     `-o nonempty` mounts anyway; libfuse3 rejects that option as unknown, so it is taken out of
-    `opts.fuse_options` here (it never reaches libfuse or fuse2fs)."""
+    `opts.fuse_options` here (it never reaches libfuse)."""
     nonempty = opts is not None and "nonempty" in opts.fuse_options
     if opts is not None:
         opts.fuse_options.discard("nonempty")
@@ -194,7 +194,7 @@ def umount(mountpoint: str, lazy: bool = False, wait: float = 10.0) -> None:
     if r.returncode != 0:
         msg = (r.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
         raise MountError(f"cannot unmount: {msg} (try -z for a lazy unmount)", mountpoint)
-    # Wait for our daemon to finish its own clean-up (the private disk mount of --files).
+    # Wait for our daemon to finish its own clean-up (state and pid files).
     pid = state.get("pid") if state else None
     deadline = time.monotonic() + wait
     while pid and _alive(pid) and time.monotonic() < deadline:
@@ -231,7 +231,7 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
                                            allow_outside_paths=opts.allow_outside_paths,
                                            salvage=opts.salvage))
     tree = MountTree(disk, opts.snapshot)
-    fs_file = _pick_fs_file(tree) if opts.files else None
+    files = _pick_files(tree) if opts.files else None
     for w in disk.warnings:
         print(f"ploopfs: warning: {w}", file=sys.stderr)
     # After the source is open, so fileio refuses any of its files as pid or log file.
@@ -242,7 +242,7 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
 
     if opts.foreground:
         _setup_logging(opts, foreground=True)
-        return _serve(tree, source, target, opts, fs_file, None)
+        return _serve(tree, source, target, opts, files, None)
 
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -258,7 +258,7 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
     try:
         _setup_logging(opts, foreground=False)
         _redirect_stdio()
-        code = _serve(tree, source, target, opts, fs_file, wfd)
+        code = _serve(tree, source, target, opts, files, wfd)
     except PloopfsError as e:
         _report(wfd, f"E{int(e.exit_code)} {e.message()}")
         code = int(e.exit_code)
@@ -334,45 +334,31 @@ def _setup_logging(opts: MountOptions, foreground: bool) -> None:
     root.addHandler(handler)
 
 
-def _pick_fs_file(tree) -> str:
-    """The file fuse2fs should serve: the first partition holding a filesystem whose analyser
-    serves files (content/registry.py: ext2/3/4), else the whole disk if it holds one."""
+def _pick_files(tree):
+    """The filesystem `--files` shows (services/tree.py: the first partition holding an ext2/3/4
+    or XFS filesystem, else the whole disk's), opened now: its superblock and root inode are
+    read before the fork, so a filesystem that cannot be read at all is refused (exit 12)."""
+    from ploopfs.content.files import FsError
     from ploopfs.content.partitions import inspect_disk
-    from ploopfs.content.registry import analyser_for, analysers
 
-    vol = tree.volume
-    table = inspect_disk(vol.read, vol.size)
-    for p in table.partitions:
-        if (an := analyser_for(p.fs)) is not None and an.serves_files:
-            start = min(p.start, vol.size)
-            _check_fs_metadata(tree, an, f"part{p.number}", start, min(p.size, vol.size - start))
-            return f"part{p.number}"
-    if (an := analyser_for(table.whole_disk_fs)) is not None and an.serves_files:
-        _check_fs_metadata(tree, an, "disk", 0, vol.size)
-        return "disk"
-    found = ", ".join(f"part{p.number}: {p.fs or 'unknown'}" for p in table.partitions) or (
-        table.whole_disk_fs or "nothing recognisable")
-    kinds = " or ".join(a.title for a in analysers() if a.serves_files)
-    raise MountError(f"--files needs an {kinds} filesystem; found {found}", tree.disk.source)
-
-
-def _check_fs_metadata(tree, analyser, where: str, start: int, limit: int) -> None:
-    """Refuse (exit 12) a filesystem whose metadata is damaged (for ext: superblock or group
-    descriptors, as the kernel's ext4_check_descriptors would): fuse2fs mounts it anyway and
-    then fails every listing (EIO, ERANGE), a mount that looks fine and serves nothing. The
-    filesystem's analyser reads it (superblock and descriptor table only, no bitmaps) and says
-    which findings make it unreadable (`Analyser.unreadable`)."""
-    fs = analyser.analyse(tree.volume.read, where, start, limit, bitmaps=False)
-    bad = analyser.unreadable(fs, limit)
-    if not bad:
-        return
-    first = bad[0].message.removesuffix("; group counted as used").removesuffix(
-        "; filesystem not analysed")
-    more = f"; {len(bad) - 1} more finding(s)" if len(bad) > 1 else ""
-    raise MountError(
-        f"--files: the {fs.kind} filesystem in {where} has unreadable metadata ({first}{more}): "
-        f"fuse2fs would fail every listing; `ploopfs info` lists the damage, and a mount "
-        f"without --files still serves the raw {where}", tree.disk.source)
+    fm = tree.files_mount()
+    if fm is None:
+        vol = tree.volume
+        table = inspect_disk(vol.read, vol.size)
+        found = ", ".join(f"part{p.number}: {p.fs or 'unknown'}" for p in table.partitions) or (
+            table.whole_disk_fs or "nothing recognisable")
+        raise MountError(f"--files needs an ext2/3/4 or XFS filesystem; found {found}",
+                         tree.disk.source)
+    try:
+        fm.fs  # noqa: B018 - open it here, before the fork
+    except (FsError, Exception) as e:
+        what = e.what if isinstance(e, FsError) else f"{type(e).__name__}: {e}"
+        if isinstance(e, FsError):
+            what = f"inode {e.ino}: {what}"
+        raise MountError(f"--files: the filesystem in {fm.where} has unreadable metadata ({what}); "
+                         f"`ploopfs info` tells more, and a mount without --files still serves "
+                         f"the raw {fm.where}", tree.disk.source) from None
+    return fm
 
 
 class _PathOption(str):
@@ -392,22 +378,22 @@ def fsname_option(source: str) -> str:
 
 
 def _fuse_options(opts: MountOptions, source: str) -> set[str]:
-    o = {"ro", "default_permissions", "subtype=ploopfs", "auto_unmount"}
+    # default_permissions: the kernel checks owners and modes (the container's, under
+    # --files), as it would on any filesystem. nodev, nosuid: a container's device nodes and
+    # set-id files are shown, never used on the host.
+    o = {"ro", "default_permissions", "nodev", "nosuid", "subtype=ploopfs", "auto_unmount"}
     if not any(x.startswith("fsname=") for x in opts.fuse_options):  # -o fsname=… wins
         o.add(fsname_option(source))
     return o | opts.fuse_options
 
 
-def _start_reaper(mountpoint: str, private_dir: str | None, files_target: str | None = None
-                  ) -> None:
+def _start_reaper(mountpoint: str) -> None:
     """Back-up for auto_unmount. fusermount3's watcher (libfuse 3.14) unmounts a killed daemon's
     mount only if open(MOUNTPOINT) then fails with ENOTCONN; when the kill races with a request
     in flight (its own open, or a reader's) the open fails with ECONNABORTED instead and the dead
     mount stays (about 1 SIGKILL in 3 here). This forked watcher waits for the daemon to die
-    (EOF on a pipe only the daemon holds) and lazily unmounts the mount if it is dead. With
-    --files it also makes sure the fuse2fs layer on `files_target` goes: fuse2fs gets SIGTERM
-    when the daemon dies, but one stuck on the dead disk layer can leave its mount behind."""
-    r, _w = os.pipe()  # close-on-exec: fusermount3 and fuse2fs do not inherit the daemon's end
+    (EOF on a pipe only the daemon holds) and lazily unmounts the mount if it is dead."""
+    r, _w = os.pipe()  # close-on-exec: fusermount3 does not inherit the daemon's end
     if os.fork():
         os.close(r)
         return  # `_w` stays open for the daemon's lifetime
@@ -424,27 +410,8 @@ def _start_reaper(mountpoint: str, private_dir: str | None, files_target: str | 
         if _dead_fuse_mount(mountpoint):
             fusermount_u(mountpoint, lazy=True)
             log.warning("server died without unmounting: lazily unmounted %s", mountpoint)
-        if files_target and private_dir:
-            deadline = time.monotonic() + 5
-            while _mount_source(files_target, private_dir) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _mount_source(files_target, private_dir):
-                fusermount_u(files_target, lazy=True)
-                log.warning("file layer outlived its server: lazily unmounted %s", files_target)
-        if private_dir:
-            with contextlib.suppress(OSError):
-                os.rmdir(private_dir)
     finally:
         os._exit(0)
-
-
-def _mount_source(real: str, under: str) -> bool:
-    """Whether `real` is a mountpoint whose source lies under `under` (our fuse2fs layer)."""
-    for f in _mountinfo():
-        if len(f) > 4 and _unescape(f[4]) == real and "-" in f:
-            src = f[f.index("-") + 2] if len(f) > f.index("-") + 2 else ""
-            return _unescape(src).startswith(under + os.sep)
-    return False
 
 
 def _log_fds() -> list[int]:
@@ -487,33 +454,22 @@ def _libfuse_messages() -> Iterator[list[str]]:
             said += tmp.read().decode(errors="replace").strip().splitlines()
 
 
-def _serve(tree, source: str, target: str, opts: MountOptions, fs_file: str | None,
-           wfd: int | None) -> int:
+def _serve(tree, source: str, target: str, opts: MountOptions, files, wfd: int | None) -> int:
     import pyfuse3
     import trio
 
     from ploopfs.fuse.ops import Operations
 
-    disk_mnt = target
-    private_dir = None
-    if fs_file:
-        private_dir = os.path.realpath(tempfile.mkdtemp(prefix="ploopfs-disk-"))
-        disk_mnt = private_dir
-    ops = Operations(tree.root, uid=opts.uid, gid=opts.gid, direct_io=opts.direct_io,
-                     usage=tree.usage)
-    _start_reaper(disk_mnt, private_dir, target if fs_file else None)
+    ops = Operations(files if files is not None else tree.root, uid=opts.uid, gid=opts.gid,
+                     direct_io=opts.direct_io, usage=tree.usage)
+    _start_reaper(target)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     fuse_opts = _fuse_options(opts, source)
-    if fs_file:
-        # the private disk layer is for fuse2fs only
-        fuse_opts -= {"allow_other", "allow_root"}
     try:
         with _libfuse_messages() as said:
-            pyfuse3.init(ops, disk_mnt, fuse_opts)
+            pyfuse3.init(ops, target, fuse_opts)
     except RuntimeError as e:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        if private_dir:
-            os.rmdir(private_dir)
         # libfuse says why on stderr (e.g. "fuse: unknown option(s): `-o foo'"), which is
         # /dev/null in the background; its last line is the useful part of the message.
         why = said[-1].removeprefix("fuse: ") if said else str(e)
@@ -536,14 +492,10 @@ def _serve(tree, source: str, target: str, opts: MountOptions, fs_file: str | No
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 nursery.start_soon(run_fuse)
                 # The mount answers once the loop runs; prove it from a thread.
-                await trio.to_thread.run_sync(os.stat, disk_mnt)
+                await trio.to_thread.run_sync(os.stat, target)
                 # After FUSE_INIT: the kernel sets the BDI readahead while handling INIT.
-                set_readahead(disk_mnt, opts.readahead_kb)
-                proc = None
-                if fs_file:
-                    proc = await _start_fuse2fs(os.path.join(disk_mnt, fs_file), target, opts)
-                    nursery.start_soon(_watch_fuse2fs, proc)
-                _write_state(state, target, disk_mnt if fs_file else None)
+                set_readahead(target, opts.readahead_kb)
+                _write_state(state, target)
                 if opts.pid_fd is not None:
                     os.write(opts.pid_fd, f"{os.getpid()}\n".encode())
                     os.close(opts.pid_fd)
@@ -552,10 +504,6 @@ def _serve(tree, source: str, target: str, opts: MountOptions, fs_file: str | No
                 log.info("mounted %s on %s", tree.disk.source, target)
                 async for signum in signals:
                     log.info("signal %d: unmounting", signum)
-                    if proc is not None and proc.returncode is None:
-                        fusermount_u(target)
-                        with trio.move_on_after(10):
-                            await _wait_process(proc)
                     break
                 pyfuse3.terminate()
 
@@ -564,105 +512,22 @@ def _serve(tree, source: str, target: str, opts: MountOptions, fs_file: str | No
     except BaseException as e:
         log.error("mount loop failed: %s: %s", type(e).__name__, e)
         pyfuse3.close(unmount=True)
-        _cleanup(state, opts, private_dir)
+        _cleanup(state, opts)
         raise
     pyfuse3.close(unmount=True)
-    _cleanup(state, opts, private_dir)
+    _cleanup(state, opts)
     log.info("unmounted %s", target)
     return 0
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """preexec_fn: SIGTERM when the daemon dies (even by SIGKILL), so fuse2fs unmounts
-    MOUNTPOINT instead of serving files of a dead disk layer. libc is resolved before fork."""
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
-
-    def child() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the daemon died before prctl
-            os._exit(1)
-
-    return child
-
-
-async def _start_fuse2fs(image: str, target: str, opts: MountOptions) -> subprocess.Popen[bytes]:
-    import trio
-
-    exe = shutil.which("fuse2fs")
-    if not exe:
-        raise MountError("--files needs fuse2fs (Debian package fuse2fs)", target)
-    # fakeroot lets fuse2fs itself read every file; with allow_other/allow_root other users
-    # see the mount, so the kernel must check the container's owners and modes for them
-    # (default_permissions), or any local user could read root-only files of the container.
-    extra = set(opts.fuse_options)
-    if extra & {"allow_other", "allow_root"}:
-        extra.add("default_permissions")
-    o = ["ro", "norecovery", "fakeroot", *sorted(extra)]
-    # `-o ro` is fuse2fs's own option: it consumes it (no writes in its code) and libfuse never
-    # sees it, so the kernel mount stayed rw (findmnt). libfuse's `-r` reaches the mount as
-    # MS_RDONLY (fusermount3 gets `ro`): the kernel itself refuses writes, and findmnt says ro.
-    # Forked from this (the main) thread, not trio.lowlevel.open_process's worker thread: the
-    # parent-death signal fires when the forking *thread* exits.
-    proc = subprocess.Popen([exe, image, target, "-f", "-r", "-o", ",".join(o)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, preexec_fn=_die_with_parent(os.getpid()))
-    deadline = trio.current_time() + READY_TIMEOUT
-    while not is_mountpoint(target):
-        if proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr is not None else b""
-            msg = (err.decode(errors="replace").strip().splitlines() or ["exited"])[-1]
-            raise MountError(f"fuse2fs failed: {msg}", target)
-        if trio.current_time() > deadline:
-            proc.terminate()
-            raise MountError("fuse2fs did not mount in time", target)
-        await trio.sleep(0.05)
-    return proc
-
-
-async def _wait_process(proc: subprocess.Popen[bytes]) -> int:
-    import trio
-
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except ProcessLookupError:  # already reaped
-        return proc.wait()
-    try:
-        await trio.lowlevel.wait_readable(fd)
-    finally:
-        os.close(fd)
-    return proc.wait()
-
-
-async def _watch_fuse2fs(proc: subprocess.Popen[bytes]) -> None:
-    """When the file layer goes away (umount of the mountpoint), take the disk layer down too."""
-    import pyfuse3
-
-    code = await _wait_process(proc)
-    log.info("fuse2fs exited with %s", code)
-    pyfuse3.terminate()
-
-
-def _write_state(state: Path, target: str, private: str | None) -> None:
+def _write_state(state: Path, target: str) -> None:
     with contextlib.suppress(OSError):
         state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        state.write_text(json.dumps({"pid": os.getpid(), "mountpoint": target,
-                                     "private_mount": private}))
+        state.write_text(json.dumps({"pid": os.getpid(), "mountpoint": target}))
 
 
-def _cleanup(state: Path, opts: MountOptions, private_dir: str | None) -> None:
+def _cleanup(state: Path, opts: MountOptions) -> None:
     with contextlib.suppress(OSError):
         state.unlink()
     if opts.pid_file:
         fileio.remove(opts.pid_file)
-    if private_dir:
-        for _ in range(50):
-            try:
-                os.rmdir(private_dir)
-                break
-            except OSError as e:
-                if e.errno != errno.EBUSY:
-                    break
-                time.sleep(0.1)

@@ -1,4 +1,6 @@
-"""pyfuse3 operations over a services.tree (Dir/File nodes). No format knowledge here.
+"""pyfuse3 operations over a services.tree (Dir/File nodes), and over the filesystems inside
+(FsMount nodes: content/files.py's FileSystem, whose inode numbers map to FUSE inodes stably per
+(filesystem, inode), so hard links share one). No format knowledge here.
 
 Reads are served inline (no threads: docs/mount.md measured a thread hop per request halving
 throughput); every handler turns unexpected exceptions into EIO plus a log line, so a bug never
@@ -16,11 +18,24 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from ploopfs.services.tree import Dir, File, LiveFile
+from ploopfs.content.files import FileSystem, FsError, OpenFile
+from ploopfs.services.tree import Dir, File, FsMount, LiveFile
 
 log = logging.getLogger("ploopfs.fuse")
 T = TypeVar("T")
 TIMEOUT = 24 * 3600.0  # nothing changes under a read-only image: cache attributes for long
+
+
+class FsRef:
+    """One inode of a filesystem inside the disk."""
+
+    __slots__ = ("fs", "ino")
+
+    def __init__(self, fs: FileSystem, ino: int) -> None:
+        self.fs, self.ino = fs, ino
+
+
+Node = File | Dir | FsMount | FsRef
 
 
 def guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -30,6 +45,8 @@ def guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
+        except FsError:  # a damaged inode: EIO for this path; files.py logged it once
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception as e:  # any error of ours: EIO for this request, the mount lives on
             log.error("%s failed: %s: %s", fn.__name__, type(e).__name__, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -38,19 +55,37 @@ def guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
 
 class Operations(pyfuse3.Operations):
-    def __init__(self, root: Dir, *, uid: int, gid: int, direct_io: bool = False,
+    def __init__(self, root: Dir | FsMount, *, uid: int, gid: int, direct_io: bool = False,
                  usage: Callable[[], tuple[int, int]] | None = None) -> None:
-        """`usage`: (size, stored bytes) of the mounted disk, for statfs (df)."""
+        """`usage`: (size, stored bytes) of the mounted disk, for statfs (df). `root`: the
+        tree, or (`--files`) the filesystem whose root is the mount's root."""
         super().__init__()
         self.uid, self.gid, self.direct_io = uid, gid, direct_io
         self.usage = usage
-        self._nodes: dict[int, File | Dir] = {pyfuse3.ROOT_INODE: root}
-        self._inodes: dict[int, int] = {id(root): pyfuse3.ROOT_INODE}
+        self._nodes: dict[int, Node] = {}
+        self._inodes: dict[int, int] = {}
+        self._fs_inodes: dict[tuple[int, int], int] = {}  # (id(fs), ino) -> FUSE inode
         self._parents: dict[int, int] = {pyfuse3.ROOT_INODE: pyfuse3.ROOT_INODE}
-        self._next = pyfuse3.ROOT_INODE + 1
+        self._open: dict[int, OpenFile] = {}
+        self._next_fh = 1
+        self._next = pyfuse3.ROOT_INODE
+        if isinstance(root, FsMount):
+            fs = root.fs
+            self._fs_inode(fs, fs.root, pyfuse3.ROOT_INODE)
+        else:
+            self._inode(root, pyfuse3.ROOT_INODE)
 
     # -- inode table -------------------------------------------------------------------------
-    def _inode(self, node: File | Dir, parent: int) -> int:
+    def _inode(self, node: Node, parent: int) -> int:
+        if isinstance(node, FsMount):
+            try:
+                fs = node.fs
+            except Exception as e:  # shown as an empty folder; the error is logged once
+                if not getattr(node, "_logged", False):
+                    node._logged = True  # type: ignore[attr-defined]
+                    log.error("%s: cannot read the filesystem: %s", node.where, e)
+            else:
+                return self._fs_inode(fs, fs.root, parent)
         ino = self._inodes.get(id(node))
         if ino is None:
             ino = self._next
@@ -60,7 +95,18 @@ class Operations(pyfuse3.Operations):
             self._parents[ino] = parent
         return ino
 
-    def _node(self, inode: int) -> File | Dir:
+    def _fs_inode(self, fs: FileSystem, fs_ino: int, parent: int) -> int:
+        key = (id(fs), fs_ino)
+        ino = self._fs_inodes.get(key)
+        if ino is None:
+            ino = self._next
+            self._next += 1
+            self._nodes[ino] = FsRef(fs, fs_ino)
+            self._fs_inodes[key] = ino
+            self._parents[ino] = parent
+        return ino
+
+    def _node(self, inode: int) -> Node:
         try:
             return self._nodes[inode]
         except KeyError:
@@ -73,7 +119,16 @@ class Operations(pyfuse3.Operations):
         a.generation = 0
         a.entry_timeout = TIMEOUT
         a.attr_timeout = TIMEOUT
-        if isinstance(node, Dir):
+        if isinstance(node, FsRef):
+            f = node.fs.attr(node.ino)
+            a.st_mode, a.st_nlink, a.st_uid, a.st_gid = f.mode, f.nlink, f.uid, f.gid
+            a.st_rdev, a.st_size, a.st_blocks = f.rdev, f.size, f.blocks
+            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = f.atime_ns, f.mtime_ns, f.ctime_ns
+            a.st_blksize = 1 << 20
+            return a
+        if isinstance(node, FsMount):  # a filesystem that cannot be read: an empty folder
+            a.st_mode, a.st_nlink, a.st_size = stat.S_IFDIR | 0o555, 2, 0
+        elif isinstance(node, Dir):
             a.st_mode = stat.S_IFDIR | 0o555
             a.st_nlink = 2 + sum(isinstance(c, Dir) for c in node.children.values())
             a.st_size = 0
@@ -97,13 +152,22 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
+        if name == b".":
+            return self._attr(parent_inode)
+        if name == b"..":
+            return self._attr(self._parents[parent_inode])
+        if isinstance(parent, FsRef):
+            if not stat.S_ISDIR(parent.fs.attr(parent.ino).mode):
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            fs_ino = parent.fs.lookup(parent.ino, name)
+            if fs_ino is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._attr(self._fs_inode(parent.fs, fs_ino, parent_inode))
+        if isinstance(parent, FsMount):
+            raise pyfuse3.FUSEError(errno.EIO)
         if not isinstance(parent, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         n = os.fsdecode(name)
-        if n == ".":
-            return self._attr(parent_inode)
-        if n == "..":
-            return self._attr(self._parents[parent_inode])
         child = parent.children.get(n)
         if child is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -115,13 +179,23 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if not isinstance(self._node(inode), Dir):
+        node = self._node(inode)
+        if isinstance(node, FsRef):
+            if not stat.S_ISDIR(node.fs.attr(node.ino).mode):
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            node.fs.entries(node.ino)  # an unreadable directory fails here, with EIO
+        elif isinstance(node, FsMount):
+            raise pyfuse3.FUSEError(errno.EIO)
+        elif not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
     @guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         node = self._node(fh)
+        if isinstance(node, FsRef):
+            self._readdir_fs(fh, node, start_id, token)
+            return
         assert isinstance(node, Dir)
         children = list(node.children.values())
         for i in range(start_id, len(children)):
@@ -130,16 +204,50 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, os.fsencode(child.name), self._attr(ino), i + 1):
                 break
 
+    def _readdir_fs(self, fh: int, node: FsRef, start_id: int,
+                    token: pyfuse3.ReaddirToken) -> None:
+        fs = node.fs
+        entries = list(fs.entries(node.ino).items())  # cached by the filesystem
+        for i in range(start_id, len(entries)):
+            name, fs_ino = entries[i]
+            ino = self._fs_inode(fs, fs_ino, fh)
+            try:
+                attr = self._attr(ino)
+            except FsError:  # listed, but not cached: a stat of it then fails with EIO
+                attr = pyfuse3.EntryAttributes()
+                attr.st_ino, attr.st_mode = ino, stat.S_IFREG
+                attr.entry_timeout = attr.attr_timeout = 0
+            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+                break
+
     async def releasedir(self, fh: int) -> None:
         return None
 
     @guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        if not isinstance(node, FsRef) or not stat.S_ISLNK(node.fs.attr(node.ino).mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.fs.readlink(node.ino)
+
+    @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
-        if isinstance(node, Dir):
+        if isinstance(node, Dir | FsMount):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
+        if isinstance(node, FsRef):  # the extent map is built once per open file
+            mode = node.fs.attr(node.ino).mode
+            if stat.S_ISDIR(mode):
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if not stat.S_ISREG(mode):  # the kernel opens devices and FIFOs itself
+                raise pyfuse3.FUSEError(errno.EACCES)
+            fh = self._next_fh | 1 << 62  # apart from tree inodes, which are their own fh
+            self._next_fh += 1
+            self._open[fh] = node.fs.open(node.ino)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=not self.direct_io,
+                                    direct_io=self.direct_io)
         # keep_cache: the data never changes, so the page cache survives re-opens.
         if isinstance(node, LiveFile):
             return pyfuse3.FileInfo(fh=inode, keep_cache=False, direct_io=True)
@@ -147,12 +255,15 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
+        f = self._open.get(fh)
+        if f is not None:
+            return f.read(off, size)
         node = self._nodes[fh]
         assert isinstance(node, File)
         return node.read(off, size)
 
     async def release(self, fh: int) -> None:
-        return None
+        self._open.pop(fh, None)
 
     async def flush(self, fh: int) -> None:
         return None
@@ -173,13 +284,21 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        self._node(inode)
+        node = self._node(inode)
+        if isinstance(node, FsRef) and (ctx.uid == 0 or not name.startswith(b"trusted.")):
+            value = node.fs.xattrs(node.ino).get(name)
+            if value is not None:
+                return value
         raise pyfuse3.FUSEError(errno.ENODATA)
 
     @guarded
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        self._node(inode)
-        return []
+        """As the kernel lists them: trusted.* only to root (CAP_SYS_ADMIN)."""
+        node = self._node(inode)
+        if not isinstance(node, FsRef):
+            return []
+        return [n for n in node.fs.xattrs(node.ino)
+                if ctx.uid == 0 or not n.startswith(b"trusted.")]
 
     @guarded
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:

@@ -2,13 +2,17 @@
 
     disk                      raw virtual disk of the selected snapshot (default: top)
     part1 … partN             its partitions (GPT or MBR), raw
+    files/ (files-partN/)     the files of the ext2/3/4 or XFS filesystem inside (one per
+                              partition holding one; `files` alone when there is one)
     snapshots/<guid>/disk     every snapshot of the descriptor (guid lowercase, no braces)
     snapshots/<guid>/partN
+    snapshots/<guid>/files/   (files-partN/) the files of that snapshot
     info.json                 what `ploopfs info --json` prints
     bad-clusters.json         salvage mounts only: damaged ranges known so far (docs/salvage.md)
 
-Front ends see only Dir and File nodes with sizes, mtimes, `read(offset, size)` and the bytes
-the images store for them (`stored`)."""
+Front ends see Dir and File nodes with sizes, mtimes, `read(offset, size)` and the bytes
+the images store for them (`stored`), and FsMount nodes: where a filesystem's own tree
+(content/files.py, opened on first use) takes over."""
 
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from ploopfs.content.files import FileSystem, open_filesystem
 from ploopfs.content.partitions import inspect_disk
+from ploopfs.content.view import partition_view
 from ploopfs.format.descriptor import bare_guid
 from ploopfs.services.info import disk_info
 from ploopfs.volume.blockmap import ZERO_LEVEL
@@ -69,16 +75,57 @@ class LiveFile(File):
 class Dir:
     name: str
     mtime_ns: int
-    _loader: Callable[[], list[File | Dir]] | None = None
-    _children: dict[str, File | Dir] | None = field(default=None)
+    _loader: Callable[[], list[File | Dir | FsMount]] | None = None
+    _children: dict[str, File | Dir | FsMount] | None = field(default=None)
 
     @property
-    def children(self) -> dict[str, File | Dir]:
+    def children(self) -> dict[str, File | Dir | FsMount]:
         """Built on first use: snapshot folders build their block maps only when visited."""
         if self._children is None:
             loaded = self._loader() if self._loader else []
             self._children = {c.name: c for c in loaded}
         return self._children
+
+
+# Filesystems whose files content/files.py serves.
+FILE_KINDS = frozenset({"ext2", "ext3", "ext4", "xfs"})
+
+
+class FsMount:
+    """A folder whose contents are a filesystem's files: `fs` opens it on first use (its
+    superblock and root inode only) and keeps it; a failure is kept too, and raised again."""
+
+    def __init__(self, name: str, mtime_ns: int, opener: Callable[[], FileSystem | None],
+                 where: str) -> None:
+        self.name, self.mtime_ns, self.where = name, mtime_ns, where
+        self._opener = opener
+        self._fs: FileSystem | None = None
+        self._error: Exception | None = None
+
+    @property
+    def fs(self) -> FileSystem:
+        if self._fs is None:
+            if self._error is not None:
+                raise self._error
+            try:
+                fs = self._opener()
+                if fs is None:
+                    raise OSError(errno.EIO, f"{self.where}: no ext2/3/4 or XFS filesystem")
+            except Exception as e:
+                self._error = e
+                raise
+            self._fs = fs
+        return self._fs
+
+
+def _files_opener(vol: Volume, start: int, size: int, label: str
+                  ) -> Callable[[], FileSystem | None]:
+    def opener() -> FileSystem | None:
+        return open_filesystem(partition_view(vol, start, size),
+                               lambda o, n: vol.read(start + o, n),
+                               lambda v, o: vol.readinto(v, start + o), size, label)
+
+    return opener
 
 
 def _range_reader(vol: Volume, start: int, size: int) -> Callable[[int, int], bytes | bytearray]:
@@ -143,16 +190,26 @@ def _in_extents(vol: Volume, start: int, end: int, *, zeroed: bool) -> int:
     return total
 
 
-def volume_files(vol: Volume, mtime_ns: int) -> list[File | Dir]:
-    """`disk` and `partN` of one volume."""
-    files: list[File | Dir] = [File("disk", vol.size, mtime_ns, vol.read,
-                                    lambda: stored_bytes(vol, 0, vol.size))]
+def volume_files(vol: Volume, mtime_ns: int, label: str = "") -> list[File | Dir | FsMount]:
+    """`disk` and `partN` of one volume, and `files`/`files-partN` for each partition (or the
+    whole disk) holding a filesystem whose files are served (FILE_KINDS)."""
+    files: list[File | Dir | FsMount] = [File("disk", vol.size, mtime_ns, vol.read,
+                                              lambda: stored_bytes(vol, 0, vol.size))]
     table = inspect_disk(vol.read, vol.size)
+    mounts: list[tuple[str, int, int]] = []
     for p in table.partitions:
         start = min(p.start, vol.size)
         size = max(0, min(p.size, vol.size - start))
         files.append(File(f"part{p.number}", size, mtime_ns, _range_reader(vol, start, size),
                           lambda a=start, b=start + size: stored_bytes(vol, a, b)))
+        if p.fs in FILE_KINDS and size and not p.outside:
+            mounts.append((f"part{p.number}", start, size))
+    if not table.partitions and table.whole_disk_fs in FILE_KINDS:
+        mounts.append(("disk", 0, vol.size))
+    for where, start, size in mounts:
+        name = "files" if len(mounts) == 1 else f"files-{where}"
+        files.append(FsMount(name, mtime_ns, _files_opener(vol, start, size,
+                                                           f"{label}{where}"), where))
     return files
 
 
@@ -168,8 +225,10 @@ class MountTree:
         paths = list(disk.paths.values())
         self.mtime_ns = max((os.stat(p).st_mtime_ns for p in paths), default=0)
         info = json.dumps(disk_info(disk, snapshot), indent=2, default=str).encode() + b"\n"
-        top_files = volume_files(self.volume, self._chain_mtime(snapshot))
+        top_files = volume_files(self.volume, self._chain_mtime(snapshot),
+                                 f"snapshot {bare_guid(self.volume_guid)}: ")
         self.disk_file = top_files[0]
+        self._top_volume_files = list(top_files)  # shared with snapshots/<top guid>/
         top_files.append(File("info.json", len(info), self.mtime_ns, _bytes_reader(info)))
         top_files.append(Dir("snapshots", self.mtime_ns, self._snapshot_dirs))
         if disk.salvage_log is not None:
@@ -177,6 +236,11 @@ class MountTree:
             top_files.append(LiveFile("bad-clusters.json", self.mtime_ns, lambda: json.dumps(
                 log.summary(), indent=2).encode() + b"\n"))
         self.root = Dir("", self.mtime_ns, lambda: top_files)
+
+    def files_mount(self) -> FsMount | None:
+        """The files of the mounted snapshot that `--files` shows: the first partition's
+        filesystem, else the whole disk's."""
+        return next((c for c in self.root.children.values() if isinstance(c, FsMount)), None)
 
     def usage(self) -> tuple[int, int]:
         """(size, stored bytes) of the mounted snapshot's `disk`: what statfs reports."""
@@ -189,14 +253,16 @@ class MountTree:
         return max(os.stat(self.disk.paths[e.guid]).st_mtime_ns
                    for e in self.disk.chain(snapshot))
 
-    def _snapshot_dirs(self) -> list[File | Dir]:
-        out: list[File | Dir] = []
+    def _snapshot_dirs(self) -> list[File | Dir | FsMount]:
+        out: list[File | Dir | FsMount] = []
         for im in self.disk.descriptor.images:
             guid = im.guid
 
-            def load(guid: str = guid) -> list[File | Dir]:
-                vol = self.volume if guid == self.volume_guid else self.disk.volume(guid)
-                return volume_files(vol, self._chain_mtime(guid))
+            def load(guid: str = guid) -> list[File | Dir | FsMount]:
+                if guid == self.volume_guid:  # the same nodes: one FileSystem, one cache
+                    return list(self._top_volume_files)
+                vol = self.disk.volume(guid)
+                return volume_files(vol, self._chain_mtime(guid), f"snapshot {bare_guid(guid)}: ")
 
             out.append(Dir(bare_guid(guid), self._chain_mtime(guid), load))
         return out

@@ -6,8 +6,8 @@ protect users.
   exactly this). Where /dev/fuse lets ordinary users mount, nobody also mounts the disk, reads
   it and unmounts it.
 * A non-empty mountpoint is refused (its files would be hidden); `-o nonempty` mounts anyway.
-* `--files -o allow_other` keeps the container's owners and modes for other users
-  (fuse2fs runs with `fakeroot`, so the kernel must check them: `default_permissions`).
+* `--files -o allow_other` keeps the container's owners and modes for other users (the daemon
+  reads every file itself, so the kernel must check them: `default_permissions`, always on).
 
 Sources are hashed before and after every test (guard_sources / corpus_case). Mounts are made
 and always torn down by tests/mounting.py's Mounter.
@@ -15,6 +15,7 @@ and always torn down by tests/mounting.py's Mounter.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
@@ -302,7 +303,6 @@ def _read_as_nobody(mnt: Path, rel: str) -> subprocess.CompletedProcess[bytes]:
 
 @needs_root
 @needs_fuse
-@pytest.mark.skipif(shutil.which("fuse2fs") is None, reason="needs fuse2fs")
 def test_files_allow_other_keeps_container_permissions(mounter: Mounter, tmp_path: Path,
                                                        guard_sources: Guard) -> None:
     disk = _ext4_ploop_disk(tmp_path / "build")
@@ -323,5 +323,10 @@ def test_files_allow_other_keeps_container_permissions(mounter: Mounter, tmp_pat
     entry = mount_entry(m.mountpoint)  # the kernel checks them: default_permissions
     assert entry is not None and entry.fstype.startswith("fuse."), entry
     assert "allow_other" in entry.options and "default_permissions" in entry.options, entry
+    for change in (lambda: os.chmod(m / "public.txt", 0o666), lambda: os.chown(m / "secret.txt", 1, 1),
+                   lambda: (m / "public.txt").write_text("x")):
+        with pytest.raises(OSError) as exc:
+            change()
+        assert exc.value.errno == errno.EROFS
     assert mounter.umount(m).returncode == 0
     assert not is_mounted(m.mountpoint)
