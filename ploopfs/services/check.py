@@ -107,6 +107,7 @@ CODES: dict[str, Severity] = {
     "DEEP_IO_ERROR": Severity.DAMAGED,
     "DEEP_HOLE": Severity.INFO,
     "DEEP_SHADOW": Severity.INFO,
+    "DEEP_FILESYSTEM": Severity.WARNING,
     **{code: sev for code, (sev, _error) in DESCRIPTOR_PROBLEMS.items()},
 }
 
@@ -737,6 +738,7 @@ def _after_chain(r: _Report, levels: list[_Scanned], d: Descriptor | None, deep:
     _check_partitions(r, reader, size, levels[-1].path)
     if deep:
         _deep(r, levels, c)
+        _deep_filesystems(r, reader, size, c, levels[-1].path)
 
 
 def _check_partitions(r: _Report, reader: _LenientReader, size: int, where: str) -> None:
@@ -782,6 +784,25 @@ def _deep(r: _Report, levels: list[_Scanned], c: int) -> None:
         _aggregate(r, "DEEP_SHADOW", sc, c, np.array(sorted(shadows), np.int64),
                    "cluster(s) identical to what the level below serves (copy-on-write copies "
                    "that changed nothing)")
+
+
+def _deep_filesystems(r: _Report, reader: _LenientReader, size: int, c: int, where: str) -> None:
+    """Every filesystem the registry analyses (content/registry.py), read in full as du reads
+    it (superblock, group descriptors or AG headers, bitmaps or free-space trees): each of its
+    findings (damaged or unreadable metadata, which du and compact keep whole) is one
+    DEEP_FILESYSTEM finding, its line naming the partition and the analyser's own code."""
+    from ploopfs.content.usage import analyse_disk
+
+    try:
+        dfs = analyse_disk(reader.read, size, bitmaps=True, cluster_size=c)
+    except (ValueError, IndexError, UnicodeError, OSError, MemoryError) as e:
+        r.add("DEEP_FILESYSTEM", f"filesystems not analysed: {type(e).__name__}: {e}",
+              file=where + " (virtual disk)")
+        return
+    for fs in dfs.filesystems:
+        for f in fs.findings:
+            r.add("DEEP_FILESYSTEM", f"{fs.kind} filesystem in {f.line()}",
+                  file=where + " (virtual disk)", offset=fs.start)
 
 
 def _aggregate(r: _Report, code: str, sc: _Scanned, c: int, idx: np.ndarray, what: str) -> None:
