@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # Modules registering the built-in analysers, imported on the first lookup (so that importing
 # the registry costs nothing, and an analyser's own imports are paid only when a disk is read).
-BUILTIN = ("ploopfs.content.ext",)
+BUILTIN = ("ploopfs.content.ext", "ploopfs.content.xfs")
 PROBE_BYTES = 0x11000  # the head of a filesystem read once and shared by every probe
 LUKS_MAGIC = b"LUKS\xba\xbe"
 
