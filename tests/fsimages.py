@@ -177,20 +177,26 @@ def populate(root: Path, seed: int, many: int = 2000) -> None:
 
 
 def change(root: Path, seed: int) -> None:
-    """What a later snapshot changes: removed, rewritten, added, re-linked, re-attributed."""
+    """What a later snapshot changes: removed, rewritten, added, re-linked, re-attributed (each
+    round its own changes; what an earlier round already did is left alone)."""
     rnd = Random(seed)
-    os.unlink(root / "dir" / "size-65539")
-    shutil.rmtree(root / "dir" / "sub" / "deep")
+    gone = (FileNotFoundError, FileExistsError, OSError)
+    with contextlib.suppress(*gone):
+        os.unlink(root / "dir" / "size-65539")
+    shutil.rmtree(root / "dir" / "sub" / "deep", ignore_errors=True)
     (root / "dir" / "size-4096").write_bytes(rnd.randbytes(4096))
-    (root / "added").write_bytes(rnd.randbytes(300000))
-    os.unlink(root / "dir" / "linked-2")
-    os.link(root / "owned", root / "owned-link")
-    os.chmod(root / "secret", 0o640)
-    os.setxattr(root / "xattrs", "user.small", b"changed")
-    os.removexattr(root / "xattrs", "user.big")
-    for i in range(0, 200, 3):
-        os.unlink(next((root / "many").glob(f"entry-{i:05d}-*")))
-    os.utime(root / "linked", ns=(TIMES_NS[3], TIMES_NS[2]))
+    (root / f"added-{seed}").write_bytes(rnd.randbytes(300000))
+    with contextlib.suppress(*gone):
+        os.unlink(root / "dir" / "linked-2")
+    with contextlib.suppress(*gone):
+        os.link(root / "owned", root / "owned-link")
+    os.chmod(root / "secret", 0o640 if seed % 2 else 0o600)
+    os.setxattr(root / "xattrs", "user.small", b"changed %d" % seed)
+    with contextlib.suppress(*gone):
+        os.removexattr(root / "xattrs", "user.big")
+    for p in sorted((root / "many").iterdir())[seed % 3::17]:
+        p.unlink()
+    os.utime(root / "linked", ns=(TIMES_NS[3] + seed, TIMES_NS[2] + seed))
 
 
 # -- disks -----------------------------------------------------------------------------------
@@ -252,6 +258,7 @@ def build_disk(tmp: Path, parts: list[Part], snapshots: int = 2,
                changes: Callable[[Path, int], None] = change) -> FsDisk:
     """A disk with `parts` (GPT unless one part numbered 0), each filesystem filled by `fill`,
     then `snapshots - 1` rounds of `changes`, each a ploop delta over the last."""
+    tmp.mkdir(parents=True, exist_ok=True)
     raw = tmp / "work.raw"
     whole = len(parts) == 1 and parts[0].number == 0
     pos = 0 if whole else PART_START
