@@ -1,5 +1,5 @@
-"""`ploopfs diff`: what changed between two versions of a disk, as a list of cluster ranges (json),
-a librsync delta (rdiff) or a ploop delta image stacked on OLD (ploop).
+"""The engine of `ploopfs diff`: which clusters of NEW differ from OLD, in order, each run handed
+to a sink (sinks.py) with NEW's bytes; command.py opens the sides and picks the sink.
 
 Matching is cluster-aligned with no rolling search (docs/rdiff.md): data in a ploop image
 never shifts inside a cluster, so cluster k of NEW is compared with cluster k of OLD only.
@@ -24,15 +24,13 @@ page cache: this is what makes the compare run at memory speed. A window's pages
 once it is done (`_Maps`). A source file truncated *while* a diff runs would then kill the process
 with SIGBUS instead of a one-line error; `mmap=False` (`--no-mmap`) reads with preadv only.
 
-Memory is bounded: buffer sets of `chunk` bytes per side, whatever the disk size; the json
-ranges are streamed to the output file.
+Memory is bounded: buffer sets of `chunk` bytes per side, whatever the disk size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import mmap
 import os
 import queue
@@ -41,11 +39,10 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import IO, Any, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
-from ploopfs.errors import BadImageError, OutputError, UnsupportedError, UsageError
-from ploopfs.format.header import TOP_GUID
+from ploopfs.errors import UnsupportedError
 from ploopfs.native import (
     RELEASE_NEW,
     RELEASE_OLD,
@@ -54,17 +51,8 @@ from ploopfs.native import (
     diff_window,
 )
 from ploopfs.native import candidate_runs as native_candidate_runs
-from ploopfs.services.rdiff import DeltaWriter
-from ploopfs.volume import fileio
 from ploopfs.volume.blockmap import ZERO_LEVEL
-from ploopfs.volume.source import RAW_NEEDS_CLUSTER_SIZE, Disk, OpenOptions, open_source
 from ploopfs.volume.volume import Segment, Volume, zeros
-from ploopfs.volume.writer import (
-    ImageWriter,
-    chain_descriptor,
-    new_guid,
-    write_descriptor,
-)
 
 Progress = Callable[[int], None]  # bytes of NEW scanned so far
 ReadHook = Callable[[str, int, int], None]  # side ("old"/"new"), virtual offset, length
@@ -96,10 +84,6 @@ HASHES: dict[str, Callable[[], Any]] = {
     "blake2b": lambda: __import__("hashlib").blake2b()}
 TREE_HASHES = {"blake3"}
 DEFAULT_HASH = "blake3"
-FORMATS = ("rdiff", "ploop", "json")
-MANIFEST_SUFFIX = ".json"  # rdiff: the manifest is written next to the delta, OUT + this
-PLOOP_MANIFEST = "diff-manifest.json"
-RAW_CLUSTER_SIZE = 1 << 20  # two raw sides without --cluster-size: ploop's default cluster size
 
 
 @dataclass
@@ -751,402 +735,3 @@ def _hash_old_tail(start: int, buf: memoryview, vol: Volume, h: Any, o: DiffOpti
         maps.release(mapped)
         pos += n
         del got
-
-
-# -- sinks --------------------------------------------------------------------------------------
-class _HashingFile:
-    """The delta file: hashed as it is written, and its writeback started every WRITEBACK
-    bytes (POSIX_FADV_DONTNEED starts writing dirty pages and drops the clean ones), so the
-    final fsync waits only for the tail and the output does not crowd the page cache."""
-
-    WRITEBACK = 16 << 20
-
-    def __init__(self, f: IO[bytes], alg: str | None) -> None:
-        self.f = f
-        self.h = HASHES[alg]() if alg else None
-        self.size = 0
-        self._kicked = 0  # bytes whose writeback was started
-
-    def write(self, data: bytes | memoryview) -> int:
-        if self.h:
-            self.h.update(data)
-        self.size += len(data)
-        n = self.f.write(data)
-        if self.size - self._kicked >= self.WRITEBACK:
-            self.f.flush()
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(self.f.fileno(), self._kicked, self.size - self._kicked,
-                                 os.POSIX_FADV_DONTNEED)
-            self._kicked = self.size
-        return n
-
-
-class RangesSink:
-    """Merged changed ranges with the hash of NEW's bytes of each, streamed as JSON objects to
-    `emit` (or kept in `ranges` when emit is None)."""
-
-    def __init__(self, cluster_size: int, alg: str | None,
-                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.c = cluster_size
-        self.alg = alg
-        self.needs_bytes = alg is not None  # for the hash of each range
-        self.emit = emit
-        self.ranges: list[dict[str, Any]] = []
-        self._cur: dict[str, Any] | None = None
-        self._h: Any = None
-        self._zero = True
-
-    def same(self, c0: int, n: int) -> None:
-        self.flush()
-
-    def changed(self, c0: int, n: int, data: memoryview, zero: bytes | bytearray) -> None:
-        cur = self._cur
-        if cur is None or cur["cluster"] + cur["clusters"] != c0:
-            self.flush()
-            cur = self._cur = {"cluster": c0, "clusters": 0, "offset": c0 * self.c, "length": 0}
-            self._h = HASHES[self.alg]() if self.alg else None
-            self._zero = True
-        cur["clusters"] += n
-        cur["length"] += len(data)
-        if self._h:
-            self._h.update(data)
-        self._zero = self._zero and zero.count(0) == 0
-
-    def flush(self) -> None:
-        if self._cur is None:
-            return
-        cur, self._cur = self._cur, None
-        cur["zero"] = self._zero
-        if self._h:
-            cur[self.alg] = self._h.hexdigest()
-        if self.emit:
-            self.emit(cur)
-        else:
-            self.ranges.append(cur)
-
-
-class RdiffSink:
-    """COPY of unchanged clusters from the basis (at the same offset), LITERALs of changed
-    bytes; DeltaWriter merges contiguous copies and adjacent literals."""
-
-    needs_bytes = True  # NEW's changed bytes go into the delta
-
-    def __init__(self, writer: DeltaWriter, cluster_size: int, new_size: int) -> None:
-        self.w = writer
-        self.c = cluster_size
-        self.size = new_size
-
-    def same(self, c0: int, n: int) -> None:
-        start = c0 * self.c
-        self.w.copy(start, min(n * self.c, self.size - start))
-
-    def changed(self, c0: int, n: int, data: memoryview, zero: bytes | bytearray) -> None:
-        self.w.literal(data)
-
-    def close(self) -> dict[str, int]:
-        return self.w.close().to_json()
-
-
-class PloopSink:
-    """Changed clusters into a new delta image. A change to all-zero is written as an explicit
-    zero cluster: a hole would fall through to OLD's data (format.md §11 trap 24). Only zero clusters that
-    no image of OLD's chain can map (past every one of them, format.md §1.4, §11 trap 7) stay holes."""
-
-    needs_bytes = True  # NEW's changed bytes go into the delta image
-
-    def __init__(self, writer: ImageWriter, zero_hole_from: int) -> None:
-        self.w = writer
-        self.c = writer.cluster_size
-        self.zero_hole_from = zero_hole_from  # first cluster no lower image maps
-        self.written = 0
-        self.zero_written = 0
-
-    def same(self, c0: int, n: int) -> None:
-        pass
-
-    def changed(self, c0: int, n: int, data: memoryview, zero: bytes | bytearray) -> None:
-        c = self.c
-        for k in range(n):
-            if zero[k] and c0 + k >= self.zero_hole_from:
-                continue
-            self.w.write_cluster(c0 + k, data[k * c:(k + 1) * c])
-            self.written += 1
-            self.zero_written += zero[k]
-
-
-# -- opening the two sides ----------------------------------------------------------------------
-@dataclass
-class Sides:
-    old_disk: Disk
-    new_disk: Disk
-    old: Volume
-    new: Volume
-    old_snapshot: str
-    new_snapshot: str
-    disks: list[Disk] = field(default_factory=list)
-
-    def close(self) -> None:
-        for d in self.disks:
-            d.close()
-
-
-def open_sides(old_src: str, new_src: str, old_snapshot: str | None, new_snapshot: str | None,
-               options: OpenOptions) -> Sides:
-    """One Disk when OLD and NEW are the same source (two snapshots of one descriptor). A raw
-    side given without --cluster-size takes the other side's cluster size; when both are raw
-    (e.g. two exports) they are compared at ploop's default cluster size, 1 MiB, as rdiff needs
-    no block size either."""
-    same = os.path.exists(old_src) and os.path.exists(new_src) and \
-        os.path.realpath(old_src) == os.path.realpath(new_src)
-    disks: list[Disk] = []
-    try:
-        if same:
-            try:
-                d_old = d_new = open_source(old_src, options)
-            except BadImageError as e:
-                if not _wants_cluster_size(e, options):
-                    raise
-                d_old = d_new = open_source(old_src, replace(options,
-                                                             cluster_size=RAW_CLUSTER_SIZE))
-            disks.append(d_old)
-        else:
-            d_old, d_new = _open_pair(old_src, new_src, options, disks)
-        old = d_old.volume(old_snapshot)
-        new = d_new.volume(new_snapshot)
-        g_old = d_old.chain(old_snapshot)[-1].guid
-        g_new = d_new.chain(new_snapshot)[-1].guid
-    except BaseException:
-        for d in disks:
-            d.close()
-        raise
-    return Sides(d_old, d_new, old, new, g_old, g_new, disks)
-
-
-def _open_pair(old_src: str, new_src: str, options: OpenOptions,
-               disks: list[Disk]) -> tuple[Disk, Disk]:
-    opened: dict[str, Disk] = {}
-    deferred: list[str] = []
-    for name, src in (("old", old_src), ("new", new_src)):
-        try:
-            opened[name] = open_source(src, options)
-            disks.append(opened[name])
-        except BadImageError as e:
-            if not _wants_cluster_size(e, options):
-                raise
-            deferred.append(name)
-    for name in deferred:
-        other = opened.get("new" if name == "old" else "old")
-        # two raw files: ploop's default cluster size (a finer one only costs time, a coarser
-        # one only makes the delta's ranges coarser; --cluster-size chooses)
-        c = other.volume(None).cluster_size if other is not None else RAW_CLUSTER_SIZE
-        src = old_src if name == "old" else new_src
-        opened[name] = open_source(src, replace(options, cluster_size=c))
-        disks.append(opened[name])
-    return opened["old"], opened["new"]
-
-
-def _wants_cluster_size(e: BadImageError, options: OpenOptions) -> bool:
-    """The error of a raw file opened without a cluster size (not of a damaged ploop image)."""
-    return not options.cluster_size and e.code == RAW_NEEDS_CLUSTER_SIZE
-
-
-# -- the three outputs --------------------------------------------------------------------------
-def _side_json(disk: Disk, vol: Volume, snapshot: str, digest: str | None,
-               alg: str | None) -> dict[str, Any]:
-    d: dict[str, Any] = {"source": disk.source, "snapshot": snapshot, "size": vol.size}
-    if alg:
-        d[alg] = digest
-    if in_use := in_use_images(vol):
-        d["in_use"] = in_use
-    return d
-
-
-def in_use_images(vol: Volume) -> list[str]:
-    """The image files of a side marked in use (m_DiskInUse "Ynot", format.md §1.3): open read-write by a
-    ploop kernel when read, or left so by a crash. Such a side may be changing under the diff,
-    which then holds the bytes as they were read; the report and the CLI say so."""
-    return [im.path for im in vol.images if im.header is not None and im.header.dirty]
-
-
-def _source_files(sides: Sides) -> list[str]:
-    return [*sides.old_disk.source_files(), *sides.new_disk.source_files()]
-
-
-def _create(path: str, replace: bool = False) -> IO[bytes]:
-    """An output file; with `replace` (--force) an existing one is replaced if fileio finds it
-    is an earlier ploopfs output."""
-    return os.fdopen(fileio.create(path, replace=replace, what="diff",
-                                   hint="; pass --force to replace an earlier output"), "wb")
-
-
-def _write_json(path: str, obj: dict[str, Any]) -> None:
-    with _create(path) as f:
-        f.write(json.dumps(obj, indent=2).encode() + b"\n")
-
-
-def diff_json(sides: Sides, out: str, opts: DiffOptions, replace: bool = False) -> dict[str, Any]:
-    """The changed ranges, streamed to `out` ('-' = stdout) as one JSON document."""
-    import sys
-
-    if out == "-":
-        fileio.check_stdout()
-    f = sys.stdout.buffer if out == "-" else _create(out, replace)
-    first = [True]
-    try:
-        head = {"format": "ploopfs-diff", "version": 1, "cluster_size": sides.new.cluster_size,
-                "hash": opts.hash}
-        f.write(json.dumps(head)[:-1].encode() + b', "ranges": [')
-
-        def emit(r: dict[str, Any]) -> None:
-            f.write((b"" if first[0] else b",") + b"\n  " + json.dumps(r).encode())
-            first[0] = False
-
-        sink = RangesSink(sides.new.cluster_size, opts.hash, emit)
-        stats = scan(sides.old, sides.new, sink, opts)
-        sink.flush()
-        tail = _summary(sides, stats, opts)
-        f.write(b"\n], " + json.dumps(tail)[1:].encode() + b"\n")
-        f.flush()
-    except BaseException:
-        if out != "-":
-            f.close()
-            fileio.remove(out)
-        raise
-    if out != "-":
-        f.close()
-    return {"format": "json", "output": out, **tail}
-
-
-def _summary(sides: Sides, stats: DiffStats, opts: DiffOptions) -> dict[str, Any]:
-    return {
-        "old": _side_json(sides.old_disk, sides.old, sides.old_snapshot, stats.old_hash, opts.hash),
-        "new": _side_json(sides.new_disk, sides.new, sides.new_snapshot, stats.new_hash, opts.hash),
-        "stats": stats.to_json(),
-    }
-
-
-def diff_rdiff(sides: Sides, out: str, opts: DiffOptions, replace: bool = False) -> dict[str, Any]:
-    """A librsync delta at `out` that `rdiff patch OLD DELTA` turns into NEW, and its manifest
-    at `out` + .json (rdiff deltas carry no checksum: docs/rdiff.md). Both are opened before
-    the scan, so a manifest that may not be written fails the command before any work."""
-    manifest = out + MANIFEST_SUFFIX
-    if not replace and os.path.lexists(manifest):
-        raise OutputError("already exists; refusing to overwrite; pass --force to replace an "
-                          "earlier output", manifest)
-    f = _create(out, replace)
-    mf: IO[bytes] | None = None
-    try:
-        mf = _create(manifest, replace)
-        hf = _HashingFile(f, opts.hash)
-        sink = RdiffSink(DeltaWriter(hf), sides.new.cluster_size, sides.new.size)
-        stats = scan(sides.old, sides.new, sink, opts)
-        commands = sink.close()
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        delta: dict[str, Any] = {"path": out, "size": hf.size}
-        if hf.h:
-            delta[str(opts.hash)] = hf.h.hexdigest()
-        report = {"format": "rdiff", "hash": opts.hash, "delta": delta, "commands": commands,
-                  **_summary(sides, stats, opts)}
-        mf.write(json.dumps(report, indent=2).encode() + b"\n")
-        mf.close()
-    except BaseException:
-        f.close()
-        fileio.remove(out)
-        if mf is not None:
-            mf.close()
-            fileio.remove(manifest)
-        raise
-    return {**report, "manifest": manifest}
-
-
-def _delta_name(sides: Sides) -> str:
-    """ploop's name for a new delta: the base image's file name without any .{…} suffix, plus
-    "." and a fresh GUID (format.md §4.3)."""
-    base = os.path.basename(sides.old_disk.paths[sides.old_disk.chain(sides.old_snapshot)[0].guid])
-    if base.endswith("}") and ".{" in base:
-        base = base[: base.rindex(".{")]
-    return f"{base}.{new_guid()}"
-
-
-def diff_ploop(sides: Sides, outdir: str, opts: DiffOptions) -> dict[str, Any]:
-    """A new folder with a v1/v2 delta (OLD's version) holding the changed clusters and a
-    DiskDescriptor.xml stacking it on OLD's chain, whose images are referenced, not copied:
-    by paths relative to `outdir` (format.md §5.6), so opening the result with ploopfs needs
-    --allow-outside-paths. OLD's files are never written. On failure what was written is
-    removed again."""
-    made = fileio.create_folder(outdir)
-    try:
-        return _ploop_into(sides, outdir, opts)
-    except BaseException:
-        for name in os.listdir(outdir):  # the folder was empty: what we made in it goes
-            fileio.remove(os.path.join(outdir, name))
-        if made:
-            os.rmdir(outdir)
-        raise
-
-
-def _ploop_into(sides: Sides, outdir: str, opts: DiffOptions) -> dict[str, Any]:
-    old, new = sides.old, sides.new
-    c = new.cluster_size
-    versions = [im.header.version for im in old.images if im.header is not None]
-    version = versions[0] if versions else 2
-    name = _delta_name(sides)
-    path = os.path.join(outdir, name)
-    zero_hole_from = -(-max(max(im.virtual_size for im in old.images), old.size) // c)
-    try:
-        w = ImageWriter.create(path, new.size, c, version)
-    except ValueError as e:  # e.g. a v1 chain grown past 2 TiB
-        raise UnsupportedError(f"cannot make a v{version} delta: {e}", path) from None
-    with w:
-        sink = PloopSink(w, zero_hole_from)
-        stats = scan(old, new, sink, opts)
-    entries = sides.old_disk.chain(sides.old_snapshot)
-    out_abs = os.path.abspath(outdir)
-    files = [os.path.relpath(os.path.abspath(sides.old_disk.paths[e.guid]), out_abs)
-             for e in entries] + [name]
-    guids = [new_guid() if e.guid == TOP_GUID else e.guid for e in entries] + [TOP_GUID]
-    d = chain_descriptor(files, new.size, c, guids, raw_base=old.images[0].is_raw)
-    write_descriptor(os.path.join(outdir, "DiskDescriptor.xml"), d)
-    report = {"format": "ploop", "hash": opts.hash,
-              "descriptor": os.path.join(outdir, "DiskDescriptor.xml"), "image": path,
-              "version": version, "clusters_written": sink.written,
-              "zero_clusters_written": sink.zero_written, **_summary(sides, stats, opts)}
-    _write_json(os.path.join(outdir, PLOOP_MANIFEST), report)
-    return report
-
-
-def work_bytes(sides: Sides, opts: DiffOptions) -> int:
-    """Bytes of NEW the scan will read (for progress bars)."""
-    if opts.full_compare or opts.hash:
-        return sides.new.size
-    c = sides.new.cluster_size
-    runs = candidate_runs(sides.old, sides.new)
-    if not runs:
-        return 0
-    f, n = runs[-1]  # only the last run can reach past NEW's end
-    return runs.clusters() * c - max(0, (f + n) * c - sides.new.size)
-
-
-def diff(sides: Sides, out: str, fmt: str, opts: DiffOptions | None = None, *,
-         replace: bool = False) -> dict[str, Any]:
-    """`replace` (--force): an existing output file (json, rdiff delta and manifest) is replaced
-    if it is an earlier ploopfs output; a ploop output folder must always be new or empty."""
-    o = opts or DiffOptions()
-    if o.hash is not None and o.hash not in HASHES:
-        raise UsageError(f"unknown hash {o.hash!r} (choose from {', '.join(HASHES)})")
-    if fmt == "json":
-        return diff_json(sides, out, o, replace)
-    if out == "-":
-        raise UsageError(f"--format {fmt} writes files; '-' is only for json output")
-    if fmt == "rdiff":
-        return diff_rdiff(sides, out, o, replace)
-    if fmt == "ploop":
-        return diff_ploop(sides, out, o)
-    raise UsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-
-
-__all__ = ["DEFAULT_HASH", "FORMATS", "HASHES", "DiffOptions", "DiffStats", "PloopSink", "RangesSink",
-           "RdiffSink", "Runs", "Sides", "candidate_runs", "diff", "in_use_images", "open_sides", "scan",
-           "work_bytes"]
