@@ -22,11 +22,12 @@ from ploopfs.services.diff.engine import (
     DiffOptions,
     DiffStats,
     Runs,
+    Scan,
     candidate_runs,
     scan,
 )
 from ploopfs.services.diff.sinks import PloopSink, RangesSink, RdiffSink
 
 __all__ = ["DEFAULT_HASH", "FORMATS", "HASHES", "DiffOptions", "DiffStats", "PloopSink", "RangesSink",
-           "RdiffSink", "Runs", "Sides", "candidate_runs", "diff", "diff_json", "diff_ploop",
+           "RdiffSink", "Runs", "Scan", "Sides", "candidate_runs", "diff", "diff_json", "diff_ploop",
            "diff_rdiff", "in_use_images", "open_sides", "scan", "work_bytes"]

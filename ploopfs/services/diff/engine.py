@@ -452,153 +452,228 @@ def _emit(sink: Sink, flags: bytearray, zero: bytearray, c0: int, view: memoryvi
 
 def scan(old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None) -> DiffStats:
     """Compare OLD and NEW cluster by cluster, in order, telling `sink` about every run of
-    clusters of NEW (same or changed, with NEW's bytes). Returns the statistics.
+    clusters of NEW (same or changed, with NEW's bytes). Returns the statistics. See `Scan`."""
+    return Scan(old, new, sink, opts).run()
+
+
+class Scan:
+    """One comparison of OLD and NEW, its runs handed to `sink` in order (`run`, once).
 
     Pipeline: NEW is cut into windows of `chunk` bytes (or of several small parts: candidate
     runs); one worker thread per side reads, hashes and compares (`_Worker`), up to SLOTS
-    windows ahead, while the caller's thread feeds the sink with the windows done, in order."""
-    o = opts or DiffOptions()
-    if old.cluster_size != new.cluster_size:
-        raise UnsupportedError(
-            f"cluster sizes differ: OLD {old.cluster_size} bytes, NEW {new.cluster_size} bytes; "
-            "diff compares whole clusters of one size")
-    t0 = time.perf_counter()
-    c = new.cluster_size
-    nclusters = -(-new.size // c)
-    stats = DiffStats(c, old.size, new.size, nclusters, "full" if o.full_compare else "map",
-                      hash=o.hash)
-    cands = Runs(array("q", [0]), array("q", [nclusters])) if o.full_compare else \
-        candidate_runs(old, new)
-    stats.candidate_clusters = cands.clusters()
-    read_per = max(1, min(o.chunk, READ_CHUNK) // c)
-    # Large windows only where compared pieces are given back (a stream hash reads its side in
-    # order, behind the compare: its windows stay whole until emitted).
-    per = max(1, o.chunk // c) if o.hash is None or o.hash in TREE_HASHES else read_per
-    work = [(0, nclusters)] if o.full_compare or o.hash else cands
-    piece_clusters = max(1, PIECE // c)
-    piece = piece_clusters * c
-    maps = _Maps()
-    workers = (_Worker(OLD, old, o.hash, o, maps, piece_clusters),
-               _Worker(NEW, new, o.hash, o, maps, piece_clusters))
-    trees = (Blake3(), Blake3()) if o.hash in TREE_HASHES else None  # fed here, in order
-    # Buffers for reads that cannot be mapped (see _Buffer).
-    bufs = [(_Buffer(per * c), _Buffer(per * c)) for _ in range(SLOTS)]
-    cand_iter = _RunCursor(cands)
+    windows ahead, while the caller's thread feeds the sink with the windows done, in order.
 
-    # Parts to prefetch, handed to the workers with the next window submitted: the page
-    # cache walk of POSIX_FADV_WILLNEED (~0.1 ms per MiB even when every page is cached) is
-    # then done by each side's worker, not on the thread the workers wait for.
-    to_prefetch: list[tuple[int, int, int]] = []
+    Everything below is touched only on the caller's thread; the workers see a window's parts.
+    The plan, fixed here: which clusters may differ (`cands`), which are read (`work`: all of
+    them when hashing), clusters per window where both sides are mapped (`per`) or read
+    (`read_per`), per hashed and compared piece (`piece_clusters`). Then what changes as the
+    scan goes:
 
-    def extent(c0: int, n: int) -> tuple[int, int, int]:
+    * `_due`: byte ranges (start, end of NEW's, end of OLD's) announced for prefetching and not
+      yet handed to the workers; they go with the next window submitted, so each side's worker
+      walks the page cache (POSIX_FADV_WILLNEED, ~0.1 ms per MiB even when every page is
+      cached), not the thread the workers wait for.
+    * `_probed`: first clusters of the parts announced PROBE bytes a cluster (see `_announce`);
+      whether to go on probing is decided from `stats.probe_clusters` and `probe_undecided`.
+    * `pos`: the next cluster of NEW not yet handed to the sink; `done`: bytes of NEW done
+      (progress); `stats`.
+    * during `run`: the mappings (`_maps`), the two workers, the two tree hashers of BLAKE3
+      (fed here, in order) and the read buffers of each slot and side (`_bufs`, see _Buffer).
+    """
+
+    def __init__(self, old: Volume, new: Volume, sink: Sink, opts: DiffOptions | None = None
+                 ) -> None:
+        o = opts or DiffOptions()
+        if old.cluster_size != new.cluster_size:
+            raise UnsupportedError(
+                f"cluster sizes differ: OLD {old.cluster_size} bytes, NEW {new.cluster_size} "
+                "bytes; diff compares whole clusters of one size")
+        self._t0 = time.perf_counter()
+        self.old, self.new, self.sink, self.o = old, new, sink, o
+        c = self.c = new.cluster_size
+        self.nclusters = -(-new.size // c)
+        self.stats = DiffStats(c, old.size, new.size, self.nclusters,
+                               "full" if o.full_compare else "map", hash=o.hash)
+        self.cands = Runs(array("q", [0]), array("q", [self.nclusters])) if o.full_compare \
+            else candidate_runs(old, new)
+        self.stats.candidate_clusters = self.cands.clusters()
+        self.read_per = max(1, min(o.chunk, READ_CHUNK) // c)
+        # Large windows only where compared pieces are given back (a stream hash reads its side
+        # in order, behind the compare: its windows stay whole until emitted).
+        self.per = max(1, o.chunk // c) if o.hash is None or o.hash in TREE_HASHES \
+            else self.read_per
+        self.work: Sequence[tuple[int, int]] = \
+            [(0, self.nclusters)] if o.full_compare or o.hash else self.cands
+        self.piece_clusters = max(1, PIECE // c)
+        self.piece = self.piece_clusters * c
+        # Probing: only the first PROBE bytes of each candidate cluster are announced, as long
+        # as the probes decide at least half the clusters compared with one (a snapshot's
+        # rewritten clusters, changed from their start); equal clusters, or clusters changed
+        # only further in, make the scan announce parts whole again (read ahead as before, no
+        # waiting).
+        self.probing = o.hash is None and not o.full_compare and c > PROBE and \
+            not sink.needs_bytes
+        self._cursor = _RunCursor(self.cands)
+        self._due: list[tuple[int, int, int]] = []
+        self._probed: set[int] = set()
+        self.pos = 0
+        self.done = 0
+        self._maps: _Maps | None = None
+        self._workers: tuple[_Worker, _Worker] | None = None
+        self._trees: tuple[Blake3, Blake3] | None = None
+        self._bufs: list[tuple[_Buffer, _Buffer]] = []
+
+    def run(self) -> DiffStats:
+        o, stats = self.o, self.stats
+        maps = self._maps = _Maps()
+        self._workers = (_Worker(OLD, self.old, o.hash, o, maps, self.piece_clusters),
+                         _Worker(NEW, self.new, o.hash, o, maps, self.piece_clusters))
+        self._trees = (Blake3(), Blake3()) if o.hash in TREE_HASHES else None
+        self._bufs = [(_Buffer(self.per * self.c), _Buffer(self.per * self.c))
+                      for _ in range(SLOTS)]
+        windows = enumerate(_batches(_lookahead(self._parts(), PREFETCH, self._announce),
+                                     self.read_per))
+        inflight: deque[_Window] = deque()
+        try:
+            for i, batch in itertools.islice(windows, SLOTS):
+                inflight.append(self._submit(i, batch))
+            while inflight:
+                w = inflight.popleft()
+                for f in w.futures:
+                    f.result()
+                for p in w.parts:
+                    self._emit_part(p)
+                # Its slot is free: the next window goes to the workers now, so they go on to it
+                # straight from the window they are on (not after this thread next waits).
+                nxt = next(windows, None)
+                if nxt is not None:
+                    inflight.append(self._submit(*nxt))
+                if o.progress:
+                    o.progress(self.done)
+            if self.pos < self.nclusters:
+                self.sink.same(self.pos, self.nclusters - self.pos)
+            if o.hash:
+                self._hash_both()
+        finally:
+            for worker in self._workers:
+                worker.close()
+            inflight.clear()
+            maps.close()
+            # The buffers and threads go with this call, not with the object.
+            self._maps = self._workers = self._trees = None
+            self._bufs = []
+        stats.equal_candidate_clusters = stats.candidate_clusters - stats.changed_clusters
+        stats.seconds = round(time.perf_counter() - self._t0, 3)
+        return stats
+
+    # -- planning, ahead of the workers --
+    def _extent(self, c0: int, n: int) -> tuple[int, int, int]:
         """NEW's bytes [b0, b1) of clusters [c0, c0+n), and the end of OLD's (ob1 <= b1)."""
-        b0 = c0 * c
-        b1 = min((c0 + n) * c, new.size)
-        return b0, b1, max(b0, min(b1, old.size))
+        b0 = c0 * self.c
+        b1 = min((c0 + n) * self.c, self.new.size)
+        return b0, b1, max(b0, min(b1, self.old.size))
 
-    # Probing: only the first PROBE bytes of each candidate cluster are announced, as long as
-    # the probes decide at least half the clusters compared with one (a snapshot's rewritten
-    # clusters, changed from their start); equal clusters, or clusters changed only further
-    # in, make the scan announce parts whole again (read ahead as before, no waiting).
-    probing = o.hash is None and not o.full_compare and c > PROBE and not sink.needs_bytes
-    seen = [0, 0]  # candidate clusters compared with a probe, and those it did not decide
-    probed: set[int] = set()  # first clusters of the parts announced so
-
-    def prefetch(c0: int, n: int) -> None:
-        b0, b1, ob1 = extent(c0, n)
-        if probing and 2 * seen[1] <= seen[0]:
-            probed.add(c0)
-            for a in range(b0, b1, c):
-                to_prefetch.append((a, min(b1, a + PROBE), max(a, min(ob1, a + PROBE))))
-        else:
-            to_prefetch.append((b0, b1, ob1))
-
-    def submit(i: int, batch: list[tuple[int, int]]) -> _Window:
-        parts = []
-        g0 = 0
-        for c0, n in batch:
-            b0, b1, ob1 = extent(c0, n)
-            npieces = -(-n // piece_clusters)
-            pairs = (bytearray(64 * npieces), bytearray(npieces), bytearray(64 * npieces),
-                     bytearray(npieces)) \
-                if trees else None
-            parts.append(_Part(c0, n, b0, b1, ob1, cand_iter.mask(c0, n), bytearray(n),
-                               bytearray(n), pairs, g0=g0, probe=c0 in probed))
-            probed.discard(c0)
-            g0 += npieces
-            _account("new", b0, b1 - b0, o, stats)
-            if ob1 > b0:
-                _account("old", b0, ob1 - b0, o, stats)
-        w = _Window(i % SLOTS, parts)
-        w.prefetch = to_prefetch[:]
-        to_prefetch.clear()
-        w.futures = [workers[side].submit(w, bufs[w.slot][side], c) for side in (OLD, NEW)]
-        return w
-
-    def parts() -> Iterator[tuple[int, int]]:
+    def _parts(self) -> Iterator[tuple[int, int]]:
         """Parts of `per` clusters where both sides map whole, else of at most `read_per`."""
-        for c0, n in _work(work, per):
-            b0, b1, ob1 = extent(c0, n)
+        o, old, new, read_per = self.o, self.old, self.new, self.read_per
+        for c0, n in _work(self.work, self.per):
+            b0, b1, ob1 = self._extent(c0, n)
             if n <= read_per or (o.mmap and _Maps.extent(new, b0, b1 - b0) is not None and
                                  (ob1 == b0 or _Maps.extent(old, b0, ob1 - b0) is not None)):
                 yield c0, n
             else:
                 yield from _work([(c0, n)], read_per)
 
-    done = 0
-    pos_c = 0  # next cluster of NEW not yet handed to the sink
-    it = enumerate(_batches(_lookahead(parts(), PREFETCH, prefetch), read_per))
-    inflight: deque[_Window] = deque()
-    try:
-        for i, batch in itertools.islice(it, SLOTS):
-            inflight.append(submit(i, batch))
-        while inflight:
-            w = inflight.popleft()
-            for f in w.futures:
-                f.result()
-            for p in w.parts:
-                if p.c0 > pos_c:
-                    sink.same(pos_c, p.c0 - pos_c)
-                stats.new_clusters += p.flags.count(1, (p.ob1 - p.b0) // c)
-                vn = p.views[NEW]
-                assert vn is not None
-                if trees and p.pairs:
-                    trees[OLD].feed(p.views[OLD], p.ob1 - p.b0, piece, *p.pairs[:2])
-                    trees[NEW].feed(vn, p.b1 - p.b0, piece, *p.pairs[2:])
-                _emit(sink, p.flags, p.zero, p.c0, memoryview(vn), c, stats)
-                if p.probe:
-                    seen[0] += p.maybe.count(1)
-                    seen[1] += sum(p.missed)
-                    stats.probe_clusters, stats.probe_undecided = seen
-                p.views = [None, None]
-                del vn
-                for m in p.mapped:
-                    maps.release(m)
-                pos_c = p.c0 + p.n
-                done += p.b1 - p.b0
-            # Its slot is free: the next window goes to the workers now, so they go on to it
-            # straight from the window they are on (not after this thread next waits).
-            nxt = next(it, None)
-            if nxt is not None:
-                inflight.append(submit(*nxt))
-            if o.progress:
-                o.progress(done)
-        if pos_c < nclusters:
-            sink.same(pos_c, nclusters - pos_c)
-        if o.hash:
-            hashers = trees or (workers[OLD].h, workers[NEW].h)
-            _hash_old_tail(new.size, memoryview(bufs[0][OLD].mm), old, hashers[OLD], o, stats,
-                           maps)
-            stats.old_hash = hashers[OLD].hexdigest()
-            stats.new_hash = hashers[NEW].hexdigest()
-    finally:
-        for worker in workers:
-            worker.close()
-        inflight.clear()
-        maps.close()
-    stats.equal_candidate_clusters = stats.candidate_clusters - stats.changed_clusters
-    stats.seconds = round(time.perf_counter() - t0, 3)
-    return stats
+    def _announce(self, c0: int, n: int) -> None:
+        """Name the bytes of a part coming up for prefetching (PREFETCH parts ahead): all of
+        them, or while probing pays, the first PROBE bytes of each cluster."""
+        b0, b1, ob1 = self._extent(c0, n)
+        st = self.stats
+        if self.probing and 2 * st.probe_undecided <= st.probe_clusters:
+            self._probed.add(c0)
+            for a in range(b0, b1, self.c):
+                self._due.append((a, min(b1, a + PROBE), max(a, min(ob1, a + PROBE))))
+        else:
+            self._due.append((b0, b1, ob1))
+
+    def _submit(self, i: int, batch: list[tuple[int, int]]) -> _Window:
+        """Window i, made of the parts in `batch`, to both workers."""
+        assert self._workers is not None
+        parts = []
+        g0 = 0
+        for c0, n in batch:
+            b0, b1, ob1 = self._extent(c0, n)
+            npieces = -(-n // self.piece_clusters)
+            pairs = (bytearray(64 * npieces), bytearray(npieces), bytearray(64 * npieces),
+                     bytearray(npieces)) \
+                if self._trees else None
+            parts.append(_Part(c0, n, b0, b1, ob1, self._cursor.mask(c0, n), bytearray(n),
+                               bytearray(n), pairs, g0=g0, probe=c0 in self._probed))
+            self._probed.discard(c0)
+            g0 += npieces
+            self._account("new", b0, b1 - b0)
+            if ob1 > b0:
+                self._account("old", b0, ob1 - b0)
+        w = _Window(i % SLOTS, parts)
+        w.prefetch, self._due = self._due, []
+        w.futures = [self._workers[side].submit(w, self._bufs[w.slot][side], self.c)
+                     for side in (OLD, NEW)]
+        return w
+
+    def _account(self, side: str, off: int, n: int) -> None:
+        """Count (and report) a read; before the read is started."""
+        if self.o.on_read:
+            self.o.on_read(side, off, n)
+        if side == "old":
+            self.stats.bytes_read_old += n
+        else:
+            self.stats.bytes_read_new += n
+
+    # -- in order, behind the workers --
+    def _emit_part(self, p: _Part) -> None:
+        """A part the workers are done with, to the sink (after the clusters before it that no
+        part covered: same), to the tree hashes and into the statistics; then its pages go."""
+        assert self._maps is not None
+        c, stats = self.c, self.stats
+        if p.c0 > self.pos:
+            self.sink.same(self.pos, p.c0 - self.pos)
+        stats.new_clusters += p.flags.count(1, (p.ob1 - p.b0) // c)
+        vn = p.views[NEW]
+        assert vn is not None
+        if self._trees and p.pairs:
+            self._trees[OLD].feed(p.views[OLD], p.ob1 - p.b0, self.piece, *p.pairs[:2])
+            self._trees[NEW].feed(vn, p.b1 - p.b0, self.piece, *p.pairs[2:])
+        _emit(self.sink, p.flags, p.zero, p.c0, memoryview(vn), c, stats)
+        if p.probe:
+            stats.probe_clusters += p.maybe.count(1)
+            stats.probe_undecided += sum(p.missed)
+        p.views = [None, None]
+        del vn
+        for m in p.mapped:
+            self._maps.release(m)
+        self.pos = p.c0 + p.n
+        self.done += p.b1 - p.b0
+
+    def _hash_both(self) -> None:
+        """The manifest's hashes of both disks, once every window is emitted; OLD's bytes past
+        NEW's end (shrink) still belong to OLD's hash: read here (the workers are idle)."""
+        assert self._workers is not None and self._maps is not None
+        hashers = self._trees or (self._workers[OLD].h, self._workers[NEW].h)
+        h, vol, maps = hashers[OLD], self.old, self._maps
+        buf = memoryview(self._bufs[0][OLD].mm)
+        pos, size = self.new.size, vol.size
+        _prefetch(vol, pos, size - pos)
+        while pos < size:
+            n = min(len(buf), size - pos)
+            self._account("old", pos, n)
+            got, mapped = _read(vol, buf[:n], pos, self.o, maps)
+            h.update(got)
+            maps.release(mapped)
+            pos += n
+            del got
+        del buf
+        self.stats.old_hash = hashers[OLD].hexdigest()
+        self.stats.new_hash = hashers[NEW].hexdigest()
 
 
 class _RunCursor:
@@ -619,16 +694,6 @@ class _RunCursor:
             m[lo:hi] = b"\x01" * (hi - lo)
             j += 1
         return m
-
-
-def _account(side: str, off: int, n: int, o: DiffOptions, stats: DiffStats) -> None:
-    """Count (and report) a read; on the caller's thread, before the read is started."""
-    if o.on_read:
-        o.on_read(side, off, n)
-    if side == "old":
-        stats.bytes_read_old += n
-    else:
-        stats.bytes_read_new += n
 
 
 class _Maps:
@@ -720,18 +785,3 @@ def _prefetch(vol: Volume, off: int, n: int) -> None:
         if end > seg.offset:
             with contextlib.suppress(OSError):
                 os.posix_fadvise(im.fd, seg.offset, end - seg.offset, os.POSIX_FADV_WILLNEED)
-
-
-def _hash_old_tail(start: int, buf: memoryview, vol: Volume, h: Any, o: DiffOptions,
-                   stats: DiffStats, maps: _Maps) -> None:
-    """Shrink: OLD's bytes past NEW's end still belong to OLD's hash (the workers are idle)."""
-    pos, size = start, vol.size
-    _prefetch(vol, pos, size - pos)
-    while pos < size:
-        n = min(len(buf), size - pos)
-        _account("old", pos, n, o, stats)
-        got, mapped = _read(vol, memoryview(buf)[:n], pos, o, maps)
-        h.update(got)
-        maps.release(mapped)
-        pos += n
-        del got
