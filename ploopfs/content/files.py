@@ -41,6 +41,8 @@ log = logging.getLogger("ploopfs.files")
 Read = Callable[[int, int], bytes | bytearray]  # (offset, length) in the filesystem's bytes
 ReadInto = Callable[[memoryview, int], int]  # fills a zeroed buffer from an offset
 
+# The filesystem kinds (content/registry.py's names) whose files are served here.
+FILE_KINDS = frozenset({"ext2", "ext3", "ext4", "xfs"})
 EXT_MAGIC_OFF, EXT_MAGIC = 1080, b"\x53\xef"
 XFS_MAGIC = b"XFSB"
 ACL_UNDEFINED_ID = 0xFFFFFFFF
@@ -934,5 +936,5 @@ class XfsFiles(FileSystem):
             out[b"user." + name] = value
 
 
-__all__ = ["Attr", "ExtFiles", "Extents", "FileSystem", "FsError", "OpenFile", "XfsFiles",
+__all__ = ["FILE_KINDS", "Attr", "ExtFiles", "Extents", "FileSystem", "FsError", "OpenFile", "XfsFiles",
            "open_filesystem", "probe"]

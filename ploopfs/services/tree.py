@@ -23,7 +23,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ploopfs.content.files import FileSystem, open_filesystem
+from ploopfs.content.files import FILE_KINDS, FileSystem, open_filesystem
 from ploopfs.content.partitions import inspect_disk
 from ploopfs.content.view import partition_view
 from ploopfs.format.descriptor import bare_guid
@@ -85,10 +85,6 @@ class Dir:
             loaded = self._loader() if self._loader else []
             self._children = {c.name: c for c in loaded}
         return self._children
-
-
-# Filesystems whose files content/files.py serves.
-FILE_KINDS = frozenset({"ext2", "ext3", "ext4", "xfs"})
 
 
 class FsMount:
