@@ -12,6 +12,10 @@ could hold, capped at maxicount (imax_pct) and at least icount; f_ffree = f_file
 ifree). A read-only mount makes neither the reserve pool (xfs_reserve_blocks) nor the per-AG
 reservations, so none is subtracted.
 
+A filesystem whose log does not end with an unmount record (not cleanly unmounted: a running
+container's) is kept whole: the log may allocate blocks its trees still show as free. Its
+figures are still the norecovery mount's.
+
 The used map is the complement of each AG's free extents, the leaves of its bnobt (the free
 space tree by block number rooted in the AGF): AG headers, the AG free list (AGFL; xfs_db's
 `freesp` lists its blocks as free, the kernel keeps them for btree growth), btree blocks,
@@ -39,6 +43,7 @@ from ploopfs.format.xfs import (
     Superblock,
     XfsFormatError,
     free_extents,
+    log_needs_recovery,
     parse_agf,
     parse_agi,
     parse_superblock,
@@ -49,8 +54,10 @@ MAX_AGS = 1 << 16  # mkfs makes 4 to a few hundred; more is reported, not analys
 # Finding codes (FsUsage.findings): the superblock cannot be decoded; the filesystem does not fit
 # its partition or has more AGs than analysed; an AG's AGF or AGI is damaged; an AG's free-space
 # btree is damaged; the AG headers' counters are impossible (the kernel refuses to mount).
-SUPERBLOCK, GEOMETRY, AG_HEADER, FREESPACE, COUNTERS = (
-    "XFS_SUPERBLOCK", "XFS_GEOMETRY", "XFS_AG_HEADER", "XFS_FREESPACE", "XFS_COUNTERS")
+# The log needs recovery (or cannot be checked): the trees may be stale, the filesystem is kept.
+SUPERBLOCK, GEOMETRY, AG_HEADER, FREESPACE, COUNTERS, RECOVERY = (
+    "XFS_SUPERBLOCK", "XFS_GEOMETRY", "XFS_AG_HEADER", "XFS_FREESPACE", "XFS_COUNTERS",
+    "XFS_RECOVERY")
 
 
 class XfsAnalyser(Analyser):
@@ -100,6 +107,13 @@ def analyse_xfs(read: Reader, where: str, start: int, limit: int, *, bitmaps: bo
                                f"{MAX_AGS} analysed")
     agfs, agis = _read_ag_headers(read, fs, sb)
     _count(fs, sb, agfs, agis)
+    log = fs.start + sb.log_first_block * sb.blocksize
+    why = log_needs_recovery(sb, lambda bb, n: _read_exact(read, log + bb * 512, n * 512))
+    if why:
+        fs.findings.append(Finding(RECOVERY, where, (
+            f"{why}: the log may hold changes the free-space trees do not show yet; "
+            "filesystem kept whole")))
+        return fs
     if bitmaps:
         _build_used(read, fs, sb, agfs)
         fs.analysed = True

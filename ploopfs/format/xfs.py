@@ -749,3 +749,95 @@ def free_extents(sb: Superblock, agf: Agf, block: BlockReader) -> tuple[np.ndarr
         raise XfsFormatError(f"{where}: longest free extent {longest}, the AGF says "
                              f"{agf.longest}")
     return s, c
+
+
+# -- the log: was it cleanly unmounted? ------------------------------------------------------------
+LOG_MAGIC = 0xFEEDBABE  # xlog_rec_header.h_magicno
+XLOG_UNMOUNT_TRANS = 0x20  # xlog_op_header.oh_flags of an unmount record
+XLOG_VERSION_2 = 0x2
+XLOG_HEADER_CYCLE_SIZE = 32 * 1024
+BBSIZE = 512
+# Log writes in flight when the system stopped (8 in-core logs of at most 256 KiB): the blocks
+# around the head that may be torn, and how far back the last record header may lie.
+LOG_WINDOW_BBS = 8 * 256 * 1024 // BBSIZE + 64
+
+LogReader = Callable[[int, int], bytes | bytearray | memoryview]
+
+
+def _cycles(raw: bytes) -> np.ndarray:
+    """The cycle number of each 512-byte log block: its first word (log writes stamp it there),
+    or for a record header (magic 0xFEEDBABE) h_cycle."""
+    w = np.frombuffer(raw, ">u4").reshape(-1, BBSIZE // 4)
+    return np.where(w[:, 0] == LOG_MAGIC, w[:, 1], w[:, 0]).astype(np.int64)
+
+
+def log_needs_recovery(sb: Superblock, read: LogReader) -> str | None:
+    """None when the internal log ends with an unmount record (the filesystem was cleanly
+    unmounted and its metadata on disk is complete), else why not, in words. `read(bb, count)`
+    returns `count` 512-byte blocks of the log from its block `bb` (never past its end).
+
+    As the kernel's xlog_find_tail: the head is where the blocks' cycle numbers drop by one
+    (found by bisection, then a window before and after it must be uniform, else writes were
+    torn); the last record header before the head must hold exactly one operation, an
+    unmount transaction, and end at the head. Anything else, an external log included, counts
+    as needing recovery (the safe side)."""
+    if not sb.internal_log:
+        return "the log is on an external device: it cannot be checked"
+    n = sb.logblocks * (sb.blocksize // BBSIZE)
+
+    def cyc(bb: int) -> int:
+        return int(_cycles(bytes(read(bb, 1)))[0])
+
+    def window(first: int, count: int) -> bytes:
+        """`count` blocks from `first`, wrapping at the end of the log."""
+        first %= n
+        a = min(count, n - first)
+        out = bytes(read(first, a))
+        return out + bytes(read(0, count - a)) if count > a else out
+
+    first_cycle, last_cycle = cyc(0), cyc(n - 1)
+    if first_cycle == last_cycle:
+        head = 0  # the last write ended at the physical end of the log
+        new = first_cycle
+    else:
+        if last_cycle != first_cycle - 1:
+            return f"log cycles {first_cycle} at its start and {last_cycle} at its end"
+        lo, hi = 0, n - 1  # cycle(lo) == first_cycle, cycle(hi) == last_cycle
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if cyc(mid) == first_cycle:
+                lo = mid
+            else:
+                hi = mid
+        head, new = hi, first_cycle
+    w = min(LOG_WINDOW_BBS, n)
+    before = _cycles(window(head - w, w))
+    # Before the head the blocks are of the current cycle; those wrapped to the end of the log
+    # (when the head is near its start) of the previous one.
+    want_before = np.where((np.arange(head - w, head) < 0) & (head > 0), new - 1, new)
+    if (before != want_before).any():
+        return "log blocks before its head are of mixed cycles (writes were torn)"
+    after = _cycles(window(head, min(w, n - 1)))
+    if head and (after[:max(0, n - head)] >= new).any():
+        return "log blocks after its head are of the current cycle (writes were torn)"
+    raw = window(head - w, w)
+    for k in range(w - 1, -1, -1):
+        if struct.unpack_from(">I", raw, k * BBSIZE)[0] == LOG_MAGIC:
+            rblk = (head - w + k) % n
+            hdr = raw[k * BBSIZE:(k + 1) * BBSIZE]
+            break
+    else:
+        return "no log record header before the head"
+    version, length = struct.unpack_from(">iI", hdr, 8)
+    num_logops = struct.unpack_from(">i", hdr, 40)[0]
+    h_size = struct.unpack_from(">i", hdr, 320)[0]
+    hblks = 1
+    if version & XLOG_VERSION_2 and h_size > XLOG_HEADER_CYCLE_SIZE:
+        hblks = -(-h_size // XLOG_HEADER_CYCLE_SIZE)
+    end = (rblk + hblks + -(-length // BBSIZE)) % n
+    if end != head % n or num_logops != 1:
+        return "the last log record is not an unmount record (not cleanly unmounted)"
+    op = bytes(read((rblk + hblks) % n, 1))
+    if not op[9] & XLOG_UNMOUNT_TRANS:
+        return "the last log record is not an unmount record (not cleanly unmounted)"
+    return None

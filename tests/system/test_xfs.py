@@ -173,6 +173,8 @@ LAYOUTS = {  # name: (MiB, mkfs options)
     "v5-4k-sectors": (80, ["-s", "size=4096", "-d", "agcount=2"]),
     "v5-imaxpct1-noreflink": (72, ["-i", "maxpct=1", "-m", "reflink=0,finobt=0"]),
     "v5-short-last-ag": (97, ["-d", "agsize=32m"]),
+    # two-level free-space trees: their non-root blocks (agf_btreeblks) are withheld from f_bfree
+    "v5-1k-fragmented": (96, ["-b", "size=1024", "-d", "agcount=2"]),
     "v4": (64, ["-m", "crc=0"]),
 }
 
@@ -182,7 +184,11 @@ def test_info_equals_df(layout: str, tmp_path: Path) -> None:
     mib, opts = LAYOUTS[layout]
     if layout.startswith("v4") and not kernel_mounts_v4(tmp_path):
         pytest.skip("this kernel does not mount v4 (crc=0) XFS")
-    img = make_xfs(tmp_path, layout, mib, opts, small_files=120)
+    img = make_xfs(tmp_path, layout, mib, opts,
+                   small_files=1600 if "fragmented" in layout else 120)
+    if "fragmented" in layout:
+        agf = db_fields(xfs_db(img, "agf 0", "p btreeblks"))
+        assert int(agf["btreeblks"]) > 0
     mnt = tmp_path / "mnt"
     with xfs_mount(img, mnt, "ro,norecovery") as m:
         st = os.statvfs(m)
@@ -377,3 +383,72 @@ def test_ag_count_bounded_on_a_sparse_terabyte(tmp_path: Path) -> None:
             assert f["kind"] == "xfs"
             assert any("XFS_GEOMETRY" in x or "XFS_AG_HEADER" in x for x in f["findings"]), f
         bounded("compact", "--no-progress", img, tmp_path / f"out-{name}", codes=(0, 1))
+
+
+# -- the log -------------------------------------------------------------------------------------
+def log_state(img: Path) -> str:
+    out = subprocess.run(["xfs_logprint", "-t", str(img)], capture_output=True, text=True,
+                         timeout=120, check=False).stdout
+    m = re.search(r"state: <(\w+)>", out)
+    assert m, out
+    return m[1]
+
+
+def test_dirty_log_keeps_the_filesystem_whole(tmp_path: Path, guard_sources) -> None:
+    """Shut down with transactions in the log (xfs_io shutdown -f), as a running container's
+    disk is: the trees may not show what the log allocated, so du and compact keep it whole
+    (XFS_RECOVERY), check --deep says so, and info's figures are still the norecovery mount's."""
+    img = tmp_path / "dirty.img"
+    with open(img, "wb") as f:
+        f.truncate(64 * MiB)
+    sh("mkfs.xfs", "-q", "-f", img)
+    with xfs_mount(img, tmp_path / "mnt-rw", "rw") as m:
+        for i in range(50):
+            (m / f"f{i}").write_bytes(random.Random(i).randbytes(40_000))
+        os.sync()
+        for i in range(50, 80):
+            (m / f"f{i}").write_bytes(b"x" * 5000)
+        os.unlink(m / "f3")
+        sh("xfs_io", "-x", "-c", "shutdown -f", m)
+    assert log_state(img) == "DIRTY"
+    with xfs_mount(img, tmp_path / "mnt", "ro,norecovery") as m:
+        st = os.statvfs(m)
+    disk, _ = gpt_disk(tmp_path, img)
+    src = to_ploop(disk, tmp_path / "src")
+    guard_sources(src)
+    [f] = json.loads(bounded("info", "--json", src))["filesystems"]
+    assert (f["statfs"]["f_bfree"], f["statfs"]["f_files"], f["statfs"]["f_ffree"]) == (
+        st.f_bfree, st.f_files, st.f_ffree)
+    assert any("XFS_RECOVERY" in x for x in f["findings"])
+    [g] = json.loads(bounded("du", "--json", src))["filesystems"]
+    assert not g["analysed"] and g["clusters"] is None
+    deep = json.loads(run_cli("check", "--json", "--deep", src).stdout)
+    assert any(x["code"] == "DEEP_FILESYSTEM" and "XFS_RECOVERY" in x["message"]
+               for x in deep["findings"])
+    out = tmp_path / "out"
+    bounded("compact", "--no-progress", src, out, codes=(0, 1))
+    raw = check_compact_output(out, tmp_path)
+    assert sh("cmp", disk, raw) == ""  # every byte kept
+
+
+def test_wrapped_clean_log_is_analysed(tmp_path: Path) -> None:
+    """A log that went round more than once (cycle 2 at its start) and ended with an unmount
+    record: clean, analysed."""
+    img = tmp_path / "wrap.img"
+    with open(img, "wb") as f:
+        f.truncate(64 * MiB)
+    sh("mkfs.xfs", "-q", "-f", img)
+    with xfs_mount(img, tmp_path / "mnt-rw", "rw") as m:
+        for _ in range(25):
+            for i in range(1000):
+                (m / f"x{i}").write_text("a")
+            for i in range(1000):
+                os.unlink(m / f"x{i}")
+            os.sync()
+    assert log_state(img) == "CLEAN"
+    sb = xfs.parse_superblock(head(img))
+    first = head(img, 8, sb.log_first_block * sb.blocksize)
+    w0, w1 = struct.unpack(">II", first)
+    assert (w1 if w0 == xfs.LOG_MAGIC else w0) >= 2  # the log wrapped
+    [f] = cli_json("du", "--json", "--cluster-size", "1M", img)["filesystems"]
+    assert f["analysed"] and f["findings"] == []

@@ -496,3 +496,99 @@ def test_mutated_trees_fail_in_one_line_and_bounded() -> None:
             assert "\n" not in str(e)
         assert blocks.reads <= agf.btreeblks + 1
     assert ok  # some mutations are harmless (unused bytes)
+
+
+# -- the log ---------------------------------------------------------------------------------------
+class Log:
+    """A synthetic internal log of `n` 512-byte blocks, every block stamped with a cycle."""
+
+    def __init__(self, n: int, cycle: int = 0) -> None:
+        self.n = n
+        self.buf = bytearray(n * 512)
+        self.stamp(0, n, cycle)
+
+    def stamp(self, first: int, count: int, cycle: int) -> None:
+        for bb in range(first, first + count):
+            struct.pack_into(">I", self.buf, (bb % self.n) * 512, cycle)
+
+    def record(self, at: int, cycle: int, data_bbs: int = 1, *, unmount: bool = True,
+               ops: int = 1) -> int:
+        """A record header at block `at` and its data blocks (wrapping); returns the block
+        after it."""
+        self.stamp(at, 1 + data_bbs, cycle)
+        h = (at % self.n) * 512
+        struct.pack_into(">IIiIqqIii", self.buf, h, xfs.LOG_MAGIC, cycle, 2, data_bbs * 512,
+                         cycle << 32 | at, cycle << 32 | at, 0, -1, ops)
+        struct.pack_into(">i", self.buf, h + 320, 32768)
+        d = ((at + 1) % self.n) * 512
+        struct.pack_into(">IBB", self.buf, d + 4, 8, 0xAA, xfs.XLOG_UNMOUNT_TRANS if unmount else 2)
+        return at + 1 + data_bbs
+
+    def read(self, bb: int, count: int) -> bytes:
+        assert bb >= 0 and bb + count <= self.n
+        return bytes(self.buf[bb * 512:(bb + count) * 512])
+
+
+@pytest.fixture
+def log_sb() -> xfs.Superblock:
+    return xfs.parse_superblock(make_sb(logblocks=1368))  # 10944 blocks of 512 bytes
+
+
+def test_log_clean_after_mkfs_and_after_records(log_sb: xfs.Superblock) -> None:
+    log = Log(10944)
+    log.record(0, 1)
+    assert xfs.log_needs_recovery(log_sb, log.read) is None
+    log = Log(10944)
+    at = log.record(0, 1)
+    for _ in range(5):
+        at = log.record(at, 1, 64, unmount=False, ops=12)
+    log.record(at, 1)
+    assert xfs.log_needs_recovery(log_sb, log.read) is None
+
+
+def test_log_with_transactions_after_the_last_unmount_needs_recovery(log_sb: xfs.Superblock
+                                                                        ) -> None:
+    log = Log(10944)
+    at = log.record(0, 1)
+    log.record(at, 1, 64, unmount=False, ops=12)
+    assert "not an unmount record" in xfs.log_needs_recovery(log_sb, log.read)
+    log = Log(10944)
+    log.record(0, 1, unmount=False)
+    assert "not an unmount record" in xfs.log_needs_recovery(log_sb, log.read)
+
+
+def test_log_wrapped(log_sb: xfs.Superblock) -> None:
+    n = 10944
+    log = Log(n, 1)
+    at = log.record(n - 30, 1, 40, unmount=False, ops=7)  # wraps: its end is of the next cycle
+    log.stamp(0, at - n, 2)
+    log.record(at - n, 2)
+    assert xfs.log_needs_recovery(log_sb, log.read) is None
+    # the whole log of one cycle: the last record ends at the log's end
+    log = Log(n, 2)
+    log.record(n - 2, 2)
+    assert xfs.log_needs_recovery(log_sb, log.read) is None
+
+
+def test_log_torn_or_impossible(log_sb: xfs.Superblock) -> None:
+    log = Log(10944)
+    at = log.record(0, 1)
+    at = log.record(at, 1, 64, unmount=False)
+    end = log.record(at, 1)
+    log.stamp(at - 10, 1, 0)  # a hole of the old cycle before the head
+    assert "mixed cycles" in xfs.log_needs_recovery(log_sb, log.read)
+    log = Log(10944)
+    end = log.record(0, 1)
+    log.stamp(end + 100, 1, 1)  # a block of the current cycle past the head
+    assert "torn" in xfs.log_needs_recovery(log_sb, log.read)
+    log = Log(10944, 1)
+    log.stamp(0, 100, 3)
+    assert "log cycles 3 at its start and 1" in xfs.log_needs_recovery(log_sb, log.read)
+    log = Log(10944, 0)
+    log.stamp(0, 5, 1)  # blocks of a cycle but no record header
+    assert "no log record header" in xfs.log_needs_recovery(log_sb, log.read)
+
+
+def test_external_log_cannot_be_checked() -> None:
+    sb = xfs.parse_superblock(make_sb(logstart=0))
+    assert "external device" in xfs.log_needs_recovery(sb, lambda bb, n: bytes(n * 512))
