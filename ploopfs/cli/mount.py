@@ -15,12 +15,13 @@ def register(sub: Any) -> None:
         "mount", help="mount a snapshot read-only through FUSE (disk, partN, snapshots/, info.json)",
         description="Mount the virtual disk of a snapshot, its partitions, every other snapshot "
                     "and info.json read-only under MOUNTPOINT (or, with --files, the files of the "
-                    "ext2/3/4 filesystem inside). Returns once the mount is ready; the server runs "
+                    "ext2/3/4 or XFS filesystem inside). Returns once the mount is ready; the server runs "
                     "in the background. fstab: SOURCE MOUNTPOINT fuse.ploopfs ro,snapshot=GUID 0 0")
     add_source_args(p)
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
     p.add_argument("--files", action="store_true",
-                   help="show the container's files (ext2/3/4 via fuse2fs) instead of raw disks")
+                   help="show the container's files (ext2/3/4 or XFS) at MOUNTPOINT instead of "
+                        "the raw disks")
     p.add_argument("-F", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="comma-separated options: FUSE ones (allow_other, …) and uid=, gid=, "

@@ -1,6 +1,6 @@
 """The ext2/3/4 analyser, registered for ext2, ext3 and ext4: df's figures and the used map of
-an ext filesystem, its metadata decoded by format/ext4.py. `mount --files` serves these
-filesystems' files through fuse2fs.
+an ext filesystem, its metadata decoded by format/ext4.py. Their files are read by
+content/files.py.
 
 Work and memory follow what is stored, never what a superblock claims: the filesystem must fit
 the partition (and the disk) it is in, at most MAX_GROUPS groups are analysed, the descriptor
@@ -59,7 +59,6 @@ class ExtAnalyser(Analyser):
     kinds = ("ext2", "ext3", "ext4")
     order = 10  # right after LUKS, before every other signature
     title = "ext2/3/4"
-    serves_files = True  # by fuse2fs
 
     def probe(self, read: Reader, start: int, size: int) -> tuple[str, Label] | None:
         """ext4, ext3 or ext2 from the superblock's magic and feature flags (as blkid tells)."""
@@ -78,14 +77,6 @@ class ExtAnalyser(Analyser):
     def analyse(self, read: Reader, where: str, start: int, limit: int, *, bitmaps: bool,
                 gran: int = GRAN) -> FsUsage:
         return analyse_ext(read, where, start, limit, bitmaps=bitmaps, gran=gran)
-
-    def unreadable(self, fs: FsUsage, limit: int) -> list[Finding]:
-        """A damaged superblock or descriptor, or a geometry the kernel refuses: fuse2fs
-        mounts such a filesystem and then fails every listing. A filesystem merely too big for
-        this analyser (more than MAX_GROUPS groups) or needing journal recovery is readable."""
-        too_big = fs.groups > MAX_GROUPS and fs.size_bytes <= limit  # a limit of ours, not damage
-        return [f for f in fs.findings if f.code in ("EXT4_SUPERBLOCK", "EXT4_DESC")
-                or (f.code == "EXT4_GEOMETRY" and not too_big)]
 
 
 def _features(sb: Superblock) -> list[str]:

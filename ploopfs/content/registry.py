@@ -50,12 +50,10 @@ class Analyser(Probe):
     clusters of `gran` bytes of the disk (`analysed` set when compact may trust it). It never
     raises on damage: what it cannot trust becomes a finding and counts as used.
 
-    `title`: how messages name its kinds ("ext2/3/4"). `serves_files`: `mount --files` can serve
-    the filesystem's files (through fuse2fs for ext). `unreadable(fs, limit)`: the findings of a
-    bitmap-less analysis that mean its files cannot be served (mount --files refuses them)."""
+    `title`: how messages name its kinds ("ext2/3/4"). Which kinds have their files served is
+    content/files.py's to say (FILE_KINDS): it reads them."""
 
     title: str = ""
-    serves_files: bool = False
 
     def analyse(self, read: Reader, where: str, start: int, limit: int, *, bitmaps: bool,
                 gran: int) -> FsUsage:

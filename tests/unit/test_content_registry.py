@@ -102,7 +102,7 @@ def test_probes_equal_the_old_detect_fs(clean_registry: None) -> None:
 def test_builtin_kinds() -> None:
     ext = analyser_for("ext4")
     assert ext is not None and ext is analyser_for("ext2") is analyser_for("ext3")
-    assert ext.serves_files and ext.title == "ext2/3/4"
+    assert ext.title == "ext2/3/4"
     assert "ext2/3/4" in [a.title for a in analysers()]
     for kind in ("btrfs", "ntfs", "vfat", "swap", "luks", None, "nope"):
         assert analyser_for(kind) is None  # recognised (or not) but not analysed
@@ -169,7 +169,7 @@ def test_an_analyser_takes_over_a_signature(clean_registry: None) -> None:
 
     register(Xfs())
     assert [p for p in registry.probes() if "xfs" in p.kinds] == [analyser_for("xfs")]
-    assert analyser_for("xfs") is not None and not analyser_for("xfs").serves_files
+    assert analyser_for("xfs") is not None
 
 
 def test_no_filesystem_kinds_outside_content() -> None:
