@@ -76,7 +76,9 @@ def _parse_gpt(read: Reader, disk_size: int, sector: int, table: PartitionTable)
     if 92 <= hsize <= sector and zlib.crc32(full[:hsize]) != crc:
         table.problems.append(f"GPT header CRC mismatch at byte {sector}")
     entries_lba, n, esize = struct.unpack_from("<QII", hdr, 72)
-    if esize < 128 or n > 4096:
+    # UEFI: entries of 128 x 2^k bytes (Linux takes 128 only). Capped at 4 KiB, so the array
+    # read is at most 16 MiB: 2^27-byte entries asked for 512 GiB of a large disk in one read.
+    if esize < 128 or esize > 4096 or esize & (esize - 1) or n > 4096:
         table.problems.append(f"GPT header at byte {sector}: implausible entry table ({n} x {esize})")
         return True
     raw = bytes(read(entries_lba * sector, n * esize))
