@@ -75,10 +75,6 @@ class XfsAnalyser(Analyser):
                 gran: int = GRAN) -> FsUsage:
         return analyse_xfs(read, where, start, limit, bitmaps=bitmaps, gran=gran)
 
-    def unreadable(self, fs: FsUsage, limit: int) -> list[Finding]:
-        return [f for f in fs.findings if f.code in (SUPERBLOCK, AG_HEADER)
-                or (f.code == GEOMETRY and fs.size_bytes > limit)]
-
 
 def _read_exact(read: Reader, off: int, n: int) -> bytes:
     b = bytes(read(off, n))
