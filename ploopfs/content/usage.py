@@ -199,13 +199,15 @@ class FsUsage:
     def statfs(self) -> dict[str, int]:
         """The fields of statfs(2) the kernel returns for this filesystem mounted, and df's
         columns from them (`df -k`: size, used, avail in KiB; `df -i`: inodes)."""
-        k = self.block_size // 1024
+        def kib(blocks: int) -> int:  # df -k rounds up (XFS v4 may have 512-byte blocks)
+            return -(-blocks * self.block_size // 1024)
+
         bfree = max(0, self.free_blocks)
         return {"f_bsize": self.block_size, "f_blocks": self.f_blocks, "f_bfree": bfree,
                 "f_bavail": self.available_blocks, "f_files": self.inodes_count,
                 "f_ffree": self.free_inodes,
-                "df_size_kib": self.f_blocks * k, "df_used_kib": (self.f_blocks - bfree) * k,
-                "df_avail_kib": self.available_blocks * k, "df_inodes": self.inodes_count,
+                "df_size_kib": kib(self.f_blocks), "df_used_kib": kib(self.f_blocks - bfree),
+                "df_avail_kib": kib(self.available_blocks), "df_inodes": self.inodes_count,
                 "df_iused": self.inodes_count - self.free_inodes, "df_ifree": self.free_inodes}
 
     def to_json(self, *, df: bool = False) -> dict[str, Any]:
