@@ -811,7 +811,8 @@ def log_needs_recovery(sb: Superblock, read: LogReader) -> str | None:
                 hi = mid
         head, new = hi, first_cycle
     w = min(LOG_WINDOW_BBS, n)
-    before = _cycles(window(head - w, w))
+    raw = window(head - w, w)
+    before = _cycles(raw)
     # Before the head the blocks are of the current cycle; those wrapped to the end of the log
     # (when the head is near its start) of the previous one.
     want_before = np.where((np.arange(head - w, head) < 0) & (head > 0), new - 1, new)
@@ -820,7 +821,6 @@ def log_needs_recovery(sb: Superblock, read: LogReader) -> str | None:
     after = _cycles(window(head, min(w, n - 1)))
     if head and (after[:max(0, n - head)] >= new).any():
         return "log blocks after its head are of the current cycle (writes were torn)"
-    raw = window(head - w, w)
     for k in range(w - 1, -1, -1):
         if struct.unpack_from(">I", raw, k * BBSIZE)[0] == LOG_MAGIC:
             rblk = (head - w + k) % n
