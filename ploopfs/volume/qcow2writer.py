@@ -1,0 +1,155 @@
+"""A new qcow2 v3 image, written front to back (docs/formats.md, "qcow2 output").
+
+The layout is format/qcow2.py's: data clusters and L2 tables are appended in virtual order
+(each L2 table right after the last cluster it maps), then the L1 table, the refcount blocks
+and the refcount table; the header (cluster 0) is written last, then the file is fsynced.
+Only one L2 table is held in memory. The file is opened through `fileio`; `abort` closes and
+removes it (only if this process created it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from array import array
+
+from ploopfs.errors import OutputError
+from ploopfs.format import qcow2
+from ploopfs.volume import fileio
+
+_SWAP = sys.byteorder == "little"
+
+
+class Qcow2Writer:
+    def __init__(self, path: str, fd: int, size: int, cluster_size: int,
+                 backing_file: str | None) -> None:
+        self.path = path
+        self.fd = fd
+        self.size = size
+        self.cluster_size = cluster_size
+        self.backing_file = backing_file
+        self.l2n = qcow2.l2_entries(cluster_size)
+        self.l1 = array("Q", bytes(8 * qcow2.l1_size(size, cluster_size)))
+        self._host = 1  # next free host cluster; cluster 0 is the header
+        self._l2_index = -1
+        self._l2 = array("Q", bytes(8 * self.l2n))
+        self._last = -1  # last virtual cluster given an entry (they must increase)
+        self.data_clusters = 0
+        self.zero_clusters = 0
+        self.file_bytes = 0
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], size: int,
+               cluster_size: int = qcow2.DEFAULT_CLUSTER_SIZE, *,
+               backing_file: str | None = None, replace: bool = False) -> Qcow2Writer:
+        p = os.fspath(path)
+        qcow2.cluster_bits(cluster_size)
+        why = qcow2.check_size(size, cluster_size)
+        if why:
+            raise OutputError(why, p)
+        fd = fileio.create(p, replace=replace, what="qcow2 image",
+                           hint="; pass --force to replace an earlier output")
+        return cls(p, fd, size, cluster_size, backing_file)
+
+    # -- entries, in increasing virtual cluster order ---------------------------------------
+    def _entry(self, vc: int, value: int) -> None:
+        if vc <= self._last or vc * self.cluster_size >= self.size:
+            raise ValueError(f"virtual cluster {vc} out of order or past the disk")
+        self._last = vc
+        idx, slot = divmod(vc, self.l2n)
+        if idx != self._l2_index:
+            self._flush_l2()
+            self._l2_index = idx
+        self._l2[slot] = value
+
+    def _flush_l2(self) -> None:
+        if self._l2_index < 0:
+            return
+        table = self._l2
+        if _SWAP:
+            table = array("Q", table)
+            table.byteswap()
+        off = self._host * self.cluster_size
+        self._pwrite(memoryview(table).cast("B"), off)
+        self.l1[self._l2_index] = qcow2.data_entry(off)
+        self._host += 1
+        self._l2 = array("Q", bytes(8 * self.l2n))
+        self._l2_index = -1
+
+    def write_data(self, vcluster: int, data: bytes | bytearray | memoryview) -> None:
+        """Whole clusters of data (the last one of the disk zero-padded by the caller) for
+        virtual clusters vcluster, vcluster+1, …, appended as one write."""
+        c = self.cluster_size
+        n, rest = divmod(len(data), c)
+        if rest or n == 0:
+            raise ValueError("write_data takes whole clusters")
+        if vcluster <= self._last:
+            raise ValueError(f"virtual cluster {vcluster} out of order")
+        base = self._host
+        self._pwrite(data, base * c)
+        self._host += n
+        for i in range(n):
+            self._entry(vcluster + i, qcow2.data_entry((base + i) * c))
+        self.data_clusters += n
+
+    def write_zero(self, vcluster: int, count: int = 1) -> None:
+        """Clusters that read as zeros whatever a backing file holds (no data allocated)."""
+        for i in range(count):
+            self._entry(vcluster + i, qcow2.ZERO_CLUSTER)
+        self.zero_clusters += count
+
+    # -- end ---------------------------------------------------------------------------------
+    def close(self) -> int:
+        """Write the metadata and header, fsync, close. Returns the file size."""
+        c = self.cluster_size
+        try:
+            self._flush_l2()
+            l1 = array("Q", self.l1)
+            if _SWAP:
+                l1.byteswap()
+            l1_bytes = memoryview(l1).cast("B")
+            l1_clusters = max(1, -(-len(l1_bytes) // c))
+            l1_off = self._host * c
+            self._pwrite(bytes(l1_bytes) + bytes(l1_clusters * c - len(l1_bytes)), l1_off)
+            self._host += l1_clusters
+            blocks, table = qcow2.refcount_layout(self._host, c)
+            total = self._host + blocks + table
+            per_block = c // qcow2.REFCOUNT_BYTES
+            offsets = []
+            for b in range(blocks):
+                off = (self._host + b) * c
+                self._pwrite(qcow2.refcount_block(b * per_block, total, c), off)
+                offsets.append(off)
+            rt_off = (self._host + blocks) * c
+            self._pwrite(qcow2.refcount_table(offsets, table, c), rt_off)
+            self._host = total
+            head = qcow2.header(size=self.size, cluster_size=c, l1_entries=len(self.l1),
+                                l1_offset=l1_off, refcount_table_offset=rt_off,
+                                refcount_table_clusters=table, backing_file=self.backing_file)
+            self._pwrite(head, 0)
+            os.fsync(self.fd)
+        except OSError as e:
+            raise OutputError(f"write failed: {e.strerror}", self.path) from None
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+        self.file_bytes = total * c
+        return self.file_bytes
+
+    def abort(self) -> None:
+        """Close and remove the partial file."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        fileio.remove(self.path)
+
+    def _pwrite(self, data: bytes | bytearray | memoryview, off: int) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, off)
+                if n <= 0:
+                    raise OutputError("short write", self.path, offset=off)
+                view, off = view[n:], off + n
+        except OSError as e:
+            raise OutputError(f"write failed: {e.strerror}", self.path, offset=off) from None
