@@ -62,7 +62,7 @@ def test_bogus_option_exits_64_in_one_line(command: str, capsys: pytest.CaptureF
     ["signature", "basis", "sig", "-f"],  # nor --force
     ["info"],  # a missing positional
     ["info", "src", "--cluster-size", "700"],  # a bad value
-    ["export", "src", "out", "-f", "qcow2"],  # a bad choice
+    ["export", "src", "out", "-f", "vmdk"],  # a bad choice
     ["frobnicate"],
 ], ids=["mount-helper", "mount-f", "signature-f", "missing", "bad-value", "bad-choice", "command"])
 def test_usage_errors_exit_64_in_one_line(args: list[str]) -> None:
