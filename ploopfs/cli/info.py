@@ -115,10 +115,14 @@ def format_fs_usage(filesystems: list[dict[str, Any]]) -> list[str]:
         if "blocks" not in fs:
             lines.append(f"  {fs['where']:8} {fs['kind'] or '?':5} {fs['note']}")
             continue
-        b, i, k = fs["blocks"], fs["inodes"], fs["block_size"] // 1024 or 1
-        lines.append(f"  {fs['where']:8} {fs['kind']:5} {b['total'] * k:>12} {b['used'] * k:>12} "
-                     f"{b['free'] * k:>12} {b['available'] * k:>12} {i['total']:>10} "
-                     f"{i['used']:>10} {i['free']:>10}")
+        b, i, bs = fs["blocks"], fs["inodes"], fs["block_size"]
+
+        def kib(n: int, bs: int = bs) -> int:  # df -k rounds up (512-byte blocks exist)
+            return -(-n * bs // 1024)
+
+        lines.append(f"  {fs['where']:8} {fs['kind']:5} {kib(b['total']):>12} "
+                     f"{kib(b['used']):>12} {kib(b['free']):>12} {kib(b['available']):>12} "
+                     f"{i['total']:>10} {i['used']:>10} {i['free']:>10}")
         lines += [f"  {fs['where']}: finding: {f}" for f in fs["findings"]]
     return lines
 
