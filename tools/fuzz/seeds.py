@@ -10,9 +10,14 @@ writes OUTDIR/<target>/seed-* for each target (all by default):
   unpacked into a temporary folder: the corpus itself is only read);
 * the corpus descriptors, and for `check`/`read` the same descriptors pointed at small qemu
   images (container format of common.pack: descriptor, then files f0, f1, …);
-* signatures and deltas written by `rdiff` (librsync) for every hash/rollsum pair.
+* signatures and deltas written by `rdiff` (librsync) for every hash/rollsum pair;
+* the hostile shapes of tests/hostile.py (tests/system/test_hostile_all.py): their image files
+  and descriptors, a chain deeper than ploopfs reads (256 levels) and a 256-wide snapshot tree
+  over one small image, and for `fs` disk heads made by mkfs (ext2/3/4, XFS) plus an ext4
+  superblock claiming 2^29 groups, a garbage group descriptor table, a GPT whose entries lie
+  at LBA 2^63, overlapping GPT partitions and an MBR whose extended partitions form a loop.
 
-Needs qemu-img, qemu-io, rdiff and zstd on PATH.
+Needs qemu-img, qemu-io, rdiff, zstd and mkfs.ext4 on PATH (mkfs.xfs if there).
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import common
 
@@ -32,6 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CORPUS = os.environ.get("PLOOPFS_CORPUS",
                         os.path.join(ROOT, "tests", "data", "sample-corpus.tar.zst"))
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "tests"))  # hostile.py: the shapes of the hostile suite
 
 TOP_GUID = "{5fbaabe3-6958-40ff-92a7-860e329aab41}"
 
@@ -176,24 +185,144 @@ def rdiff_seeds(tmp: str) -> tuple[list[bytes], list[bytes]]:
     return sigs, deltas
 
 
+# -- hostile shapes (tests/hostile.py) ----------------------------------------------------------
+NONE_GUID = "{00000000-0000-0000-0000-000000000000}"
+WIDE = 256  # levels / children: past ploopfs's 254-level cap, and the XML fits MAX_LEN
+
+
+def _guid(i: int) -> str:
+    return f"{{{i:08x}-0000-4000-8000-{i:012x}}}"
+
+
+def compact_descriptor(parents: list[int | None], files: list[str], size: int,
+                       cluster: int) -> bytes:
+    """A descriptor without indentation or <Type> (every byte counts under MAX_LEN): image i
+    has GUID _guid(i), file files[i] and parent parents[i] (None: the base); the last is
+    the top."""
+    sec = size // 512
+    imgs = "".join(f"<Image><GUID>{_guid(i)}</GUID><File>{f}</File></Image>"
+                   for i, f in enumerate(files))
+    shots = "".join(f"<Shot><GUID>{_guid(i)}</GUID><ParentGUID>"
+                    f"{NONE_GUID if p is None else _guid(p)}</ParentGUID></Shot>"
+                    for i, p in enumerate(parents))
+    return (f"<Parallels_disk_image><Disk_Parameters><Disk_size>{sec}</Disk_size>"
+            f"</Disk_Parameters><StorageData><Storage><Blocksize>{cluster // 512}</Blocksize>"
+            f"{imgs}</Storage></StorageData><Snapshots><TopGUID>{_guid(len(files) - 1)}"
+            f"</TopGUID>{shots}</Snapshots></Parallels_disk_image>").encode()
+
+
+def deep_and_wide(tmp: str) -> list[bytes]:
+    """Containers: a chain of WIDE levels and a base with WIDE - 1 children, every level the
+    same 1 KiB image f0 (the symlinked deltas of the hostile suite, in container form)."""
+    size, cluster = 8192, 512
+    img = v1_image(os.path.join(tmp, "dw-v1"), size, cluster, [(0x51, 0, 512)])
+    img2 = qemu_image(os.path.join(tmp, "dw-v2"), size, cluster, [(0x52, 512, 512)])
+    chain = compact_descriptor([None, *range(WIDE - 1)], ["f0"] * WIDE, size, cluster)
+    tree = compact_descriptor([None] + [0] * (WIDE - 1), ["f0"] * WIDE, size, cluster)
+    return [common.pack([xml, im]) for xml in (chain, tree) for im in (img, img2)]
+
+
+def hostile_files(tmp: str) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """(image files, descriptors, containers) of the hostile suite's inputs. Image files
+    longer than fits MAX_LEN are cut (the header and BAT come first, and a cut image is one
+    more hostile shape); a container's files share what its descriptor leaves."""
+    import hostile
+
+    images: list[bytes] = []
+    descriptors: list[bytes] = []
+    containers: list[bytes] = []
+    root = Path(tmp) / "hostile"
+    for h in hostile.INPUTS:
+        if h.kind != "disk":
+            continue
+        try:
+            folder, _src = hostile.build(h, root)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        files = {}
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and not p.is_symlink():
+                with open(p, "rb") as f:
+                    files[p.name] = f.read(common.MAX_LEN - 1)
+        images += [b for n, b in files.items() if n.endswith((".hds", ".raw")) and b]
+        xml = files.get(hostile.DD)
+        if xml is not None and len(xml) < common.MAX_LEN - 1:
+            descriptors.append(xml)
+            names = list(dict.fromkeys(re.findall(rb"<File>([^<]*)</File>", xml)))[:common.MAX_FILES]
+            for i, n in enumerate(names):
+                xml = xml.replace(b"<File>%s</File>" % n, b"<File>f%d</File>" % i)
+            room = (common.MAX_LEN - 1 - len(xml) - 2 * (len(names) + 1)) // max(1, len(names))
+            if room > 0:
+                containers.append(common.pack(
+                    [xml, *(files.get(n.decode(errors="replace"), b"")[:room] for n in names)]))
+        shutil.rmtree(folder, ignore_errors=True)
+    return images, descriptors, containers
+
+
+def fs_heads(tmp: str) -> list[bytes]:
+    """Inputs of `fs` ([u32le disk size in 4 KiB units][disk head]): filesystems by mkfs and
+    the hostile partition tables and superblocks, cut to what fits MAX_LEN."""
+    import hostile
+
+    t = Path(tmp)
+    disks: list[tuple[int, bytes]] = []
+
+    def made(cmd: list[str], size: int) -> None:
+        p = t / "fs.img"
+        with open(p, "wb") as f:
+            f.truncate(size)
+        try:
+            subprocess.run([*cmd, str(p)], check=True, capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return
+        with open(p, "rb") as f:
+            disks.append((size, f.read(common.MAX_LEN)))
+        p.unlink()
+
+    for cmd in (["mkfs.ext4", "-q", "-F", "-b", "1024"], ["mkfs.ext3", "-q", "-F", "-b", "1024"],
+                ["mkfs.ext2", "-q", "-F", "-b", "1024"]):
+        made(cmd, 4 << 20)
+    made(["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "64bit,bigalloc", "-C", "16384"], 64 << 20)
+    if shutil.which("mkfs.xfs"):
+        made(["mkfs.xfs", "-q", "-f"], 300 << 20)
+    for fn in (hostile.ext4_many_groups, hostile.ext4_garbage_gdt):
+        d = fn(t)
+        disks.append((len(d), bytes(d[:common.MAX_LEN])))
+    small = 1 << 20
+    for d in (hostile.gpt_far_disk(small), hostile.gpt_overlap_disk(t, small, fs_lba=40),
+              hostile.mbr_loop_disk(small, base=16)):
+        disks.append((len(d), bytes(d[:common.MAX_LEN])))
+    return [struct.pack("<I", size // 4096) + head[:common.MAX_LEN - 5] for size, head in disks]
+
+
 # -- per target ---------------------------------------------------------------------------------
 def seeds_for(tmp: str, corpus: str) -> dict[str, Callable[[], list[bytes]]]:
+    hostile_made: dict[str, tuple[list[bytes], list[bytes], list[bytes]]] = {}
+
+    def hostile_seeds(i: int) -> list[bytes]:
+        if not hostile_made:
+            hostile_made["x"] = hostile_files(tmp)
+        return hostile_made["x"][i]
+
     def header() -> list[bytes]:
         heads = [read(p)[:4096] for p in corpus_images(corpus)]
-        return heads + [img[:4096] for img in small_images(os.path.join(tmp, "h"))]
+        return (heads + [img[:4096] for img in small_images(os.path.join(tmp, "h"))]
+                + [img[:4096] for img in hostile_seeds(0)])
 
     def image() -> list[bytes]:
         prefixes = [read(p)[: common.MAX_LEN - 1] for p in corpus_images(corpus)]
-        return small_images(os.path.join(tmp, "i")) + prefixes
+        return small_images(os.path.join(tmp, "i")) + prefixes + hostile_seeds(0)
 
     def descriptor() -> list[bytes]:
-        return list(corpus_descriptors(corpus).values())
+        return list(corpus_descriptors(corpus).values()) + hostile_seeds(1) + [
+            common.unpack(c)[0] for c in deep_and_wide(os.path.join(tmp, "d"))]
 
     made: dict[str, list[bytes]] = {}
 
     def folder() -> list[bytes]:
         if "f" not in made:
-            made["f"] = folders(os.path.join(tmp, "f"), corpus)
+            made["f"] = (folders(os.path.join(tmp, "f"), corpus) + hostile_seeds(2)
+                         + deep_and_wide(os.path.join(tmp, "w")))
         return made["f"]
 
     sig_delta: dict[str, tuple[list[bytes], list[bytes]]] = {}
@@ -205,15 +334,16 @@ def seeds_for(tmp: str, corpus: str) -> dict[str, Callable[[], list[bytes]]]:
         return sig_delta["x"][i]
 
     return {"header": header, "image": image, "descriptor": descriptor, "check": folder,
-            "read": folder, "rdiff_sig": lambda: rdiff(0), "rdiff_delta": lambda: rdiff(1)}
+            "read": folder, "rdiff_sig": lambda: rdiff(0), "rdiff_delta": lambda: rdiff(1),
+            "fs": lambda: fs_heads(os.path.join(tmp, "s"))}
 
 
-TARGETS = ["header", "image", "descriptor", "check", "read", "rdiff_sig", "rdiff_delta"]
+TARGETS = ["header", "image", "descriptor", "check", "read", "rdiff_sig", "rdiff_delta", "fs"]
 
 
 def generate(outdir: str, targets: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="ploopfs-seeds-") as tmp:
-        for sub in ("h", "i", "f"):
+        for sub in ("h", "i", "f", "d", "w", "s"):
             os.makedirs(os.path.join(tmp, sub))
         corpus = unpack_corpus(tmp)
         makers = seeds_for(tmp, corpus)
