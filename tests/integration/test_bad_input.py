@@ -582,7 +582,7 @@ def test_usage_error_one_line(corpus_case: Callable[[str], Path]) -> None:
     r = run_cli("export", f, "-", "--format", "ploop")
     assert r.returncode == ExitCode.USAGE
     assert r.stderr.decode().splitlines() == [
-        "ploopfs: --format ploop writes a folder; '-' is only for raw output"]
+        "ploopfs: --format ploop cannot stream; '-' is only for raw output"]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["info", "--help"], ["export", "--help"], ["--version"]])
