@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,19 @@ def qemu_to_raw(src: str, dst: str | os.PathLike[str], fmt: str = "parallels") -
     if not src.startswith("json:"):
         args[2:2] = ["-f", fmt]
     subprocess.run(args, check=True, capture_output=True, timeout=600)
+
+
+@pytest.fixture
+def mounter(tmp_path: Path) -> Iterator[Any]:
+    """Mounts for one test (tests/mounting.py): under tmp_path/m; at teardown every mount is
+    gone and every process it started ended, by PID."""
+    from mounting import Mounter
+
+    root = tmp_path / "m"
+    root.mkdir()
+    m = Mounter(root)
+    try:
+        yield m
+    finally:
+        problems = m.cleanup()
+    assert not problems, problems

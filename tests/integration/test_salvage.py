@@ -12,7 +12,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,15 +272,6 @@ def _fuse_usable() -> bool:
 needs_fuse = pytest.mark.skipif(not _fuse_usable(), reason="needs /dev/fuse as root")
 
 
-@pytest.fixture
-def mounter(tmp_path: Path) -> Iterator[Mounter]:
-    (tmp_path / "m").mkdir()
-    m = Mounter(tmp_path / "m")
-    try:
-        yield m
-    finally:
-        problems = m.cleanup()
-    assert not problems, problems
 
 
 @needs_fuse

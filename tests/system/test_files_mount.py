@@ -27,14 +27,6 @@ pytestmark = [
 MiB = F.MiB
 
 
-@pytest.fixture
-def mounter(tmp_path: Path):
-    m = Mounter(tmp_path)
-    try:
-        yield m
-    finally:
-        problems = m.cleanup()
-    assert not problems, problems
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ import os
 import resource
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from conftest import PLOOPFS, run_cli, sha256_file, tree_hashes
 from mounting import Mounter, is_mounted
 
@@ -130,15 +129,6 @@ def test_symlink_loops_are_named(corpus_case: Callable[[str], Path], tmp_path: P
     assert r.returncode == 3 and b"symbolic link loop" in r.stderr, r.stderr
 
 
-@pytest.fixture
-def mounter(tmp_path: Path) -> Iterator[Mounter]:
-    (tmp_path / "m").mkdir()
-    m = Mounter(tmp_path / "m")
-    try:
-        yield m
-    finally:
-        problems = m.cleanup()
-    assert not problems, problems
 
 
 def test_mount_wide_tree_and_deep_chain(tmp_path: Path, mounter: Mounter) -> None:

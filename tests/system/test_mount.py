@@ -23,7 +23,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,15 +84,6 @@ pytestmark = pytest.mark.skipif(not _fuse_usable(), reason="needs /dev/fuse and 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devices, mount(8))")
 
 
-@pytest.fixture
-def mounter(tmp_path: Path) -> Iterator[Mounter]:
-    """Mounts for one test; at teardown every mount is gone and every process ended by PID."""
-    m = Mounter(tmp_path)
-    try:
-        yield m
-    finally:
-        problems = m.cleanup()
-    assert not problems, problems
 
 
 # -- helpers --------------------------------------------------------------------------------------

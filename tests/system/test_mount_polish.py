@@ -22,7 +22,7 @@ import random
 import shutil
 import subprocess
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -64,15 +64,6 @@ pytestmark = pytest.mark.skipif(not _fuse_usable(), reason="needs /dev/fuse and 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (fuse2fs mounts)")
 
 
-@pytest.fixture
-def mounter(tmp_path: Path) -> Iterator[Mounter]:
-    """Mounts for one test; at teardown every mount is gone and every process ended by PID."""
-    m = Mounter(tmp_path)
-    try:
-        yield m
-    finally:
-        problems = m.cleanup()
-    assert not problems, problems
 
 
 # -- helpers ----------------------------------------------------------------------------------

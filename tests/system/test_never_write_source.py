@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -129,15 +129,6 @@ def test_stdout_redirected_into_a_source_is_refused(disk: Path) -> None:
         assert sha256_file(img) == before
 
 
-@pytest.fixture
-def mounter(tmp_path: Path) -> Iterator[Mounter]:
-    (tmp_path / "m").mkdir()
-    m = Mounter(tmp_path / "m")
-    try:
-        yield m
-    finally:
-        problems = m.cleanup()
-    assert not problems, problems
 
 
 @pytest.mark.parametrize("name", ["descriptor", "delta", "symlink", "hardlink"])

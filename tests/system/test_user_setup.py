@@ -137,15 +137,6 @@ class NobodyMounter(Mounter):
         return super().run(*args, timeout=timeout, cmd=[*AS_NOBODY, *(cmd or [str(PLOOPFS)])])
 
 
-@pytest.fixture
-def mounter(tmp_path: Path) -> Iterator[Mounter]:
-    """Mounts for one test; at teardown every mount is gone and every process ended by PID."""
-    m = Mounter(tmp_path)
-    try:
-        yield m
-    finally:
-        problems = m.cleanup()
-    assert not problems, problems
 
 
 # -- 1. the installed CLI, as an ordinary user ----------------------------------------------------
