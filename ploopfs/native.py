@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
-from typing import NamedTuple, TypeAlias
+from typing import TypeAlias
 
 from ploopfs._native import ffi, lib
 
@@ -431,17 +431,23 @@ class Patcher:
 
 
 # -- du --dedup (native/pf_dedup.h) ------------------------------------------------------------
-class DedupTable(NamedTuple):
-    """One block size's reference-count table (pf_ddt) and counters, as the scan left them."""
+class DedupTable:
+    """One block size's reference-count table (pf_ddt) and counters, as the scan left them. (A
+    plain class: a typing.NamedTuple cost every command importing this module ~1 ms.)"""
 
-    shift: int  # sampling bits: 0 = exact, else 1 in 2^shift distinct hashes kept
-    entries: int  # distinct kept hashes
-    refs: int  # sum of their counts
-    peak_bytes: int  # most slot-array bytes held at once
-    hist_entries: list[int]  # [b]: kept hashes whose count c has floor(log2(c)) == b
-    hist_refs: list[int]  # [b]: the sum of their counts
-    blocks: int  # blocks hashed (zero or not)
-    zero: int  # all-zero blocks among them
+    __slots__ = ("blocks", "entries", "hist_entries", "hist_refs", "peak_bytes", "refs", "shift",
+                 "zero")
+
+    def __init__(self, shift: int, entries: int, refs: int, peak_bytes: int,
+                 hist_entries: list[int], hist_refs: list[int], blocks: int, zero: int) -> None:
+        self.shift = shift  # sampling bits: 0 = exact, else 1 in 2^shift distinct hashes kept
+        self.entries = entries  # distinct kept hashes
+        self.refs = refs  # sum of their counts
+        self.peak_bytes = peak_bytes  # most slot-array bytes held at once
+        self.hist_entries = hist_entries  # [b]: kept hashes whose count c has floor(log2(c)) == b
+        self.hist_refs = hist_refs  # [b]: the sum of their counts
+        self.blocks = blocks  # blocks hashed (zero or not)
+        self.zero = zero  # all-zero blocks among them
 
 
 class DedupScanner:
