@@ -24,10 +24,12 @@ evidence separates the choice from its best alternative.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import os
 import re
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from ploopfs.errors import (
     ExitCode,
     NotFoundError,
     OutputError,
+    UnsupportedError,
     UsageError,
 )
 from ploopfs.format.descriptor import (
@@ -77,6 +80,9 @@ CONTENT_MARGIN = 8
 DEFAULT_SAMPLE = 1024  # shared clusters read at most (evenly spread); 0 = all
 TREE_SEARCH_MAX = 6  # every rooted tree is scored up to this many ploop images
 CHAIN_SEARCH_MAX = 7  # every linear order up to this many; beyond, a local search
+MAX_IMAGES = 512  # a folder with more image files is refused: inference grows with n^2
+LOCAL_SEARCH_SECONDS = 2.0  # moves tried by the local search of a long chain, at most
+LOCAL_SEARCH_KEEP = 64  # its best chains kept as candidates
 _GUID_IN_NAME = re.compile(
     r"\{([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\}")
 # Files of a ploop folder that are never images (format.md §5.9) and common companions.
@@ -190,6 +196,10 @@ def scan_folder(folder: str, cluster_size: int | None = None, salvage: bool = Fa
                 raws.append((entry, path, st.st_size, st.st_mtime_ns))
                 continue
             _open_ploop(entry, path, st.st_mtime_ns, ploop, damaged, salvage)
+            if len(ploop) + len(damaged) + len(raws) > MAX_IMAGES:
+                raise UnsupportedError(
+                    f"more than {MAX_IMAGES} image files: restore-descriptor infers trees of at "
+                    f"most {MAX_IMAGES} images (ploop's chains have at most 127)", folder)
         if ploop or damaged or salvage:
             raws = _unsigned_deltas(raws, ploop, damaged, salvage)
         if damaged:
@@ -763,7 +773,10 @@ def search(scorer: Scorer, n: int, raw_base: bool) -> list[tuple[tuple[int, ...]
 
 def _local_chain_search(scorer: Scorer, n: int) -> list[Tree]:
     """Many images: start from the order sizes, names and mtimes suggest, then move single
-    images while that improves the key; every chain visited is a candidate."""
+    images while that improves the key. Bounded: at most LOCAL_SEARCH_SECONDS of moves (each
+    key costs in proportion to the chain, so a full pass over hundreds of images would take
+    minutes), then the best order found; the LOCAL_SEARCH_KEEP best chains visited are the
+    candidates the confidence is judged against."""
     imgs = scorer.imgs
 
     def chain(order: list[int]) -> Tree:
@@ -774,23 +787,29 @@ def _local_chain_search(scorer: Scorer, n: int) -> list[Tree]:
 
     order = sorted(range(n), key=lambda i: (not imgs[i].named_base, imgs[i].size, imgs[i].dirty,
                                             imgs[i].mtime_ns, imgs[i].name))
-    seen: dict[tuple[int, ...], Tree] = {}
     best = chain(order)
     best_key = scorer.key(best)
+    visited: list[tuple[tuple[int, ...], Tree]] = [(best_key, best)]
+    deadline = time.monotonic() + LOCAL_SEARCH_SECONDS
     improved = True
-    while improved:
+    while improved and time.monotonic() < deadline:
         improved = False
         for i, j in itertools.permutations(range(n), 2):
+            if time.monotonic() >= deadline:
+                break
             o = order[:]
             o.insert(j, o.pop(i))
             t = chain(o)
-            seen[tuple(o)] = t
             k = scorer.key(t)
+            visited.append((k, t))
+            if len(visited) > 4 * LOCAL_SEARCH_KEEP:
+                visited = heapq.nsmallest(LOCAL_SEARCH_KEEP, visited, key=lambda kt: kt[0])
             if k < best_key:
                 order, best, best_key, improved = o, t, k, True
                 break
-    seen[tuple(order)] = best
-    return list(seen.values())
+    kept = heapq.nsmallest(LOCAL_SEARCH_KEEP, visited, key=lambda kt: kt[0])
+    unique = {t.parent: t for _, t in kept}
+    return list(unique.values())
 
 
 # -- decisions and confidence ----------------------------------------------------------------------

@@ -128,13 +128,7 @@ SIZE_BOUND_S = 2.0
 WORKING_BYTES = 64 << 20  # read + written by a stopped SIZE_BOUND run: it was working
 
 # (input, command) -> why it still fails (a fix due in a file this suite may not change).
-_RESTORE_SLOW = ("restore-descriptor's chain search (services/restore.py _local_chain_search) "
-                 "grows faster than n^2 in the images: 34 s for 60, minutes for 300")
-KNOWN_OPEN: dict[tuple[str, str], str] = {
-    ("chain-300", "restore-descriptor"): _RESTORE_SLOW,
-    ("chain-2000", "restore-descriptor"): _RESTORE_SLOW,
-    ("tree-1100-wide", "restore-descriptor"): _RESTORE_SLOW,
-}
+KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
 
 # A KNOWN_OPEN hang is cut short: still running after this long, it still is one. (Once
