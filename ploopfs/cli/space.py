@@ -226,15 +226,6 @@ def _run_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dedup_size(n: float) -> str:
-    """A byte count as du --dedup has always printed it: whole bytes, at most TiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
 def _ratio(x: float | None) -> str:
     """A ratio as text: 'n/a' when nothing was measured (never a made-up 1.00x)."""
     return "n/a" if x is None else f"{x:.2f}x"
@@ -242,19 +233,19 @@ def _ratio(x: float | None) -> str:
 
 def format_dedup(r: dict[str, Any]) -> str:
     """The text report of `ploopfs du --dedup` (its --json is `r` itself)."""
-    from ploopfs.services.dedup import ASHIFT, COMPRESSORS
+    from ploopfs.services.dedup import ASHIFT, COMPRESSORS, size_text
 
     t = r["totals"]
-    lines = [f"du --dedup: {len(r['disks'])} disk(s), {_dedup_size(t['virtual_bytes'])} virtual, "
-             f"{_dedup_size(t['read_bytes'])} allocated and read, {_dedup_size(t['unallocated_bytes'])} "
-             f"unallocated (skipped); image files {_dedup_size(t['image_bytes'])}"]
+    lines = [f"du --dedup: {len(r['disks'])} disk(s), {size_text(t['virtual_bytes'])} virtual, "
+             f"{size_text(t['read_bytes'])} allocated and read, {size_text(t['unallocated_bytes'])} "
+             f"unallocated (skipped); image files {size_text(t['image_bytes'])}"]
     for tb in r["block_sizes"]:
         lines += _dedup_table_lines(tb)
     c = r["compression"]
     if c:
         lines.append(f"compression of a sample: 1 in {c['sample_every']} distinct "
-                     f"{_dedup_size(c['block_size'])} blocks by content hash: "
-                     f"{c['distinct_blocks']} blocks, {_dedup_size(c['distinct_bytes'])}")
+                     f"{size_text(c['block_size'])} blocks by content hash: "
+                     f"{c['distinct_blocks']} blocks, {size_text(c['distinct_bytes'])}")
         lines.append("  " + "   ".join(f"{n} {_ratio(c[n]['ratio'])}" for n in COMPRESSORS)
                      + "  (referenced; after dedup: "
                      + ", ".join(f"{n} {_ratio(c[n]['ratio_distinct'])}" for n in COMPRESSORS)
@@ -263,24 +254,26 @@ def format_dedup(r: dict[str, Any]) -> str:
             lines.append("  (no block was sampled: use a smaller --sample)")
     cb = r["combined"]
     if c and c["distinct_blocks"]:
-        lines.append(f"dedup x compress at {_dedup_size(cb['block_size'])} (ZFS allocation, ashift "
-                     f"{ASHIFT}): {_dedup_size(cb['referenced_bytes'])} referenced -> "
-                     + ", ".join(f"{n} {_dedup_size(cb[n]['stored_bytes'])} ({_ratio(cb[n]['ratio'])})"
+        lines.append(f"dedup x compress at {size_text(cb['block_size'])} (ZFS allocation, ashift "
+                     f"{ASHIFT}): {size_text(cb['referenced_bytes'])} referenced -> "
+                     + ", ".join(f"{n} {size_text(cb[n]['stored_bytes'])} ({_ratio(cb[n]['ratio'])})"
                                  for n in COMPRESSORS))
     return "\n".join(lines)
 
 
 def _dedup_table_lines(tb: dict[str, Any]) -> list[str]:
+    from ploopfs.services.dedup import size_text
+
     bs = tb["block_size"]
     approx = "" if tb["mode"] == "exact" else "~"
     mode = ("exact" if tb["mode"] == "exact" else
             f"sampled: 1/{round(1 / tb['sample_fraction'])} of distinct hashes kept "
             f"({tb['kept_entries']} entries), an unbiased estimate of the dedup ratio")
     lines = [
-        f"{_dedup_size(bs)} blocks ({mode}):",
-        f"  referenced {tb['referenced_blocks']} ({_dedup_size(tb['referenced_bytes'])}), "
+        f"{size_text(bs)} blocks ({mode}):",
+        f"  referenced {tb['referenced_blocks']} ({size_text(tb['referenced_bytes'])}), "
         f"allocated after dedup {approx}{tb['allocated_blocks']} "
-        f"({_dedup_size(tb['allocated_bytes'])}); all-zero {tb['zero_blocks']}, "
+        f"({size_text(tb['allocated_bytes'])}); all-zero {tb['zero_blocks']}, "
         f"unallocated {tb['unallocated_blocks']} (neither stored)",
         f"  entries: unique (refcnt 1) {approx}{tb['unique_entries']}, duplicate "
         f"{approx}{tb['duplicate_entries']} holding {approx}{tb['duplicate_refs']} references;"
@@ -288,6 +281,6 @@ def _dedup_table_lines(tb: dict[str, Any]) -> list[str]:
         f"  {'refcnt':>8} {'entries':>12} {'LSIZE':>10} {'refs':>12} {'ref LSIZE':>10}",
     ]
     for h in tb["histogram"]:
-        lines.append(f"  {h['refcnt']:>8} {h['entries']:>12} {_dedup_size(h['entries'] * bs):>10} "
-                     f"{h['refs']:>12} {_dedup_size(h['refs'] * bs):>10}")
+        lines.append(f"  {h['refcnt']:>8} {h['entries']:>12} {size_text(h['entries'] * bs):>10} "
+                     f"{h['refs']:>12} {size_text(h['refs'] * bs):>10}")
     return lines

@@ -247,7 +247,7 @@ class Scanner:
     def _out_of_memory(self, source: str) -> UnsupportedError:
         """Memory ran out (the process's limit, or the machine's, below --memory): exit 9."""
         return UnsupportedError(
-            f"du --dedup: out of memory: too large for the --memory budget ({_size(self.o.memory)}"
+            f"du --dedup: out of memory: too large for the --memory budget ({size_text(self.o.memory)}"
             " for the hash tables) in the memory this process can get; give a smaller --memory "
             "(past it the tables sample) or more memory", source)
 
@@ -433,8 +433,9 @@ def estimate(sources: Sequence[str], o: DedupOptions,
         return sc.report()
 
 
-def _size(n: float) -> str:
-    """A byte count as text, for the out-of-memory error."""
+def size_text(n: float) -> str:
+    """A byte count as du --dedup prints it (its report and its errors): whole bytes, at most
+    TiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
