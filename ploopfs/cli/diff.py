@@ -1,5 +1,5 @@
 """`ploopfs diff`: the clusters that changed between two disks, as an rdiff delta, a stackable
-ploop delta or JSON ranges. Engine: ploopfs/services/diff.py (docs/diff.md)."""
+ploop delta or JSON ranges. Engine: ploopfs/services/diff/ (docs/diff.md)."""
 
 from __future__ import annotations
 

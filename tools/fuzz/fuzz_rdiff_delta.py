@@ -1,5 +1,5 @@
 """Fuzz target: patching with an rdiff delta (services/rdiff.py patch: the delta command parser
-and applier in native/pf_rdiff.c). Input: the delta file, applied to the fixed 8 KiB basis of
+and applier in native/pf_patch.c). Input: the delta file, applied to the fixed 8 KiB basis of
 common.basis_bytes() (seeds.py makes real `rdiff delta` outputs against it).
 
 Beyond "only PloopfsError": a failed patch leaves no partial output behind."""
