@@ -521,13 +521,18 @@ def _serve(tree, source: str, target: str, opts: MountOptions, files, wfd: int |
 
 
 def _write_state(state: Path, target: str) -> None:
-    with contextlib.suppress(OSError):
+    """What `umount` needs to wait for this daemon; best effort. Written through fileio like
+    every file ploopfs writes (a stale one of an earlier daemon is replaced)."""
+    with contextlib.suppress(OSError, PloopfsError):
         state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        state.write_text(json.dumps({"pid": os.getpid(), "mountpoint": target}))
+        fd = fileio.create(state, replace=True, what="mount state")
+        try:
+            os.write(fd, json.dumps({"pid": os.getpid(), "mountpoint": target}).encode())
+        finally:
+            os.close(fd)
 
 
 def _cleanup(state: Path, opts: MountOptions) -> None:
-    with contextlib.suppress(OSError):
-        state.unlink()
+    fileio.remove(state)
     if opts.pid_file:
         fileio.remove(opts.pid_file)
