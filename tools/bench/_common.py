@@ -150,6 +150,19 @@ def reuse_build(workdir: str, params: dict[str, object]) -> dict | None:
     return None
 
 
+def reuse_chain(workdir: str, params: dict[str, object], who: str) -> dict | None:
+    """reuse_build for a chain of levelN.hds + DiskDescriptor.xml + disk.raw: the earlier build
+    if it used the same params, else None after removing that earlier build's files."""
+    old = reuse_build(workdir, params)
+    if old:
+        log(f"{who}: reusing the chain in {workdir}")
+        return old
+    for name in os.listdir(workdir):
+        if name.startswith("level") or name in ("disk.raw", "DiskDescriptor.xml"):
+            os.unlink(os.path.join(workdir, name))
+    return None
+
+
 def save_build(workdir: str, info: dict) -> None:
     """Record a build (its "params" and what it made) for reuse_build."""
     with open(os.path.join(workdir, STAMP), "w") as f:

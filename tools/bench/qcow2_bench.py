@@ -40,7 +40,7 @@ from _common import (
     log,
     machine_info,
     ratio_series,
-    reuse_build,
+    reuse_chain,
     row,
     run_child,
     save_build,
@@ -58,13 +58,9 @@ PLOOPFS = os.path.join(REPO, ".venv", "bin", "ploopfs")
 
 def build(workdir: str, size: int, cluster: int, fill: float, seed: int) -> dict:
     params = {"size": size, "cluster": cluster, "fill": fill, "seed": seed, "v": 1}
-    old = reuse_build(workdir, params)
+    old = reuse_chain(workdir, params, "qcow2_bench")
     if old:
-        log(f"qcow2_bench: reusing the chain in {workdir}")
         return old
-    for name in os.listdir(workdir):
-        if name.startswith("level") or name in ("disk.raw", "DiskDescriptor.xml"):
-            os.unlink(os.path.join(workdir, name))
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     n = -(-size // cluster)

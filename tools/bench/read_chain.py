@@ -35,7 +35,7 @@ from _common import (
     log,
     machine_info,
     ratio_series,
-    reuse_build,
+    reuse_chain,
     row,
     save_build,
     verdict,
@@ -56,13 +56,9 @@ def build(workdir: str, size: int, cluster: int, fractions: list[float], seed: i
     """Write level0.hds (base) … levelN.hds, DiskDescriptor.xml and disk.raw into workdir;
     reuse them when a previous run left the same parameters there."""
     params = {"size": size, "cluster": cluster, "fractions": fractions, "seed": seed, "v": 1}
-    old = reuse_build(workdir, params)
+    old = reuse_chain(workdir, params, "read_chain")
     if old:
-        log(f"read_chain: reusing the chain in {workdir}")
         return old
-    for name in os.listdir(workdir):
-        if name.startswith("level") or name in ("disk.raw", "DiskDescriptor.xml"):
-            os.unlink(os.path.join(workdir, name))
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     n = -(-size // cluster)
