@@ -256,8 +256,6 @@ KNOWN_BROKEN: dict[tuple[str, str], KnownBroken] = {
     ("docs/mount.md", "df -h /mnt/ct101"): KnownBroken(
         "the page shows the sizes of an 18G container, not of any disk it names: sizes that "
         "depend on the disk should be `…`"),
-    ("docs/format.md", "ploopfs restore"): KnownBroken(
-        "the command is `ploopfs restore-descriptor`"),
 }
 
 
