@@ -7,7 +7,8 @@ checked against independent readers:
   `norecovery` by the kernel, for several layouts, and label and UUID equal blkid's;
 - du's used and wasted clusters are exactly those left by xfs_db's `freesp -d` free extents
   less the AGFL blocks (which xfs_db lists as free and ploopfs counts as used, like the kernel),
-  and within one cluster per AG of xfs_db's free space taken whole;
+  and within one cluster per AG of xfs_db's free space taken whole, and of what the kernel
+  itself leaves after `fstrim` on a loop-mounted, fully written copy;
 - compact's output passes `xfs_repair -n`, holds the same files (hash manifest through a kernel
   read-only loop mount), and the source is never written;
 - damaged and hostile metadata (superblock, AGF, a btree loop, a huge AG count) is reported by
@@ -264,6 +265,59 @@ def test_du_and_compact_match_xfs_db(layout: str, tmp_path: Path, guard_sources)
         a.seek(start + os.path.getsize(fs))
         b.seek(start + os.path.getsize(fs))
         assert a.read() == b.read()
+
+
+def data_clusters(img: Path, start: int, nclusters: int) -> np.ndarray:
+    """Disk clusters (img placed at byte `start`) in which img's file holds any data."""
+    out = np.zeros(nclusters, bool)
+    with open(img, "rb") as f:
+        fd, end, pos = f.fileno(), os.path.getsize(img), 0
+        while pos < end:
+            try:
+                a = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                break
+            b = os.lseek(fd, a, os.SEEK_HOLE)
+            out[(start + a) // C: -(-(start + b) // C)] = True
+            pos = b
+    return out
+
+
+def test_du_matches_fstrim(tmp_path: Path, guard_sources) -> None:
+    """The kernel's own account of free space: a fully written copy of the filesystem, mounted
+    through a loop device and `fstrim`med, keeps data exactly where XFS uses blocks (the loop
+    device punches every discarded range out of its file). du's used clusters are those, within
+    one cluster per allocation group, and so are the clusters compact keeps."""
+    if shutil.which("fstrim") is None:
+        pytest.skip("needs fstrim (util-linux)")
+    fs = make_xfs(tmp_path, "trim", 160, [], small_files=300)
+    sb = xfs.parse_superblock(head(fs))
+    disk, start = gpt_disk(tmp_path, fs)
+    src = to_ploop(disk, tmp_path / "src")
+    guard_sources(src)
+    n = -(-os.path.getsize(disk) // C)
+    full = tmp_path / "full.img"
+    sh("cp", "--sparse=never", fs, full)
+    assert data_clusters(full, start, n).sum() == -(-os.path.getsize(fs) // C)  # no holes yet
+    with xfs_mount(full, tmp_path / "mnt-trim", "rw") as m:
+        out = sh("fstrim", "-v", m)
+    assert re.search(r"\(\d+ bytes\) trimmed", out), out
+    analysed = np.zeros(n, bool)
+    analysed[-(-start // C):(start + os.path.getsize(fs)) // C] = True
+    kept = data_clusters(full, start, n) & analysed
+    assert kept.sum() < analysed.sum() - 8  # the trim freed whole clusters (the deleted big file)
+
+    r = du(src)
+    [f] = r["filesystems"]
+    fc = f["clusters"]
+    assert fc["clusters"] == int(analysed.sum())
+    assert abs(fc["used"] - int(kept.sum())) <= sb.agcount, (fc["used"], int(kept.sum()))
+    mapped = qemu_mapped(str(src / "root.hdd"), os.path.getsize(disk))
+    assert abs(fc["wasted"] - int((mapped & analysed & ~kept).sum())) <= sb.agcount
+    res = run_cli("compact", src, tmp_path / "out", "--json")
+    assert res.returncode == 0, res.stderr.decode()
+    keep_trim = int((mapped & (~analysed | kept)).sum())
+    assert abs(json.loads(res.stdout)["clusters_kept"] - keep_trim) <= sb.agcount
 
 
 # -- damaged and hostile metadata -----------------------------------------------------------------
