@@ -53,8 +53,8 @@ class FsError(Exception):
     """An inode or directory that cannot be read: EIO for that path."""
 
     def __init__(self, ino: int, what: str) -> None:
-        self.ino, self.what = ino, what
-        super().__init__(f"inode {ino}: {what}")
+        self.ino, self.what = ino, what  # ino 0: the filesystem as a whole
+        super().__init__(f"inode {ino}: {what}" if ino else what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +192,12 @@ def open_filesystem(fh: BinaryIO, read: Read, readinto: ReadInto, size: int,
     if kind is None:
         return None
     cls = ExtFiles if kind == "ext" else XfsFiles
-    return cls(fh, read, readinto, size, label)
+    try:
+        return cls(fh, read, readinto, size, label)
+    except FsError:
+        raise
+    except (Exception, RecursionError) as e:  # dissect's errors on a damaged superblock or AG
+        raise FsError(0, f"cannot open the {kind} filesystem: {type(e).__name__}: {e}") from None
 
 
 class FileSystem:

@@ -15,13 +15,17 @@ writes OUTDIR/<target>/seed-* for each target (all by default):
   and descriptors, a chain deeper than ploopfs reads (256 levels) and a 256-wide snapshot tree
   over one small image, and for `fs` disk heads made by mkfs (ext2/3/4, XFS) plus an ext4
   superblock claiming 2^29 groups, a garbage group descriptor table, a GPT whose entries lie
-  at LBA 2^63, overlapping GPT partitions and an MBR whose extended partitions form a loop.
+  at LBA 2^63, overlapping GPT partitions and an MBR whose extended partitions form a loop;
+* for `files`, ext2/3/4 (`mke2fs -d`) and XFS (`mkfs.xfs -p`, v5 with 4 and 1 KiB blocks, v4)
+  filesystems holding a small tree with every kind of node: files, a sparse file, a hard
+  link, symlinks (inline and not), a FIFO, a directory past one block, an xattr.
 
 Needs qemu-img, qemu-io, rdiff, zstd and mkfs.ext4 on PATH (mkfs.xfs if there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -295,6 +299,102 @@ def fs_heads(tmp: str) -> list[bytes]:
     return [struct.pack("<I", size // 4096) + head[:common.MAX_LEN - 5] for size, head in disks]
 
 
+def _tree(root: Path) -> None:
+    """A small tree with every kind of node the files layer serves."""
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "small").write_bytes(b"hello\n")
+    (root / "d" / "mid").write_bytes(bytes(range(256)) * 40)
+    (root / "d" / "e" / "sparse").write_bytes(b"")
+    with open(root / "d" / "e" / "sparse", "r+b") as f:
+        f.seek(200_000)
+        f.write(b"tail")
+    (root / "link").symlink_to("d/mid")
+    (root / "long-link").symlink_to("x" * 200)
+    os.link(root / "small", root / "d" / "hard")
+    os.mkfifo(root / "fifo")
+    for i in range(40):  # a directory past one block of entries
+        (root / "d" / f"entry-with-a-long-name-{i:03d}").write_bytes(b"%d" % i)
+    with contextlib.suppress(OSError):  # a filesystem without user xattrs
+        os.setxattr(root / "small", "user.note", b"value")
+
+
+def _protofile(root: Path, out: Path) -> None:
+    """mkfs.xfs -p: the same tree in xfsprogs' prototype format (xfsprogs 6.1 has no -p DIR)."""
+    lines = ["/", "0 0", "d--755 0 0"]
+
+    def walk(d: Path, depth: int) -> None:
+        for p in sorted(d.iterdir()):
+            pad = " " * depth
+            if p.is_symlink():
+                lines.append(f"{pad}{p.name} l--777 0 0 {os.readlink(p)}")
+            elif p.is_dir():
+                lines.append(f"{pad}{p.name} d--755 0 0")
+                walk(p, depth + 1)
+                lines.append(f"{pad}$")
+            elif p.is_fifo():
+                lines.append(f"{pad}{p.name} p--644 0 0")
+            else:
+                lines.append(f"{pad}{p.name} ---644 0 0 {p}")
+    walk(root, 1)
+    lines.append("$")
+    out.write_text("\n".join(lines) + "\n")
+
+
+def pieces(img: Path, size: int) -> bytes:
+    """An input of `files`: the size, then the image's non-zero sectors as pieces, in offset
+    order, as many as fit MAX_LEN."""
+    out = bytearray(struct.pack("<I", size // 4096))
+    with open(img, "rb") as f:
+        data = f.read()
+    sec, n = 0, len(data) // 512
+    while sec < n:
+        if not any(data[sec * 512:(sec + 1) * 512]):
+            sec += 1
+            continue
+        end = sec
+        while end < n and end - sec < 120 and any(data[end * 512:(end + 1) * 512]):
+            end += 1
+        chunk = data[sec * 512:end * 512]
+        if len(out) + 6 + len(chunk) > common.MAX_LEN - 1:
+            break
+        out += struct.pack("<IH", sec, len(chunk)) + chunk
+        sec = end
+    return bytes(out)
+
+
+def files_images(tmp: str) -> list[bytes]:
+    """Inputs of `files`: ext2/3/4 (mke2fs -d) and XFS (mkfs.xfs -p) holding _tree."""
+    t = Path(tmp)
+    t.mkdir(parents=True, exist_ok=True)
+    root = t / "tree"
+    _tree(root)
+    proto = t / "proto"
+    _protofile(root, proto)
+    small = {"TEST_DIR": "1", "TEST_DEV": "1", "QA_CHECK_FS": "1"}  # mkfs.xfs under 300 MiB
+    out = []
+    for cmd, size in ((["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "64", "-d", str(root)], 4 << 20),
+                      (["mkfs.ext4", "-q", "-F", "-b", "4096", "-N", "64", "-O", "inline_data",
+                        "-d", str(root)], 8 << 20),
+                      (["mkfs.ext3", "-q", "-F", "-b", "1024", "-N", "64", "-d", str(root)], 4 << 20),
+                      (["mkfs.ext2", "-q", "-F", "-b", "1024", "-N", "64", "-d", str(root)], 4 << 20),
+                      (["mkfs.xfs", "-q", "-f", "-d", "agcount=1", "-p", str(proto)], 32 << 20),
+                      (["mkfs.xfs", "-q", "-f", "-b", "size=1024", "-d", "agcount=1", "-p", str(proto)],
+                       32 << 20),
+                      (["mkfs.xfs", "-q", "-f", "-m", "crc=0", "-d", "agcount=1", "-p", str(proto)],
+                       32 << 20)):
+        img = t / "fs.img"
+        with open(img, "wb") as f:
+            f.truncate(size)
+        try:
+            subprocess.run([*cmd, str(img)], check=True, capture_output=True, timeout=120,
+                           env={**os.environ, **small})
+        except (OSError, subprocess.SubprocessError):
+            continue
+        out.append(pieces(img, size))
+        img.unlink()
+    return out
+
+
 # -- per target ---------------------------------------------------------------------------------
 def seeds_for(tmp: str, corpus: str) -> dict[str, Callable[[], list[bytes]]]:
     hostile_made: dict[str, tuple[list[bytes], list[bytes], list[bytes]]] = {}
@@ -335,10 +435,12 @@ def seeds_for(tmp: str, corpus: str) -> dict[str, Callable[[], list[bytes]]]:
 
     return {"header": header, "image": image, "descriptor": descriptor, "check": folder,
             "read": folder, "rdiff_sig": lambda: rdiff(0), "rdiff_delta": lambda: rdiff(1),
-            "fs": lambda: fs_heads(os.path.join(tmp, "s"))}
+            "fs": lambda: fs_heads(os.path.join(tmp, "s")),
+            "files": lambda: files_images(os.path.join(tmp, "t"))}
 
 
-TARGETS = ["header", "image", "descriptor", "check", "read", "rdiff_sig", "rdiff_delta", "fs"]
+TARGETS = ["header", "image", "descriptor", "check", "read", "rdiff_sig", "rdiff_delta", "fs",
+           "files"]
 
 
 def generate(outdir: str, targets: list[str]) -> None:
