@@ -214,11 +214,18 @@ class XmlRefused(Exception):
         self.message = message
 
 
-def load_root(data: bytes) -> etree._Element:
+def load_root(data: bytes, *, recover: bool = False) -> etree._Element:
     """The root element of a descriptor document, parsed safely: entities, DTDs and network
     access are refused (the file may come from an untrusted backup), and so is anything larger
     than MAX_DESCRIPTOR_BYTES. Serves descriptor_scan. Raises XmlRefused;
-    a ValueError/LookupError lxml may raise (an unusable declared encoding) passes through."""
+    a ValueError/LookupError lxml may raise (an unusable declared encoding) passes through.
+
+    `recover`: for a document that is no longer well-formed (truncated, partly overwritten),
+    what libxml2's recovering parser can still read, with the same refusals (size, DTD, no
+    entity loaded), rebuilt in the canonical shape (`_reshape`): every element of the parts
+    found, wherever the damage left it. Characters XML does not allow (NULs of a zeroed
+    block, bytes invalid in the encoding) are replaced by U+FFFD first, so that libxml2 does
+    not drop the rest of their element."""
     if len(data) > MAX_DESCRIPTOR_BYTES:
         raise XmlRefused(
             "size", f"descriptor is {len(data)} bytes, larger than the {MAX_DESCRIPTOR_BYTES} byte cap")
@@ -226,10 +233,14 @@ def load_root(data: bytes) -> etree._Element:
         raise XmlRefused("dtd")
     from lxml import etree  # here, not at the top: a disk given as an image file needs no XML
 
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                             dtd_validation=False, huge_tree=False, remove_pis=True)
+    options = {"resolve_entities": False, "no_network": True, "load_dtd": False,
+               "dtd_validation": False, "huge_tree": False, "remove_pis": True}
     try:
-        root = etree.fromstring(data, parser)
+        if recover:
+            root = etree.fromstring(_cleaned(data), etree.XMLParser(
+                recover=True, encoding="utf-8", **options))
+        else:
+            root = etree.fromstring(data, etree.XMLParser(**options))
     except etree.XMLSyntaxError as e:
         line = f" line {e.lineno}" if getattr(e, "lineno", None) else ""
         raise XmlRefused("malformed", f"malformed XML{line}: {e.msg}") from None
@@ -240,6 +251,61 @@ def load_root(data: bytes) -> etree._Element:
     docinfo = root.getroottree().docinfo
     if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
         raise XmlRefused("dtd")
+    return _reshape(root) if recover else root
+
+
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
+_WRAPPER = "recovered"
+# libxml2's recovery closes the current element at an end tag whose start tag was lost, and the
+# document at the last one: wrappers this deep absorb the stray end tags of a lost beginning
+# (a descriptor nests 5 deep, format.md §5.1).
+_WRAP_DEPTH = 16
+
+
+def _cleaned(data: bytes) -> bytes:
+    """The document as UTF-8 for the recovering parser: decoded with its declared encoding
+    (UTF-8 if none or unknown), bad bytes and characters XML forbids replaced by U+FFFD, the
+    declaration dropped, and the whole wrapped in nested elements, so that a lost beginning
+    (the root's start tag, stray end tags, text) still leaves the elements after it readable."""
+    m = _XML_ENCODING.match(data.replace(b"\0", b""))
+    encoding = m.group(1).decode("ascii") if m else "utf-8"
+    try:
+        text = data.decode(encoding, "replace")
+    except LookupError:
+        text = data.decode("utf-8", "replace")
+    text = _NOT_XML_CHAR.sub("\ufffd", _DECLARATION.sub("", text.lstrip("\ufeff")))
+    return (f"<{_WRAPPER}>" * _WRAP_DEPTH + text + f"</{_WRAPPER}>" * _WRAP_DEPTH).encode()
+
+
+def _reshape(wrapper: etree._Element) -> etree._Element:
+    """A recovered tree in the shape descriptor_scan reads (format.md §5.1): the document's root
+    (named after its first element), its Disk_Parameters, one StorageData/Storage holding its
+    Blocksize, Preallocated and every <Image>, and Snapshots holding TopGUID and every <Shot>,
+    each taken wherever it lies (first one found, or all of them in document order)."""
+    from lxml import etree
+
+    def first(tag: str) -> etree._Element | None:
+        return next(wrapper.iter(tag), None)
+
+    top = next((el.tag for el in wrapper.iter() if el.tag != _WRAPPER and isinstance(el.tag, str)),
+               _WRAPPER)
+    root = etree.Element(top)
+    params, volume = first("Disk_Parameters"), first("Volume")
+    scalars = [first(tag) for tag in ("Blocksize", "Preallocated", "TopGUID")]
+    images, shots = list(wrapper.iter("Image")), list(wrapper.iter("Shot"))
+    if params is not None:
+        root.append(params)
+    sdata = etree.SubElement(root, "StorageData")
+    if volume is not None:
+        sdata.append(volume)
+    storage = etree.SubElement(sdata, "Storage")
+    snaps = etree.SubElement(root, "Snapshots")
+    for el, parent in zip(scalars, (storage, storage, snaps), strict=True):
+        if el is not None:
+            parent.append(el)
+    storage.extend(images)
+    snaps.extend(shots)
     return root
 
 

@@ -2,10 +2,11 @@
 
 `scan_descriptor` collects every problem it can find, each with a code of docs/check.md and a
 severity, and still returns as much of the snapshot tree as it could read: `check` reports
-them all. `parse_descriptor` is the reading policy of every other command: the first problem
-at or above DAMAGED (or, when salvaging, at FATAL) is raised as the error of its kind, the
-others become warnings. Pure: bytes in, a Descriptor out. No DTD or entity is ever loaded, the
-size is capped.
+them all; with `recover` (restore-descriptor's damaged old descriptor) it also reads what is
+left of a document that is no longer well-formed. `parse_descriptor` is the reading policy
+of every other command: the first problem at or above DAMAGED (or, when salvaging, at
+FATAL) is raised as the error of its kind, the others become warnings. Pure: bytes in, a
+Descriptor out. No DTD or entity is ever loaded, the size is capped.
 """
 
 from __future__ import annotations
@@ -82,8 +83,10 @@ def parse_descriptor(data: bytes, where: str = "DiskDescriptor.xml", *,
 
 
 class _Scan:
-    def __init__(self) -> None:
+    def __init__(self, recover: bool) -> None:
         self.problems: list[DescriptorProblem] = []
+        self.recover = recover  # read what is left of a damaged document
+        self.recovered = False  # it was not well-formed: the tree is what libxml2 recovered
 
     def add(self, code: str, element: str | None, message: str) -> None:
         self.problems.append(DescriptorProblem(code, element, message))
@@ -110,24 +113,42 @@ class _Scan:
 
 
 def _parse_xml(data: bytes, scan: _Scan) -> etree._Element | None:
-    """descriptor.load_root, its refusals recorded as problems."""
+    """descriptor.load_root, its refusals recorded as problems; a malformed document is read
+    again by the recovering parser when `scan.recover` is set (it says nothing new)."""
     try:
         return load_root(data)
     except XmlRefused as e:
         if e.kind == "dtd":
             scan.add("DESCRIPTOR_ENTITIES", "!DOCTYPE", "DTD or entity declarations (refused, not loaded)")
-        else:
-            scan.add("DESCRIPTOR_TOO_LARGE" if e.kind == "size" else "DESCRIPTOR_MALFORMED", None,
-                     e.message)
+            return None
+        scan.add("DESCRIPTOR_TOO_LARGE" if e.kind == "size" else "DESCRIPTOR_MALFORMED", None,
+                 e.message)
+        if e.kind == "size":
+            return None
     except (ValueError, LookupError) as e:  # e.g. an unknown declared encoding
         scan.add("DESCRIPTOR_MALFORMED", None, f"malformed XML: {e}")
-    return None
+    if not scan.recover:
+        return None
+    try:
+        root = load_root(data, recover=True)
+    except (XmlRefused, ValueError, LookupError):
+        return None
+    scan.recovered = True
+    return root
 
 
-def scan_descriptor(data: bytes) -> tuple[Descriptor | None, list[DescriptorProblem]]:
+def scan_descriptor(data: bytes, *, recover: bool = False
+                    ) -> tuple[Descriptor | None, list[DescriptorProblem]]:
     """Every problem of the descriptor (format.md §5.2–§5.4), plus the tree as far as it is readable.
-    None when the document itself cannot be used (unsafe, malformed, required parts missing)."""
-    scan = _Scan()
+    None when the document itself cannot be used (unsafe, malformed, required parts missing).
+
+    `recover`: a malformed document is still reported DESCRIPTOR_MALFORMED, but what the
+    recovering parser reads of it (descriptor.load_root) is scanned by the same rules, and
+    the tree is returned while it has one usable <Image>, whatever parts are missing; ploop's
+    compatibility rule (an unlisted top image is a base) is not applied to a recovered tree,
+    whose <Shot> for it may simply be lost. Never for reading a disk: restore-descriptor's
+    old descriptor only."""
+    scan = _Scan(recover)
     root = _parse_xml(data, scan)
     if root is None:
         return None, scan.problems
@@ -152,9 +173,9 @@ def scan_descriptor(data: bytes) -> tuple[Descriptor | None, list[DescriptorProb
         _scan_storage(sdata, d, scan)
     if snaps is not None:
         _scan_shots(snaps, d, scan)
-    if sdata is None or snaps is None or not d.images:
+    if not d.images or (not recover and (sdata is None or snaps is None)):
         return None, scan.problems
-    _scan_tree(d, snaps, scan)
+    _scan_tree(d, snaps if snaps is not None else etree.Element("Snapshots"), scan)
     return d, scan.problems
 
 
@@ -214,7 +235,8 @@ def _scan_tree(d: Descriptor, snaps: etree._Element, scan: _Scan) -> None:
     """Tree rules of ploop's validate_disk_descriptor (format.md §5.3, §5.4), every violation reported."""
     images = {im.guid for im in d.images}
     # ploop's compatibility rule: an unlisted magic-GUID image is a base.
-    if len(d.images) != len(d.shots) and TOP_GUID in images and all(s.guid != TOP_GUID for s in d.shots):
+    if (not scan.recovered and len(d.images) != len(d.shots) and TOP_GUID in images
+            and all(s.guid != TOP_GUID for s in d.shots)):
         d.shots.append(Shot(TOP_GUID, NONE_GUID))
         scan.add("DESCRIPTOR_COMPAT", "Snapshots/Shot", "no <Shot> for the top image; assumed a "
                  "base (ploop compatibility rule)")

@@ -39,7 +39,6 @@ import numpy as np
 
 from ploopfs.errors import (
     BadChainError,
-    BadDescriptorError,
     BadImageError,
     CorruptImageError,
     ExitCode,
@@ -53,10 +52,9 @@ from ploopfs.format.descriptor import (
     Descriptor,
     ImageEntry,
     Shot,
-    norm_guid,
     render_descriptor,
 )
-from ploopfs.format.descriptor_scan import parse_descriptor
+from ploopfs.format.descriptor_scan import parse_descriptor, scan_descriptor
 from ploopfs.format.header import (
     CIF_EMPTY,
     HEADER_SIZE,
@@ -501,39 +499,19 @@ def _size_evidence(scan: Scan) -> None:
 
 
 # -- what survives of an old descriptor ----------------------------------------------------------
-_ELEMENT = {tag: re.compile(rf"<{tag}>(.*?)</{tag}>", re.S) for tag in ("Image", "Shot")}
-_FIELD = {tag: re.compile(rf"<{tag}>\s*([^<]*?)\s*</{tag}>") for tag in
-          ("GUID", "File", "ParentGUID", "TopGUID")}
-
-
-def salvage_old_descriptor(data: bytes) -> tuple[dict[str, str], dict[str, str], str | None]:
-    """GUIDs, parents and the top from a damaged (e.g. truncated) descriptor, found with regular
-    expressions in the text: nothing is parsed as XML, so no entity can be expanded. Returns
-    ({file basename: GUID}, {GUID: parent GUID}, TopGUID). Unreadable parts are skipped."""
-    text = data[:MAX_DESCRIPTOR_BYTES].decode("utf-8", "replace")
-
-    def guid(raw: str | None) -> str | None:
-        try:
-            return norm_guid(raw)
-        except BadDescriptorError:
-            return None
-
-    def field_of(body: str, tag: str) -> str | None:
-        m = _FIELD[tag].search(body)
-        return m.group(1) if m else None
-
-    files: dict[str, str] = {}
-    for m in _ELEMENT["Image"].finditer(text):
-        g, f = guid(field_of(m.group(1), "GUID")), field_of(m.group(1), "File")
-        if g and f and os.path.basename(f):
-            files[os.path.basename(f)] = g
-    parents: dict[str, str] = {}
-    for m in _ELEMENT["Shot"].finditer(text):
-        g, p = guid(field_of(m.group(1), "GUID")), guid(field_of(m.group(1), "ParentGUID"))
-        if g and p:
-            parents[g] = p
-    top = _FIELD["TopGUID"].search(text)
-    return files, parents, guid(top.group(1)) if top else None
+def salvage_old_descriptor(data: bytes) -> tuple[dict[str, str], dict[str, str], str, str]:
+    """GUIDs, parents and the top of a damaged (e.g. truncated) descriptor, as far as the one
+    descriptor decoder reads it (scan_descriptor with `recover`: what libxml2's recovering
+    parser still finds in a document that is no longer XML, the same refusals: no DTD or entity,
+    at most MAX_DESCRIPTOR_BYTES). Returns ({file basename: GUID}, {GUID: parent GUID}, the top
+    GUID (the magic top GUID when <TopGUID> is lost, as ploop reads it), why nothing could be
+    read ("" when something was)). Unreadable parts are skipped."""
+    d, problems = scan_descriptor(data, recover=True)
+    if d is None:
+        worst = max(problems, key=lambda p: p.severity, default=None)
+        return {}, {}, TOP_GUID, worst.message if worst else "no usable <Image>"
+    files = {os.path.basename(im.file): im.guid for im in d.images if os.path.basename(im.file)}
+    return files, {s.guid: s.parent for s in d.shots}, d.top_guid, ""
 
 
 def apply_old_descriptor(scan: Scan, path: str) -> None:
@@ -542,7 +520,7 @@ def apply_old_descriptor(scan: Scan, path: str) -> None:
         data = pread_exact(fd, MAX_DESCRIPTOR_BYTES, 0, path)
     finally:
         os.close(fd)
-    files, parents, top = salvage_old_descriptor(data)
+    files, parents, top, unusable = salvage_old_descriptor(data)
     by_guid = {g: f for f, g in files.items()}
     known = 0
     for c in scan.all():
@@ -556,13 +534,12 @@ def apply_old_descriptor(scan: Scan, path: str) -> None:
             c.old_parent = ""
         elif p in by_guid:
             c.old_parent = by_guid[p]
-    if top is None and TOP_GUID in by_guid:  # TopGUID lost: ploop's top carries the magic GUID
-        top = TOP_GUID
     if top in by_guid and by_guid[top] in {c.name for c in scan.images}:
         scan.old_top = by_guid[top]
     links = sum(c.old_parent is not None for c in scan.all())
     scan.old_notes.append(f"old descriptor {path}: {known} image GUID(s), {links} parent link(s)"
-                          f"{', the top' if scan.old_top else ''} recovered")
+                          f"{', the top' if scan.old_top else ''} recovered"
+                          f"{f' (unusable: {unusable})' if unusable else ''}")
 
 
 # -- content evidence ----------------------------------------------------------------------------

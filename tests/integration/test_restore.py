@@ -456,3 +456,55 @@ def test_damaged_old_descriptor_keeps_guids(corpus_case, tmp_path):
     # --ignore-old: back to GUIDs from names and uuid5.
     _, rep2 = restore_json(work, "--dry-run", "--ignore-old", "-o", tmp_path / "x.xml")
     assert {i["guid_source"] for i in rep2["images"]} <= {"top", "file name", "generated"}
+
+
+@pytest.mark.parametrize("damage", ["garbled", "zeroed"])
+def test_garbled_old_descriptor_keeps_guids(corpus_case, tmp_path, damage):
+    """What the one descriptor decoder recovers of an old descriptor (scan_descriptor with
+    recover): an element garbled (a NUL and invalid UTF-8 in a tag name, a mismatched end
+    tag) and the file cut inside the last <Shot>, or its first bytes zeroed up to the end of the
+    first <Image>. Every GUID still readable is reused."""
+    case = corpus_case("plain-base-chain3")
+    original = parse_descriptor((case / DD).read_bytes())
+    data = (case / DD).read_bytes()
+    if damage == "garbled":
+        data = data.replace(b"<Type>Plain</Type>", b"<Ty\x00\xffpe>Plain</Tpe>", 2)
+        data = data[:data.rindex(b"<ParentGUID>") + 20]
+        reused = {im.file for im in original.images}
+    else:
+        cut = data.index(b"</Image>")
+        data = bytes(cut) + data[cut:]
+        reused = {im.file for im in original.images[1:]}
+    work = tmp_path / "w"
+    link_images(case, work)
+    (work / DD).write_bytes(data)
+    out = tmp_path / "rebuilt" / DD
+    out.parent.mkdir()
+    rc, rep = restore_json(work, "-o", out)
+    assert rc == 0, rep["notes"]
+    note = next(n for n in rep["notes"] if "old descriptor" in n)
+    assert f"{len(reused)} image GUID(s)" in note, note
+    sources = {i["file"]: i["guid_source"] for i in rep["images"]}
+    top = original.image(TOP_GUID).file  # its GUID is ploop's magic top GUID, source "top"
+    assert {f for f, src in sources.items() if src == "old descriptor"} == reused - {top}, sources
+    rebuilt = parse_descriptor(out.read_bytes())
+    old = {im.file: im.guid for im in original.images}
+    names = {os.path.basename(im.file): im.guid for im in rebuilt.images}  # -o elsewhere: ../w/…
+    assert {f: names[f] for f in reused} == {f: old[f] for f in reused}
+    assert [os.path.basename(im.file) for im in rebuilt.chain()] == [
+        im.file for im in original.chain()]
+
+
+def test_hostile_old_descriptor_is_not_loaded(corpus_case, tmp_path):
+    """An old descriptor declaring entities is refused by the one XML loader, in recovery too:
+    nothing is taken from it, the note says why, and the rest of the evidence still decides."""
+    case = corpus_case("plain-base-chain3")
+    work = tmp_path / "w"
+    link_images(case, work)
+    data = (case / DD).read_bytes()
+    (work / DD).write_bytes(b'<!DOCTYPE d [<!ENTITY x "y">]>' + data[data.index(b"<Virtuozzo"):])
+    rc, rep = restore_json(work, "--dry-run", "-o", tmp_path / "x.xml")
+    assert rc in (0, 1)
+    note = next(n for n in rep["notes"] if "old descriptor" in n)
+    assert "0 image GUID(s)" in note and "unusable: DTD or entity" in note, note
+    assert "old descriptor" not in {i["guid_source"] for i in rep["images"]}

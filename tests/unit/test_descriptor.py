@@ -80,3 +80,68 @@ def test_deep_chain_is_linear() -> None:
     d = parse_descriptor(render_descriptor(chain_descriptor(
         [f"f{i}" for i in range(n)], 1 << 20, 1 << 20, guids=guids)))
     assert len(d.chain()) == n and len(d.tree_order()) == n
+
+
+def _links(data: bytes) -> tuple[list[tuple[str, str]], dict[str, str], str] | None:
+    d, problems = scan_descriptor(data, recover=True)
+    if d is None:
+        return None
+    assert "DESCRIPTOR_MALFORMED" in [p.code for p in problems]
+    return [(im.guid, im.file) for im in d.images], {s.guid: s.parent for s in d.shots}, d.top_guid
+
+
+def _cut_after(data: bytes, marker: bytes, nth: int = 1) -> bytes:
+    pos = -1
+    for _ in range(nth):
+        pos = data.index(marker, pos + 1)
+    return data[:pos + len(marker)]
+
+
+def test_recover_reads_what_is_left_of_a_damaged_descriptor() -> None:
+    """restore-descriptor's old descriptor: the one decoder, with libxml2's recovering parser,
+    reads a document that is no longer XML (truncated, an element garbled, a zeroed block, its
+    beginning lost); the same rules then apply. Strictly, and for `check`, it stays unusable."""
+    x = three()
+    images = [(G[0], "root.hds"), (G[1], "root.hds.1"), (TOP_GUID, "root.hds.2")]
+    every = {G[0]: "{00000000-0000-0000-0000-000000000000}", G[1]: G[0], TOP_GUID: G[1]}
+    # Truncated after the second <Shot>: every image, two links; <TopGUID> came before the cut.
+    assert _links(_cut_after(x, b"</Shot>", 2)) == (
+        images, {G[0]: every[G[0]], G[1]: G[0]}, TOP_GUID)
+    # Truncated inside the second <Image>: one image, and its <GUID> cut short is left out.
+    assert _links(_cut_after(x, b"<GUID>{2222")) == (images[:1], {}, TOP_GUID)
+    # An element garbled (NUL and invalid UTF-8 in a tag, an end tag that does not match): the
+    # rest of its <Image> and everything after it are still read.
+    assert _links(x.replace(b"<Type>Compressed</Type>\n        <File>root.hds.1",
+                            b"<Ty\x00\xffpe>Compressed</Tpe>\n        <File>root.hds.1")) == (
+        images, every, TOP_GUID)
+    # The beginning zeroed up to the first </Image> (root, parameters and the first image lost,
+    # stray end tags after it): the images and shots after it.
+    zeroed = bytes(x.index(b"</Image>")) + x[x.index(b"</Image>"):]
+    assert _links(zeroed) == (images[1:], {G[1]: G[0], TOP_GUID: G[1]}, TOP_GUID)
+    for damaged in (_cut_after(x, b"</Shot>", 2), zeroed):
+        assert scan_descriptor(damaged)[0] is None  # check: DESCRIPTOR_MALFORMED, fatal
+        with pytest.raises(BadDescriptorError, match="malformed XML"):
+            parse_descriptor(damaged, salvage=True)
+
+
+def test_recover_keeps_the_refusals_and_invents_nothing() -> None:
+    x = three()
+    # No DTD or entity is loaded in recovery either, and nothing is read past the size cap.
+    hostile = b"<!DOCTYPE x [<!ENTITY a 'b'>]>" + _cut_after(x, b"</Image>")
+    d, problems = scan_descriptor(hostile, recover=True)
+    assert d is None and [p.code for p in problems] == ["DESCRIPTOR_ENTITIES"]
+    d, problems = scan_descriptor(x + b" " * (4 << 20), recover=True)
+    assert d is None and [p.code for p in problems] == ["DESCRIPTOR_TOO_LARGE"]
+    # Nothing readable: no tree, and no exception.
+    for junk in (b"", bytes(4096), b"\xff" * 100, b"</a></b>"):
+        d, problems = scan_descriptor(junk, recover=True)
+        assert d is None and problems[0].code == "DESCRIPTOR_MALFORMED"
+    # ploop's compatibility rule (an image of the magic top GUID without a <Shot> is a base) is
+    # for whole descriptors: in a truncated one its <Shot> is merely lost, it is no base.
+    cut = _cut_after(x, b"</Shot>", 1)
+    d, _problems = scan_descriptor(cut, recover=True)
+    assert d is not None and {s.guid for s in d.shots} == {G[0]}
+    whole = x.replace(x[x.index(b"<Shot>", x.index(b"<Shot>") + 1):x.index(b"</Snapshots>")],
+                      b"").replace(b"<Image>\n        <GUID>{2222", b"<Image><GUID>{2222")
+    d, problems = scan_descriptor(whole, recover=True)
+    assert d is not None and "DESCRIPTOR_COMPAT" in [p.code for p in problems]
