@@ -196,6 +196,43 @@ def _reopen_own(p: str, access: int) -> int:
     return fd
 
 
+def open_own(path: str | os.PathLike[str], *, what: str = "output") -> int:
+    """Reopen an earlier ploopfs output read-write, to continue it (an overlay's delta,
+    docs/overlay.md). Refused: a symbolic link, anything but a regular file, a registered source
+    or a hard link to one (same inode), a file with other hard links (it might be a source not
+    opened yet), and, where the filesystem keeps extended attributes, a file without ploopfs's
+    output mark. Nothing is truncated or written here."""
+    p = os.fspath(path)
+    try:
+        fd = os.open(p, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise OutputError(f"{what} does not exist", p) from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"{what} is a symbolic link; refusing to write through it",
+                              p) from None
+        raise OutputError(f"cannot open {what} for writing: {e.strerror}", p) from None
+    try:
+        st = os.fstat(fd)
+        _refuse_source(st, p)
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"{what} is not a regular file; refusing to write", p)
+        if st.st_nlink > 1:
+            raise OutputError(f"{what} has {st.st_nlink} hard links (another name may be a "
+                              "source); refusing to write", p)
+        try:
+            os.getxattr(fd, MARK)
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise OutputError(f"{what} is not marked as ploopfs output ({MARK}); "
+                                  "refusing to write", p) from None
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd  # not recorded as created: clean-up never removes an earlier output
+
+
 def open_log(path: str | os.PathLike[str]) -> int:
     """A log file, appended to: new, or any existing regular file (or character device) that is
     no source."""

@@ -1,0 +1,411 @@
+"""The writable overlay (volume/overlay.py, docs/overlay.md) without FUSE.
+
+* fsx-style: random writes of random sizes and offsets (unaligned, cluster-straddling, whole
+  clusters, past the end), reads compared with an in-memory model of the whole disk, flushes
+  and close/continue cycles, on every corpus disk and on made disks of other cluster sizes;
+  then the result read by `ploopfs export`, qemu (json: chain, parallels driver) and `check`.
+* crashes: a writer subprocess SIGKILLed at random moments; the delta is dirty, `check` finds
+  nothing worse than the dirty flag and unreferenced clusters, every write before the last
+  completed flush is there, and each cluster holds what the model held after some write at or
+  after that flush; continuing and closing it gives a clean `check`.
+* refusals: a folder that is not empty and no overlay, an overlay of another disk or snapshot,
+  a damaged earlier delta, the delta replaced by a link to a source.
+Every source file is hashed before and checked unchanged after (corpus_case, guard_sources).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import REPO, qemu_json_chain, run_cli
+
+from ploopfs.errors import ExitCode, PloopfsError
+from ploopfs.format.header import decode_header_fields
+from ploopfs.volume import fileio
+from ploopfs.volume.overlay import Overlay
+from ploopfs.volume.source import OpenOptions, open_source
+from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descriptor
+
+KiB, MiB = 1 << 10, 1 << 20
+Guard = Callable[..., None]
+
+
+# -- disks --------------------------------------------------------------------------------------
+def make_chain(folder: Path, size: int, cluster: int, version: int, levels: int,
+               seed: int, raw_base: bool = False) -> Path:
+    """A chain of `levels` images with some clusters written in each (raw base optional)."""
+    folder.mkdir()
+    rng = random.Random(seed)
+    files = []
+    for lv in range(levels):
+        name = "root.hdd" if lv == 0 else f"root.hdd.{lv}"
+        path = folder / name
+        if lv == 0 and raw_base:
+            with open(path, "wb") as f:
+                f.truncate(size)
+                for _ in range(6):
+                    f.seek(rng.randrange(size - 4096))
+                    f.write(rng.randbytes(rng.randrange(1, 4096)))
+        else:
+            with ImageWriter.create(path, size, cluster, version) as w:
+                for v in rng.sample(range(size // cluster), max(1, size // cluster // 4)):
+                    w.write_cluster(v, rng.randbytes(cluster))
+        files.append(name)
+    write_descriptor(folder / "DiskDescriptor.xml",
+                     chain_descriptor(files, size, cluster, raw_base=raw_base))
+    return folder
+
+
+DISKS = ["v2-single", "v1-chain2", "plain-base-chain3", "v2-dirty-inuse", "ext4-gpt-chain2",
+         "v2-64k-chain3", "v1-256k", "raw-128k-chain2", "v2-4m"]
+
+
+@pytest.fixture
+def disk_of(corpus_case: Callable[[str], Path], tmp_path: Path,
+            guard_sources: Guard) -> Callable[[str], Path]:
+    def make(name: str) -> Path:
+        if "-" in name and name.split("-")[1][-1] in "km":
+            d = {"v2-64k-chain3": (8 * MiB, 64 * KiB, 2, 3, False),
+                 "v1-256k": (6 * MiB, 256 * KiB, 1, 1, False),
+                 "raw-128k-chain2": (4 * MiB, 128 * KiB, 2, 2, True),
+                 "v2-4m": (24 * MiB, 4 * MiB, 2, 1, False)}[name]
+            p = make_chain(tmp_path / name, d[0], d[1], d[2], d[3], seed=len(name), raw_base=d[4])
+            guard_sources(p)
+            return p
+        return corpus_case(name)
+
+    return make
+
+
+def base_bytes(src: Path) -> bytes:
+    with open_source(src) as disk:
+        vol = disk.volume()
+        return bytes(vol.read(0, vol.size))
+
+
+def open_overlay(src: Path, folder: Path, snapshot: str | None = None) -> Overlay:
+    disk = open_source(src)
+    return Overlay.open(disk, snapshot, str(folder))
+
+
+def check_json(folder: Path) -> tuple[int, list[str]]:
+    r = run_cli("check", "--json", "--allow-outside-paths", folder)
+    out = json.loads(r.stdout)
+    return r.returncode, [f["code"] for f in out["findings"]]
+
+
+def delta_of(folder: Path) -> Path:
+    (d,) = glob.glob(str(folder / "root.hds.*"))
+    return Path(d)
+
+
+def dirty(folder: Path) -> bool:
+    with open(delta_of(folder), "rb") as f:
+        return decode_header_fields(f.read(64)).dirty
+
+
+def chain_files(folder: Path) -> tuple[list[str], bool]:
+    with open_source(folder, OpenOptions(allow_outside_paths=True)) as d:
+        vol = d.volume()
+        return [im.path for im in vol.images], vol.images[0].is_raw
+
+
+# -- fsx ----------------------------------------------------------------------------------------
+def fsx(ov: Overlay, model: bytearray, rng: random.Random, ops: int) -> None:
+    c, size = ov.cluster_size, ov.size
+    for _ in range(ops):
+        r = rng.random()
+        if r < 0.55:
+            kind = rng.randrange(5)
+            if kind == 0:  # small, unaligned
+                n, off = rng.randrange(1, 5000), rng.randrange(size)
+            elif kind == 1:  # straddling a cluster boundary
+                b = rng.randrange(1, max(2, size // c)) * c
+                off = max(0, b - rng.randrange(1, 3000))
+                n = rng.randrange(2, 8000)
+            elif kind == 2:  # whole clusters, aligned
+                off, n = rng.randrange(size // c) * c, c * rng.randrange(1, 3)
+            elif kind == 3:  # large, unaligned
+                off, n = rng.randrange(size), rng.randrange(c, 3 * c)
+            else:  # across the end of the disk
+                n = rng.randrange(1, 3 * 4096)
+                off = size - rng.randrange(0, n)
+            data = rng.randbytes(n)
+            got = ov.write(off, data)
+            assert got == max(0, min(n, size - off)), (off, n, got)
+            model[off:off + got] = data[:got]
+        elif r < 0.9:
+            off, n = rng.randrange(size + 10), rng.randrange(1, 3 * c)
+            assert ov.read(off, n) == model[off:off + n], (off, n)
+        else:
+            ov.flush()
+
+
+@pytest.mark.parametrize("name", DISKS)
+def test_fsx_model_continue_and_readers(name: str, disk_of: Callable[[str], Path],
+                                        tmp_path: Path) -> None:
+    src = disk_of(name)
+    model = bytearray(base_bytes(src))
+    out = tmp_path / "overlay"
+    rng = random.Random(name)
+    for cycle in range(3):  # create, then continue twice
+        ov = open_overlay(src, out)
+        assert dirty(out), "the delta is marked in use while open"
+        assert ov.warnings == []
+        assert ov.read(0, ov.size) == model, f"cycle {cycle}: continued overlay differs"
+        fsx(ov, model, rng, 150)
+        assert ov.read(0, ov.size) == model
+        ov.close()
+        assert not dirty(out), "a clean close clears the dirty flag"
+    # the result is an ordinary ploop disk: ploopfs, check and qemu read it as the model
+    code, codes = check_json(out)
+    source_dirty = name == "v2-dirty-inuse"
+    assert (code, codes) == ((1, ["DIRTY"]) if source_dirty else (0, [])), codes
+    exp = tmp_path / "export.raw"
+    r = run_cli("export", "--allow-outside-paths", out, exp)
+    assert r.returncode == 0, r.stderr
+    assert exp.read_bytes() == model
+    files, raw = chain_files(out)
+    assert all(os.path.isabs(f) for f in files)
+    r = subprocess.run(["qemu-img", "compare", "-f", "raw", str(exp),
+                        qemu_json_chain(files, raw_base=raw)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(["qemu-img", "check", "-f", "parallels", str(delta_of(out))],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_older_snapshot_and_qemu_io(disk_of: Callable[[str], Path], tmp_path: Path) -> None:
+    """An overlay on an older snapshot (not the top): it reads that snapshot below its writes,
+    and qemu-io reads the pattern written at an offset through the json: chain."""
+    src = disk_of("v1-chain2")
+    with open_source(src) as d:
+        older = d.descriptor.chain()[0].guid
+        vol = d.volume(older)
+        model = bytearray(vol.read(0, vol.size))
+    out = tmp_path / "ov"
+    ov = Overlay.open(open_source(src), older, str(out))
+    ov.write(3 * MiB + 5, b"\xa5" * 70000)
+    model[3 * MiB + 5:3 * MiB + 5 + 70000] = b"\xa5" * 70000
+    assert ov.read(0, ov.size) == model
+    ov.close()
+    # continuing needs the same snapshot: on the top it is refused
+    with pytest.raises(PloopfsError) as e:
+        open_overlay(src, out)
+    assert e.value.exit_code == ExitCode.OUTPUT and "another disk or snapshot" in e.value.what
+    files, raw = chain_files(out)  # (this registers the overlay as a source in this process)
+    assert len(files) == 2  # the older snapshot's chain (1 image) plus the delta
+    r = subprocess.run(["qemu-io", "-r", "-c", f"read -P 0xa5 {3 * MiB + 5} 70000",
+                        qemu_json_chain(files, raw_base=raw)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout
+
+
+# -- crashes ------------------------------------------------------------------------------------
+WRITER = textwrap.dedent("""
+    import random, sys
+    from ploopfs.volume.source import open_source
+    from ploopfs.volume.overlay import Overlay
+    src, out, seed, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    ov = Overlay.open(open_source(src), None, out)
+    print("ready", flush=True)
+    rng = random.Random(seed)
+    i = 0
+    while True:
+        off, n, data = op(rng, ov.size, ov.cluster_size)
+        ov.write(off, data)
+        i += 1
+        print("w", i, flush=True)
+        if i % every == 0:
+            ov.flush()
+            print("f", i, flush=True)
+""")
+OP = textwrap.dedent("""
+    def op(rng, size, c):
+        k = rng.randrange(3)
+        if k == 0:
+            n = rng.randrange(1, 9000)
+        elif k == 1:
+            n = c
+        else:
+            n = rng.randrange(c, 3 * c)
+        off = rng.randrange(size - n) if k != 1 else rng.randrange(size // c) * c
+        return off, n, rng.randbytes(n)
+""")
+_ns: dict = {}
+exec(OP, _ns)  # the writer's own op(), replayed here for the model
+op = _ns["op"]
+
+
+def crash_once(src: Path, out: Path, seed: int, every: int, after: float) -> tuple[int, int]:
+    """Run the writer, SIGKILL it `after` seconds after it is ready; (last completed flush,
+    last completed write)."""
+    p = subprocess.Popen([sys.executable, "-c", OP + WRITER, str(src), str(out), str(seed),
+                          str(every)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         cwd=REPO)
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert line == b"ready\n", line + p.stderr.read()  # type: ignore[union-attr]
+        time.sleep(after)
+        os.kill(p.pid, signal.SIGKILL)
+        rest = p.stdout.read().decode().split("\n")
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+    assert p.returncode == -signal.SIGKILL
+    flushed = max([int(x[2:]) for x in rest if x.startswith("f ")], default=0)
+    written = max([int(x[2:]) for x in rest if x.startswith("w ")], default=0)
+    return flushed, written
+
+
+@pytest.mark.parametrize("name", ["v2-64k-chain3", "v1-chain2"])
+def test_sigkill_at_random_moments(name: str, disk_of: Callable[[str], Path],
+                                   tmp_path: Path) -> None:
+    src = disk_of(name)
+    base = base_bytes(src)
+    with open_source(src) as d:
+        cluster = d.volume().cluster_size
+    rng = random.Random(f"crash {name}")
+    for round_ in range(4):
+        out = tmp_path / f"ov{round_}"
+        seed = rng.randrange(1 << 30)
+        flushed, written = crash_once(src, out, seed, every=rng.choice([3, 7, 20]),
+                                      after=rng.uniform(0.05, 0.6))
+        assert dirty(out), "a killed writer leaves the delta marked in use"
+        code, codes = check_json(out)
+        assert code <= 1 and set(codes) <= {"DIRTY", "LEAKED_CLUSTERS",
+                                             "FILE_NOT_CLUSTER_ALIGNED"}, codes
+        # the states after write j, for j = flushed .. written + 1 (the one in flight)
+        size = len(base)
+        m = bytearray(base)
+        orng = random.Random(seed)
+        states: list[bytes] = []
+        for j in range(1, written + 2):
+            off, n, data = op(orng, size, cluster)
+            m[off:off + n] = data
+            if j >= flushed:
+                states.append(bytes(m))
+        if flushed == 0:
+            states.insert(0, bytes(base))
+        ov = open_overlay(src, out)
+        got = ov.read(0, ov.size)
+        c = ov.cluster_size
+        for v in range(-(-size // c)):
+            piece = got[v * c:(v + 1) * c]
+            assert any(s[v * c:(v + 1) * c] == piece for s in states), (
+                f"round {round_}: cluster {v} matches no state between the last flush "
+                f"(write {flushed}) and write {written + 1}")
+        ov.close()
+        assert check_json(out) == (0, []), "continued and closed: clean"
+        assert not dirty(out)
+
+
+def test_leaks_in_the_middle_are_punched(disk_of: Callable[[str], Path], tmp_path: Path) -> None:
+    """A BAT update cut short leaves a referenced cluster after an unreferenced one: continuing
+    punches the unreferenced one out (check then counts no leak) and cuts the tail."""
+    src = disk_of("v2-64k-chain3")
+    out = tmp_path / "ov"
+    ov = open_overlay(src, out)
+    c = ov.cluster_size
+    for v in (5, 9, 11):
+        ov.write(v * c, bytes([v]) * c)
+    ov.flush()
+    # as if the BAT page of cluster 5 and 9 had not been written: zero their slots on disk
+    ov.fd, fd = -1, ov.fd
+    os.pwrite(fd, b"\0" * 4, 64 + 4 * 5)
+    os.pwrite(fd, b"\0" * 4, 64 + 4 * 9)
+    os.close(fd)
+    assert check_json(out)[1].count("LEAKED_CLUSTERS") == 1
+    ov = open_overlay(src, out)
+    assert any("punched out" in w for w in ov.warnings), ov.warnings
+    assert ov.read(11 * c, c) == bytes([11]) * c
+    ov.close()
+    assert check_json(out) == (0, [])
+
+
+# -- refusals -----------------------------------------------------------------------------------
+def test_refusals(disk_of: Callable[[str], Path], tmp_path: Path) -> None:
+    src = disk_of("v2-single")
+    other = disk_of("v1-chain2")
+
+    def refused(folder: Path, source: Path = src) -> PloopfsError:
+        with pytest.raises(PloopfsError) as e:
+            open_overlay(source, folder)
+        return e.value
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    e = refused(busy)
+    assert e.exit_code == ExitCode.OUTPUT and "neither empty nor an earlier overlay" in e.what
+    assert (busy / "notes.txt").read_text() == "mine" and len(os.listdir(busy)) == 1
+    # a folder holding the source itself
+    e = refused(src)
+    assert e.exit_code == ExitCode.OUTPUT
+    # an overlay of another disk
+    ov = tmp_path / "ov"
+    open_overlay(other, ov).close()
+    e = refused(ov)
+    assert e.exit_code == ExitCode.OUTPUT and "another disk or snapshot" in e.what
+    # its descriptor pointing elsewhere: a source image replaced by another path
+    with open(ov / "DiskDescriptor.xml", "r+") as f:  # in place: it keeps its output mark
+        text = f.read().replace(str(other), "/etc")
+        f.seek(0)
+        f.truncate()
+        f.write(text)
+    e = refused(ov, other)
+    assert e.exit_code == ExitCode.OUTPUT
+    # a damaged earlier delta: BAT entry past the end of the file
+    ov2 = tmp_path / "ov2"
+    o = open_overlay(src, ov2)
+    o.write(0, b"x" * 10)
+    o.close()
+    with open(delta_of(ov2), "r+b") as f:
+        f.seek(64)
+        f.write((10 ** 6).to_bytes(4, "little"))
+    e = refused(ov2)
+    assert e.exit_code == ExitCode.CORRUPT, e
+    # the delta replaced by a hard link to a source image
+    ov3 = tmp_path / "ov3"
+    open_overlay(src, ov3).close()
+    d = delta_of(ov3)
+    d.unlink()
+    os.link(src / "root.hdd", d)
+    e = refused(ov3)
+    assert e.exit_code == ExitCode.OUTPUT and "source" in e.what, e.what
+
+
+def test_open_own(tmp_path: Path) -> None:
+    """fileio.open_own reopens only ploopfs's own earlier output, never a source or a link."""
+    out = tmp_path / "out.img"
+    os.close(fileio.create(out, what="test"))
+    os.close(fileio.open_own(out))
+    src = tmp_path / "src.img"
+    src.write_bytes(b"s" * 4096)
+    fileio.register_source(src)
+    for bad, why in [(src, "source"), (tmp_path / "hard", "source"),
+                     (tmp_path / "sym", "symbolic link"), (tmp_path / "plain", "not marked")]:
+        if bad.name == "hard":
+            os.link(src, bad)
+        elif bad.name == "sym":
+            bad.symlink_to(out)
+        elif bad.name == "plain":
+            bad.write_bytes(b"p")
+        with pytest.raises(PloopfsError) as e:
+            os.close(fileio.open_own(bad))
+        assert e.value.exit_code == ExitCode.OUTPUT and why in e.value.what, e.value.what
+    assert src.read_bytes() == b"s" * 4096
