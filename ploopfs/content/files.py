@@ -150,16 +150,21 @@ class OpenFile:
 
 
 class MemFile(OpenFile):
-    """A file whose data is held in its inode (ext4 inline data, XFS local format)."""
+    """A file whose data is held in its inode (ext4 inline data, XFS local format). Its size is
+    the inode's: past the data it reads as zeros, as the kernel reads it."""
 
     __slots__ = ("_data",)
 
-    def __init__(self, ino: int, data: bytes) -> None:
-        super().__init__(ino, len(data), Extents(), _no_read, _noop_into)
-        self._data = data
+    def __init__(self, ino: int, data: bytes, size: int) -> None:
+        super().__init__(ino, size, Extents(), _no_read, _noop_into)
+        self._data = data[:size]
 
     def read(self, offset: int, length: int) -> bytes:
-        return self._data[offset:offset + length]
+        end = min(offset + length, self.size)
+        if end <= offset:
+            return b""
+        data = self._data[offset:end]
+        return data + bytes(end - offset - len(data))
 
 
 def _no_read(offset: int, length: int) -> bytes:
@@ -534,7 +539,7 @@ class ExtFiles(FileSystem):
         if stat.S_ISREG(a.mode):
             raw = self._guard(ino, self._raw, ino)
             if struct.unpack_from("<I", raw, 32)[0] & _EXT4_INLINE_DATA_FL:
-                return MemFile(ino, self._guard(ino, self._inline, ino, raw)[:a.size])
+                return MemFile(ino, self._guard(ino, self._inline, ino, raw), a.size)
         return super().open(ino)
 
     def _readlink(self, ino: int, a: Attr) -> bytes:
@@ -786,7 +791,7 @@ class XfsFiles(FileSystem):
         if stat.S_ISREG(a.mode):
             data = self._guard(ino, self._local, ino, a)
             if data is not None:
-                return MemFile(ino, data)
+                return MemFile(ino, data, a.size)
         return super().open(ino)
 
     def _readlink(self, ino: int, a: Attr) -> bytes:
