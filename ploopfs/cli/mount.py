@@ -22,10 +22,15 @@ def register(sub: Any) -> None:
     p.add_argument("--files", action="store_true",
                    help="show the container's files (ext2/3/4 or XFS) at MOUNTPOINT instead of "
                         "the raw disks")
+    p.add_argument("--overlay", metavar="DIR",
+                   help="make disk and partN writable: writes go to a new ploop delta in DIR (new "
+                        "or empty, or an earlier overlay of the same SOURCE and snapshot, which is "
+                        "continued); SOURCE is never written (docs/overlay.md)")
     p.add_argument("-F", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="comma-separated options: FUSE ones (allow_other, …) and uid=, gid=, "
-                        "snapshot=, files, readahead=KB, direct_io, salvage[=zeros|older]")
+                        "snapshot=, files, readahead=KB, direct_io, salvage[=zeros|older], "
+                        "overlay=DIR")
     p.add_argument("--readahead", type=int, metavar="KB", default=None,
                    help="kernel readahead for the mount, as root (default 1024; 0 = kernel default)")
     p.add_argument("--direct-io", action="store_true",
@@ -48,11 +53,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts = MountOptions(snapshot=args.snapshot, files=args.files, foreground=args.foreground,
                         direct_io=args.direct_io, pid_file=args.pid_file, log_file=args.log_file,
                         allow_outside_paths=args.allow_outside_paths,
-                        cluster_size=args.cluster_size, salvage=args.salvage)
+                        cluster_size=args.cluster_size, salvage=args.salvage,
+                        overlay=args.overlay)
     warn(apply_o_options(opts, args.options))
     if args.readahead is not None:
         opts.readahead_kb = args.readahead
-    for attr in ("pid_file", "log_file"):
+    for attr in ("pid_file", "log_file", "overlay"):
         if getattr(opts, attr):
             setattr(opts, attr, os.path.abspath(getattr(opts, attr)))
     return mount(args.source, args.mountpoint, opts)

@@ -52,6 +52,7 @@ class MountOptions:
     allow_outside_paths: bool = False
     cluster_size: int | None = None
     salvage: str | None = None  # None (strict), "zeros" or "older" (docs/salvage.md)
+    overlay: str | None = None  # DIR: disk and partN writable into a delta there (docs/overlay.md)
     # Opened through fileio before the daemon starts (so a refused path fails the command).
     pid_fd: int | None = field(default=None, repr=False)
     log_fd: int | None = field(default=None, repr=False)
@@ -77,7 +78,7 @@ def apply_o_options(opts: MountOptions, items: list[str]) -> list[str]:
                     setattr(opts, key, True)
                 elif key == "readahead":
                     opts.readahead_kb = int(val)
-                elif key in ("pid_file", "log_file"):
+                elif key in ("pid_file", "log_file", "overlay"):
                     setattr(opts, key, val)
                 elif key == "cluster_size":
                     opts.cluster_size = int(val)
@@ -226,23 +227,39 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
     from ploopfs.services.tree import MountTree
     from ploopfs.volume.source import OpenOptions, open_source
 
+    if opts.overlay is not None and (opts.files or opts.salvage is not None):
+        raise UsageError(f"--overlay cannot be combined with {'--files' if opts.files else '--salvage'}"
+                         " (an overlay's disk is written under the mount; see docs/overlay.md)")
     target = check_mountpoint(mountpoint, opts)
     disk = open_source(source, OpenOptions(cluster_size=opts.cluster_size,
                                            allow_outside_paths=opts.allow_outside_paths,
                                            salvage=opts.salvage))
-    tree = MountTree(disk, opts.snapshot)
-    files = _pick_files(tree) if opts.files else None
-    for w in disk.warnings:
-        print(f"ploopfs: warning: {w}", file=sys.stderr)
-    # After the source is open, so fileio refuses any of its files as pid or log file.
-    if opts.log_file:
-        opts.log_fd = fileio.open_log(opts.log_file)
-    if opts.pid_file:
-        opts.pid_fd = fileio.create(opts.pid_file, replace=True, what="pid file")
+    overlay = None
+    if opts.overlay is not None:
+        from ploopfs.volume.overlay import Overlay
+
+        overlay = Overlay.open(disk, opts.snapshot, opts.overlay)  # marks the delta in use
+    try:
+        tree = MountTree(disk, opts.snapshot, overlay)
+        files = _pick_files(tree) if opts.files else None
+        for w in disk.warnings + (overlay.warnings if overlay is not None else []):
+            print(f"ploopfs: warning: {w}", file=sys.stderr)
+        # After the source is open, so fileio refuses any of its files as pid or log file.
+        if opts.log_file:
+            opts.log_fd = fileio.open_log(opts.log_file)
+        if opts.pid_file:
+            opts.pid_fd = fileio.create(opts.pid_file, replace=True, what="pid file")
+    except BaseException:
+        if overlay is not None:
+            overlay.close()
+        raise
 
     if opts.foreground:
         _setup_logging(opts, foreground=True)
-        return _serve(tree, source, target, opts, files, None)
+        try:
+            return _serve(tree, source, target, opts, files, None)
+        finally:
+            _close_overlay(tree)
 
     rfd, wfd = os.pipe()
     pid = os.fork()
@@ -266,7 +283,21 @@ def mount(source: str, mountpoint: str, opts: MountOptions) -> int:
         _report(wfd, f"E{int(ExitCode.INTERNAL)} internal error: {type(e).__name__}: {e}")
         log.exception("mount daemon failed")
         code = int(ExitCode.INTERNAL)
+    _close_overlay(tree)
     os._exit(code)
+
+
+def _close_overlay(tree) -> None:
+    """The server's end (docs/overlay.md): flush the overlay and clear its dirty flag. Only
+    the process that served it does this; the parent of a background mount never does."""
+    ov = tree.overlay
+    if ov is None or ov.closed:
+        return
+    try:
+        ov.close()
+        log.info("overlay %s closed cleanly", ov.delta_path)
+    except (OSError, PloopfsError) as e:
+        log.error("overlay %s could not be closed: %s (it stays marked in use)", ov.delta_path, e)
 
 
 def _wait_ready(rfd: int, pid: int) -> int:
@@ -381,7 +412,9 @@ def _fuse_options(opts: MountOptions, source: str) -> set[str]:
     # default_permissions: the kernel checks owners and modes (the container's, under
     # --files), as it would on any filesystem. nodev, nosuid: a container's device nodes and
     # set-id files are shown, never used on the host.
-    o = {"ro", "default_permissions", "nodev", "nosuid", "subtype=ploopfs", "auto_unmount"}
+    o = {"default_permissions", "nodev", "nosuid", "subtype=ploopfs", "auto_unmount"}
+    if opts.overlay is None:  # with an overlay, disk and partN take writes (docs/overlay.md)
+        o.add("ro")
     if not any(x.startswith("fsname=") for x in opts.fuse_options):  # -o fsname=… wins
         o.add(fsname_option(source))
     return o | opts.fuse_options

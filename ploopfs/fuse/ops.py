@@ -136,7 +136,8 @@ class Operations(pyfuse3.Operations):
             if isinstance(node, LiveFile):  # contents change: no attribute caching
                 node.refresh()
                 a.entry_timeout = a.attr_timeout = 0
-            a.st_mode = stat.S_IFREG | 0o444
+            # An overlay's disk and partN (docs/overlay.md) are writable by their owner.
+            a.st_mode = stat.S_IFREG | (0o644 if node.write is not None else 0o444)
             a.st_nlink = 1
             a.st_size = node.size
             # What the images store for it (du, ls -s), not the size: a sparse file's blocks.
@@ -235,6 +236,8 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if isinstance(node, Dir | FsMount):
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if isinstance(node, File) and node.write is not None:
+            return self._open_writable(inode, flags)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         if isinstance(node, FsRef):  # the extent map is built once per open file
@@ -262,11 +265,62 @@ class Operations(pyfuse3.Operations):
         assert isinstance(node, File)
         return node.read(off, size)
 
+    def _open_writable(self, inode: int, flags: int) -> pyfuse3.FileInfo:
+        """An overlay's disk or partN (docs/overlay.md): any access mode, but no truncation (its
+        size is the disk's). Always direct_io, read-only opens too: disk and partN alias the
+        same bytes, and pages cached for one would go stale on a write through the other."""
+        if flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=False, direct_io=True)
+
+    @guarded
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        """Overlay nodes only: short at the end of the disk or partition, ENOSPC past it."""
+        node = self._nodes.get(fh)
+        if not isinstance(node, File) or node.write is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        try:
+            n = node.write(off, buf)
+        except OSError as e:
+            log.error("write of %d bytes at %d failed: %s", len(buf), off, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        if n == 0 and buf:
+            raise pyfuse3.FUSEError(errno.ENOSPC)
+        return n
+
+    @guarded
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self._sync(fh)
+
+    def _sync(self, fh: int) -> None:
+        node = self._nodes.get(fh)
+        if isinstance(node, File) and node.sync is not None:
+            try:
+                node.sync()
+            except OSError as e:
+                log.error("flush of the overlay failed: %s", e)
+                raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+
+    @guarded
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        """Overlay nodes: a size change is refused (EPERM), anything else (times, modes) is
+        accepted and forgotten; elsewhere the file system is read-only."""
+        node = self._node(inode)
+        if not isinstance(node, File) or node.write is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if fields.update_size and attr.st_size != node.size:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        return self._attr(inode)
+
     async def release(self, fh: int) -> None:
         self._open.pop(fh, None)
 
+    @guarded
     async def flush(self, fh: int) -> None:
-        return None
+        """close(2): on an overlay node, everything written before it is made durable (a no-op
+        when nothing was written since the last flush)."""
+        self._sync(fh)
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -302,12 +356,12 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        self._node(inode)
-        return not mode & os.W_OK
+        node = self._node(inode)
+        return not mode & os.W_OK or (isinstance(node, File) and node.write is not None)
 
     # -- everything that would change something: read-only file system ---------------------
     async def _erofs(self, *args: Any, **kwargs: Any) -> Any:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    setattr = write = create = mkdir = mknod = unlink = rmdir = symlink = rename = link = _erofs
+    create = mkdir = mknod = unlink = rmdir = symlink = rename = link = _erofs
     setxattr = removexattr = fallocate = _erofs  # type: ignore[assignment]

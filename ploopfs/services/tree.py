@@ -10,6 +10,10 @@
     info.json                 what `ploopfs info --json` prints
     bad-clusters.json         salvage mounts only: damaged ranges known so far (docs/salvage.md)
 
+With an overlay (volume/overlay.py, docs/overlay.md) `disk` and `partN` are the overlay's,
+writable (`write`, `sync`; a partition's writes bounded to it), and the top has no `files/`:
+its filesystem changes under the mount. snapshots/ stays the source's, read-only.
+
 Front ends see Dir and File nodes with sizes, mtimes, `read(offset, size)` and the bytes
 the images store for them (`stored`), and FsMount nodes: where a filesystem's own tree
 (content/files.py, opened on first use) takes over."""
@@ -29,6 +33,7 @@ from ploopfs.content.view import partition_view
 from ploopfs.format.descriptor import bare_guid
 from ploopfs.services.info import disk_info
 from ploopfs.volume.blockmap import ZERO_LEVEL
+from ploopfs.volume.overlay import Overlay
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
 
@@ -43,12 +48,18 @@ class File:
     # None: the file is data held in memory, all of it counts.
     _stored: Callable[[], int] | None = field(default=None, repr=False)
     _stored_value: int | None = field(default=None, repr=False)
+    # Writable files only (an overlay's disk and partitions): write(offset, data) -> bytes
+    # written (short or 0 at the end, as a block device), and sync() making them durable.
+    write: Callable[[int, bytes | memoryview], int] | None = field(default=None, repr=False)
+    sync: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def stored(self) -> int:
         """st_blocks × 512 of the file: what the images hold for it, at most its size."""
         if self._stored is None:
             return self.size
+        if self.write is not None:  # changes with every write
+            return self._stored()
         if self._stored_value is None:
             self._stored_value = self._stored()
         return self._stored_value
@@ -124,7 +135,8 @@ def _files_opener(vol: Volume, start: int, size: int, label: str
     return opener
 
 
-def _range_reader(vol: Volume, start: int, size: int) -> Callable[[int, int], bytes | bytearray]:
+def _range_reader(vol: Volume | Overlay, start: int, size: int
+                  ) -> Callable[[int, int], bytes | bytearray]:
     def read(offset: int, length: int) -> bytes | bytearray:
         if offset >= size:
             return bytearray()
@@ -209,22 +221,65 @@ def volume_files(vol: Volume, mtime_ns: int, label: str = "") -> list[File | Dir
     return files
 
 
+def _range_writer(ov: Overlay, start: int, size: int) -> Callable[[int, bytes | memoryview], int]:
+    """Writes into [start, start+size) of the overlay's disk: short (0 past the end) at the
+    partition's end, as its block device would be."""
+    def write(offset: int, data: bytes | memoryview) -> int:
+        if offset >= size:
+            return 0
+        return ov.write(start + offset, memoryview(data)[:size - offset])
+
+    return write
+
+
+def overlay_files(ov: Overlay, mtime_ns: int) -> list[File | Dir | FsMount]:
+    """The writable `disk` and `partN` of an overlay (partition table read at mount time).
+    Stored bytes: the source's (once) plus the clusters the delta adds over holes."""
+    base = ov.base
+    cache: dict[tuple[int, int], int] = {}
+
+    def stored(a: int, b: int) -> int:
+        if (a, b) not in cache:
+            cache[a, b] = stored_bytes(base, a, b)
+        added = ov.added_bytes if (a, b) == (0, ov.size) else ov.added_in(a, b)
+        return min(b - a, cache[a, b] + added)
+
+    files: list[File | Dir | FsMount] = [File("disk", ov.size, mtime_ns, ov.read,
+                                              lambda: stored(0, ov.size), write=ov.write,
+                                              sync=ov.flush)]
+    for p in inspect_disk(ov.read, ov.size).partitions:
+        start = min(p.start, ov.size)
+        size = max(0, min(p.size, ov.size - start))
+        files.append(File(f"part{p.number}", size, mtime_ns, _range_reader(ov, start, size),
+                          lambda a=start, b=start + size: stored(a, b),
+                          write=_range_writer(ov, start, size), sync=ov.flush))
+    return files
+
+
 def _bytes_reader(data: bytes) -> Callable[[int, int], bytes]:
     return lambda offset, length: data[offset: offset + length]
 
 
 class MountTree:
-    def __init__(self, disk: Disk, snapshot: str | None = None) -> None:
+    def __init__(self, disk: Disk, snapshot: str | None = None,
+                 overlay: Overlay | None = None) -> None:
+        """`overlay`: an open Overlay over `snapshot`; the top's disk and partN are then its,
+        writable (docs/overlay.md)."""
         self.disk = disk
         self.snapshot = snapshot
+        self.overlay = overlay
         self.volume = disk.volume(snapshot)  # errors (bad source, unknown snapshot) surface here
         paths = list(disk.paths.values())
         self.mtime_ns = max((os.stat(p).st_mtime_ns for p in paths), default=0)
         info = json.dumps(disk_info(disk, snapshot), indent=2, default=str).encode() + b"\n"
-        top_files = volume_files(self.volume, self._chain_mtime(snapshot),
-                                 f"snapshot {bare_guid(self.volume_guid)}: ")
+        if overlay is not None:
+            top_files = overlay_files(overlay, self._chain_mtime(snapshot))
+            self._top_volume_files: list[File | Dir | FsMount] | None = None
+        else:
+            top_files = volume_files(self.volume, self._chain_mtime(snapshot),
+                                     f"snapshot {bare_guid(self.volume_guid)}: ")
+            self._top_volume_files = list(top_files)  # shared with snapshots/<top guid>/
         self.disk_file = top_files[0]
-        self._top_volume_files = list(top_files)  # shared with snapshots/<top guid>/
         top_files.append(File("info.json", len(info), self.mtime_ns, _bytes_reader(info)))
         top_files.append(Dir("snapshots", self.mtime_ns, self._snapshot_dirs))
         if disk.salvage_log is not None:
@@ -255,8 +310,8 @@ class MountTree:
             guid = im.guid
 
             def load(guid: str = guid) -> list[File | Dir | FsMount]:
-                if guid == self.volume_guid:  # the same nodes: one FileSystem, one cache
-                    return list(self._top_volume_files)
+                if guid == self.volume_guid and self._top_volume_files is not None:
+                    return list(self._top_volume_files)  # the same nodes: one FileSystem
                 vol = self.disk.volume(guid)
                 return volume_files(vol, self._chain_mtime(guid), f"snapshot {bare_guid(guid)}: ")
 
