@@ -39,7 +39,8 @@ from ploopfs.format.header import (
 from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.format.probe import FileKind, probe
 from ploopfs.volume.fileio import open_readonly
-from ploopfs.volume.image import bat_chunks
+from ploopfs.volume.image import Image, Mapping, bat_chunks
+from ploopfs.volume.salvage import SalvageLog, SalvageVolume
 from ploopfs.volume.source import (
     DESCRIPTOR_NAME,
     MAX_LEVELS,
@@ -216,6 +217,11 @@ class _Scanned:
     @property
     def cluster_size(self) -> int:
         return self.header.cluster_size if self.header else 0
+
+    def image(self, c: int) -> Image:
+        """This level for the volume layer's reads, with the readable mapping scanned here."""
+        m = Mapping.of(self.vcl, self.off, self.header.entry_unit) if self.header else Mapping.empty()
+        return Image.decoded(self.path, self.fd, self.header, self.file_size, c, m)
 
 
 def _empty(path: str, fd: int, size: int, raw: bool = False) -> _Scanned:
@@ -683,39 +689,12 @@ def _summary(guid: str, file: str, level: int | None, sc: _Scanned | None) -> Im
 
 
 # -- content: partitions, LUKS, --deep ------------------------------------------------------------
-class _LenientReader:
-    """Reads the virtual disk through the readable entries only (bad ones read from below)."""
-
-    def __init__(self, levels: list[_Scanned], cluster: int, size: int) -> None:
-        self.levels, self.c, self.size = levels, cluster, size
-
-    def locate(self, vc: int) -> tuple[_Scanned, int] | None:
-        for sc in reversed(self.levels):
-            if sc.raw:
-                off = vc * self.c
-                return (sc, off) if off < sc.file_size else None
-            i = int(np.searchsorted(sc.vcl, vc))
-            if i < sc.vcl.size and int(sc.vcl[i]) == vc:
-                return sc, int(sc.off[i])
-        return None
-
-    def read(self, offset: int, length: int) -> bytes:
-        out = bytearray()
-        end = min(offset + length, self.size)
-        pos = offset
-        while pos < end:
-            vc, within = divmod(pos, self.c)
-            n = min(self.c - within, end - pos)
-            loc = self.locate(vc)
-            chunk = b""
-            if loc is not None:
-                try:
-                    chunk = _pread(loc[0].fd, n, loc[1] + within)
-                except OSError:
-                    chunk = b""
-            out += chunk + bytes(n - len(chunk))
-            pos += n
-        return bytes(out)
+def _volume(levels: list[_Scanned], c: int, size: int) -> SalvageVolume:
+    """The virtual disk over the scanned levels, read as --salvage reads it (volume/salvage.py,
+    policy "older"): through the readable entries only, an entry left out or a range that
+    cannot be read served by the next lower level that maps it, or as zeros. Never raises."""
+    return SalvageVolume([sc.image(c) for sc in levels], size, c, "older", SalvageLog("older"),
+                         "check")
 
 
 def _after_chain(r: _Report, levels: list[_Scanned], d: Descriptor | None, deep: bool,
@@ -734,16 +713,16 @@ def _after_chain(r: _Report, levels: list[_Scanned], d: Descriptor | None, deep:
         size = top.header.disk_bytes
     else:
         size = top.file_size
-    reader = _LenientReader(levels, c, size)
-    _check_partitions(r, reader, size, levels[-1].path)
+    disk = _volume(levels, c, size)
+    _check_partitions(r, disk, size, levels[-1].path)
     if deep:
         _deep(r, levels, c)
-        _deep_filesystems(r, reader, size, c, levels[-1].path)
+        _deep_filesystems(r, disk, size, c, levels[-1].path)
 
 
-def _check_partitions(r: _Report, reader: _LenientReader, size: int, where: str) -> None:
+def _check_partitions(r: _Report, disk: SalvageVolume, size: int, where: str) -> None:
     try:
-        table = inspect_disk(reader.read, size)
+        table = inspect_disk(disk.read, size)
     except (ValueError, IndexError, UnicodeError, OSError, MemoryError) as e:
         r.add("PARTITION_TABLE", f"partition table unreadable: {type(e).__name__}: {e}", file=where)
         return
@@ -764,11 +743,13 @@ def _deep(r: _Report, levels: list[_Scanned], c: int) -> None:
     """Read every referenced cluster of the chain: I/O errors, holes inside referenced clusters,
     clusters identical to what the level below would serve (format.md §2.5). Holes and shadows are summed
     up in one finding per image: partly written clusters are sparse in every real image."""
-    lower = _LenientReader([], c, 1 << 62)
+    # Every cluster any level maps, or a raw base holds, lies inside the levels below's disk.
+    span = max([-(-sc.file_size // c) if sc.raw else int(sc.vcl[-1]) + 1 if sc.vcl.size else 0
+                for sc in levels]) * c
     for lvl, sc in enumerate(levels):
         if sc.raw or sc.header is None:
             continue
-        lower.levels = levels[:lvl]
+        lower = _volume(levels[:lvl], c, span) if lvl else None
         full = _data_clusters_offsets(sc.fd, sc.off, c, sc.file_size)
         _aggregate(r, "DEEP_HOLE", sc, c, np.flatnonzero(~full),
                    "referenced cluster(s) contain holes: they read as zeros, as in ploop (the "
@@ -779,14 +760,14 @@ def _deep(r: _Report, levels: list[_Scanned], c: int) -> None:
             if data is None:
                 r.add("DEEP_IO_ERROR", "read error inside a referenced cluster", file=sc.path,
                       offset=o, vcluster=v, pcluster=o // c, capped=True)
-            elif lvl and _same_below(lower, v, data, c):
+            elif lower is not None and _same_below(lower, v, data, c):
                 shadows.append(i)
         _aggregate(r, "DEEP_SHADOW", sc, c, np.array(sorted(shadows), np.int64),
                    "cluster(s) identical to what the level below serves (copy-on-write copies "
                    "that changed nothing)")
 
 
-def _deep_filesystems(r: _Report, reader: _LenientReader, size: int, c: int, where: str) -> None:
+def _deep_filesystems(r: _Report, disk: SalvageVolume, size: int, c: int, where: str) -> None:
     """Every filesystem the registry analyses (content/registry.py), read in full as du reads
     it (superblock, group descriptors or AG headers, bitmaps or free-space trees): each of its
     findings (damaged or unreadable metadata, which du and compact keep whole) is one
@@ -794,7 +775,7 @@ def _deep_filesystems(r: _Report, reader: _LenientReader, size: int, c: int, whe
     from ploopfs.content.usage import analyse_disk
 
     try:
-        dfs = analyse_disk(reader.read, size, bitmaps=True, cluster_size=c)
+        dfs = analyse_disk(disk.read, size, bitmaps=True, cluster_size=c)
     except (ValueError, IndexError, UnicodeError, OSError, MemoryError) as e:
         r.add("DEEP_FILESYSTEM", f"filesystems not analysed: {type(e).__name__}: {e}",
               file=where + " (virtual disk)")
@@ -879,19 +860,8 @@ def _read_full(fd: int, n: int, off: int) -> bytes | None:
 _PROBE = 4096
 
 
-def _same_below(lower: _LenientReader, vc: int, data: bytes | memoryview, c: int) -> bool:
+def _same_below(lower: SalvageVolume, vc: int, data: bytes | memoryview, c: int) -> bool:
     """Is `data` what the levels below serve for virtual cluster vc (zeros if unmapped)? The
     first 4 KiB are compared first, so a changed cluster rarely costs a full read."""
-    loc = lower.locate(vc)
-    if loc is None:
-        return not any(data[:_PROBE]) and data == bytes(len(data))
-    try:
-        head = _pread(loc[0].fd, min(_PROBE, c), loc[1])
-        if head != data[:len(head)]:
-            return False
-        below = _pread(loc[0].fd, c, loc[1])
-    except OSError:
-        return False
-    if len(below) < c:  # a raw base may end inside the cluster: the rest reads as zeros
-        below += bytes(c - len(below))
-    return below == data
+    head = lower.read(vc * c, min(_PROBE, c))
+    return head == data[:len(head)] and lower.read(vc * c, c) == data

@@ -92,6 +92,11 @@ class Mapping:
     def empty(cls, unit: int = 1) -> Mapping:
         return cls(array("I"), array("I"), unit)
 
+    @classmethod
+    def of(cls, vclusters: np.ndarray, offsets: np.ndarray, unit: int) -> Mapping:
+        """From numpy arrays of sorted virtual clusters and their file byte offsets."""
+        return cls(_u32(vclusters), _u32(offsets // unit), unit)
+
     def __len__(self) -> int:
         return len(self.vclusters)
 
@@ -189,6 +194,18 @@ class Image:
         except BaseException:
             os.close(fd)
             raise
+
+    @classmethod
+    def decoded(cls, path: str, fd: int, header: Header | None, size: int, cluster_size: int,
+                mapping: Mapping) -> Image:
+        """An image another reader has already decoded leniently (check's scan): its header
+        (None: raw) and readable mapping as given, not read again. Its reads are salvage
+        reads (volume/salvage.py); the caller keeps owning `fd`."""
+        img = cls(path, fd, ImageKind.RAW if header is None else header.kind, header, size,
+                  cluster_size)
+        img._mapping = mapping
+        img.salvage = True
+        return img
 
     @classmethod
     def _inferred(cls, path: str, fd: int, size: int, hints: Hints, error: PloopfsError) -> Image:

@@ -250,6 +250,43 @@ def test_deep(tmp_path: Path, guard_sources) -> None:
     assert hole.vcluster == 3 and hole.pcluster == entries[3]
 
 
+def _mbr(start: int, sectors: int) -> bytes:
+    """A 512-byte MBR with one Linux partition of `sectors` from LBA `start`."""
+    entry = bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + start.to_bytes(4, "little") + \
+        sectors.to_bytes(4, "little")
+    return bytes(446) + entry + bytes(48) + b"\x55\xaa"
+
+
+def test_content_read_as_salvage_reads(tmp_path: Path, guard_sources) -> None:
+    """The partition check reads the disk through the volume layer's salvage read path: a top
+    entry that cannot be read is served by the level below, as `--salvage=older` serves it. The
+    base's MBR has a partition past the disk's end, the top's a good one; with the top's entry
+    for cluster 0 pointing past the end of its file, check sees the base's table, like export
+    --salvage=older."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    c = 1 << 16
+    with ImageWriter.create(folder / "base.hdd", 1 << 20, c, 2) as w:
+        w.write(0, _mbr(2048, 4096) + bytes(c - 512))  # 1 MiB disk: 2048 sectors, outside
+    with ImageWriter.create(folder / "top.hdd", 1 << 20, c, 2) as w:
+        w.write(0, _mbr(128, 1024) + bytes(c - 512))
+    from ploopfs.volume.writer import chain_descriptor, write_descriptor
+
+    write_descriptor(folder / "DiskDescriptor.xml", chain_descriptor(["base.hdd", "top.hdd"], 1 << 20, c))
+    assert check(folder).codes() == set()
+    top = folder / "top.hdd"
+    dm.set_field(top, 64, "<I", 1000)  # v2: cluster 1000 of a file of a few clusters
+    guard_sources(folder)
+    rep = check(folder)
+    assert rep.codes() == {"BAT_PAST_EOF", "LEAKED_CLUSTERS", "PARTITION_OUTSIDE"}, rep.findings
+    outside = next(f for f in rep.findings if f.code == "PARTITION_OUTSIDE")
+    assert "MBR entry 1 (LBA 2048, 4096 sectors)" in outside.message
+    out = tmp_path / "salvaged.raw"
+    r = run_cli("export", "--salvage=older", "--no-progress", folder, out)
+    assert r.returncode == 15, r.stderr.decode()
+    assert out.read_bytes()[:512] == _mbr(2048, 4096)
+
+
 # -- documentation ------------------------------------------------------------------------------
 def test_every_code_documented() -> None:
     documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", DOCS, re.M))
