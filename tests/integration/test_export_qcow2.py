@@ -253,3 +253,68 @@ def test_json_report(tmp_path: Path, corpus_case) -> None:
     rep = json.loads(cli_ok("export", "-f", "qcow2", "--keep-snapshots", "--json",
                             "--no-progress", src, tmp_path / "d"))
     assert rep["output"] == rep["files"][-1] and len(rep["files"]) == 2
+
+
+def test_write_paths_give_the_same_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's three ways to the file (volume/qcow2writer.py) give byte-identical files:
+    O_DIRECT (where this filesystem allows it), a filesystem that refuses O_DIRECT writes
+    (EINVAL on each: the writer falls back to ordinary writes), and ordinary writes."""
+    from ploopfs.volume import qcow2writer
+
+    src = tmp_path / "src"
+    build_chain(src, 4096, 300)
+
+    def export(name: str) -> list[bytes]:
+        out = tmp_path / name
+        with open_source(src) as disk:
+            export_qcow2(disk, str(out), keep_snapshots=True)
+        files = [out / qcow2_name(g) for g in chain_guids(src)]
+        for f in files:
+            check_clean(f)
+        return [f.read_bytes() for f in files]
+
+    direct = export("direct")
+    real_pwrite = os.pwrite
+
+    def refusing(fd: int, data: bytes | memoryview, off: int) -> int:
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+            raise OSError(22, "Invalid argument")
+        return real_pwrite(fd, data, off)
+
+    monkeypatch.setattr(qcow2writer.os, "pwrite", refusing)
+    refused = export("refused")
+    monkeypatch.undo()
+    monkeypatch.setattr(qcow2writer, "_set_direct", lambda fd, on: False)
+    plain = export("plain")
+    assert direct == refused == plain
+
+
+def test_writer_unaligned_data(tmp_path: Path) -> None:
+    """write_data of an unaligned buffer (bytes) under O_DIRECT goes through the staging copy
+    and leaves O_DIRECT on; data from buffer() is written as it is."""
+    from ploopfs.volume.qcow2writer import Qcow2Writer
+
+    rng = random.Random(7)
+    out = tmp_path / "w.qcow2"
+    w = Qcow2Writer.create(out, 64 * Q)
+    was_direct = w.direct
+    a = rng.randbytes(3 * Q)
+    buf = w.buffer(2 * Q)
+    b = rng.randbytes(2 * Q)
+    buf[:] = b
+    w.write_data(1, a)
+    w.write_zero(5, 2)
+    w.write_data(9, buf)
+    assert w.direct == was_direct
+    w.close()
+    check_clean(out)
+    raw = tmp_path / "w.raw"
+    with raw.open("wb") as f:
+        f.truncate(64 * Q)
+        f.seek(Q)
+        f.write(a)
+        f.seek(9 * Q)
+        f.write(b)
+    same(out, raw)
