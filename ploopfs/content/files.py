@@ -46,6 +46,9 @@ FILE_KINDS = frozenset({"ext2", "ext3", "ext4", "xfs"})
 EXT_MAGIC_OFF, EXT_MAGIC = 1080, b"\x53\xef"
 XFS_MAGIC = b"XFSB"
 ACL_UNDEFINED_ID = 0xFFFFFFFF
+# Directories, symlink targets and xattr values are read whole; none real comes near this
+# (256 MiB of ext4 directory blocks hold some 6 million entries).
+MAX_META_BYTES = 256 << 20
 _ACL_USER, _ACL_GROUP = 0x02, 0x08
 
 
@@ -288,6 +291,14 @@ class FileSystem:
             raise FsError(ino, f"data at byte {offset} (+{length}) lies outside the "
                                f"filesystem ({self.size} bytes)")
 
+    @staticmethod
+    def _check_meta_size(ino: int, size: int) -> None:
+        """Directories, symlinks and xattr values are read whole: a size past MAX_META_BYTES
+        is damage (or a directory of millions of entries), refused before any work."""
+        if size > MAX_META_BYTES:
+            raise FsError(ino, f"{size} bytes of directory or attribute data, more than "
+                               f"ploopfs reads ({MAX_META_BYTES >> 20} MiB)")
+
     def _exact(self, offset: int, length: int) -> bytes:
         data = bytes(self._read(offset, length))
         if len(data) != length:
@@ -296,8 +307,9 @@ class FileSystem:
 
     def _data(self, ino: int, a: Attr, limit: int | None = None) -> bytes:
         """A whole (small) file's data: directories, symlink targets, xattr inodes."""
-        f = OpenFile(ino, a.size if limit is None else min(a.size, limit),
-                     self._extents(ino, a), self._read, self._into)
+        size = a.size if limit is None else min(a.size, limit)
+        self._check_meta_size(ino, size)
+        f = OpenFile(ino, size, self._extents(ino, a), self._read, self._into)
         return bytes(f.read(0, f.size))
 
     # -- per kind -------------------------------------------------------------------------------
@@ -815,6 +827,8 @@ class XfsFiles(FileSystem):
                 pos += isz
             return out
         ext = self._fork_map(ino, False)
+        self._check_meta_size(ino, sum(max(0, min(s + n, _XFS_LEAF_OFFSET) - s)
+                                       for s, n in zip(ext.start, ext.length, strict=True)))
         f = OpenFile(ino, _XFS_LEAF_OFFSET, ext, self._read, self._into)
         dbs = self.dir_block
         for k in range(len(ext.start)):  # the mapped data blocks (below the leaf offset)
