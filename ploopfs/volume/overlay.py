@@ -100,6 +100,7 @@ class Overlay:
         self.warnings = warnings
         self._bat = bat  # vcluster -> physical cluster in the delta
         self._next = next_cluster  # next physical cluster to append
+        self._eof = next_cluster * header.cluster_size  # the file's size
         self._pending: set[int] = set()  # vclusters whose BAT slot on disk is not written yet
         self._unsynced = False  # data written since the last fdatasync
         self._appended = 0  # bytes appended since the last flush
@@ -258,12 +259,9 @@ class Overlay:
                 self._pwrite(mv[pos:pos + take], p * c + intra)
             elif take == c:
                 new.append((v, mv[pos:pos + c]))
-            else:  # copy-on-write: the cluster from below, merged
-                buf = bytearray(self.base.read(v * c, c))
-                if len(buf) < c:
-                    buf += bytes(c - len(buf))
-                buf[intra:intra + take] = mv[pos:pos + take]
-                new.append((v, buf))
+            else:  # copy-on-write of the cluster from below, then the new bytes over it
+                self._append_new(new)
+                self._cow(v, intra, mv[pos:pos + take])
             pos += take
         self._append_new(new)
         self._unsynced = self._unsynced or n > 0
@@ -294,8 +292,57 @@ class Overlay:
             if not self._base_stores(v):
                 self._over_holes.add(v)
         self._next = first + len(new)
+        self._eof = max(self._eof, self._next * c)
         self._appended += total
         new.clear()
+
+    def _cow(self, v: int, intra: int, piece: memoryview) -> None:
+        """Append cluster `v` as the layers below have it with `piece` written at `intra`. A
+        hole below stays a hole in the delta (only the piece is written, the file extended); a
+        cluster one image holds is copied in the kernel (copy_file_range) where it can be;
+        anything else (a raw base's edge) is read, merged and written."""
+        c, b, fd = self.cluster_size, self.base, self.fd
+        p = self._next
+        off = p * c
+        m = b.map
+        i = m.find(v)
+        if i < 0 and v * c >= b.raw_end():
+            self._pwrite(piece, off + intra)
+            if off + c > self._eof:
+                os.ftruncate(fd, off + c)
+        elif i >= 0 and self._copy_below(m.a_level[i], m.a_offset[i] + (v - m.a_vstart[i]) * c,
+                                         off):
+            self._pwrite(piece, off + intra)
+        else:
+            buf = bytearray(c)
+            b.readinto(memoryview(buf), v * c)
+            buf[intra:intra + len(piece)] = piece
+            self._pwrite(memoryview(buf), off)
+        self._eof = max(self._eof, off + c)
+        self._bat[v] = p
+        self._pending.add(v)
+        if not self._base_stores(v):
+            self._over_holes.add(v)
+        self._next = p + 1
+        self._appended += c
+
+    def _copy_below(self, level: int, src_off: int, dst_off: int) -> bool:
+        """One whole cluster from an image below into the delta, in the kernel; False where
+        that cannot be done (the caller then reads and writes it)."""
+        if level >= len(self.base.images):  # salvage's zero level: never here
+            return False
+        src = self.base.images[level].fd
+        c = self.cluster_size
+        done = 0
+        try:
+            while done < c:
+                k = os.copy_file_range(src, self.fd, c - done, src_off + done, dst_off + done)
+                if k <= 0:
+                    return False
+                done += k
+        except OSError:
+            return False
+        return True
 
     def _pwrite(self, data: memoryview, off: int) -> None:
         while data:
