@@ -64,6 +64,7 @@ def apply_o_options(opts: MountOptions, items: list[str]) -> list[str]:
     FUSE options.
     Returns warnings."""
     warnings: list[str] = []
+    rw = False
     for raw in items:
         for item in filter(None, (s.strip() for s in raw.split(","))):
             key, _, val = item.partition("=")
@@ -87,7 +88,7 @@ def apply_o_options(opts: MountOptions, items: list[str]) -> list[str]:
                         raise UsageError(f"-o {item}: salvage is zeros or older")
                     opts.salvage = val or "zeros"
                 elif key == "rw":
-                    warnings.append("ignoring -o rw: ploopfs mounts are always read-only")
+                    rw = True  # fine with an overlay, ignored without one (below)
                 elif key in ("ro", "auto_unmount"):
                     pass  # always set
                 elif key in IGNORED_OPTS or key.startswith("x-"):
@@ -96,6 +97,9 @@ def apply_o_options(opts: MountOptions, items: list[str]) -> list[str]:
                     opts.fuse_options.add(item)
             except ValueError:
                 raise UsageError(f"-o {item}: not a number") from None
+    if rw and opts.overlay is None:
+        warnings.append("ignoring -o rw: ploopfs mounts are read-only (writable only with "
+                        "--overlay DIR, docs/overlay.md)")
     return warnings
 
 

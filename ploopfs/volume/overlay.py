@@ -146,6 +146,7 @@ class Overlay:
             except ValueError as e:
                 raise UnsupportedError(f"cannot make a v{st.version} delta: {e}", path) from None
             fd = fileio.create(path, readable=True, what="overlay delta", mode=0o600)
+            _lock(fd, path)
             try:
                 os.pwrite(fd, hdr.pack(), 0)
                 os.ftruncate(fd, hdr.bat_clusters * hdr.cluster_size)
@@ -190,6 +191,7 @@ class Overlay:
         path = os.path.join(folder, name)
         fd = fileio.open_own(path, what="overlay delta")
         try:
+            _lock(fd, path)  # before any repair: another server may be writing it
             hdr, bat, nxt, warnings = _load_delta(path, fd, st)
         except BaseException:
             os.close(fd)
@@ -438,6 +440,20 @@ def _skip(bufs: list[bytes | bytearray | memoryview], n: int) -> list[memoryview
         if len(out) == 1024:  # IOV_MAX: the rest in the next pwritev
             break
     return out
+
+
+def _lock(fd: int, path: str) -> None:
+    """One writer per overlay: an exclusive flock on the delta, held while it is open (the
+    kernel drops it when the process dies, SIGKILL included)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise OutputError("is in use by another ploopfs (an overlay has one writer at a "
+                              "time)", path) from None
+        # a filesystem without locks: nothing to hold
 
 
 def _fsync_folder(folder: str) -> None:

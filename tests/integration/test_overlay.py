@@ -379,6 +379,12 @@ def test_refusals(disk_of: Callable[[str], Path], tmp_path: Path) -> None:
         f.write((10 ** 6).to_bytes(4, "little"))
     e = refused(ov2)
     assert e.exit_code == ExitCode.CORRUPT, e
+    # one writer at a time: a second open while the first holds it
+    ov4 = tmp_path / "ov4"
+    first = open_overlay(src, ov4)
+    e = refused(ov4)
+    assert e.exit_code == ExitCode.OUTPUT and "in use by another ploopfs" in e.what
+    first.close()
     # the delta replaced by a hard link to a source image
     ov3 = tmp_path / "ov3"
     open_overlay(src, ov3).close()
