@@ -40,6 +40,14 @@ def decode_entries(raw: bytes | bytearray | memoryview) -> np.ndarray:
     return np.frombuffer(raw, dtype="<u4")
 
 
+def readable_entries(header: Header, file_size: int) -> tuple[int, int]:
+    """The one rule of which entries can be read (format.md §2.3, §2.8): entry e is readable iff
+    lowest <= e <= highest, i.e. its cluster starts after the header/BAT clusters and ends within
+    the file; never the reserved value. In entry units; `highest` is negative when no cluster fits."""
+    unit, c = header.entry_unit, header.cluster_size
+    return -(-header.bat_clusters * c // unit), min((file_size - c) // unit, BAT_RESERVED - 1)
+
+
 @dataclass(frozen=True)
 class BadEntry:
     index: int  # virtual cluster (slot index)
@@ -58,20 +66,17 @@ def find_bad_entries(index: np.ndarray, entries: np.ndarray, header: Header,
 
     if entries.size == 0:
         return []
-    offs = entries.astype(np.uint64) * np.uint64(header.entry_unit)
-    data_start = np.uint64(header.bat_clusters * header.cluster_size)
-    end = offs + np.uint64(header.cluster_size)
-    bad_mask = (entries == BAT_RESERVED) | (offs < data_start) | (end > np.uint64(file_size))
-    bad = np.flatnonzero(bad_mask)[:limit]
+    p = classify_entries(entries, header, file_size)
+    data_start = header.bat_clusters * header.cluster_size
     out = []
-    for i in bad.tolist():
+    for i in np.flatnonzero(p.unreadable)[:limit].tolist():
         e = int(entries[i])
-        off = int(offs[i])
-        if e == BAT_RESERVED:
+        off = e * header.entry_unit
+        if p.reserved[i]:
             reason = "reserved value 0xffffffff"
-        elif off < int(data_start):
+        elif p.into_header[i]:
             reason = (f"points into the header/BAT area (cluster at byte {off}, data starts at "
-                      f"{int(data_start)})")
+                      f"{data_start})")
         else:
             reason = (f"points past end of file (cluster at byte {off}..{off + header.cluster_size}"
                       f", file is {file_size} bytes)")
@@ -100,15 +105,15 @@ class EntryProblems:
 
 
 def classify_entries(entries: np.ndarray, header: Header, file_size: int) -> EntryProblems:
-    """Every problem of every non-zero entry at once (find_bad_entries stops at the first);
-    pure arithmetic on u32 arrays, for `check`."""
+    """Every problem of every non-zero entry at once, by `readable_entries` (find_bad_entries
+    words the first ones); pure arithmetic on u32 arrays, for `check` and salvage."""
     import numpy as np  # here only: reading an image never imports numpy
 
-    offs = entries.astype(np.uint64) * np.uint64(header.entry_unit)
-    data_start = np.uint64(header.bat_clusters * header.cluster_size)
+    lowest, highest = readable_entries(header, file_size)
+    e = entries.astype(np.int64)
     reserved = entries == BAT_RESERVED
-    into = (offs < data_start) & ~reserved
-    past = (offs + np.uint64(header.cluster_size) > np.uint64(file_size)) & ~reserved & ~into
+    into = (e < lowest) & ~reserved
+    past = (e > highest) & ~reserved & ~into
     if header.version == 1 and header.cluster_sectors > 1:
         unaligned = (entries % np.uint32(header.cluster_sectors) != 0) & ~reserved & ~into & ~past
     else:

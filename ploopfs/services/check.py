@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -39,7 +38,7 @@ from ploopfs.format.header import (
 from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.format.probe import FileKind, probe
 from ploopfs.volume.fileio import open_readonly
-from ploopfs.volume.image import Image, Mapping, bat_chunks
+from ploopfs.volume.image import Image, Mapping, bat_chunks, file_size
 from ploopfs.volume.salvage import SalvageLog, SalvageVolume
 from ploopfs.volume.source import (
     DESCRIPTOR_NAME,
@@ -234,7 +233,7 @@ def _pread(fd: int, n: int, off: int) -> bytes:
 
 def _scan_image(r: _Report, path: str, fd: int, *, raw_ok: bool, in_chain: bool,
                 hints: Callable[[], Hints] = Hints) -> _Scanned:
-    size = _file_size(fd)
+    size = file_size(fd)
     sev_fatal = Severity.FATAL if in_chain else Severity.DAMAGED
     if size == 0:
         r.add("IMAGE_EMPTY", "empty file", file=path, severity=sev_fatal)
@@ -448,7 +447,7 @@ def _extension_clusters(r: _Report, sc: _Scanned, used: np.ndarray) -> list[int]
 
 def _data_clusters(fd: int, clusters: np.ndarray, c: int, size: int) -> np.ndarray:
     """For each cluster index given (sorted): does any byte of it hold data (not a hole)?
-    Walks SEEK_DATA/SEEK_HOLE over runs of the given clusters only."""
+    Walks the data runs of the given clusters' runs only."""
     out = np.zeros(clusters.size, bool)
     if clusters.size == 0:
         return out
@@ -456,17 +455,34 @@ def _data_clusters(fd: int, clusters: np.ndarray, c: int, size: int) -> np.ndarr
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [clusters.size]])
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        a, b = int(clusters[s]) * c, min(int(clusters[e - 1] + 1) * c, size)
-        pos = a
-        while pos < b:
-            d = _seek(fd, pos, os.SEEK_DATA, b)
-            if d >= b:
-                break
-            hole = min(_seek(fd, d, os.SEEK_HOLE, b), b)
-            lo, hi = d // c, -(-hole // c)
-            out[s + lo - int(clusters[s]): s + hi - int(clusters[s])] = True
-            pos = max(hole, d + 1)
+        first = int(clusters[s])
+        for d, hole in _data_runs(fd, first * c, min((int(clusters[e - 1]) + 1) * c, size)):
+            out[s + d // c - first: s + -(-hole // c) - first] = True
     return out
+
+
+def _data_runs(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """The [data, hole) runs of the file within [start, end), by SEEK_DATA/SEEK_HOLE; all of
+    it is data where the filesystem does not support them."""
+    pos = start
+    while pos < end:
+        d = _seek(fd, pos, os.SEEK_DATA, end)
+        if d >= end:
+            return
+        hole = min(_seek(fd, d, os.SEEK_HOLE, end), end)
+        yield d, hole
+        pos = max(hole, d + 1)
+
+
+def _holes(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """The [hole, data) runs within [start, end): what `_data_runs` leaves out."""
+    pos = start
+    for d, hole in _data_runs(fd, start, end):
+        if d > pos:
+            yield pos, d
+        pos = max(pos, hole)
+    if pos < end:
+        yield pos, end
 
 
 def _seek(fd: int, pos: int, whence: int, default_end: int) -> int:
@@ -476,13 +492,6 @@ def _seek(fd: int, pos: int, whence: int, default_end: int) -> int:
         if e.errno == errno.ENXIO:
             return default_end if whence == os.SEEK_HOLE else 1 << 62
         return pos if whence == os.SEEK_DATA else default_end  # unsupported: all data
-
-
-def _file_size(fd: int) -> int:
-    st = os.fstat(fd)
-    if stat.S_ISBLK(st.st_mode):
-        return os.lseek(fd, 0, os.SEEK_END)
-    return st.st_size
 
 
 # -- the disk -------------------------------------------------------------------------------------
@@ -551,7 +560,7 @@ def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bo
     if fd is None:
         return
     fds.append(fd)
-    size = _file_size(fd)
+    size = file_size(fd)
     data = _pread(fd, min(size, (4 << 20) + 1), 0)
     desc, problems = scan_descriptor(data)
     for p in problems:
@@ -803,18 +812,11 @@ def _data_clusters_offsets(fd: int, offs: np.ndarray, c: int, size: int) -> np.n
         return ok
     order = np.argsort(offs)
     so = offs[order].astype(np.int64)
-    pos = int(so[0])
-    end = min(int(so[-1]) + c, size)
-    while pos < end:
-        hole = _seek(fd, pos, os.SEEK_HOLE, size)
-        if hole >= end:
-            break
-        nxt = min(_seek(fd, hole, os.SEEK_DATA, size), size)
+    for hole, nxt in _holes(fd, int(so[0]), min(int(so[-1]) + c, size)):
         # clusters [o, o+c) intersecting [hole, nxt)
         lo = int(np.searchsorted(so, hole - c, side="right"))
         hi = int(np.searchsorted(so, nxt, side="left"))
         ok[order[lo:hi]] = False
-        pos = max(nxt, hole + 1)
     return ok
 
 

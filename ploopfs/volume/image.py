@@ -24,6 +24,7 @@ from ploopfs.format.bat import (
     duplicate_slots,
     find_bad_entries,
     raise_bad_entry,
+    readable_entries,
 )
 from ploopfs.format.extension import FormatExtension, parse_extension
 from ploopfs.format.findings import Anomaly, Severity, worst
@@ -270,11 +271,7 @@ class Image:
         hdr = self.header
         if hdr is None:
             return Mapping.empty()
-        unit, c = hdr.entry_unit, hdr.cluster_size
-        # An entry e is readable iff its cluster lies after the header/BAT clusters and ends
-        # within the file (format.md §2.3, §2.8); checked in entry units on u32 arrays.
-        lowest = -(-hdr.bat_clusters * c // unit)
-        highest = (self.file_size - c) // unit
+        lowest, highest = readable_entries(hdr, self.file_size)  # in entry units (format.md §2.3)
         vclusters, entries = array("I"), array("I")
         start = bat_entry_off(0)
         end = bat_entry_off(hdr.bat_entries)
@@ -283,9 +280,8 @@ class Image:
             if len(raw) != n:
                 raise CorruptImageError(f"BAT truncated: read {len(raw)} of {n} bytes", self.path,
                                         offset=pos + len(raw))
-            # `highest` capped below the reserved value 0xffffffff, never readable (format.md §2.3).
             v, e = array("I"), array("I")
-            bad = bat_nonzero(raw, (pos - start) // 4, lowest, min(highest, 0xfffffffe), v, e)
+            bad = bat_nonzero(raw, (pos - start) // 4, lowest, highest, v, e)
             if bad:
                 import numpy as np  # rare: say which entry is wrong, or drop the bad ones
 
@@ -297,7 +293,7 @@ class Image:
                 v, e = _u32(nz), _u32(vals)
             vclusters += v
             entries += e
-        return Mapping(vclusters, entries, unit)
+        return Mapping(vclusters, entries, hdr.entry_unit)
 
     def _drop_bad(self, nz: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Salvage: keep the readable entries, record the others in `bad_slots` (format.md §2.3, §2.8)."""
