@@ -95,8 +95,10 @@ class Overlay:
         self.fd = fd
         self.header = header
         self.base = base
-        self.size = base.size
         self.cluster_size = header.cluster_size
+        # Whole clusters, as the delta and DIR's descriptor describe the disk (format.md §1.4):
+        # a source whose size is not (a raw file) reads as zeros past its end.
+        self.size = header.disk_bytes
         self.warnings = warnings
         self._bat = bat  # vcluster -> physical cluster in the delta
         self._next = next_cluster  # next physical cluster to append
@@ -211,7 +213,7 @@ class Overlay:
         if first == last:  # the usual FUSE request
             p = bat.get(first)
             if p is None:
-                return self.base.read(offset, end - offset)
+                return self._read_below(offset, end - offset)
             return self._pread(p * c + offset - first * c, end - offset)
         parts: list[bytes | bytearray] = []
         pos = offset
@@ -223,7 +225,7 @@ class Overlay:
                 while w <= last and w not in bat:
                     w += 1
                 n = min(end, w * c) - pos
-                parts.append(self.base.read(pos, n))
+                parts.append(self._read_below(pos, n))
             else:  # a run of clusters consecutive in the delta
                 while w <= last and bat.get(w) == p + (w - v):
                     w += 1
@@ -231,6 +233,12 @@ class Overlay:
                 parts.append(self._pread(p * c + pos - v * c, n))
             pos += n
         return b"".join(parts)
+
+    def _read_below(self, off: int, n: int) -> bytes | bytearray:
+        data = self.base.read(off, n)
+        if len(data) < n:  # past the end of a source that is not whole clusters: zeros
+            data = bytes(data) + bytes(n - len(data))
+        return data
 
     def _pread(self, off: int, n: int) -> bytes:
         data = os.pread(self.fd, n, off)

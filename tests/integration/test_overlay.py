@@ -415,3 +415,26 @@ def test_open_own(tmp_path: Path) -> None:
             os.close(fileio.open_own(bad))
         assert e.value.exit_code == ExitCode.OUTPUT and why in e.value.what, e.value.what
     assert src.read_bytes() == b"s" * 4096
+
+
+def test_source_not_whole_clusters(tmp_path: Path, guard_sources: Guard) -> None:
+    """A raw source whose size is no whole number of clusters: the overlay, like its delta and
+    DIR's descriptor, has whole clusters; past the source's end it reads zeros and takes writes."""
+    raw = tmp_path / "odd.raw"
+    raw.write_bytes(random.Random(5).randbytes(4 * MiB + 1536))
+    guard_sources(raw)
+    out = tmp_path / "ov"
+    ov = Overlay.open(open_source(raw, OpenOptions(cluster_size=128 * KiB)), None, str(out))
+    assert ov.size == 4 * MiB + 128 * KiB
+    model = bytearray(raw.read_bytes()).ljust(ov.size, b"\0")
+    assert ov.read(0, ov.size) == model
+    for off, n in [(4 * MiB + 1000, 3000), (ov.size - 10, 50), (4 * MiB - 5, 128 * KiB)]:
+        data = random.Random(off).randbytes(n)
+        k = ov.write(off, data)
+        model[off:off + k] = data[:k]
+    assert ov.read(0, ov.size) == model
+    ov.close()
+    assert check_json(out) == (0, [])
+    exp = tmp_path / "x.raw"
+    assert run_cli("export", "--allow-outside-paths", out, exp).returncode == 0
+    assert exp.read_bytes() == model
