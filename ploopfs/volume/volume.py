@@ -56,7 +56,9 @@ class Volume:
         self.images = list(images)
         self.size = size
         self.cluster_size = cluster_size
-        nclusters = -(-size // cluster_size)
+        # BAT slots are numbered in 32 bits (format.md §2.1): no level maps a cluster past 2^32,
+        # whatever size a descriptor claims (a huge <Disk_size> reads as zeros past them).
+        nclusters = min(-(-size // cluster_size), 1 << 32)
         self.map = BlockMap([im.mapping() for im in self.images], nclusters, cluster_size, zero)
         self.raw_base = self.images[0].is_raw
         self._fds = [im.fd for im in self.images]

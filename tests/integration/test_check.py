@@ -287,6 +287,23 @@ def test_content_read_as_salvage_reads(tmp_path: Path, guard_sources) -> None:
     assert out.read_bytes()[:512] == _mbr(2048, 4096)
 
 
+def test_absurd_disk_size(corpus_case, tmp_path: Path) -> None:
+    """A <Disk_size> of 10^39 sectors (more clusters than 64-bit numbers count): one warning,
+    and the content checks still read the disk (zeros past what the images map)."""
+    src = corpus_case("v2-single")
+    d = tmp_path / "d"
+    d.mkdir()
+    os.link(src / "root.hdd", d / "root.hdd")
+    xml = (src / "DiskDescriptor.xml").read_bytes()
+    xml = re.sub(rb"<Disk_size>\d+</Disk_size>", b"<Disk_size>" + b"9" * 39 + b"</Disk_size>", xml)
+    (d / "DiskDescriptor.xml").write_bytes(xml)
+    for deep in ([], ["--deep"]):
+        r = run_cli("check", "--json", *deep, d)
+        assert r.returncode == 1, r.stderr.decode()
+        codes = {f["code"] for f in json.loads(r.stdout)["findings"]}
+        assert "DESCRIPTOR_DISK_SIZE" in codes and codes <= {"DESCRIPTOR_DISK_SIZE", "DEEP_HOLE"}
+
+
 # -- documentation ------------------------------------------------------------------------------
 def test_every_code_documented() -> None:
     documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", DOCS, re.M))
