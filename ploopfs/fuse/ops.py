@@ -364,4 +364,12 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EROFS)
 
     create = mkdir = mknod = unlink = rmdir = symlink = rename = link = _erofs
-    setxattr = removexattr = fallocate = _erofs  # type: ignore[assignment]
+    setxattr = removexattr = _erofs  # type: ignore[assignment]
+
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """An overlay's disk/partN: no discard or preallocation (EOPNOTSUPP, which a loop
+        device reports as an unsupported discard, not as an I/O error); elsewhere EROFS."""
+        node = self._nodes.get(fh)
+        if isinstance(node, File) and node.write is not None:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        raise pyfuse3.FUSEError(errno.EROFS)
