@@ -14,6 +14,7 @@ import random
 import re
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -282,3 +283,59 @@ def test_refused_in_one_line(case: str, corpus_case: Callable[[str], Path], moun
     assert not is_mounted(mnt)
     if before is not None:
         assert {p.name: p.read_bytes() for p in ov.iterdir()} == before, "DIR unchanged"
+
+
+def test_sigkill_daemon_at_random_moments(corpus_case: Callable[[str], Path], mounter: Mounter,
+                                          tmp_path: Path) -> None:
+    """Writes of one page each (so a kill never tears one) with an fsync every few, the daemon
+    SIGKILLed at a random moment: each cluster afterwards is as the writes left it at some point
+    between the last completed fsync and the write in flight."""
+    src = corpus_case("v2-single")
+    base = bytes(run_cli("export", src, "-").stdout)
+    c = MiB
+    rng = random.Random(11)
+    for round_ in range(2):
+        ov = tmp_path / f"ov{round_}"
+        m = mounter.mount(src, "--overlay", ov)
+        m.errors_expected = True  # killed mid-request
+        ops = [(rng.randrange(len(base) // 4096) * 4096, rng.randbytes(4096)) for _ in range(4000)]
+        every = rng.choice([4, 16])
+        flushed = done = 0
+        fd = os.open(m / "disk", os.O_WRONLY)
+        killer = threading.Timer(rng.uniform(0.05, 0.4), os.kill, (m.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            for i, (off, data) in enumerate(ops, 1):
+                os.pwrite(fd, data, off)
+                done = i
+                if i % every == 0:
+                    os.fsync(fd)
+                    flushed = i
+        except OSError:
+            pass
+        finally:
+            killer.join()
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        assert done < len(ops), "the kill came after all writes: make the run longer"
+        assert wait_pid_gone(m.pid, 15)
+        wait_until(lambda mp=m.mountpoint: not is_mounted(mp), 15, "the killed mount going away")
+        assert dirty(ov)
+        code, codes = check(ov)
+        assert code <= 1 and set(codes) <= {"DIRTY", "LEAKED_CLUSTERS",
+                                             "FILE_NOT_CLUSTER_ALIGNED"}, codes
+        print(f"round {round_}: killed after write {done}, last fsync after {flushed}")
+        model = bytearray(base)
+        states = [bytes(model)] if flushed == 0 else []
+        for i, (off, data) in enumerate(ops[:done + 1], 1):
+            model[off:off + 4096] = data
+            if i >= flushed:
+                states.append(bytes(model))
+        m2 = mounter.mount(src, "--overlay", ov, warning="root.hds.")
+        got = (m2 / "disk").read_bytes()
+        assert mounter.umount(m2).returncode == 0
+        assert wait_pid_gone(m2.pid, 15)
+        for v in range(len(base) // c):
+            assert any(s[v * c:(v + 1) * c] == got[v * c:(v + 1) * c] for s in states), (
+                f"round {round_}: cluster {v}: no state between write {flushed} and {done + 1}")
+        assert check(ov) == (0, [])
