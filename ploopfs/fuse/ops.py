@@ -136,8 +136,11 @@ class Operations(pyfuse3.Operations):
             if isinstance(node, LiveFile):  # contents change: no attribute caching
                 node.refresh()
                 a.entry_timeout = a.attr_timeout = 0
-            # An overlay's disk and partN (docs/overlay.md) are writable by their owner.
+            # An overlay's disk and partN (docs/overlay.md) are writable by their owner; their
+            # st_blocks grow with the writes, so the kernel asks again after a second.
             a.st_mode = stat.S_IFREG | (0o644 if node.write is not None else 0o444)
+            if node.write is not None:
+                a.attr_timeout = 1.0
             a.st_nlink = 1
             a.st_size = node.size
             # What the images store for it (du, ls -s), not the size: a sparse file's blocks.
