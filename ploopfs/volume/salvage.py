@@ -9,8 +9,6 @@ set.
 
 from __future__ import annotations
 
-import errno
-import os
 import threading
 from array import array
 from collections.abc import Iterator, Sequence
@@ -140,11 +138,8 @@ class SalvageVolume(Volume):
 
     def _salvage_pread(self, level: int, dst: memoryview, offset: int, voffset: int,
                        raw_fill: bool) -> None:
-        try:
-            self._pread_into(level, dst, offset, allow_short=raw_fill, zero_rest=True)
+        if self._try_read(level, dst, offset, raw_fill) is None:
             return
-        except (SourceIOError, CorruptImageError):
-            pass
         # Retry in 64 KiB pieces aligned in the file, then failing pieces per 512-byte sector,
         # so a partly readable cluster keeps every readable sector.
         for p0, p1 in _pieces(offset, len(dst), RETRY_PIECE):
@@ -165,21 +160,11 @@ class SalvageVolume(Volume):
                 self._bad_run(level, dst, offset, voffset, bad_start, p1, bad_err)
 
     def _try_read(self, level: int, dst: memoryview, offset: int, raw_fill: bool) -> str | None:
-        """None when read; else the reason (the caller substitutes)."""
-        fd = self._fds[level]
-        got = 0
-        while got < len(dst):
-            try:
-                n = os.preadv(fd, [dst[got:]], offset + got)
-            except OSError as e:
-                return f"read error: {e.strerror or errno.errorcode.get(e.errno or 0, '?')}"
-            if n == 0:
-                break
-            got += n
-        if got < len(dst):
-            if not raw_fill:
-                return f"short read: {got} of {len(dst)} bytes (file ends early)"
-            dst[got:] = bytes(len(dst) - got)
+        """None when read (Volume's one read loop); else the reason (the caller substitutes)."""
+        try:
+            self._pread_into(level, dst, offset, allow_short=raw_fill, zero_rest=True)
+        except (SourceIOError, CorruptImageError) as e:
+            return e.what
         return None
 
     def _bad_run(self, level: int, dst: memoryview, offset: int, voffset: int, f0: int, f1: int,
