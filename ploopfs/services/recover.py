@@ -164,7 +164,6 @@ class Recovery:
         log = self.disk.salvage_log
         assert log is not None
         ranges = _own_ranges(kept, log.records())
-        subst = [r for r in ranges if r["substitution"] != "shadowed"]
         dropped = [{"guid": lv.guid, "file": lv.file, "reason": lv.error,
                     "merged_into_children_on": lv.out_parent,
                     "data": "lost: its children read the level below it instead"}
@@ -182,12 +181,7 @@ class Recovery:
                        for lv in kept],
             "dropped_levels": dropped,
             "warnings": list(self.disk.warnings),
-            "policy": log.policy, "damaged_ranges": len(ranges),
-            "substituted_ranges": len(subst),
-            "substituted_bytes": sum(r["length"] for r in subst),
-            "bat_entries": sum(r["kind"] == "bat" for r in ranges),
-            "read_errors": sum(r["kind"] == "read" for r in ranges),
-            "ranges": ranges,
+            **log.summary(ranges),
         }
 
 

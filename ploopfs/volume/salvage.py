@@ -43,8 +43,9 @@ class SalvageLog:
             recs = list(self._records.values())
         return sorted(recs, key=lambda r: (r["snapshot"], r["voffset"], r["level"], r["kind"]))
 
-    def summary(self) -> dict[str, Any]:
-        recs = self.records()
+    def summary(self, records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The counts and ranges of `records` (default: every one met so far)."""
+        recs = self.records() if records is None else records
         subst = [r for r in recs if r["substitution"] != "shadowed"]
         return {
             "policy": self.policy,
