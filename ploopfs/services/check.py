@@ -20,7 +20,7 @@ from ploopfs.content.partitions import LUKS_MAGIC, inspect_disk
 from ploopfs.errors import PloopfsError, UnsafePathError
 from ploopfs.format.bat import bat_entry_off, classify_entries, decode_entries, duplicate_slots
 from ploopfs.format.chain import Level, chain_anomalies
-from ploopfs.format.descriptor import Descriptor, ImageEntry, Shot
+from ploopfs.format.descriptor import MAX_DESCRIPTOR_BYTES, Descriptor, ImageEntry, Shot
 from ploopfs.format.descriptor_scan import PROBLEMS as DESCRIPTOR_PROBLEMS
 from ploopfs.format.descriptor_scan import scan_descriptor
 from ploopfs.format.extension import parse_extension
@@ -529,10 +529,9 @@ def _check_source(r: _Report, src: str, snapshot: str | None, deep: bool, allow_
             return
         _check_descriptor_source(r, dd, snapshot, deep, allow_outside, fds)
         return
-    fd = _open(r, src, "SOURCE_UNREADABLE", in_chain=True)
+    fd = _open(r, src, fds, in_chain=True)
     if fd is None:
         return
-    fds.append(fd)
     head = _pread(fd, HEADER_SIZE, 0)
     if probe(head) is FileKind.XML or src.lower().endswith(".xml"):
         _check_descriptor_source(r, src, snapshot, deep, allow_outside, fds)
@@ -543,9 +542,12 @@ def _check_source(r: _Report, src: str, snapshot: str | None, deep: bool, allow_
     _after_chain(r, [sc], None, deep, raw_cluster_size)
 
 
-def _open(r: _Report, path: str, code: str, *, in_chain: bool) -> int | None:
+def _open(r: _Report, path: str, fds: list[int], *, in_chain: bool) -> int | None:
+    """`path` opened read-only and added to `fds` (closed at the end), or None and a finding."""
+    code = "SOURCE_UNREADABLE"
     try:
-        return open_readonly(path)
+        fds.append(open_readonly(path))
+        return fds[-1]
     except PloopfsError as e:
         kind = e.code if e.code == "IMAGE_NOT_REGULAR" else code
         r.add(kind, e.what, file=path, severity=CODES[kind] if in_chain else Severity.DAMAGED)
@@ -556,12 +558,11 @@ def _open(r: _Report, path: str, code: str, *, in_chain: bool) -> int | None:
 
 def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bool,
                              allow_outside: bool, fds: list[int]) -> None:
-    fd = _open(r, dd, "SOURCE_UNREADABLE", in_chain=True)
+    fd = _open(r, dd, fds, in_chain=True)
     if fd is None:
         return
-    fds.append(fd)
     size = file_size(fd)
-    data = _pread(fd, min(size, (4 << 20) + 1), 0)
+    data = _pread(fd, min(size, MAX_DESCRIPTOR_BYTES + 1), 0)  # one byte more: too large
     desc, problems = scan_descriptor(data)
     for p in problems:
         r.add(p.code, p.message, file=dd, element=p.element, severity=p.severity)
@@ -610,10 +611,9 @@ def _check_listed_image(r: _Report, dd: str, folder: str, i: int, im: ImageEntry
             "DESCRIPTOR_FILE_MISSING"
         r.add(code, e.what, file=dd, element=element, severity=sev)
         return None
-    fd = _open(r, path, "SOURCE_UNREADABLE", in_chain=lvl is not None)
+    fd = _open(r, path, fds, in_chain=lvl is not None)
     if fd is None:
         return None
-    fds.append(fd)
     plain = im.type.strip().lower() == "plain"
     try:
         # Only a base may be raw (format.md §0): level 0 of the checked chain, or a root of another branch.
