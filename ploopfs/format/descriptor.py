@@ -61,6 +61,11 @@ class ImageEntry:
     file: str  # as written in <File>
     type: str  # as written in <Type>; informational only (format.md §3, §11 trap 10)
 
+    @property
+    def plain(self) -> bool:
+        """<Type> says Plain: the one condition, with being a base, for a raw file (format.md §0)."""
+        return self.type.strip().lower() == "plain"
+
 
 @dataclass
 class Shot:

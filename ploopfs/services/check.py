@@ -614,7 +614,7 @@ def _check_listed_image(r: _Report, dd: str, folder: str, i: int, im: ImageEntry
     fd = _open(r, path, fds, in_chain=lvl is not None)
     if fd is None:
         return None
-    plain = im.type.strip().lower() == "plain"
+    plain = im.plain
     try:
         # Only a base may be raw (format.md §0): level 0 of the checked chain, or a root of another branch.
         raw_ok = plain and (lvl == 0 or (lvl is None and is_root))

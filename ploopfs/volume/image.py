@@ -180,7 +180,7 @@ class Image:
                 bad = worst(anomalies, Severity.FATAL if lenient else Severity.DAMAGED)
                 if bad is not None:
                     raise BadImageError(bad.message, path, offset=bad.offset)
-                bat_end = HEADER_SIZE + 4 * hdr.bat_entries
+                bat_end = bat_entry_off(hdr.bat_entries)
                 if size < bat_end:
                     raise CorruptImageError(
                         f"file is {size} bytes but its BAT of {hdr.bat_entries} entries ends at "

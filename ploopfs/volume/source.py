@@ -95,7 +95,7 @@ class Disk:
             # Only level 0 may be raw (format.md §0), and only if the descriptor calls it Plain: ploop's
             # mode is per disk (format.md §3), so a Compressed base without a ploop signature is damaged,
             # not raw. Deltas are sniffed whatever their <Type> says (format.md §11 trap 10).
-            plain = self.descriptor.image(guid).type.strip().lower() == "plain"
+            plain = self.descriptor.image(guid).plain
             reason = ("only the base of a chain may be raw" if level else
                       "the descriptor's <Type> is not Plain, so it is no raw base")
             salvage = self.options.salvage is not None
