@@ -268,7 +268,8 @@ class MountTree:
         self.disk = disk
         self.snapshot = snapshot
         self.overlay = overlay
-        self.volume = disk.volume(snapshot)  # errors (bad source, unknown snapshot) surface here
+        # errors (bad source, unknown snapshot) surface here; an overlay has opened it already
+        self.volume = overlay.base if overlay is not None else disk.volume(snapshot)
         paths = list(disk.paths.values())
         self.mtime_ns = max((os.stat(p).st_mtime_ns for p in paths), default=0)
         info = json.dumps(disk_info(disk, snapshot), indent=2, default=str).encode() + b"\n"

@@ -156,7 +156,7 @@ def test_sigkill_daemon_then_continue(corpus_case: Callable[[str], Path], mounte
                                       tmp_path: Path) -> None:
     src = corpus_case("v2-single")
     ov = tmp_path / "ov"
-    m = mounter.mount(src, "-o", f"overlay={ov}")
+    m = mounter.mount(src, "-o", f"overlay={ov},rw")  # rw: no warning with an overlay
     disk = m / "disk"
     synced = random.Random(2).randbytes(3 * MiB + 77)
     fd = os.open(disk, os.O_WRONLY)
