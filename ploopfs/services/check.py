@@ -3,7 +3,9 @@
 Unlike `ploop check` (format.md §7.1) nothing is ever written, the BAT is checked even when
 the file size is not cluster-aligned (format.md §11 trap 22), and every problem is reported, not only the
 first. Metadata is read here through the format layer's lenient helpers, never through the
-strict `Image.mapping()`, so damaged input gives findings instead of exceptions.
+strict `Image.mapping()`, so damaged input gives findings instead of exceptions. The virtual
+disk (partitions, filesystems, --deep shadows) is read through the volume layer's salvage read
+path over the mappings scanned here (`_volume`), as `--salvage=older` reads it.
 """
 
 from __future__ import annotations
