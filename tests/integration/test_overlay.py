@@ -32,7 +32,6 @@ from conftest import REPO, qemu_json_chain, run_cli
 
 from ploopfs.errors import ExitCode, PloopfsError
 from ploopfs.format.header import decode_header_fields
-from ploopfs.volume import fileio
 from ploopfs.volume.overlay import Overlay
 from ploopfs.volume.source import OpenOptions, open_source
 from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descriptor
@@ -393,28 +392,6 @@ def test_refusals(disk_of: Callable[[str], Path], tmp_path: Path) -> None:
     os.link(src / "root.hdd", d)
     e = refused(ov3)
     assert e.exit_code == ExitCode.OUTPUT and "source" in e.what, e.what
-
-
-def test_open_own(tmp_path: Path) -> None:
-    """fileio.open_own reopens only ploopfs's own earlier output, never a source or a link."""
-    out = tmp_path / "out.img"
-    os.close(fileio.create(out, what="test"))
-    os.close(fileio.open_own(out))
-    src = tmp_path / "src.img"
-    src.write_bytes(b"s" * 4096)
-    fileio.register_source(src)
-    for bad, why in [(src, "source"), (tmp_path / "hard", "source"),
-                     (tmp_path / "sym", "symbolic link"), (tmp_path / "plain", "not marked")]:
-        if bad.name == "hard":
-            os.link(src, bad)
-        elif bad.name == "sym":
-            bad.symlink_to(out)
-        elif bad.name == "plain":
-            bad.write_bytes(b"p")
-        with pytest.raises(PloopfsError) as e:
-            os.close(fileio.open_own(bad))
-        assert e.value.exit_code == ExitCode.OUTPUT and why in e.value.what, e.value.what
-    assert src.read_bytes() == b"s" * 4096
 
 
 def test_source_not_whole_clusters(tmp_path: Path, guard_sources: Guard) -> None:
