@@ -29,12 +29,17 @@ def register(sub: Any) -> None:
     p.add_argument("-F", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="comma-separated options: FUSE ones (allow_other, …) and uid=, gid=, "
-                        "snapshot=, files, readahead=KB, direct_io, salvage[=zeros|older], "
+                        "snapshot=, files, readahead=KB, direct_io, page_cache, "
+                        "salvage[=zeros|older], "
                         "overlay=DIR")
     p.add_argument("--readahead", type=int, metavar="KB", default=None,
                    help="kernel readahead for the mount, as root (default 1024; 0 = kernel default)")
     p.add_argument("--direct-io", action="store_true",
-                   help="bypass the page cache (for streaming copies, loop devices)")
+                   help="serve every file past the page cache, the files of --files too "
+                        "(disk and partN always are, unless --page-cache)")
+    p.add_argument("--page-cache", action="store_true",
+                   help="serve disk and partN through the page cache (kernel readahead, cached "
+                        "re-reads, shared mmap) instead of direct I/O; see docs/mount.md")
     p.add_argument("--pid-file", metavar="FILE", help="write the server's PID here")
     p.add_argument("--log-file", metavar="FILE", help="log here (default: syslog in background)")
     add_salvage(p)
@@ -51,7 +56,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from ploopfs.fuse.mount import MountOptions, apply_o_options, mount
 
     opts = MountOptions(snapshot=args.snapshot, files=args.files, foreground=args.foreground,
-                        direct_io=args.direct_io, pid_file=args.pid_file, log_file=args.log_file,
+                        direct_io=args.direct_io, page_cache=args.page_cache,
+                        pid_file=args.pid_file, log_file=args.log_file,
                         allow_outside_paths=args.allow_outside_paths,
                         cluster_size=args.cluster_size, salvage=args.salvage,
                         overlay=args.overlay)

@@ -43,7 +43,8 @@ class MountOptions:
     files: bool = False
     foreground: bool = False
     readahead_kb: int = 1024
-    direct_io: bool = False
+    direct_io: bool = False  # every file direct (default: disk/partN only; docs/mount.md)
+    page_cache: bool = False  # disk/partN through the page cache too
     pid_file: str | None = None
     log_file: str | None = None
     uid: int = field(default_factory=os.getuid)
@@ -75,7 +76,8 @@ def apply_o_options(opts: MountOptions, items: list[str]) -> list[str]:
                     opts.uid = int(val)
                 elif key == "gid":
                     opts.gid = int(val)
-                elif key in ("files", "direct_io", "allow_outside_paths", "foreground"):
+                elif key in ("files", "direct_io", "page_cache", "allow_outside_paths",
+                             "foreground"):
                     setattr(opts, key, True)
                 elif key == "readahead":
                     opts.readahead_kb = int(val)
@@ -97,6 +99,8 @@ def apply_o_options(opts: MountOptions, items: list[str]) -> list[str]:
                     opts.fuse_options.add(item)
             except ValueError:
                 raise UsageError(f"-o {item}: not a number") from None
+    if opts.direct_io and opts.page_cache:
+        raise UsageError("direct_io and page_cache exclude each other")
     if rw and opts.overlay is None:
         warnings.append("ignoring -o rw: ploopfs mounts are read-only (writable only with "
                         "--overlay DIR, docs/overlay.md)")
@@ -424,6 +428,50 @@ def _fuse_options(opts: MountOptions, source: str) -> set[str]:
     return o | opts.fuse_options
 
 
+FAST_WAIT_EVERY = 64  # at least every 64th request goes through trio (signals, other tasks)
+FAST_WAIT_MS = 10  # how long poll() waits for the next request before going through trio
+
+
+def install_fast_wait() -> bool:
+    """Between pyfuse3.init and pyfuse3.main: wait for the next request with a plain poll() of
+    the FUSE fd (up to FAST_WAIT_MS) instead of trio's `wait_readable`, which parks the task
+    and runs trio's scheduler and epoll registration for every request (~12 us of CPU each
+    here). Only when no request came within FAST_WAIT_MS, and for every FAST_WAIT_EVERY-th
+    request, does the wait go through trio, where signals and the other tasks are served (so
+    a signal waits at most FAST_WAIT_MS, or 63 requests). Halves the daemon's CPU and latency
+    per small request (docs/mount.md, "Performance and caching"). It replaces pyfuse3's
+    private `_wait_fuse_readable` (pyfuse3 3.5; the serving loop has one task, `max_tasks=1`,
+    so its read lock has no one to exclude; tests/system/test_mount.py notices when it is
+    gone); without that name, or without exactly one /dev/fuse fd, nothing is changed and
+    False is returned."""
+    import pyfuse3
+
+    orig = getattr(pyfuse3, "_wait_fuse_readable", None)
+    if orig is None or getattr(orig, "_ploopfs_fast", False):
+        return orig is not None
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
+                fds.append(int(name))
+    if len(fds) != 1:
+        return False
+    poller = select.poll()
+    poller.register(fds[0], select.POLLIN)
+    count = 0
+
+    async def wait_fuse_readable() -> bool:
+        nonlocal count
+        count += 1
+        if count % FAST_WAIT_EVERY and poller.poll(FAST_WAIT_MS):
+            return True  # pending (or the fd failed: the read that follows says so)
+        return await orig()
+
+    wait_fuse_readable._ploopfs_fast = True  # type: ignore[attr-defined]
+    pyfuse3._wait_fuse_readable = wait_fuse_readable
+    return True
+
+
 def _start_reaper(mountpoint: str) -> None:
     """Back-up for auto_unmount. fusermount3's watcher (libfuse 3.14) unmounts a killed daemon's
     mount only if open(MOUNTPOINT) then fails with ENOTCONN; when the kill races with a request
@@ -498,7 +546,7 @@ def _serve(tree, source: str, target: str, opts: MountOptions, files, wfd: int |
     from ploopfs.fuse.ops import Operations
 
     ops = Operations(files if files is not None else tree.root, uid=opts.uid, gid=opts.gid,
-                     direct_io=opts.direct_io, usage=tree.usage)
+                     direct_io=opts.direct_io, page_cache=opts.page_cache, usage=tree.usage)
     _start_reaper(target)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     fuse_opts = _fuse_options(opts, source)
@@ -513,6 +561,9 @@ def _serve(tree, source: str, target: str, opts: MountOptions, files, wfd: int |
         raise MountError(f"cannot mount: {why}", target) from None
     for line in said:  # warnings of a successful mount
         log.warning("%s", line)
+    if not install_fast_wait():
+        log.info("pyfuse3 %s: its request wait is not the one the shortcut knows; every "
+                 "request goes through trio", getattr(pyfuse3, "__version__", "?"))
     state = state_file(target)
 
     async def main() -> None:

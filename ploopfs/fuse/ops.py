@@ -56,11 +56,18 @@ def guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
 class Operations(pyfuse3.Operations):
     def __init__(self, root: Dir | FsMount, *, uid: int, gid: int, direct_io: bool = False,
+                 page_cache: bool = False,
                  usage: Callable[[], tuple[int, int]] | None = None) -> None:
         """`usage`: (size, stored bytes) of the mounted disk, for statfs (df). `root`: the
-        tree, or (`--files`) the filesystem whose root is the mount's root."""
+        tree, or (`--files`) the filesystem whose root is the mount's root.
+
+        Caching (docs/mount.md, "Performance and caching"): by default the tree's own files
+        (disk, partN, the JSON reports) are direct_io and the files of a filesystem inside go
+        through the page cache (keep_cache, kernel readahead). `direct_io`: everything direct;
+        `page_cache`: everything through the page cache."""
         super().__init__()
         self.uid, self.gid, self.direct_io = uid, gid, direct_io
+        self.page_cache = page_cache and not direct_io
         self.usage = usage
         self._nodes: dict[int, Node] = {}
         self._inodes: dict[int, int] = {}
@@ -254,10 +261,14 @@ class Operations(pyfuse3.Operations):
             self._open[fh] = node.fs.open(node.ino)
             return pyfuse3.FileInfo(fh=fh, keep_cache=not self.direct_io,
                                     direct_io=self.direct_io)
-        # keep_cache: the data never changes, so the page cache survives re-opens.
         if isinstance(node, LiveFile):
             return pyfuse3.FileInfo(fh=inode, keep_cache=False, direct_io=True)
-        return pyfuse3.FileInfo(fh=inode, keep_cache=not self.direct_io, direct_io=self.direct_io)
+        # disk and partN: direct_io unless --page-cache. Through the page cache every pass of a
+        # disk is copied twice and fills fresh page-cache memory, whose cost varies 5x on a
+        # shared machine; direct, the reply lands in the reader's buffer (docs/mount.md).
+        # keep_cache with --page-cache: the data never changes, so the cache survives re-opens.
+        return pyfuse3.FileInfo(fh=inode, keep_cache=self.page_cache,
+                                direct_io=not self.page_cache)
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:

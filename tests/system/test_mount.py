@@ -15,6 +15,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import mmap
 import os
 import random
 import shutil
@@ -738,6 +739,58 @@ def test_readahead_and_direct_io(corpus_case: CaseFactory, mounter: Mounter) -> 
     finally:
         os.close(fd)
     assert sha256_of(whole) == want
+
+
+def _shared_map_errno(path: Path) -> int | None:
+    """None when a shared read-only mapping of `path` works, else its errno (the kernel refuses
+    one of a direct_io file with ENODEV: FUSE_DIRECT_IO_ALLOW_MMAP is not negotiated)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ).close()
+        return None
+    except OSError as e:
+        return e.errno
+    finally:
+        os.close(fd)
+
+
+def _private_map_head(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ) as mm:
+            return mm[:4096]
+    finally:
+        os.close(fd)
+
+
+def test_caching_modes(corpus_case: CaseFactory, mounter: Mounter) -> None:
+    """By default disk and partN are direct_io (a shared mapping is refused with ENODEV, a
+    private one reads the right bytes) and the files inside go through the page cache (a shared
+    mapping works); --page-cache (-o page_cache) puts disk and partN through it too, --direct-io
+    takes the files out of it; both at once are a usage error and mount nothing. Every mode
+    reads the same bytes, and the daemon waits for requests with its poll() shortcut (no log
+    line saying it could not)."""
+    d = corpus_case("ext4-gpt-chain2")
+    want = expected_hashes(d)["expected.raw"]
+    modes = {"default": (), "page": ("--page-cache",), "page_o": ("-o", "page_cache"),
+             "dio": ("--direct-io",)}
+    mounts = {name: mounter.mount(d, *args, name=f"cache_{name}") for name, args in modes.items()}
+    for name, m in mounts.items():
+        disk_cached = name in ("page", "page_o")
+        assert sha256_file(m / "disk") == want, name
+        for rel in ("disk", "part1"):
+            assert _shared_map_errno(m / rel) == (None if disk_cached else errno.ENODEV), (name, rel)
+            with open(m / rel, "rb") as f:
+                assert _private_map_head(m / rel) == f.read(4096), (name, rel)
+        inside = next(p for p in sorted((m / "files").rglob("*"))
+                      if p.is_file() and not p.is_symlink() and p.stat().st_size >= 4096)
+        assert _shared_map_errno(inside) == (errno.ENODEV if name == "dio" else None), name
+        assert not any("request wait" in ln for ln in m.log_lines()), name
+        assert m.error_lines() == []
+    bad = mounter.mountpoint("cache_both")
+    r = mounter.run("mount", "--direct-io", "--page-cache", d, bad)
+    assert r.returncode == 64 and "exclude each other" in r.stderr, r.stderr
+    assert not is_mounted(bad)
 
 
 def test_diff_of_mounted_disks(corpus_case: CaseFactory, mounter: Mounter, tmp_path: Path) -> None:
