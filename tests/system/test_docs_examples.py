@@ -247,15 +247,6 @@ class KnownBroken:
 # Documented examples that do not work yet, in pages another change owns: (page, command).
 # Strict xfails: when the page changes, or the example works, they fail until removed here.
 KNOWN_BROKEN: dict[tuple[str, str], KnownBroken] = {
-    ("docs/mount.md", "ploopfs umount /mnt/ct101"): KnownBroken(
-        "the page's kernel mount of /mnt/ct101/part1 on /mnt/ct101-fs still holds the disk "
-        "(busy, exit 12): the page should `umount /mnt/ct101-fs` first",
-        then="umount /mnt/ct101-fs && ploopfs umount /mnt/ct101",
-        after="mount -o ro,noload,loop /mnt/ct101/part1 /mnt/ct101-fs   "
-              "# the kernel reads the ext4 inside"),
-    ("docs/mount.md", "df -h /mnt/ct101"): KnownBroken(
-        "the page shows the sizes of an 18G container, not of any disk it names: sizes that "
-        "depend on the disk should be `…`"),
 }
 
 
