@@ -207,6 +207,8 @@ class Overlay:
         end = min(offset + length, self.size)
         if end <= offset:
             return b""
+        if offset < 0:
+            raise OSError(errno.EINVAL, f"negative offset {offset}")
         c = self.cluster_size
         bat = self._bat
         first, last = offset // c, (end - 1) // c
@@ -255,6 +257,8 @@ class Overlay:
         where the disk ends, as a block device does. OSError (ENOSPC, EIO) propagates."""
         if self.closed:
             raise OSError(errno.EBADF, "overlay is closed")
+        if offset < 0:
+            raise OSError(errno.EINVAL, f"negative offset {offset}")
         mv = memoryview(data).cast("B")
         n = max(0, min(len(mv), self.size - offset))
         c = self.cluster_size

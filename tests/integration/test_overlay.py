@@ -415,3 +415,29 @@ def test_source_not_whole_clusters(tmp_path: Path, guard_sources: Guard) -> None
     exp = tmp_path / "x.raw"
     assert run_cli("export", "--allow-outside-paths", out, exp).returncode == 0
     assert exp.read_bytes() == model
+
+
+def test_hostile_sources(tmp_path: Path) -> None:
+    """Every hostile disk of tests/hostile.py under an overlay: refused with its usual exit
+    code (never a bug), or an overlay that takes writes at both ends and closes."""
+    import hostile
+
+    seen = 0
+    for i, h in enumerate(hostile.INPUTS):
+        if h.kind != "disk":
+            continue
+        f = tmp_path / f"in{i}"
+        f.mkdir()
+        src = h.build(f)
+        try:
+            ov = Overlay.open(open_source(src, OpenOptions(cluster_size=32 * KiB)), None,
+                              str(tmp_path / f"ov{i}"))
+        except PloopfsError as e:
+            assert e.exit_code not in (ExitCode.INTERNAL,), (h.name, e)
+            continue
+        assert ov.write(0, b"x" * 100) == min(100, ov.size), h.name
+        assert ov.write(max(0, ov.size - 10), b"y" * 20) == min(10, ov.size), h.name
+        assert ov.read(0, 10) == (b"x" * 10)[:ov.size], h.name
+        ov.close()
+        seen += 1
+    assert seen >= 10
