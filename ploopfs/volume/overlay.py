@@ -160,6 +160,8 @@ class Overlay:
                                  raw_base=st.raw_base)
             write_descriptor(desc_path, d)
             _fsync_folder(folder)
+            if made:  # DIR's own name in its parent
+                _fsync_folder(os.path.dirname(folder))
         except BaseException:
             if fd >= 0:
                 os.close(fd)
