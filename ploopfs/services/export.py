@@ -268,12 +268,13 @@ def _fill_qcow2(vol: Volume, runs: list[tuple[int, int]], w: Qcow2Writer, zero_f
                 report: ExportReport, progress: Progress | None, done: list[int]) -> None:
     c = w.cluster_size
     per = max(1, CHUNK // c)
-    buf = w.buffer(per * c)  # page-aligned: written under O_DIRECT without a copy
     for first, count in runs:
         vc = first
         while vc < first + count:
             k = min(per, first + count - vc)
-            view = buf[:k * c]
+            # page-aligned (O_DIRECT without a copy), written on the writer's thread while the
+            # next chunk is read into its other buffer
+            view = w.next_buffer(per * c)[:k * c]
             n = vol.zero_fill_readinto(view, vc * c)
             if n < len(view):
                 zero_fill(view[n:])

@@ -15,6 +15,11 @@ load (docs/benchmarks.md, qcow2_bench). O_DIRECT needs an aligned buffer: `buffe
 page-aligned memory for the caller's data; any other buffer (and every metadata write) is
 copied through an aligned staging buffer. A filesystem that refuses O_DIRECT, or a write that
 fails with EINVAL under it, falls back to ordinary writes for the rest of the file.
+
+`next_buffer` hands out DEPTH such buffers in turn: the data written from one goes to the file
+on a worker thread while the caller reads the next chunk into the other, so reading the source
+and writing the output overlap (os.pwrite and os.preadv release the GIL). A buffer is handed
+out again only once its writes are done; the metadata is written on the caller's thread.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import mmap
 import os
 import sys
 from array import array
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ploopfs.errors import OutputError
 from ploopfs.format import qcow2
@@ -33,6 +39,7 @@ from ploopfs.volume import fileio
 _SWAP = sys.byteorder == "little"
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 STAGING = 1 << 20  # bytes of the aligned buffer that other buffers are copied through
+DEPTH = 2  # buffers of next_buffer: one being filled while the other one is written
 
 
 def aligned_buffer(n: int) -> memoryview:
@@ -71,6 +78,10 @@ class Qcow2Writer:
         self.file_bytes = 0
         self.direct = _set_direct(fd, True) if direct else False
         self._staging: memoryview | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._bufs: list[memoryview] = []
+        self._inflight: list[list[Future[None]]] = []
+        self._turn = -1
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], size: int,
@@ -123,7 +134,11 @@ class Qcow2Writer:
         if vcluster <= self._last:
             raise ValueError(f"virtual cluster {vcluster} out of order")
         base = self._host
-        self._pwrite(data, base * c)
+        if self._pool is not None:  # data from next_buffer: written on the worker thread
+            self._inflight[self._turn].append(
+                self._pool.submit(self._pwrite, data, base * c, False))
+        else:
+            self._pwrite(data, base * c)
         self._host += n
         for i in range(n):
             self._entry(vcluster + i, qcow2.data_entry((base + i) * c))
@@ -140,6 +155,7 @@ class Qcow2Writer:
         """Write the metadata and header, fsync, close. Returns the file size."""
         c = self.cluster_size
         try:
+            self._drain()
             self._flush_l2()
             l1 = array("Q", self.l1)
             if _SWAP:
@@ -168,6 +184,7 @@ class Qcow2Writer:
         except OSError as e:
             raise OutputError(f"write failed: {e.strerror}", self.path) from None
         finally:
+            self._stop()  # no write of the worker may outlive the descriptor
             os.close(self.fd)
             self.fd = -1
         self.file_bytes = total * c
@@ -175,6 +192,7 @@ class Qcow2Writer:
 
     def abort(self) -> None:
         """Close and remove the partial file."""
+        self._stop()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -184,6 +202,42 @@ class Qcow2Writer:
         """Page-aligned memory for the caller's data: write_data of views of it (at multiples
         of the cluster size) goes to the file without a copy under O_DIRECT."""
         return aligned_buffer(n)
+
+    def next_buffer(self, n: int) -> memoryview:
+        """One of DEPTH page-aligned buffers of `n` bytes, in turn, for the caller to fill:
+        write_data of views of it is written on the worker thread (without a copy under
+        O_DIRECT) while the caller fills the next one. The caller must not touch a buffer
+        after the next call, which may still be writing it."""
+        if self._pool is None:
+            if not self._bufs:
+                self._bufs = [aligned_buffer(n) for _ in range(DEPTH)]
+                self._inflight = [[] for _ in range(DEPTH)]
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="qcow2-write")
+        if n > len(self._bufs[0]):
+            raise ValueError("next_buffer: larger than the first buffer asked for")
+        self._turn = (self._turn + 1) % DEPTH
+        self._wait(self._turn)
+        return self._bufs[self._turn][:n]
+
+    def _wait(self, turn: int) -> None:
+        futures, self._inflight[turn] = self._inflight[turn], []
+        for f in futures:
+            f.result()  # the worker's OutputError, raised here
+
+    def _drain(self) -> None:
+        """Wait for every write of the worker thread (raising the first failure), end it."""
+        if self._pool is None:
+            return
+        for turn in range(DEPTH):
+            self._wait(turn)
+        self._stop()
+
+    def _stop(self) -> None:
+        """End the worker thread: queued writes dropped, a running one waited for."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._inflight = [[] for _ in range(DEPTH)]
 
     def _pwrite_meta(self, data: bytes | bytearray | memoryview, off: int) -> None:
         """A metadata write (whole clusters): copied through the aligned staging buffer under
@@ -201,9 +255,12 @@ class Qcow2Writer:
             self._staging[:len(piece)] = piece
             self._pwrite(self._staging[:len(piece)], off + pos)
 
-    def _pwrite(self, data: bytes | bytearray | memoryview, off: int) -> None:
-        """Write all of `data` at `off`; under O_DIRECT an EINVAL (an unaligned buffer, or a
-        filesystem that refuses O_DIRECT writes) goes through `_unaligned`."""
+    def _pwrite(self, data: bytes | bytearray | memoryview, off: int, stage: bool = True) -> None:
+        """Write all of `data` at `off`. Under O_DIRECT an EINVAL is an unaligned buffer or a
+        filesystem that refuses O_DIRECT writes: with `stage` it goes through `_unaligned`;
+        without (the worker thread, whose buffers are aligned and which must not share the
+        staging buffer with the caller's thread) O_DIRECT is turned off and the write
+        retried."""
         view = memoryview(data)
         try:
             while view:
@@ -212,8 +269,11 @@ class Qcow2Writer:
                 except OSError as e:
                     if e.errno != errno.EINVAL or not self.direct:
                         raise
-                    self._unaligned(view, off)
-                    return
+                    if stage:
+                        self._unaligned(view, off)
+                        return
+                    self.direct = _set_direct(self.fd, False)
+                    continue
                 if n <= 0:
                     raise OutputError("short write", self.path, offset=off)
                 view, off = view[n:], off + n

@@ -318,3 +318,24 @@ def test_writer_unaligned_data(tmp_path: Path) -> None:
         f.seek(9 * Q)
         f.write(b)
     same(out, raw)
+
+
+def test_write_failure_on_the_writer_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            corpus_case) -> None:
+    """A data write that fails on the writer's thread (ENOSPC) ends the export with an
+    OutputError naming the file, and the partial output is removed."""
+    from ploopfs.volume import qcow2writer
+
+    src = corpus_case("ext4-gpt-chain2")
+    real_pwrite = os.pwrite
+
+    def full(fd: int, data: bytes | memoryview, off: int) -> int:
+        if off > 4 * Q:
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, off)
+
+    monkeypatch.setattr(qcow2writer.os, "pwrite", full)
+    out = tmp_path / "x.qcow2"
+    with open_source(src) as disk, pytest.raises(OutputError, match="No space left"):
+        export_qcow2(disk, str(out))
+    assert not out.exists()
