@@ -35,6 +35,11 @@ class Hints:
     # (cluster sectors, version, m_Size) of the readable headers of the other images
     siblings: tuple[tuple[int, int, int], ...] = ()
 
+    @staticmethod
+    def sibling(h: Header) -> tuple[int, int, int]:
+        """What another image's readable header tells the inference (one of `siblings`)."""
+        return (h.cluster_sectors, h.version, h.bat_entries)
+
 
 @dataclass
 class _Candidate:

@@ -584,8 +584,8 @@ def _check_descriptor_source(r: _Report, dd: str, snapshot: str | None, deep: bo
         def hints(guid: str = im.guid) -> Hints:
             """As the salvage readers use them (source.py): <Blocksize>, <Disk_size> and the
             headers of the images read so far (format.md §4.2: one cluster size and version a chain)."""
-            sib = tuple((sc.header.cluster_sectors, sc.header.version, sc.header.bat_entries)
-                        for g, sc in scanned.items() if g != guid and sc.header is not None)
+            sib = tuple(Hints.sibling(sc.header) for g, sc in scanned.items()
+                        if g != guid and sc.header is not None)
             return Hints(desc.blocksize, desc.disk_size, sib)
 
         sc = _check_listed_image(r, dd, folder, i, im, lvl, allow_outside, fds, is_root, hints)

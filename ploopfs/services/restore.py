@@ -311,8 +311,7 @@ def _infer_damaged(damaged: list[tuple[str, str, int, str]], ploop: list[Candida
     """--salvage: infer each damaged header from its BAT, with the readable headers as hints
     (one cluster size and version per disk, format.md §4.2), as salvage readers do; an image
     whose header cannot be inferred is left out, and the report says why."""
-    sib = tuple((h.cluster_sectors, h.version, h.bat_entries) for h in
-                (c.image.header for c in ploop) if h is not None)
+    sib = tuple(Hints.sibling(h) for h in (c.image.header for c in ploop) if h is not None)
     hints = Hints(cluster_size // SECTOR if cluster_size else 0, 0, sib)
     out = []
     for name, path, mtime, why in damaged:

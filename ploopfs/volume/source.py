@@ -129,7 +129,7 @@ class Disk:
                         os.close(fd)
                 except PloopfsError:
                     continue
-                self._headers[g] = (h.cluster_sectors, h.version, h.bat_entries)
+                self._headers[g] = Hints.sibling(h)
         sib = [v for g, v in self._headers.items() if g != guid and g not in self.missing]
         d = self.descriptor
         return Hints(d.blocksize, d.disk_size if self.descriptor_path else 0, tuple(sib))
