@@ -341,7 +341,8 @@ def render_descriptor(d: Descriptor) -> bytes:
     storage = etree.SubElement(sdata, "Storage")
     add(storage, "Start", 0)
     add(storage, "End", d.disk_size)
-    add(storage, "Blocksize", d.blocksize)
+    if d.blocksize:  # 0: the descriptor had none (the images' own cluster size applies)
+        add(storage, "Blocksize", d.blocksize)
     if d.preallocated:
         add(storage, "Preallocated", 1)
     for im in d.images:

@@ -1,7 +1,10 @@
 """Fuzz target: DiskDescriptor.xml parsing, strict (format/descriptor.py parse_descriptor) and
-diagnostic (format/descriptor_scan.py scan_descriptor, used by `check`). Input: the XML bytes.
+diagnostic (format/descriptor_scan.py scan_descriptor, used by `check`), and recovering
+(`scan_descriptor(recover=True)`, restore-descriptor's reading of an old damaged descriptor).
+Input: the XML bytes.
 
-Beyond "only PloopfsError": scan_descriptor never raises (it reports problems), a descriptor
+Beyond "only PloopfsError": scan_descriptor never raises (it reports problems), in either mode; a
+descriptor
 parse_descriptor accepts is also usable for scan_descriptor, its chain() walks from the top to a
 root without a cycle, and render_descriptor's output parses back to the same tree."""
 
@@ -15,7 +18,15 @@ with common.atheris.instrument_imports(include=["ploopfs"]):
     from ploopfs.format.descriptor_scan import parse_descriptor, scan_descriptor
 
 
+def check_recovered(data: bytes) -> None:
+    """Recovery joins the text pieces the parser keeps (a GUID split by a stray `<?` comes
+    back whole), so the only oracle here is the common one: it returns or raises a
+    PloopfsError, in bounded time and memory."""
+    scan_descriptor(data, recover=True)
+
+
 def test_one_input(data: bytes) -> None:
+    check_recovered(data)
     scanned, _problems = scan_descriptor(data)
     try:
         d = parse_descriptor(data, "fuzz.xml")
