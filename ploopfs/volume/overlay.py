@@ -106,6 +106,9 @@ class Overlay:
         self._pending: set[int] = set()  # vclusters whose BAT slot on disk is not written yet
         self._unsynced = False  # data written since the last fdatasync
         self._appended = 0  # bytes appended since the last flush
+        # A failed append may have left bytes past the last cluster (_eof); a copy-on-write
+        # over a hole below writes only its new bytes there and must cut them off first.
+        self._stale_tail = False
         self._over_holes = {v for v in bat if not self._base_stores(v)}
         self.closed = False
 
@@ -266,21 +269,27 @@ class Overlay:
         c = self.cluster_size
         pos = 0
         new: list[tuple[int, bytes | bytearray | memoryview]] = []  # (vcluster, whole cluster)
-        while pos < n:
-            v, intra = divmod(offset + pos, c)
-            take = min(c - intra, n - pos)
-            p = self._bat.get(v)
-            if p is not None:
-                self._append_new(new)
-                self._pwrite(mv[pos:pos + take], p * c + intra)
-            elif take == c:
-                new.append((v, mv[pos:pos + c]))
-            else:  # copy-on-write of the cluster from below, then the new bytes over it
-                self._append_new(new)
-                self._cow(v, intra, mv[pos:pos + take])
-            pos += take
-        self._append_new(new)
+        # Before the first byte: a write that fails half-way has still changed clusters the
+        # delta holds (in place), and the next flush must sync them.
         self._unsynced = self._unsynced or n > 0
+        try:
+            while pos < n:
+                v, intra = divmod(offset + pos, c)
+                take = min(c - intra, n - pos)
+                p = self._bat.get(v)
+                if p is not None:
+                    self._append_new(new)
+                    self._pwrite(mv[pos:pos + take], p * c + intra)
+                elif take == c:
+                    new.append((v, mv[pos:pos + c]))
+                else:  # copy-on-write of the cluster from below, then the new bytes over it
+                    self._append_new(new)
+                    self._cow(v, intra, mv[pos:pos + take])
+                pos += take
+            self._append_new(new)
+        except BaseException:
+            self._stale_tail = True  # an append may have written part of its clusters
+            raise
         if self._appended >= AUTO_FLUSH_BYTES:
             self.flush()
         return n
@@ -323,6 +332,9 @@ class Overlay:
         m = b.map
         i = m.find(v)
         if i < 0 and v * c >= b.raw_end():
+            if self._stale_tail:  # the rest of the cluster must read as the hole it is
+                os.ftruncate(fd, off)
+                self._stale_tail = False
             self._pwrite(piece, off + intra)
             if off + c > self._eof:
                 os.ftruncate(fd, off + c)

@@ -15,16 +15,19 @@ Every source file is hashed before and checked unchanged after (corpus_case, gua
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import json
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -441,3 +444,66 @@ def test_hostile_sources(tmp_path: Path) -> None:
         ov.close()
         seen += 1
     assert seen >= 10
+
+
+# -- failed writes ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes of this process past `limit` bytes fail (EFBIG, short up to the limit), as on a
+    full host filesystem: RLIMIT_FSIZE, with SIGXFSZ ignored."""
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_sig)
+
+
+def dirty_pages(fd: int) -> int:
+    """Pages of the file not written back yet (cachestat(2), Linux 6.5+)."""
+    import ctypes
+
+    rng = (ctypes.c_uint64 * 2)(0, 0)  # the whole file
+    st = (ctypes.c_uint64 * 5)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(451, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
+        pytest.skip(f"no cachestat: {os.strerror(ctypes.get_errno())}")
+    return int(st[1])
+
+
+def test_failed_append_leaves_no_garbage(disk_of: Callable[[str], Path], tmp_path: Path) -> None:
+    """A write whose new clusters fail half-way (host filesystem full): the part that went in
+    place is synced by the next flush, and the failed batch's bytes left past the delta's last
+    cluster never show: the next copy-on-write over a hole below writes only its new bytes
+    there, and the rest of that cluster must read as zeros."""
+    src = disk_of("v2-64k-chain3")
+    model = bytearray(base_bytes(src))
+    out = tmp_path / "ov"
+    ov = open_overlay(src, out)
+    c = ov.cluster_size
+    holes = [v for v in range(ov.size // c) if ov.base.map.find(v) < 0]
+    a, h = holes[0], holes[-1]
+    assert h > a + 3
+    ov.write(a * c, b"\x11" * 100)  # one cluster in the delta already
+    model[a * c:a * c + 100] = b"\x11" * 100
+    ov.flush()
+    eof = os.fstat(ov.fd).st_size
+    with file_size_limit(eof + c + c // 2), pytest.raises(OSError) as e:
+        # in place into cluster a, then three whole new clusters: 1.5 of them reach the file
+        ov.write(a * c + 50, b"\xee" * (c - 50 + 3 * c))
+    assert e.value.errno == errno.EFBIG
+    model[a * c + 50:(a + 1) * c] = b"\xee" * (c - 50)
+    assert ov.read(a * c, 4 * c) == model[a * c:(a + 4) * c], "the failed batch is referenced"
+    ov.flush()
+    assert dirty_pages(ov.fd) == 0, "the in-place part of the failed write was not synced"
+    ov.write(h * c + 1000, b"abc")
+    model[h * c + 1000:h * c + 1003] = b"abc"
+    assert ov.read(h * c, c) == model[h * c:(h + 1) * c], "bytes of the failed write show"
+    assert ov.read(0, ov.size) == model
+    ov.close()
+    assert check_json(out) == (0, [])
+    ov = open_overlay(src, out)
+    assert ov.read(0, ov.size) == model
+    ov.close()
