@@ -12,7 +12,8 @@ Durability (the ploop rules, format.md §2.5):
   reads the cluster from below, merges, and appends the whole cluster at the end of the delta;
   a cluster the delta holds is written in place;
 * a BAT entry on disk never points at data that is not durable: `flush` fdatasyncs the data,
-  then writes the changed BAT entries, then fdatasyncs again;
+  then writes the changed BAT entries, then fdatasyncs again; after one failed fdatasync no
+  flush succeeds (a retry would "succeed" with the data lost);
 * the header says m_DiskInUse ("Ynot") from the first open for writing until `close`, which
   flushes and clears it;
 * continuing a delta left dirty (a crash): clusters appended after the last flush are
@@ -109,6 +110,11 @@ class Overlay:
         # A failed append may have left bytes past the last cluster (_eof); a copy-on-write
         # over a hole below writes only its new bytes there and must cut them off first.
         self._stale_tail = False
+        # Why an fdatasync failed, once one has. Linux reports a failed write-back once and
+        # marks the pages clean, so a retry "succeeds" with the data lost: no flush may
+        # succeed after it, nor write BAT entries for data that may not be on disk (qemu's
+        # page_cache_inconsistent). The delta then stays marked in use.
+        self._sync_failed: str | None = None
         self._over_holes = {v for v in bat if not self._base_stores(v)}
         self.closed = False
 
@@ -382,10 +388,13 @@ class Overlay:
     def flush(self) -> None:
         """Make everything written so far durable: the data (fdatasync), then the BAT entries
         that point at it, then fdatasync again. A crash at any moment leaves a BAT whose every
-        entry points at durable data."""
+        entry points at durable data. After one failed fdatasync every flush fails (EIO)."""
+        if self._sync_failed is not None:
+            raise OSError(errno.EIO, f"an earlier flush failed ({self._sync_failed}); writes "
+                          "since the flush before it may not be on disk")
         if not self._unsynced and not self._pending:
             return
-        os.fdatasync(self.fd)
+        self._fdatasync()
         self._unsynced = False
         if self._pending:
             unit = self.header.entry_unit
@@ -401,9 +410,16 @@ class Overlay:
             if self.header.flags & CIF_EMPTY:
                 self.header = self.header.with_(flags=self.header.flags & ~CIF_EMPTY)
                 self._pwrite(memoryview(self.header.pack()), 0)
-            os.fdatasync(self.fd)
+            self._fdatasync()
             self._pending.clear()
         self._appended = 0
+
+    def _fdatasync(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            self._sync_failed = e.strerror or str(e)
+            raise
 
     def close(self) -> None:
         """Flush and mark the delta closed (m_DiskInUse cleared), as ploop does on unmount."""

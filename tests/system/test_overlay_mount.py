@@ -23,6 +23,7 @@ from conftest import run_cli
 from mounting import Mounter, is_mounted, wait_pid_gone, wait_until
 from test_space import gpt_disk, to_ploop
 
+from ploopfs.errors import PloopfsError
 from ploopfs.format.header import decode_header_fields
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -298,26 +299,30 @@ def test_sigkill_daemon_at_random_moments(corpus_case: Callable[[str], Path], mo
         ov = tmp_path / f"ov{round_}"
         m = mounter.mount(src, "--overlay", ov)
         m.errors_expected = True  # killed mid-request
-        ops = [(rng.randrange(len(base) // 4096) * 4096, rng.randbytes(4096)) for _ in range(4000)]
         every = rng.choice([4, 16])
+        wrng = random.Random(rng.randrange(1 << 30))
+        ops: list[tuple[int, bytes]] = []  # as many as get written before the kill
         flushed = done = 0
+        killed = False
         fd = os.open(m / "disk", os.O_WRONLY)
         killer = threading.Timer(rng.uniform(0.05, 0.4), os.kill, (m.pid, signal.SIGKILL))
         killer.start()
         try:
-            for i, (off, data) in enumerate(ops, 1):
+            while len(ops) < 10 ** 6:
+                ops.append((wrng.randrange(len(base) // 4096) * 4096, wrng.randbytes(4096)))
+                off, data = ops[-1]
                 os.pwrite(fd, data, off)
-                done = i
+                done = i = len(ops)
                 if i % every == 0:
                     os.fsync(fd)
                     flushed = i
-        except OSError:
-            pass
+        except OSError:  # the daemon is gone
+            killed = True
         finally:
             killer.join()
             with contextlib.suppress(OSError):
                 os.close(fd)
-        assert done < len(ops), "the kill came after all writes: make the run longer"
+        assert killed, "the kill came after all writes: make the run longer"
         assert wait_pid_gone(m.pid, 15)
         wait_until(lambda mp=m.mountpoint: not is_mounted(mp), 15, "the killed mount going away")
         assert dirty(ov)
@@ -383,3 +388,69 @@ def test_ext4_dirty_journal_replayed_on_overlay(tmp_path: Path, mounter: Mounter
     assert mounter.umount(m).returncode == 0
     assert wait_pid_gone(m.pid, 15)
     assert check(ov) == (0, [])
+
+
+def test_failed_fsync_is_not_forgotten(corpus_case: Callable[[str], Path], mounter: Mounter,
+                                       tmp_path: Path) -> None:
+    """Linux reports a failed write-back to fsync once, and a later fsync succeeds although
+    the data never reached the disk (the pages are clean again). DIR here is on ext4 on a loop
+    device whose writes fail for a while (tests/failwritefs.py). After a flush failed, the
+    overlay must not write BAT entries for data whose write-back failed: every later flush
+    fails, close leaves the delta marked in use, and once the host filesystem is remounted the
+    cluster reads as it was below, never as the lost write's zeros."""
+    import sys
+
+    from conftest import REPO
+
+    from ploopfs.volume.overlay import Overlay
+    from ploopfs.volume.source import OpenOptions, open_source
+
+    src = corpus_case("v2-single")
+    backing = tmp_path / "host.img"
+    with open(backing, "wb") as f:
+        f.truncate(64 * MiB)
+    fmnt = mounter.mountpoint("failwrite")
+    flag = tmp_path / "fail-writes"
+    p, err = mounter.popen([sys.executable, str(REPO / "tests" / "failwritefs.py"), str(backing),
+                            str(fmnt), "host.img", str(flag)], "failwritefs")
+    wait_until(lambda: is_mounted(fmnt) or p.poll() is not None, 20, "failwritefs mount")
+    assert p.poll() is None, err.read_text()
+    host = tmp_path / "host"
+    second: OSError | None = None
+    try:
+        with LoopRW(fmnt / "host.img") as dev:
+            sh("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E",
+               "lazy_itable_init=0,lazy_journal_init=0", dev)
+            kmount(dev, host, "ext4")
+            try:
+                ov = Overlay.open(open_source(src), None, str(host / "ov"))
+                c = ov.cluster_size
+                x = next(v for v in range(ov.size // c)
+                         if ov.base.map.find(v) >= 0 and any(ov.read(v * c, c)))
+                below = bytes(ov.read(x * c, c))
+                ov.write(x * c, b"\x5a" * c)  # a new cluster, in the page cache
+                flag.touch()
+                with pytest.raises(OSError):
+                    ov.flush()  # its write-back fails
+                flag.unlink()
+                try:
+                    ov.flush()
+                except OSError as e:
+                    second = e
+                with contextlib.suppress(OSError, PloopfsError):
+                    ov.close()
+            finally:
+                kumount(host)
+            kmount(dev, host, "ext4", "ro")  # what the disk holds, not the page cache
+            try:
+                with open_source(host / "ov", OpenOptions(allow_outside_paths=True)) as d:
+                    got = bytes(d.volume().read(x * c, c))
+                is_dirty = dirty(host / "ov")
+            finally:
+                kumount(host)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            flag.unlink()
+    assert got in (below, b"\x5a" * c), "a BAT entry points at data whose write-back failed"
+    assert second is not None, "a flush after a failed one claimed success"
+    assert is_dirty, "the delta was marked closed after a failed flush"
