@@ -547,6 +547,14 @@ def _load_delta(path: str, fd: int, st: Stacking) -> tuple[Header, dict[int, int
                           f"clusters, {hdr.disk_bytes} bytes; this snapshot needs "
                           f"v{want.version}, {c}, {want.disk_bytes}); refusing to continue it",
                           path)
+    # Only warnings to a strict open, but where ploop puts data: never written otherwise here.
+    if hdr.first_block_offset != want.first_block_offset:
+        raise BadImageError(f"m_FirstBlockOffset is {hdr.first_block_offset} sectors, a delta "
+                            f"of this size has {want.first_block_offset} (a damaged header); "
+                            "refusing to continue it", path, offset=0x30)
+    if hdr.size_high_v1 != want.size_high_v1:
+        raise BadImageError(f"v1 high size word is {hdr.size_high_v1:#x}, not 0 (a damaged "
+                            "header); refusing to continue it", path, offset=0x28)
     bat_end = hdr.bat_clusters * c
     if size < bat_end:
         raise CorruptImageError(f"file is {size} bytes, shorter than its header and BAT "

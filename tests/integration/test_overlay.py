@@ -511,3 +511,26 @@ def test_failed_append_leaves_no_garbage(disk_of: Callable[[str], Path], tmp_pat
     ov = open_overlay(src, out)
     assert ov.read(0, ov.size) == model
     ov.close()
+
+
+@pytest.mark.parametrize("name", ["v2-single", "v1-chain2"])
+def test_continue_refuses_a_damaged_data_offset(name: str, disk_of: Callable[[str], Path],
+                                                tmp_path: Path) -> None:
+    """m_FirstBlockOffset (where ploop allocates data) damaged in an earlier delta: a strict
+    open only warns, but ploopfs never writes it so, and continuing would carry it on into a
+    delta that ploop then addresses wrongly. Refused in one line (BAD_IMAGE), DIR unchanged."""
+    src = disk_of(name)
+    out = tmp_path / "ov"
+    ov = open_overlay(src, out)
+    ov.write(0, b"z" * 5000)
+    ov.close()
+    with open(delta_of(out), "r+b") as f:
+        f.seek(0x30)
+        fbo = int.from_bytes(f.read(4), "little")
+        f.seek(0x30)
+        f.write((fbo + 8).to_bytes(4, "little"))
+    before = delta_of(out).read_bytes()
+    with pytest.raises(PloopfsError) as e:
+        open_overlay(src, out)
+    assert e.value.exit_code == ExitCode.BAD_IMAGE and "m_FirstBlockOffset" in e.value.what
+    assert delta_of(out).read_bytes() == before
