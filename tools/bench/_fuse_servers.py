@@ -5,17 +5,18 @@ the time per request goes:
 * ``bare-const MNT SIZE``: a bare pyfuse3 + trio server with one file ``disk`` whose read
   returns a slice of a constant buffer: pyfuse3 + trio + kernel, nothing else.
 * ``bare-pread MNT BACKING``: the same, its read an ``os.pread`` of a backing file: + pread.
-* ``instrumented SOURCE MNT [--direct-io]``: the real ``ploopfs mount -F`` (same options, tree,
-  readahead, signals) with ``time.perf_counter_ns`` probes around the pieces of one read
-  request (see ``Probe``). On SIGUSR1 it writes a summary of the requests since the last
-  SIGUSR1 to the path named in the ``--ctl`` file and starts afresh.
+* ``instrumented SOURCE MNT [--direct-io | --page-cache] [--no-fast-wait]``: the real
+  ``ploopfs mount -F`` (same options, tree, readahead, signals) with ``time.perf_counter_ns``
+  probes around the pieces of one read request (see ``Probe``). On SIGUSR1 it writes a summary
+  of the requests since the last SIGUSR1 to the path named in the ``--ctl`` file and starts
+  afresh. The probes time the trio path, so with probes the product's poll() shortcut
+  (``ploopfs.fuse.mount.install_fast_wait``) is off; ``--no-probes --no-fast-wait`` is the
+  product without the shortcut, nothing else changed.
 
-Loop variants, to put numbers on suggestions (all modes): ``--max-tasks 1`` runs pyfuse3's
-main loop with one task (no trio Lock hand-over between two tasks per request); ``--fast-wait``
-replaces pyfuse3's ``_wait_fuse_readable`` by a non-blocking ``poll()`` of the FUSE fd first,
-going through trio (``wait_readable``, which always parks the task and runs the scheduler)
-only when no request is pending, and at least every 64 requests so other tasks still run.
-``instrumented --no-probes`` is the product with only these variants applied.
+Loop variants of the bare servers: ``--max-tasks 1`` runs pyfuse3's main loop with one task (no
+trio Lock hand-over between two tasks per request); ``--fast-wait`` is the product's shortcut
+(``install_fast_wait``: a non-blocking ``poll()`` of the FUSE fd first, through trio only when
+no request is pending and at least every 64 requests).
 
 Every server writes ``--pid-file`` once it answers; SIGTERM/SIGINT unmount and exit 0.
 """
@@ -27,7 +28,6 @@ import errno
 import functools
 import json
 import os
-import select
 import signal
 import stat
 import statistics
@@ -97,23 +97,15 @@ def loop_variants(args: argparse.Namespace) -> None:
         pyfuse3.main = functools.partial(pyfuse3.main, max_tasks=args.max_tasks)
     if not args.fast_wait:
         return
-    orig_wait = pyfuse3._wait_fuse_readable  # type: ignore[attr-defined]
+    from ploopfs.fuse.mount import install_fast_wait
+
     orig_init = pyfuse3.init
-    poller = select.poll()
-    count = [0]
 
     def init(*a: Any, **kw: Any) -> None:
         orig_init(*a, **kw)
-        poller.register(_session_fd(), select.POLLIN)
-
-    async def wait_fuse_readable() -> bool:
-        count[0] += 1
-        if count[0] & 63 and poller.poll(0):
-            return True  # a request is waiting: read it now, no trip through trio's run loop
-        return await orig_wait()
+        install_fast_wait()
 
     pyfuse3.init = init
-    pyfuse3._wait_fuse_readable = wait_fuse_readable  # type: ignore[attr-defined]
 
 
 def serve_bare(args: argparse.Namespace) -> int:
@@ -325,9 +317,12 @@ def _session_fd() -> int:
 
 
 def serve_instrumented(args: argparse.Namespace) -> int:
+    import ploopfs.fuse.mount as mount_mod
     from ploopfs.fuse.mount import MountOptions, mount
 
     loop_variants(args)
+    if args.probes or not args.product_fast_wait:
+        mount_mod.install_fast_wait = lambda: True  # type: ignore[assignment]  # (no log line)
     if args.probes:
         instrument()
 
@@ -344,8 +339,8 @@ def serve_instrumented(args: argparse.Namespace) -> int:
         os.replace(path + ".tmp", path)
 
     signal.signal(signal.SIGUSR1, dump)
-    opts = MountOptions(foreground=True, direct_io=args.direct_io, pid_file=args.pid_file,
-                        readahead_kb=args.readahead)
+    opts = MountOptions(foreground=True, direct_io=args.direct_io, page_cache=args.page_cache,
+                        pid_file=args.pid_file, readahead_kb=args.readahead)
     return mount(args.source, args.mountpoint, opts)
 
 
@@ -362,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("source")
     i.add_argument("mountpoint")
     i.add_argument("--direct-io", action="store_true")
+    i.add_argument("--page-cache", action="store_true")
+    i.add_argument("--no-fast-wait", dest="product_fast_wait", action="store_false",
+                   help="the product without its poll() shortcut")
     i.add_argument("--ctl", required=True, help="file holding the path of the next summary")
     i.add_argument("--no-probes", dest="probes", action="store_false")
     for sp in sub.choices.values():
