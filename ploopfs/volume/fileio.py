@@ -31,6 +31,9 @@ _sources: dict[tuple[int, int], str] = {}
 _source_dirs: set[str] = set()
 # absolute path -> (st_dev, st_ino) of a file this process created (or replaced as its own)
 _created: dict[str, tuple[int, int]] = {}
+# (st_dev, st_ino) -> path of a file this process keeps writing (an open overlay's delta and
+# descriptor): no other output may be it
+_held: dict[tuple[int, int], str] = {}
 
 
 def _key(st: os.stat_result) -> tuple[int, int]:
@@ -88,11 +91,28 @@ def source_named(st: os.stat_result) -> str | None:
     return _sources.get(_key(st))
 
 
-def _refuse_source(st: os.stat_result, path: str) -> None:
+def _refuse_source(st: os.stat_result, path: str, *, held: bool = True) -> None:
     src = source_named(st)
     if src is not None:
         what = "is" if os.path.abspath(path) == os.path.abspath(src) else "is the same file as"
         raise OutputError(f"{what} the source file {src}; refusing to write", path)
+    writing = _held.get(_key(st)) if held else None
+    if writing is not None:
+        raise OutputError(f"is {writing}, which this ploopfs is writing; refusing to write", path)
+
+
+def hold(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Files this process keeps writing (an open overlay): refused as any other output until
+    `release`d. Unlike a source, their folder stays usable."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            _held[_key(os.stat(p))] = os.fspath(p)
+
+
+def release(paths: Iterable[str | os.PathLike[str]]) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            _held.pop(_key(os.stat(p)), None)
 
 
 def check_not_source(path: str) -> None:
@@ -214,7 +234,7 @@ def open_own(path: str | os.PathLike[str], *, what: str = "output") -> int:
         raise OutputError(f"cannot open {what} for writing: {e.strerror}", p) from None
     try:
         st = os.fstat(fd)
-        _refuse_source(st, p)
+        _refuse_source(st, p, held=False)  # a held overlay's own flock refuses a second writer
         if not stat.S_ISREG(st.st_mode):
             raise OutputError(f"{what} is not a regular file; refusing to write", p)
         if st.st_nlink > 1:

@@ -117,6 +117,10 @@ class Overlay:
         self._sync_failed: str | None = None
         self._over_holes = {v for v in bat if not self._base_stores(v)}
         self.closed = False
+        # While open, the delta and DIR's descriptor are written by this overlay alone: no other
+        # output of the process (a pid or log file) may be one of them.
+        self._held = [delta_path, os.path.join(folder, DESCRIPTOR_NAME)]
+        fileio.hold(self._held)
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -430,6 +434,7 @@ class Overlay:
             self._set_in_use(False)
         finally:
             self.closed = True
+            fileio.release(self._held)
             os.close(self.fd)
             self.fd = -1
 

@@ -242,7 +242,8 @@ def raw_part(disk: bytes, out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("case", ["busy", "elsewhere", "corrupt", "files", "no-outside"])
+@pytest.mark.parametrize("case", ["busy", "elsewhere", "corrupt", "files", "no-outside",
+                                  "pid-file-on-descriptor", "log-file-on-delta"])
 def test_refused_in_one_line(case: str, corpus_case: Callable[[str], Path], mounter: Mounter,
                              tmp_path: Path) -> None:
     src = corpus_case("v2-single")
@@ -268,6 +269,12 @@ def test_refused_in_one_line(case: str, corpus_case: Callable[[str], Path], moun
             want = 5
     elif case == "files":
         args, want = ["--files"], 64
+    elif case in ("pid-file-on-descriptor", "log-file-on-delta"):
+        m = mounter.mount(src, "--overlay", ov)  # an overlay to continue
+        assert mounter.umount(m).returncode == 0
+        assert wait_pid_gone(m.pid, 15)
+        args = (["--pid-file", str(ov / "DiskDescriptor.xml")] if case.startswith("pid")
+                else ["--log-file", str(delta(ov))])
     before = {p.name: p.read_bytes() for p in ov.iterdir()} if ov.exists() else None
     if case == "no-outside":  # opening an overlay as a source needs --allow-outside-paths
         m = mounter.mount(src, "--overlay", ov)
