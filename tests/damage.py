@@ -196,7 +196,5 @@ def build_chain(folder: Path, specs: list[tuple[int, int]], size: int = 4 << 20,
     if blocksize is not None:
         d.blocksize = blocksize
     dd = folder / DD
-    write_descriptor(dd, d)
-    if blocksize == 0:
-        remove(dd, "StorageData/Storage/Blocksize")
+    write_descriptor(dd, d)  # blocksize 0: rendered without <Blocksize>
     return dd
