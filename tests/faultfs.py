@@ -1,7 +1,15 @@
-"""A tiny read-only FUSE file system for fault injection: it serves one backing file as
-MOUNTPOINT/NAME and answers reads that touch [BAD_START, BAD_END) with EIO, like a disk with
-unreadable sectors. Run as a subprocess: python faultfs.py BACKING MOUNTPOINT NAME BAD_START BAD_END
-(unmounted with fusermount3 -u by the caller; exits when unmounted)."""
+"""A tiny FUSE file system for fault injection. It serves one backing file as MOUNTPOINT/NAME,
+with no page cache (every request reaches it), and fails on purpose:
+
+* reads that touch [BAD_START, BAD_END) get EIO, like a disk with unreadable sectors
+  (read-only mount): `python faultfs.py BACKING MOUNTPOINT NAME BAD_START BAD_END`;
+* with `--fail-writes FLAG`, the file is read-write and every write and fsync gets EIO while
+  the file FLAG exists, like a disk whose writes fail for a while (a kernel loop device over
+  MOUNTPOINT/NAME then sees real write-back errors):
+  `python faultfs.py BACKING MOUNTPOINT NAME --fail-writes FLAG`.
+
+Run as a subprocess; it prints "ready" once mounted, is unmounted with fusermount3 -u by the
+caller and exits when unmounted."""
 
 from __future__ import annotations
 
@@ -18,21 +26,25 @@ INO = pyfuse3.ROOT_INODE + 1
 
 
 class FaultOps(pyfuse3.Operations):
-    def __init__(self, backing: str, name: bytes, bad: tuple[int, int]) -> None:
+    def __init__(self, backing: str, name: bytes, bad: tuple[int, int],
+                 fail_writes: str | None = None) -> None:
         super().__init__()
-        self.fd = os.open(backing, os.O_RDONLY)
-        self.size = os.fstat(self.fd).st_size
+        self.writable = fail_writes is not None
+        self.fd = os.open(backing, os.O_RDWR if self.writable else os.O_RDONLY)
         self.name = name
         self.bad = bad
+        self.flag = fail_writes
 
     def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode
         a.entry_timeout = a.attr_timeout = 60
+        w = 0o200 if self.writable else 0
         if inode == pyfuse3.ROOT_INODE:
-            a.st_mode, a.st_nlink = stat.S_IFDIR | 0o555, 2
+            a.st_mode, a.st_nlink = stat.S_IFDIR | 0o555 | w, 2
         else:
-            a.st_mode, a.st_nlink, a.st_size = stat.S_IFREG | 0o444, 1, self.size
+            a.st_mode, a.st_nlink = stat.S_IFREG | 0o444 | w, 1
+            a.st_size = os.fstat(self.fd).st_size
         return a
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -43,6 +55,12 @@ class FaultOps(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         if inode not in (pyfuse3.ROOT_INODE, INO):
             raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attr(inode)
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any,
+                      ctx: Any) -> pyfuse3.EntryAttributes:
+        if not self.writable:
+            raise pyfuse3.FUSEError(errno.EROFS)
         return self._attr(inode)
 
     async def opendir(self, inode: int, ctx: Any) -> int:
@@ -62,11 +80,37 @@ class FaultOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO)
         return os.pread(self.fd, size, off)
 
+    def _failing(self) -> bool:
+        return self.flag is not None and os.path.exists(self.flag)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if not self.writable:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if self._failing():
+            raise pyfuse3.FUSEError(errno.EIO)
+        return os.pwrite(self.fd, buf, off)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        if self._failing():
+            raise pyfuse3.FUSEError(errno.EIO)
+        os.fsync(self.fd)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def release(self, fh: int) -> None:
+        return None
+
 
 def main() -> None:
-    backing, mnt, name, start, end = sys.argv[1:6]
-    ops = FaultOps(backing, name.encode(), (int(start), int(end)))
-    pyfuse3.init(ops, mnt, ["fsname=faultfs", "ro"])
+    backing, mnt, name = sys.argv[1:4]
+    if sys.argv[4:5] == ["--fail-writes"]:
+        ops = FaultOps(backing, name.encode(), (0, 0), fail_writes=sys.argv[5])
+        options = ["fsname=faultfs"]
+    else:
+        ops = FaultOps(backing, name.encode(), (int(sys.argv[4]), int(sys.argv[5])))
+        options = ["fsname=faultfs", "ro"]
+    pyfuse3.init(ops, mnt, options)
     print("ready", flush=True)
     try:
         trio.run(pyfuse3.main)

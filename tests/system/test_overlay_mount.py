@@ -401,7 +401,7 @@ def test_failed_fsync_is_not_forgotten(corpus_case: Callable[[str], Path], mount
                                        tmp_path: Path) -> None:
     """Linux reports a failed write-back to fsync once, and a later fsync succeeds although
     the data never reached the disk (the pages are clean again). DIR here is on ext4 on a loop
-    device whose writes fail for a while (tests/failwritefs.py). After a flush failed, the
+    device whose writes fail for a while (tests/faultfs.py --fail-writes). After a flush failed, the
     overlay must not write BAT entries for data whose write-back failed: every later flush
     fails, close leaves the delta marked in use, and once the host filesystem is remounted the
     cluster reads as it was below, never as the lost write's zeros."""
@@ -418,9 +418,9 @@ def test_failed_fsync_is_not_forgotten(corpus_case: Callable[[str], Path], mount
         f.truncate(64 * MiB)
     fmnt = mounter.mountpoint("failwrite")
     flag = tmp_path / "fail-writes"
-    p, err = mounter.popen([sys.executable, str(REPO / "tests" / "failwritefs.py"), str(backing),
-                            str(fmnt), "host.img", str(flag)], "failwritefs")
-    wait_until(lambda: is_mounted(fmnt) or p.poll() is not None, 20, "failwritefs mount")
+    p, err = mounter.popen([sys.executable, str(REPO / "tests" / "faultfs.py"), str(backing),
+                            str(fmnt), "host.img", "--fail-writes", str(flag)], "faultfs")
+    wait_until(lambda: is_mounted(fmnt) or p.poll() is not None, 20, "faultfs mount")
     assert p.poll() is None, err.read_text()
     host = tmp_path / "host"
     second: OSError | None = None
