@@ -190,26 +190,36 @@ def xfs_log_state(dev: Path | str) -> str:
     return st[1]
 
 
+def shut_down_dirty(tmp_path: Path, kind: str, mib: int, fill: Callable[[Path], None]) -> Path:
+    """A new `kind` filesystem image, filled through a kernel loop mount by `fill` and then shut
+    down (`xfs_io shutdown -f`, which ext4 honours too) with transactions left in its log."""
+    fs = tmp_path / f"{kind}.img"
+    with open(fs, "wb") as f:
+        f.truncate(mib * MiB)
+    sh(*(["mkfs.xfs", "-q", "-f"] if kind == "xfs" else ["mkfs.ext4", "-q", "-F"]), fs)
+    mnt = tmp_path / "build"
+    with LoopRW(fs) as dev:
+        kmount(dev, mnt, kind)
+        try:
+            fill(mnt)
+            sh("xfs_io", "-x", "-c", "shutdown -f", mnt)
+        finally:
+            kumount(mnt)
+    return fs
+
+
 def test_xfs_dirty_log_replayed_on_overlay(tmp_path: Path, mounter: Mounter,
                                            guard_sources: Callable[..., None]) -> None:
     """An XFS left with transactions in its log (xfs_io shutdown -f): a read-write kernel mount
     of MNT/part1 replays it into the overlay; the source keeps its dirty log."""
-    fs = tmp_path / "xfs.img"
-    with open(fs, "wb") as f:
-        f.truncate(64 * MiB)
-    sh("mkfs.xfs", "-q", "-f", fs)
-    mnt = tmp_path / "build"
-    with LoopRW(fs) as dev:
-        kmount(dev, mnt, "xfs")
-        try:
-            for i in range(40):
-                (mnt / f"f{i}").write_bytes(random.Random(i).randbytes(30000))
-            os.sync()
-            for i in range(40, 60):
-                (mnt / f"f{i}").write_bytes(b"z" * 3000)
-            sh("xfs_io", "-x", "-c", "shutdown -f", mnt)
-        finally:
-            kumount(mnt)
+    def fill(mnt: Path) -> None:
+        for i in range(40):
+            (mnt / f"f{i}").write_bytes(random.Random(i).randbytes(30000))
+        os.sync()
+        for i in range(40, 60):
+            (mnt / f"f{i}").write_bytes(b"z" * 3000)
+
+    fs = shut_down_dirty(tmp_path, "xfs", 64, fill)
     assert xfs_log_state(fs) == "DIRTY"
     raw, _ = gpt_disk(tmp_path, fs)
     src = to_ploop(raw, tmp_path / "src")
@@ -357,22 +367,14 @@ def test_ext4_dirty_journal_replayed_on_overlay(tmp_path: Path, mounter: Mounter
                                                 guard_sources: Callable[..., None]) -> None:
     """An ext4 shut down with transactions in its journal (needs_recovery): a read-write kernel
     mount of MNT/part1 replays it into the overlay, e2fsck -fn then finds it clean."""
-    fs = tmp_path / "ext4.img"
-    with open(fs, "wb") as f:
-        f.truncate(32 * MiB)
-    sh("mkfs.ext4", "-q", "-F", fs)
-    mnt = tmp_path / "build"
-    with LoopRW(fs) as dev:
-        kmount(dev, mnt, "ext4")
-        try:
-            for i in range(30):
-                (mnt / f"g{i}").write_bytes(random.Random(i).randbytes(20000))
-            os.sync()
-            for i in range(20):  # metadata only: in the journal once it is flushed
-                (mnt / f"d{i}").mkdir()
-            sh("xfs_io", "-x", "-c", "shutdown -f", mnt)
-        finally:
-            kumount(mnt)
+    def fill(mnt: Path) -> None:
+        for i in range(30):
+            (mnt / f"g{i}").write_bytes(random.Random(i).randbytes(20000))
+        os.sync()
+        for i in range(20):  # metadata only: in the journal once it is flushed
+            (mnt / f"d{i}").mkdir()
+
+    fs = shut_down_dirty(tmp_path, "ext4", 32, fill)
     assert "needs_recovery" in sh("dumpe2fs", "-h", fs)
     assert "commit block" in sh("debugfs", "-R", "logdump", fs), "transactions to replay"
     raw, _ = gpt_disk(tmp_path, fs)
