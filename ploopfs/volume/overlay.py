@@ -311,6 +311,7 @@ class Overlay:
             return
         c = self.cluster_size
         first = self._next
+        self._check_room(first + len(new) - 1)
         bufs = [b for _, b in new]
         off = first * c
         total = len(bufs) * c
@@ -338,6 +339,7 @@ class Overlay:
         anything else (a raw base's edge) is read, merged and written."""
         c, b, fd = self.cluster_size, self.base, self.fd
         p = self._next
+        self._check_room(p)
         off = p * c
         m = b.map
         i = m.find(v)
@@ -363,6 +365,14 @@ class Overlay:
             self._over_holes.add(v)
         self._next = p + 1
         self._appended += c
+
+    def _check_room(self, last: int) -> None:
+        """A BAT entry is 32 bits in entry units (512 bytes in v1: a v1 delta ends at 2 TiB,
+        format.md §2.2): a cluster it cannot address is refused before anything is written,
+        as a full disk (ENOSPC), not found at the next flush."""
+        if last * self.cluster_size // self.header.entry_unit > 0xFFFFFFFF:
+            raise OSError(errno.ENOSPC, f"the delta cannot address a cluster at byte "
+                                        f"{last * self.cluster_size} (32-bit BAT entries)")
 
     def _copy_below(self, level: int, src_off: int, dst_off: int) -> bool:
         """One whole cluster from an image below into the delta, in the kernel; False where

@@ -513,6 +513,34 @@ def test_failed_append_leaves_no_garbage(disk_of: Callable[[str], Path], tmp_pat
     ov.close()
 
 
+def test_v1_delta_full_at_2_tib(disk_of: Callable[[str], Path], tmp_path: Path) -> None:
+    """A v1 BAT entry is a 32-bit sector number: a v1 delta cannot address data past 2 TiB.
+    A write that needs a cluster there is refused at once as a full disk (ENOSPC), writes
+    nothing and references nothing; in-place writes go on, and the delta checks clean.
+    (The delta's end is moved to the limit in memory: 2 TiB are not written for a test.)"""
+    src = disk_of("v1-256k")
+    out = tmp_path / "ov"
+    ov = open_overlay(src, out)
+    assert ov.header.version == 1
+    c = ov.cluster_size
+    ov.write(0, b"a" * 10)
+    ov.flush()
+    real_next, size = ov._next, os.fstat(ov.fd).st_size
+    ov._next = (1 << 32) * 512 // c  # the first cluster a v1 entry cannot address
+    for data, at in ((b"b" * c, 2 * c), (b"c" * 10, 3 * c + 5)):  # whole, copy-on-write
+        with pytest.raises(OSError) as e:
+            ov.write(at, data)
+        assert e.value.errno == errno.ENOSPC
+    assert ov.write(5, b"d") == 1  # in place
+    assert os.fstat(ov.fd).st_size == size and ov._next == (1 << 32) * 512 // c
+    ov._next = real_next
+    ov.close()
+    assert check_json(out) == (0, [])
+    ov = open_overlay(src, out)
+    assert ov.read(0, 10) == b"aaaaadaaaa" and 2 not in ov._bat and 3 not in ov._bat
+    ov.close()
+
+
 @pytest.mark.parametrize("name", ["v2-single", "v1-chain2"])
 def test_continue_refuses_a_damaged_data_offset(name: str, disk_of: Callable[[str], Path],
                                                 tmp_path: Path) -> None:
