@@ -23,6 +23,7 @@ from ploopfs.services.tree import Dir, File, FsMount, LiveFile
 
 log = logging.getLogger("ploopfs.fuse")
 T = TypeVar("T")
+WRITER = 1 << 61  # in the fh of an overlay node opened for writing (tree inodes are far below)
 TIMEOUT = 24 * 3600.0  # nothing changes under a read-only image: cache attributes for long
 
 
@@ -275,7 +276,7 @@ class Operations(pyfuse3.Operations):
         f = self._open.get(fh)
         if f is not None:
             return f.read(off, size)
-        node = self._nodes[fh]
+        node = self._nodes[fh & ~WRITER]
         assert isinstance(node, File)
         return node.read(off, size)
 
@@ -285,12 +286,13 @@ class Operations(pyfuse3.Operations):
         same bytes, and pages cached for one would go stale on a write through the other."""
         if flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EPERM)
-        return pyfuse3.FileInfo(fh=inode, keep_cache=False, direct_io=True)
+        fh = inode | WRITER if flags & (os.O_WRONLY | os.O_RDWR) else inode
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=True)
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         """Overlay nodes only: short at the end of the disk or partition, ENOSPC past it."""
-        node = self._nodes.get(fh)
+        node = self._nodes.get(fh & ~WRITER)
         if not isinstance(node, File) or node.write is None:
             raise pyfuse3.FUSEError(errno.EROFS)
         try:
@@ -307,7 +309,7 @@ class Operations(pyfuse3.Operations):
         self._sync(fh)
 
     def _sync(self, fh: int) -> None:
-        node = self._nodes.get(fh)
+        node = self._nodes.get(fh & ~WRITER)
         if isinstance(node, File) and node.sync is not None:
             try:
                 node.sync()
@@ -332,9 +334,11 @@ class Operations(pyfuse3.Operations):
 
     @guarded
     async def flush(self, fh: int) -> None:
-        """close(2): on an overlay node, everything written before it is made durable (a no-op
-        when nothing was written since the last flush)."""
-        self._sync(fh)
+        """close(2) of an overlay node opened for writing: everything written before it is made
+        durable (a no-op when nothing was written since the last flush). A read-only close
+        reports nothing, even after a failed flush (`cat` would call its input unreadable)."""
+        if fh & WRITER:
+            self._sync(fh)
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -383,7 +387,7 @@ class Operations(pyfuse3.Operations):
     async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         """An overlay's disk/partN: no discard or preallocation (EOPNOTSUPP, which a loop
         device reports as an unsupported discard, not as an I/O error); elsewhere EROFS."""
-        node = self._nodes.get(fh)
+        node = self._nodes.get(fh & ~WRITER)
         if isinstance(node, File) and node.write is not None:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         raise pyfuse3.FUSEError(errno.EROFS)

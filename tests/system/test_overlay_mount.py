@@ -15,7 +15,7 @@ import re
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -399,22 +399,14 @@ def test_ext4_dirty_journal_replayed_on_overlay(tmp_path: Path, mounter: Mounter
     assert check(ov) == (0, [])
 
 
-def test_failed_fsync_is_not_forgotten(corpus_case: Callable[[str], Path], mounter: Mounter,
-                                       tmp_path: Path) -> None:
-    """Linux reports a failed write-back to fsync once, and a later fsync succeeds although
-    the data never reached the disk (the pages are clean again). DIR here is on ext4 on a loop
-    device whose writes fail for a while (tests/faultfs.py --fail-writes). After a flush failed, the
-    overlay must not write BAT entries for data whose write-back failed: every later flush
-    fails, close leaves the delta marked in use, and once the host filesystem is remounted the
-    cluster reads as it was below, never as the lost write's zeros."""
+@contextlib.contextmanager
+def failing_host(mounter: Mounter, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """(a loop device holding a new journal-less ext4, flag): the device's writes fail with EIO
+    while the flag file exists (tests/faultfs.py --fail-writes under it)."""
     import sys
 
     from conftest import REPO
 
-    from ploopfs.volume.overlay import Overlay
-    from ploopfs.volume.source import OpenOptions, open_source
-
-    src = corpus_case("v2-single")
     backing = tmp_path / "host.img"
     with open(backing, "wb") as f:
         f.truncate(64 * MiB)
@@ -424,12 +416,31 @@ def test_failed_fsync_is_not_forgotten(corpus_case: Callable[[str], Path], mount
                             str(fmnt), "host.img", "--fail-writes", str(flag)], "faultfs")
     wait_until(lambda: is_mounted(fmnt) or p.poll() is not None, 20, "faultfs mount")
     assert p.poll() is None, err.read_text()
-    host = tmp_path / "host"
-    second: OSError | None = None
     try:
         with LoopRW(fmnt / "host.img") as dev:
             sh("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E",
                "lazy_itable_init=0,lazy_journal_init=0", dev)
+            yield dev, flag
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            flag.unlink()
+
+
+def test_failed_fsync_is_not_forgotten(corpus_case: Callable[[str], Path], mounter: Mounter,
+                                       tmp_path: Path) -> None:
+    """Linux reports a failed write-back to fsync once, and a later fsync succeeds although
+    the data never reached the disk (the pages are clean again). DIR here is on ext4 on a loop
+    device whose writes fail for a while (tests/faultfs.py --fail-writes). After a flush failed, the
+    overlay must not write BAT entries for data whose write-back failed: every later flush
+    fails, close leaves the delta marked in use, and once the host filesystem is remounted the
+    cluster reads as it was below, never as the lost write's zeros."""
+    from ploopfs.volume.overlay import Overlay
+    from ploopfs.volume.source import OpenOptions, open_source
+
+    src = corpus_case("v2-single")
+    host = tmp_path / "host"
+    second: OSError | None = None
+    with failing_host(mounter, tmp_path) as (dev, flag):
             kmount(dev, host, "ext4")
             try:
                 ov = Overlay.open(open_source(src), None, str(host / "ov"))
@@ -457,9 +468,42 @@ def test_failed_fsync_is_not_forgotten(corpus_case: Callable[[str], Path], mount
                 is_dirty = dirty(host / "ov")
             finally:
                 kumount(host)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            flag.unlink()
     assert got in (below, b"\x5a" * c), "a BAT entry points at data whose write-back failed"
     assert second is not None, "a flush after a failed one claimed success"
     assert is_dirty, "the delta was marked closed after a failed flush"
+
+
+def test_failed_flush_through_the_mount(corpus_case: Callable[[str], Path], mounter: Mounter,
+                                        tmp_path: Path) -> None:
+    """The same failed write-back seen through the mount: fsync of a writer fails with EIO and
+    keeps failing, a writer's close reports it, but a read-only open still reads and closes
+    cleanly (close errors are for writes: `cat` calls its input unreadable otherwise)."""
+    src = corpus_case("v2-single")
+    host = tmp_path / "host"
+    with failing_host(mounter, tmp_path) as (dev, flag):
+        kmount(dev, host, "ext4")
+        try:
+            m = mounter.mount(src, "--overlay", host / "ov")
+            m.errors_expected = True  # the failed flushes, checked below
+            try:
+                fd = os.open(m / "disk", os.O_RDWR)
+                os.pwrite(fd, b"\x5a" * 8192, 3 * MiB)
+                flag.touch()
+                with pytest.raises(OSError) as e:
+                    os.fsync(fd)
+                assert e.value.errno == errno.EIO
+                flag.unlink()
+                with pytest.raises(OSError):
+                    os.fsync(fd)  # not forgotten
+                r = subprocess.run(["cat", str(m / "disk")], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True, timeout=120)
+                assert r.returncode == 0, r.stderr
+                with pytest.raises(OSError) as e:
+                    os.close(fd)
+                assert e.value.errno == errno.EIO
+                assert any("flush of the overlay failed" in x for x in m.error_lines())
+            finally:
+                mounter.umount(m)
+                wait_pid_gone(m.pid, 15)
+        finally:
+            kumount(host)
