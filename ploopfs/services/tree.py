@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ploopfs.content.files import FILE_KINDS, FileSystem, open_filesystem
-from ploopfs.content.partitions import inspect_disk
+from ploopfs.content.partitions import Partition, inspect_disk
 from ploopfs.content.view import partition_view
 from ploopfs.format.descriptor import bare_guid
 from ploopfs.services.info import disk_info
@@ -198,6 +198,14 @@ def _in_extents(vol: Volume, start: int, end: int, *, zeroed: bool) -> int:
     return total
 
 
+def _partition_spans(parts: list[Partition], disk_size: int
+                     ) -> Iterator[tuple[Partition, int, int]]:
+    """(partition, start, size) of each partition, clipped to the disk: what `partN` serves."""
+    for p in parts:
+        start = min(p.start, disk_size)
+        yield p, start, max(0, min(p.size, disk_size - start))
+
+
 def volume_files(vol: Volume, mtime_ns: int, label: str = "") -> list[File | Dir | FsMount]:
     """`disk` and `partN` of one volume, and `files`/`files-partN` for each partition (or the
     whole disk) holding a filesystem whose files are served (FILE_KINDS)."""
@@ -205,9 +213,7 @@ def volume_files(vol: Volume, mtime_ns: int, label: str = "") -> list[File | Dir
                                               lambda: stored_bytes(vol, 0, vol.size))]
     table = inspect_disk(vol.read, vol.size)
     mounts: list[tuple[str, int, int]] = []
-    for p in table.partitions:
-        start = min(p.start, vol.size)
-        size = max(0, min(p.size, vol.size - start))
+    for p, start, size in _partition_spans(table.partitions, vol.size):
         files.append(File(f"part{p.number}", size, mtime_ns, _range_reader(vol, start, size),
                           lambda a=start, b=start + size: stored_bytes(vol, a, b)))
         if p.fs in FILE_KINDS and size and not p.outside:
@@ -247,9 +253,7 @@ def overlay_files(ov: Overlay, mtime_ns: int) -> list[File | Dir | FsMount]:
     files: list[File | Dir | FsMount] = [File("disk", ov.size, mtime_ns, ov.read,
                                               lambda: stored(0, ov.size), write=ov.write,
                                               sync=ov.flush)]
-    for p in inspect_disk(ov.read, ov.size).partitions:
-        start = min(p.start, ov.size)
-        size = max(0, min(p.size, ov.size - start))
+    for p, start, size in _partition_spans(inspect_disk(ov.read, ov.size).partitions, ov.size):
         files.append(File(f"part{p.number}", size, mtime_ns, _range_reader(ov, start, size),
                           lambda a=start, b=start + size: stored(a, b),
                           write=_range_writer(ov, start, size), sync=ov.flush))

@@ -55,7 +55,7 @@ from ploopfs.volume import fileio
 from ploopfs.volume.image import Image, file_size, pread_exact
 from ploopfs.volume.source import DESCRIPTOR_NAME, Disk
 from ploopfs.volume.volume import Volume
-from ploopfs.volume.writer import chain_descriptor, new_guid, write_descriptor
+from ploopfs.volume.writer import BIG_ENDIAN, chain_descriptor, new_guid, write_descriptor
 
 DELTA_PREFIX = "root.hds."
 # Appended data after which a flush happens by itself, so that a writer that never calls fsync
@@ -418,8 +418,8 @@ class Overlay:
                 hi = min(lo + _BAT_PAGE, self.header.bat_entries)
                 get = self._bat.get
                 slots = array("I", (get(k, 0) * per for k in range(lo, hi)))
-                if _BIG_ENDIAN:
-                    slots.byteswap()
+                if BIG_ENDIAN:
+                    slots.byteswap()  # BAT entries are little-endian (format.md §2.1)
                 self._pwrite(memoryview(slots.tobytes()), bat_entry_off(lo))
             if self.header.flags & CIF_EMPTY:
                 self.header = self.header.with_(flags=self.header.flags & ~CIF_EMPTY)
@@ -480,9 +480,6 @@ class Overlay:
             a = v * c
             total += max(0, min(end, a + c, self.size) - max(start, a))
         return total
-
-
-_BIG_ENDIAN = array("I", [1]).tobytes()[0] == 0
 
 
 def _skip(bufs: list[bytes | bytearray | memoryview], n: int) -> list[memoryview]:
@@ -621,7 +618,7 @@ def _data_clusters(fd: int, clusters: list[int], c: int) -> list[int]:
         try:
             d = os.lseek(fd, p * c, os.SEEK_DATA)
         except OSError:
-            continue  # ENXIO: no data from here on
+            break  # ENXIO: no data from here on (the clusters are in ascending order)
         if d < (p + 1) * c:
             out.append(p)
     return out
@@ -636,6 +633,5 @@ def _punch(fd: int, off: int, n: int) -> bool:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    f = _libc.fallocate
-    f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    return f(fd, _PUNCH, off, n) == 0
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return _libc.fallocate(fd, _PUNCH, off, n) == 0
