@@ -10,7 +10,6 @@ path over the mappings scanned here (`_volume`), as `--salvage=older` reads it.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -40,7 +39,7 @@ from ploopfs.format.header import (
 from ploopfs.format.infer import Hints, Inference, infer_header
 from ploopfs.format.probe import FileKind, probe
 from ploopfs.volume.fileio import open_readonly
-from ploopfs.volume.image import Image, Mapping, bat_chunks, file_size
+from ploopfs.volume.image import Image, Mapping, bat_chunks, data_runs, file_size
 from ploopfs.volume.salvage import SalvageLog, SalvageVolume
 from ploopfs.volume.source import (
     DESCRIPTOR_NAME,
@@ -458,42 +457,20 @@ def _data_clusters(fd: int, clusters: np.ndarray, c: int, size: int) -> np.ndarr
     ends = np.concatenate([breaks, [clusters.size]])
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         first = int(clusters[s])
-        for d, hole in _data_runs(fd, first * c, min((int(clusters[e - 1]) + 1) * c, size)):
+        for d, hole in data_runs(fd, first * c, min((int(clusters[e - 1]) + 1) * c, size)):
             out[s + d // c - first: s + -(-hole // c) - first] = True
     return out
-
-
-def _data_runs(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """The [data, hole) runs of the file within [start, end), by SEEK_DATA/SEEK_HOLE; all of
-    it is data where the filesystem does not support them."""
-    pos = start
-    while pos < end:
-        d = _seek(fd, pos, os.SEEK_DATA, end)
-        if d >= end:
-            return
-        hole = min(_seek(fd, d, os.SEEK_HOLE, end), end)
-        yield d, hole
-        pos = max(hole, d + 1)
 
 
 def _holes(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
     """The [hole, data) runs within [start, end): what `_data_runs` leaves out."""
     pos = start
-    for d, hole in _data_runs(fd, start, end):
+    for d, hole in data_runs(fd, start, end):
         if d > pos:
             yield pos, d
         pos = max(pos, hole)
     if pos < end:
         yield pos, end
-
-
-def _seek(fd: int, pos: int, whence: int, default_end: int) -> int:
-    try:
-        return os.lseek(fd, pos, whence)
-    except OSError as e:
-        if e.errno == errno.ENXIO:
-            return default_end if whence == os.SEEK_HOLE else 1 << 62
-        return pos if whence == os.SEEK_DATA else default_end  # unsupported: all data
 
 
 # -- the disk -------------------------------------------------------------------------------------

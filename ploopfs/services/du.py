@@ -10,7 +10,6 @@ clusters.
 
 from __future__ import annotations
 
-import errno
 import os
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -21,29 +20,11 @@ import numpy as np
 
 from ploopfs.content.usage import ClusterSet, DiskFs, analyse_disk, cluster_maps
 from ploopfs.native import is_zero
-from ploopfs.volume.image import Image
+from ploopfs.volume.image import Image, data_runs
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
 
 CHUNK = 8 << 20
-
-
-def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """(start, end) byte ranges of a file that hold data (SEEK_DATA/SEEK_HOLE); the whole file
-    when the filesystem cannot tell."""
-    out: list[tuple[int, int]] = []
-    pos = 0
-    while pos < size:
-        try:
-            d = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                break
-            return [(0, size)]
-        h = min(os.lseek(fd, d, os.SEEK_HOLE), size)
-        out.append((d, h))
-        pos = h
-    return out
 
 
 def _bytes_in(extents: list[tuple[int, int]], lo: int, hi: int) -> int:
@@ -55,7 +36,7 @@ def image_usage(im: Image, nclusters: int, served: int | None) -> dict[str, Any]
     it is not in the analysed chain). Work in proportion to the BAT's entries and the file's
     data extents, never to its slots (a sparse file may have billions)."""
     st = os.fstat(im.fd)
-    ext = data_extents(im.fd, im.file_size)
+    ext = list(data_runs(im.fd, 0, im.file_size))
     data_bytes = _bytes_in(ext, 0, im.file_size)
     out: dict[str, Any] = {
         "path": im.path, "kind": im.kind.value, "file_size": im.file_size,

@@ -33,6 +33,7 @@ from ploopfs.content.view import partition_view
 from ploopfs.format.descriptor import bare_guid
 from ploopfs.services.info import disk_info
 from ploopfs.volume.blockmap import ZERO_LEVEL
+from ploopfs.volume.image import data_runs
 from ploopfs.volume.overlay import Overlay
 from ploopfs.volume.source import Disk
 from ploopfs.volume.volume import Volume
@@ -154,28 +155,9 @@ def stored_bytes(vol: Volume, start: int, end: int) -> int:
         return 0
     stored = _in_extents(vol, start, end, zeroed=False)
     if vol.raw_base:
-        for a, b in _data_runs(vol.images[0].fd, start, min(end, vol.images[0].file_size)):
+        for a, b in data_runs(vol.images[0].fd, start, min(end, vol.images[0].file_size)):
             stored += b - a - _in_extents(vol, a, b, zeroed=True)
     return stored
-
-
-def _data_runs(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """The data (non-hole) byte ranges of a file inside [start, end), by SEEK_DATA/SEEK_HOLE
-    (a file system without holes, or failing lseek, counts as all data). Moves the file
-    offset, which no reader uses (they pread)."""
-    pos = start
-    while pos < end:
-        try:
-            a = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno != errno.ENXIO:  # ENXIO: no data past pos; else count it all as data
-                yield pos, end
-            return
-        if a >= end:
-            return
-        b = min(os.lseek(fd, a, os.SEEK_HOLE), end)
-        yield a, b
-        pos = b
 
 
 def _in_extents(vol: Volume, start: int, end: int, *, zeroed: bool) -> int:

@@ -64,6 +64,28 @@ def bat_chunks(fd: int, start: int, stop: int, chunk: int = BAT_CHUNK) -> Iterat
         pos += max(n, 4)
 
 
+def data_runs(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """The [data, hole) byte runs of a file within [start, end), by SEEK_DATA/SEEK_HOLE; where
+    the filesystem cannot tell (lseek fails other than ENXIO), the rest counts as data. Moves
+    the file offset, which no reader uses (they pread)."""
+    pos = start
+    while pos < end:
+        try:
+            d = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: no data past pos
+                yield pos, end
+            return
+        if d >= end:
+            return
+        try:
+            hole = min(os.lseek(fd, d, os.SEEK_HOLE), end)
+        except OSError:
+            hole = end
+        yield d, hole
+        pos = max(hole, d + 1)
+
+
 def file_size(fd: int) -> int:
     st = os.fstat(fd)
     if stat.S_ISBLK(st.st_mode):

@@ -52,7 +52,7 @@ from ploopfs.format.header import (
     new_header,
 )
 from ploopfs.volume import fileio
-from ploopfs.volume.image import Image, file_size, pread_exact
+from ploopfs.volume.image import Image, data_runs, file_size, pread_exact
 from ploopfs.volume.source import DESCRIPTOR_NAME, Disk
 from ploopfs.volume.volume import Volume
 from ploopfs.volume.writer import BIG_ENDIAN, chain_descriptor, new_guid, write_descriptor
@@ -601,27 +601,16 @@ def _load_delta(path: str, fd: int, st: Stacking) -> tuple[Header, dict[int, int
             raise OutputError(f"cannot cut off unreferenced clusters: {e.strerror}", path) from None
         warnings.append(f"{path}: {-(-tail // c)} cluster(s) appended after the last flush and "
                         "never referenced: cut off")
-    holes = [p for p in range(hdr.bat_clusters, nxt) if p not in used]
-    punched = sum(_punch(fd, p * c, c) for p in _data_clusters(fd, holes, c))
+    # Unreferenced clusters between the BAT and the last referenced one that hold data.
+    leaked = sorted({p for a, b in data_runs(fd, hdr.bat_clusters * c, nxt * c)
+                     for p in range(a // c, -(-b // c)) if p not in used})
+    punched = sum(_punch(fd, p * c, c) for p in leaked)
     if punched:
         warnings.append(f"{path}: {punched} unreferenced cluster(s) inside the image (a BAT "
                         "update cut short): punched out")
     if tail > 0 or punched:
         os.fsync(fd)
     return hdr, bat, nxt, warnings
-
-
-def _data_clusters(fd: int, clusters: list[int], c: int) -> list[int]:
-    """Of `clusters`, those holding data (not holes already)."""
-    out = []
-    for p in clusters:
-        try:
-            d = os.lseek(fd, p * c, os.SEEK_DATA)
-        except OSError:
-            break  # ENXIO: no data from here on (the clusters are in ascending order)
-        if d < (p + 1) * c:
-            out.append(p)
-    return out
 
 
 _libc: ctypes.CDLL | None = None
