@@ -501,19 +501,7 @@ class Agf:
 
 def parse_agf(buf: bytes | bytearray | memoryview, sb: Superblock, agno: int) -> Agf:
     """Decode and validate (xfs_agf_verify) AG `agno`'s AGF: `buf` holds its sector."""
-    b = bytes(buf[:sb.sectsize])
-    where = f"AG {agno} AGF"
-    if len(b) < 224:
-        raise XfsFormatError(f"{where}: truncated ({len(b)} bytes)")
-    magic, version, seqno, length = struct.unpack_from(">IIII", b, 0)
-    if magic != AGF_MAGIC:
-        raise XfsFormatError(f"{where}: bad magic {magic:#010x} (want 0x58414746 'XAGF')")
-    if sb.has_crc:
-        _check_v5(b, 216, b[64:80], sb, where)
-    if version != 1:
-        raise XfsFormatError(f"{where}: version {version} (want 1)")
-    if seqno != agno:
-        raise XfsFormatError(f"{where}: agf_seqno {seqno} (want {agno})")
+    b, where, length = _ag_header(buf, sb, agno, "AGF", AGF_MAGIC, 224, 216, 64)
     roots = struct.unpack_from(">III", b, 16)
     levels = struct.unpack_from(">III", b, 28)
     flfirst, fllast, flcount, freeblks, longest, btreeblks = struct.unpack_from(">IIIIII", b, 40)
@@ -521,10 +509,6 @@ def parse_agf(buf: bytes | bytearray | memoryview, sb: Superblock, agno: int) ->
     agf = Agf(agno, length, roots[0], roots[1], roots[2], levels[0], levels[1], levels[2],
               flfirst, fllast, flcount, freeblks, longest, btreeblks, rmap_blocks,
               refcount_blocks, refcount_root, refcount_level)
-    want = sb.ag_blocks(agno)
-    if length != want:
-        raise XfsFormatError(f"{where}: agf_length {length} (the superblock gives this AG {want} "
-                             "blocks)")
     n = sb.agfl_size
     if flfirst >= n or fllast >= n or flcount > n:
         raise XfsFormatError(f"{where}: free list first {flfirst}, last {fllast}, count "
@@ -563,28 +547,40 @@ class Agi:
 
 def parse_agi(buf: bytes | bytearray | memoryview, sb: Superblock, agno: int) -> Agi:
     """Decode and validate (xfs_agi_verify) AG `agno`'s AGI: `buf` holds its sector."""
-    b = bytes(buf[:sb.sectsize])
-    where = f"AG {agno} AGI"
-    if len(b) < 344:
-        raise XfsFormatError(f"{where}: truncated ({len(b)} bytes)")
-    magic, version, seqno, length, count, root, level, freecount = struct.unpack_from(
-        ">IIIIIIII", b, 0)
-    if magic != AGI_MAGIC:
-        raise XfsFormatError(f"{where}: bad magic {magic:#010x} (want 0x58414749 'XAGI')")
-    if sb.has_crc:
-        _check_v5(b, 312, b[296:312], sb, where)
-    if version != 1:
-        raise XfsFormatError(f"{where}: version {version} (want 1)")
-    if seqno != agno:
-        raise XfsFormatError(f"{where}: agi_seqno {seqno} (want {agno})")
-    if length != sb.ag_blocks(agno):
-        raise XfsFormatError(f"{where}: agi_length {length} (the superblock gives this AG "
-                             f"{sb.ag_blocks(agno)} blocks)")
+    b, where, length = _ag_header(buf, sb, agno, "AGI", AGI_MAGIC, 344, 312, 296)
+    count, root, level, freecount = struct.unpack_from(">IIII", b, 16)
     if not 1 <= level <= MAX_LEVELS:
         raise XfsFormatError(f"{where}: inode btree level {level} (1..{MAX_LEVELS})")
     if freecount > count or count > length << sb.inopblog:
         raise XfsFormatError(f"{where}: {count} inodes, {freecount} free, in {length} blocks")
     return Agi(agno, length, count, root, level, freecount)
+
+
+def _ag_header(buf: bytes | bytearray | memoryview, sb: Superblock, agno: int, name: str,
+               magic_want: int, size: int, crc_off: int, uuid_off: int) -> tuple[bytes, str, int]:
+    """What xfs_agf_verify and xfs_agi_verify check alike: the sector holds `size` bytes, the
+    magic, on v5 the CRC and UUID, version 1, the AG's number and its length. Returns (the
+    sector's bytes, where for messages, the AG's length in blocks)."""
+    b = bytes(buf[:sb.sectsize])
+    where = f"AG {agno} {name}"
+    if len(b) < size:
+        raise XfsFormatError(f"{where}: truncated ({len(b)} bytes)")
+    magic, version, seqno, length = struct.unpack_from(">IIII", b, 0)
+    if magic != magic_want:
+        raise XfsFormatError(f"{where}: bad magic {magic:#010x} (want {magic_want:#010x} "
+                             f"'X{name}')")
+    if sb.has_crc:
+        _check_v5(b, crc_off, b[uuid_off:uuid_off + 16], sb, where)
+    field = name.lower()
+    if version != 1:
+        raise XfsFormatError(f"{where}: version {version} (want 1)")
+    if seqno != agno:
+        raise XfsFormatError(f"{where}: {field}_seqno {seqno} (want {agno})")
+    want = sb.ag_blocks(agno)
+    if length != want:
+        raise XfsFormatError(f"{where}: {field}_length {length} (the superblock gives this AG "
+                             f"{want} blocks)")
+    return b, where, length
 
 
 def _check_v5(b: bytes, crc_off: int, owner_uuid: bytes, sb: Superblock, where: str) -> None:
