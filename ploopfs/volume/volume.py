@@ -29,10 +29,17 @@ def zeros(n: int) -> memoryview:
         return _zeros[:n]
 
 
+ZERO_FILL_PIECE = 4 << 20
+
+
 def zero_fill(dst: memoryview) -> None:
-    """Write zeros into all of `dst`, copied from `zeros` (a fresh bytes(n) per hole was a
-    transient allocation of the hole's size, up to a whole read window per thread)."""
-    dst[:] = zeros(len(dst))
+    """Write zeros into all of `dst`, copied from `zeros` in pieces of at most 4 MiB: a hole
+    never costs a transient allocation or a mapping of its own size, however large the read (a
+    hostile header may claim 512 MiB clusters)."""
+    z = zeros(min(len(dst), ZERO_FILL_PIECE))
+    for p in range(0, len(dst), ZERO_FILL_PIECE):
+        q = min(p + ZERO_FILL_PIECE, len(dst))
+        dst[p:q] = z[:q - p]
 
 
 @dataclass(frozen=True)
