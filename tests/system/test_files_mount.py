@@ -15,7 +15,7 @@ from pathlib import Path
 
 import fsimages as F
 import pytest
-from mounting import Mounter
+from mounting import Mounter, pid_alive
 
 from ploopfs.format.descriptor import bare_guid
 
@@ -161,3 +161,28 @@ def test_first_listing_of_a_100_gib_disk_is_fast(tmp_path: Path, mounter: Mounte
     took = time.perf_counter() - t
     assert names == ["lost+found"]
     assert took < 1.0, took
+
+
+def test_image_truncated_under_the_mount_is_eio(tmp_path: Path, mounter: Mounter) -> None:
+    """An image truncated under the mount (by someone else: here the test's own disk): a read
+    of the bytes gone is EIO with one log line each, and the server goes on serving."""
+    disk = F.build_disk(tmp_path / "b", [F.Part(1, "ext4", 64 * MiB)], snapshots=1)
+    m = mounter.mount(disk.folder, "--direct-io")  # each read one request, of its own size
+    m.errors_expected = True
+    big, small = m / "files/dir/size-5242881", m / "files/dir/size-4097"
+    assert len(big.read_bytes()) == 5 * MiB + 1 and len(small.read_bytes()) == 4097
+    fds = [os.open(path, os.O_RDONLY) for path in (big, small)]  # extent maps built now
+    try:
+        os.truncate(disk.folder / "root.hdd", F.CLUSTER)  # header and BAT only: no data left
+        for fd in fds:
+            with pytest.raises(OSError) as exc:
+                os.pread(fd, MiB, 0)
+            assert exc.value.errno == errno.EIO
+    finally:
+        for fd in fds:
+            os.close(fd)
+    failed = [ln for ln in m.error_lines() if "read failed" in ln]
+    assert len(failed) == 2 and all("file shrank?" in ln for ln in failed), m.error_lines()
+    assert pid_alive(m.pid)
+    assert "dir" in os.listdir(m / "files")  # cached metadata still served
+    assert (m / "info.json").read_bytes()
