@@ -140,3 +140,27 @@ def main(test_one_input: Callable[[bytes], None]) -> None:
         argv.append(f"-max_len={MAX_LEN}")
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
+
+
+# -- the overlay target's source (fuzz_overlay.py, and seeds.py makes its deltas against it) ----
+OVERLAY_SIZE = 4 << 20  # 4 MiB of 4 KiB clusters: header + BAT of a delta take 8 KiB of MAX_LEN
+OVERLAY_CLUSTER = 4096
+OVERLAY_STORED = (0, 1, 2, 9, 255, 256, 700, 1023)  # clusters the source image holds
+
+
+def overlay_source(folder: str, version: int = 2) -> str:
+    """Make the fixed source of the overlay target in `folder` (new): DiskDescriptor.xml over
+    one ploop image root.hdd holding OVERLAY_STORED, each cluster a pseudo-random pattern.
+    ploopfs is imported here, not at the top: a target instruments it after importing this."""
+    from ploopfs.volume.writer import ImageWriter, chain_descriptor, write_descriptor
+
+    os.makedirs(folder)
+    with ImageWriter.create(os.path.join(folder, "root.hdd"), OVERLAY_SIZE, OVERLAY_CLUSTER,
+                            version=version) as w:
+        for v in OVERLAY_STORED:
+            block = b"".join(hashlib.sha256(b"ploopfs-overlay-%d-%d" % (v, i)).digest()
+                             for i in range(OVERLAY_CLUSTER // 32))
+            w.write_cluster(v, block)
+    write_descriptor(os.path.join(folder, "DiskDescriptor.xml"),
+                     chain_descriptor(["root.hdd"], OVERLAY_SIZE, OVERLAY_CLUSTER))
+    return folder
