@@ -395,6 +395,82 @@ def files_images(tmp: str) -> list[bytes]:
     return out
 
 
+# -- overlay deltas -----------------------------------------------------------------------------
+def overlay_deltas(tmp: str) -> list[bytes]:
+    """Inputs of `overlay`: delta files of real overlays of the target's own source
+    (common.overlay_source), in the states a DIR is found in: new and closed, after one write,
+    after writes where the target writes, after many writes, dirty (copied while open: before
+    any write, and after a flush with clusters appended since), dirty with a BAT entry lost (a
+    BAT update cut short), continued and closed again; and a v1 delta over a v1 source."""
+    from ploopfs.volume.overlay import Overlay
+    from ploopfs.volume.source import Disk, open_source
+
+    c, size = common.OVERLAY_CLUSTER, common.OVERLAY_SIZE
+    fill = common.basis_bytes()
+    src = common.overlay_source(os.path.join(tmp, "src"))
+    out: list[bytes] = []
+    n = iter(range(100))
+    disks: list[Disk] = []
+
+    def opened(source: str) -> Disk:
+        disks.append(open_source(source))
+        return disks[-1]
+
+    def overlay(source: str = src) -> tuple[Overlay, str]:
+        ov = Overlay.open(opened(source), None, os.path.join(tmp, f"ov{next(n)}"))
+        return ov, ov.delta_path
+
+    def write(ov: Overlay, off: int, length: int) -> None:
+        ov.write(off, fill[off % 4096:][:length].ljust(length, b"\x33"))
+
+    ov, p = overlay()
+    out.append(read(p))  # dirty, nothing written
+    ov.close()
+    out.append(read(p))  # new and closed
+    ov, p = overlay()
+    write(ov, 10, 100)
+    ov.close()
+    out.append(read(p))  # one write
+    ov, p = overlay()
+    for off, length in ((0, 200), (size - 6000, 5000), (512 * c, c), (511 * c + 4000, 200)):
+        write(ov, off, length)
+    ov.close()
+    out.append(read(p))  # where the target writes
+    ov, p = overlay()
+    for off, length in ((700 * c + 5, 10), (3 * c, 2 * c), (size - 1, 1)):
+        write(ov, off, length)
+    ov.close()
+    ov = Overlay.open(opened(src), None, os.path.dirname(p))
+    write(ov, 100 * c + 7, 3000)
+    ov.close()
+    out.append(read(p))  # continued
+    ov, p = overlay()
+    for v in (0, 2, 5, 9, 40, 255, 300, 512, 700, 901, 1022, 1023):
+        write(ov, v * c + v, c // 2 + v)
+    ov.close()
+    out.append(read(p))  # many writes (12 clusters)
+    ov, p = overlay()
+    for v in (1, 6, 256):
+        write(ov, v * c + 100, 300)
+    ov.flush()
+    for v in (30, 31, 1000):
+        write(ov, v * c, c)
+    dirty = read(p)
+    out.append(dirty)  # dirty: three clusters appended after the last flush
+    ov.close()
+    torn = bytearray(dirty)
+    struct.pack_into("<I", torn, 64 + 4 * 6, 0)  # cluster 6's entry never reached the BAT
+    out.append(bytes(torn))
+    v1 = common.overlay_source(os.path.join(tmp, "src1"), version=1)
+    ov, p = overlay(v1)
+    write(ov, 0, 100)
+    ov.close()
+    out.append(read(p))
+    for d in disks:
+        d.close()
+    return out
+
+
 # -- per target ---------------------------------------------------------------------------------
 def seeds_for(tmp: str, corpus: str) -> dict[str, Callable[[], list[bytes]]]:
     hostile_made: dict[str, tuple[list[bytes], list[bytes], list[bytes]]] = {}
@@ -436,11 +512,12 @@ def seeds_for(tmp: str, corpus: str) -> dict[str, Callable[[], list[bytes]]]:
     return {"header": header, "image": image, "descriptor": descriptor, "check": folder,
             "read": folder, "rdiff_sig": lambda: rdiff(0), "rdiff_delta": lambda: rdiff(1),
             "fs": lambda: fs_heads(os.path.join(tmp, "s")),
-            "files": lambda: files_images(os.path.join(tmp, "t"))}
+            "files": lambda: files_images(os.path.join(tmp, "t")),
+            "overlay": lambda: overlay_deltas(os.path.join(tmp, "o"))}
 
 
 TARGETS = ["header", "image", "descriptor", "check", "read", "rdiff_sig", "rdiff_delta", "fs",
-           "files"]
+           "files", "overlay"]
 
 
 def generate(outdir: str, targets: list[str]) -> None:
