@@ -6,8 +6,10 @@ clusters) and an overlay of it in DIR, so DIR holds a real descriptor and a delt
 ploopfs's output mark. Input: the delta file `root.hds.{GUID}`, written over the existing one in
 place (the mark stays).
 
-Beyond "only PloopfsError": when the overlay opens, writes at the start, near the end (across
-a cluster boundary, over a hole of the source) and of one whole cluster read back as written,
+Beyond "only PloopfsError": when the overlay opens, the first clusters its BAT maps read as
+the input holds them (the crash repair drops only unreferenced clusters); writes at the start,
+near the end (across a cluster boundary, over a hole of the source) and of one whole cluster
+read back as written,
 and the bytes around them (and around clusters the fuzzed BAT maps) read as before the writes;
 after `close` the delta is marked closed, the overlay continues again (ploopfs accepts the
 delta it wrote) and serves the same bytes; the source's files never change (size and mtime
@@ -79,16 +81,28 @@ def check_source() -> None:
         raise common.Finding(f"the source changed: {SOURCE} -> {now}")
 
 
-def bat_spans(data: bytes) -> list[tuple[int, int]]:
-    """Around the first clusters the fuzzed BAT maps (read from the input, not by ploopfs)."""
+def mapped(data: bytes) -> list[tuple[int, int]]:
+    """(virtual cluster, BAT entry) of the first clusters the fuzzed BAT maps, read from the
+    input, not by ploopfs (v2: entries count clusters, format.md §2.2)."""
     out: list[tuple[int, int]] = []
     n = min(SIZE // C, (len(data) - 64) // 4)
     for v in range(max(0, n)):
-        if struct.unpack_from("<I", data, 64 + 4 * v)[0]:
-            out.append((max(0, v * C - 100), min(C + 200, SIZE - max(0, v * C - 100))))
+        (e,) = struct.unpack_from("<I", data, 64 + 4 * v)
+        if e:
+            out.append((v, e))
             if len(out) == MAX_BAT_SPANS:
                 break
     return out
+
+
+def check_mapped(ov: Overlay, data: bytes, bat: list[tuple[int, int]]) -> None:
+    """A cluster the accepted delta maps reads as the input holds it there (zeros past the
+    input's end): the repair after a crash drops only clusters no entry references."""
+    for v, e in bat:
+        want = data[e * C:(e + 1) * C].ljust(C, b"\0")
+        if bytes(ov.read(v * C, C)) != want:
+            raise common.Finding(f"cluster {v} (BAT entry {e}) does not read as the delta "
+                                 "holds it")
 
 
 def read_spans(ov: Overlay, spans: list[tuple[int, int]], when: str) -> list[bytes]:
@@ -132,7 +146,10 @@ def test_one_input(data: bytes) -> None:
                 ov = Overlay.open(disk, None, DIR)
             except PloopfsError:
                 return
-            spans = SPANS + bat_spans(data)
+            bat = mapped(data)
+            check_mapped(ov, data, bat)
+            spans = SPANS + [(a, min(C + 200, SIZE - a)) for a in
+                             (max(0, v * C - 100) for v, _ in bat)]
             before = read_spans(ov, spans, "after opening")
             pattern = hashlib.sha256(data).digest() * (C // 32 + 1)
             writes = [(off, pattern[i:i + n]) for i, (off, n) in enumerate(WRITES)]
