@@ -9,11 +9,10 @@ place (the mark stays).
 Beyond "only PloopfsError": when the overlay opens, the first clusters its BAT maps read as
 the input holds them (the crash repair drops only unreferenced clusters); writes at the start,
 near the end (across a cluster boundary, over a hole of the source) and of one whole cluster
-read back as written,
-and the bytes around them (and around clusters the fuzzed BAT maps) read as before the writes;
-after `close` the delta is marked closed, the overlay continues again (ploopfs accepts the
-delta it wrote) and serves the same bytes; the source's files never change (size and mtime
-every input, sha256 every SHA_EVERY inputs)."""
+read back as written, and the bytes around them (and around the clusters the BAT maps) read as
+before the writes; after `close` the delta is marked closed, the overlay continues again
+(ploopfs accepts the delta it wrote) and serves the same bytes; the source's files never change
+(size and mtime every input, sha256 every SHA_EVERY inputs)."""
 
 from __future__ import annotations
 
