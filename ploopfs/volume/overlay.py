@@ -144,6 +144,8 @@ class Overlay:
         try:
             ov._set_in_use(True)
         except BaseException:
+            ov.closed = True
+            fileio.release(ov._held)  # else its paths stayed refused as outputs of this process
             os.close(ov.fd)
             raise
         return ov

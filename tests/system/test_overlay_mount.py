@@ -426,6 +426,36 @@ def failing_host(mounter: Mounter, tmp_path: Path) -> Iterator[tuple[str, Path]]
             flag.unlink()
 
 
+def test_failed_open_releases_its_files(corpus_case: Callable[[str], Path], mounter: Mounter,
+                                        tmp_path: Path) -> None:
+    """Continuing an overlay whose dirty mark cannot be written (the host's writes fail): the
+    open fails, and its delta and descriptor are not left held as files this process writes
+    (they would refuse later outputs, a log file, for the rest of the process)."""
+    from ploopfs.errors import ExitCode
+    from ploopfs.volume import fileio
+    from ploopfs.volume.overlay import Overlay
+    from ploopfs.volume.source import open_source
+
+    src = corpus_case("v2-single")
+    host = tmp_path / "host"
+    with failing_host(mounter, tmp_path) as (dev, flag):
+        kmount(dev, host, "ext4")
+        try:
+            ov = Overlay.open(open_source(src), None, str(host / "ov"))
+            ov.write(0, b"q" * 4096)
+            ov.close()
+            (delta,) = glob.glob(str(host / "ov" / "root.hds.*"))
+            flag.touch()
+            with pytest.raises(PloopfsError) as e:
+                Overlay.open(open_source(src), None, str(host / "ov"))
+            assert e.value.exit_code == ExitCode.OUTPUT and "header" in e.value.what, e.value
+            flag.unlink()
+            for path in (delta, str(host / "ov" / "DiskDescriptor.xml")):
+                os.close(fileio.open_log(path))  # appends nothing; refused if still held
+        finally:
+            kumount(host)
+
+
 def test_failed_fsync_is_not_forgotten(corpus_case: Callable[[str], Path], mounter: Mounter,
                                        tmp_path: Path) -> None:
     """Linux reports a failed write-back to fsync once, and a later fsync succeeds although
