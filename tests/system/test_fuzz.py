@@ -16,6 +16,7 @@ import re
 import resource
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,8 +46,20 @@ def fuzz(target: str, *args: str | os.PathLike[str], cwd: Path) -> subprocess.Co
     if target in DICT:
         cmd.append(f"-dict={DICT[target]}")
     # atheris prints the Python traceback on stdout, libFuzzer its report on stderr: one stream.
-    return subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=300)
+    return run_target(cmd, cwd)
+
+
+def run_target(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The target's files go to a folder of this run, removed after it (the target's own
+    clean-up does not run when libFuzzer ends the process)."""
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    base = tempfile.mkdtemp(prefix="ploopfs-fuzz-run-", dir=shm)
+    try:
+        return subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=300,
+                              env={**os.environ, "PLOOPFS_FUZZ_WORKBASE": base})
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def report(proc: subprocess.CompletedProcess, cwd: Path) -> str:
@@ -122,9 +135,8 @@ def test_oracle_catches_a_crash(tmp_path: Path) -> None:
         "common.main(one)\n")
     probe = tmp_path / "input"
     probe.write_bytes((128).to_bytes(4, "little"))  # asks for 128 MiB of a 4-byte file
-    proc = subprocess.run([str(PY), str(target), str(probe), f"-artifact_prefix={tmp_path}/"],
-                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=120)
+    proc = run_target([str(PY), str(target), str(probe), f"-artifact_prefix={tmp_path}/"],
+                      tmp_path)
     assert proc.returncode != 0
     assert "Finding: pread of 134217728 bytes at 0 from a file of 4 bytes" in proc.stdout
 

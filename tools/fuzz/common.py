@@ -41,7 +41,11 @@ class Finding(AssertionError):
 
 
 def workdir() -> str:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    """This process's folder, under $PLOOPFS_FUZZ_WORKBASE when set (the test suite's, which
+    it removes after the run: libFuzzer ends the process with exit(), so atexit handlers do
+    not run at the end of a run, only when the target is used without libFuzzer's loop)."""
+    base = os.environ.get("PLOOPFS_FUZZ_WORKBASE") or (
+        "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None)
     d = tempfile.mkdtemp(prefix="ploopfs-fuzz-", dir=base)
     atexit.register(shutil.rmtree, d, True)
     return d
