@@ -10,14 +10,21 @@ only for an earlier ploopfs output: outputs carry the extended attribute `user.p
 where the filesystem keeps no extended attributes, a file that looks like a disk image or a
 descriptor is never replaced. Clean-up after a failure removes only files this process created,
 checked by inode, never whatever took the name since.
+
+A source deleted while the process runs frees its inode number for a new file. Where the
+filesystem numbers inode generations (ext4, XFS, btrfs: FS_IOC_GETVERSION), the register keeps
+the source's generation too, and a regular file with the same device and inode but another
+generation is a new file, not the source; elsewhere the same inode is always refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
+import sys
 from collections.abc import Iterable
 
 from ploopfs.errors import BadImageError, NotFoundError, OutputError, SourceIOError
@@ -25,8 +32,8 @@ from ploopfs.format.probe import PROBE_BYTES, FileKind, probe
 
 MARK = "user.ploopfs.output"
 
-# (st_dev, st_ino) -> the path it was registered under
-_sources: dict[tuple[int, int], str] = {}
+# (st_dev, st_ino) -> the path it was registered under, and its inode generation (None: unknown)
+_sources: dict[tuple[int, int], tuple[str, int | None]] = {}
 # real paths of folders that hold a source
 _source_dirs: set[str] = set()
 # absolute path -> (st_dev, st_ino) of a file this process created (or replaced as its own)
@@ -41,9 +48,42 @@ def _key(st: os.stat_result) -> tuple[int, int]:
 
 
 # -- sources ------------------------------------------------------------------------------------
-def _remember(st: os.stat_result, path: str) -> None:
+FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long); the kernel writes an int
+
+
+def _generation(fd: int) -> int | None:
+    """The inode's generation number, or None where the filesystem has none (tmpfs, FUSE)."""
+    try:
+        got = fcntl.ioctl(fd, FS_IOC_GETVERSION, bytes(8))
+    except OSError:
+        return None
+    return int.from_bytes(got[:4], sys.byteorder)
+
+
+def _generation_at(st: os.stat_result, path: str | None, fd: int | None) -> int | None:
+    """The generation of a regular file, through `fd` or else by opening `path` read-only."""
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if fd is not None:
+        return _generation(fd)
+    if path is None:
+        return None
+    try:
+        f = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return _generation(f) if _key(os.fstat(f)) == _key(st) else None
+    finally:
+        os.close(f)
+
+
+def _remember(st: os.stat_result, path: str, fd: int | None = None) -> None:
     if stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        _sources.setdefault(_key(st), path)
+        old = _sources.get(_key(st))
+        gen = _generation_at(st, path, fd)
+        if old is None or (old[1] is not None and gen is not None and old[1] != gen):
+            _sources[_key(st)] = (path, gen)  # new, or a new file in a deleted source's inode
         _source_dirs.add(os.path.dirname(os.path.realpath(path)))
 
 
@@ -82,17 +122,30 @@ def open_readonly(path: str | os.PathLike[str]) -> int:
             raise BadImageError("is a directory, not an image file", p, code="IMAGE_NOT_REGULAR")
         raise BadImageError("not a regular file or block device", p, code="IMAGE_NOT_REGULAR")
     os.set_blocking(fd, True)
-    _remember(st, p)
+    _remember(st, p, fd)
     return fd
 
 
-def source_named(st: os.stat_result) -> str | None:
-    """The registered source with this identity, if any."""
-    return _sources.get(_key(st))
+def source_named(st: os.stat_result, path: str | None = None, fd: int | None = None
+                 ) -> str | None:
+    """The registered source this file (stat `st`, reached by `path` or open as `fd`) is, if
+    any. Same device and inode is the source, unless both generations are known and differ:
+    then the source was deleted and its inode number reused, and its entry is dropped."""
+    entry = _sources.get(_key(st))
+    if entry is None:
+        return None
+    src, gen = entry
+    if gen is not None:
+        now = _generation_at(st, path, fd)
+        if now is not None and now != gen:
+            del _sources[_key(st)]
+            return None
+    return src
 
 
-def _refuse_source(st: os.stat_result, path: str, *, held: bool = True) -> None:
-    src = source_named(st)
+def _refuse_source(st: os.stat_result, path: str, *, held: bool = True,
+                   fd: int | None = None) -> None:
+    src = source_named(st, None if fd is not None else path, fd)
     if src is not None:
         what = "is" if os.path.abspath(path) == os.path.abspath(src) else "is the same file as"
         raise OutputError(f"{what} the source file {src}; refusing to write", path)
@@ -133,7 +186,7 @@ def check_stdout() -> None:
         st = os.fstat(1)
     except OSError:
         return
-    _refuse_source(st, "standard output")
+    _refuse_source(st, "standard output", fd=1)
 
 
 # -- outputs ------------------------------------------------------------------------------------
@@ -199,7 +252,7 @@ def _reopen_own(p: str, access: int) -> int:
         raise OutputError(f"cannot open for writing: {e.strerror}", p) from None
     try:
         st = os.fstat(fd)
-        _refuse_source(st, p)
+        _refuse_source(st, p, fd=fd)
         if not stat.S_ISREG(st.st_mode):
             raise OutputError("exists and is not a regular file; refusing to overwrite", p)
         if not _is_own_output(fd):
@@ -234,7 +287,8 @@ def open_own(path: str | os.PathLike[str], *, what: str = "output") -> int:
         raise OutputError(f"cannot open {what} for writing: {e.strerror}", p) from None
     try:
         st = os.fstat(fd)
-        _refuse_source(st, p, held=False)  # a held overlay's own flock refuses a second writer
+        # a held overlay's own flock refuses a second writer
+        _refuse_source(st, p, held=False, fd=fd)
         if not stat.S_ISREG(st.st_mode):
             raise OutputError(f"{what} is not a regular file; refusing to write", p)
         if st.st_nlink > 1:
@@ -273,7 +327,7 @@ def open_log(path: str | os.PathLike[str]) -> int:
         raise OutputError(f"cannot open for writing: {e.strerror}", p) from None
     st = os.fstat(fd)
     try:
-        _refuse_source(st, p)
+        _refuse_source(st, p, fd=fd)
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):
             raise OutputError("is not a regular file; refusing to log to it", p)
     except BaseException:
@@ -311,7 +365,7 @@ def remove(path: str | os.PathLike[str]) -> None:
         return
     try:
         st = os.lstat(p)
-        if stat.S_ISREG(st.st_mode) and _key(st) == ident and ident not in _sources:
+        if stat.S_ISREG(st.st_mode) and _key(st) == ident and source_named(st, p) is None:
             os.unlink(p)
     except OSError:
         pass

@@ -50,3 +50,35 @@ def test_open_own(tmp_path: Path) -> None:
             os.close(fileio.open_own(bad))
         assert e.value.exit_code == ExitCode.OUTPUT and why in e.value.what, e.value.what
     assert src.read_bytes() == b"s" * 4096
+
+
+def test_a_deleted_sources_inode_number_reused(tmp_path: Path) -> None:
+    """A source deleted while the process runs frees its inode number; a new file given that
+    number is no source when the filesystem tells generations apart (ext4, XFS), while a hard
+    link to a live source stays refused."""
+    src = tmp_path / "src.img"
+    src.write_bytes(b"s" * 4096)
+    fd = fileio.open_readonly(src)
+    os.close(fd)
+    with open(src, "rb") as f:
+        if fileio._generation(f.fileno()) is None:
+            pytest.skip("this filesystem numbers no inode generations")
+    link = tmp_path / "link"
+    os.link(src, link)
+    with pytest.raises(PloopfsError) as e:
+        fileio.check_not_source(str(link))
+    assert e.value.exit_code == ExitCode.OUTPUT
+    ino = src.stat().st_ino
+    link.unlink()
+    src.unlink()
+    reused = None
+    for i in range(2000):  # ext4 and XFS hand a freed inode number out again soon
+        p = tmp_path / f"new{i}"
+        p.write_bytes(b"n")
+        if p.stat().st_ino == ino:
+            reused = p
+            break
+    if reused is None:
+        pytest.skip("the freed inode number was not handed out again")
+    fileio.check_not_source(str(reused))  # not refused: a new file
+    os.close(fileio.open_log(reused))
