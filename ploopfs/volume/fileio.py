@@ -14,7 +14,8 @@ checked by inode, never whatever took the name since.
 A source deleted while the process runs frees its inode number for a new file. Where the
 filesystem numbers inode generations (ext4, XFS, btrfs: FS_IOC_GETVERSION), the register keeps
 the source's generation too, and a regular file with the same device and inode but another
-generation is a new file, not the source; elsewhere the same inode is always refused.
+generation is a new file, not the source; elsewhere the same inode is refused unless it is of
+another type (a folder now holds the number).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from ploopfs.format.probe import PROBE_BYTES, FileKind, probe
 
 MARK = "user.ploopfs.output"
 
-# (st_dev, st_ino) -> the path it was registered under, and its inode generation (None: unknown)
-_sources: dict[tuple[int, int], tuple[str, int | None]] = {}
+# (st_dev, st_ino) -> the path it was registered under, its file type (S_IFMT) and its inode
+# generation (None: unknown)
+_sources: dict[tuple[int, int], tuple[str, int, int | None]] = {}
 # real paths of folders that hold a source
 _source_dirs: set[str] = set()
 # absolute path -> (st_dev, st_ino) of a file this process created (or replaced as its own)
@@ -80,10 +82,8 @@ def _generation_at(st: os.stat_result, path: str | None, fd: int | None) -> int 
 
 def _remember(st: os.stat_result, path: str, fd: int | None = None) -> None:
     if stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        old = _sources.get(_key(st))
-        gen = _generation_at(st, path, fd)
-        if old is None or (old[1] is not None and gen is not None and old[1] != gen):
-            _sources[_key(st)] = (path, gen)  # new, or a new file in a deleted source's inode
+        if source_named(st, path, fd) is None:  # new, or a new file in a deleted source's inode
+            _sources[_key(st)] = (path, stat.S_IFMT(st.st_mode), _generation_at(st, path, fd))
         _source_dirs.add(os.path.dirname(os.path.realpath(path)))
 
 
@@ -129,12 +129,16 @@ def open_readonly(path: str | os.PathLike[str]) -> int:
 def source_named(st: os.stat_result, path: str | None = None, fd: int | None = None
                  ) -> str | None:
     """The registered source this file (stat `st`, reached by `path` or open as `fd`) is, if
-    any. Same device and inode is the source, unless both generations are known and differ:
-    then the source was deleted and its inode number reused, and its entry is dropped."""
+    any. Same device and inode is the source, unless the file type differs, or both
+    generations are known and differ: then the source was deleted and its inode number reused
+    (a folder or a new file), and its entry is dropped."""
     entry = _sources.get(_key(st))
     if entry is None:
         return None
-    src, gen = entry
+    src, kind, gen = entry
+    if stat.S_IFMT(st.st_mode) != kind:
+        del _sources[_key(st)]
+        return None
     if gen is not None:
         now = _generation_at(st, path, fd)
         if now is not None and now != gen:

@@ -82,3 +82,23 @@ def test_a_deleted_sources_inode_number_reused(tmp_path: Path) -> None:
         pytest.skip("the freed inode number was not handed out again")
     fileio.check_not_source(str(reused))  # not refused: a new file
     os.close(fileio.open_log(reused))
+
+
+def test_a_folder_given_a_deleted_sources_inode_number(tmp_path: Path) -> None:
+    """A folder that gets a deleted source's inode number is no source (another file type), on
+    any filesystem: an output folder there is not refused."""
+    src = tmp_path / "gone.img"
+    src.write_bytes(b"g" * 4096)
+    fileio.register_source(src)
+    ino = src.stat().st_ino
+    src.unlink()
+    reused = None
+    for i in range(2000):
+        d = tmp_path / f"dir{i}"
+        d.mkdir()
+        if d.stat().st_ino == ino:
+            reused = d
+            break
+    if reused is None:
+        pytest.skip("the freed inode number was not handed out again")
+    fileio.check_not_source(str(reused))
