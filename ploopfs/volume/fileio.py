@@ -149,7 +149,7 @@ def source_named(st: os.stat_result, path: str | None = None, fd: int | None = N
 
 def _refuse_source(st: os.stat_result, path: str, *, held: bool = True,
                    fd: int | None = None) -> None:
-    src = source_named(st, None if fd is not None else path, fd)
+    src = source_named(st, path, fd)
     if src is not None:
         what = "is" if os.path.abspath(path) == os.path.abspath(src) else "is the same file as"
         raise OutputError(f"{what} the source file {src}; refusing to write", path)
