@@ -13,6 +13,7 @@ from ploopfs.errors import CorruptImageError, SourceIOError
 from ploopfs.volume.blockmap import BlockMap
 from ploopfs.volume.image import Image
 
+ZERO_FILL_PIECE = 4 << 20  # the zero mapping's least size, and the most zero_fill copies at once
 _zeros = memoryview(b"")
 _zeros_lock = threading.Lock()
 
@@ -24,12 +25,9 @@ def zeros(n: int) -> memoryview:
     global _zeros
     with _zeros_lock:
         if len(_zeros) < n:
-            _zeros = memoryview(mmap.mmap(-1, max(n, 4 << 20), prot=mmap.PROT_READ,
+            _zeros = memoryview(mmap.mmap(-1, max(n, ZERO_FILL_PIECE), prot=mmap.PROT_READ,
                                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
         return _zeros[:n]
-
-
-ZERO_FILL_PIECE = 4 << 20
 
 
 def zero_fill(dst: memoryview) -> None:
