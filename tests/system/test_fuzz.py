@@ -25,12 +25,11 @@ from conftest import CORPUS_ARCHIVE, REPO, sha256_file
 
 FUZZ = REPO / "tools" / "fuzz"
 PY = REPO / ".venv" / "bin" / "python"
-TARGETS = ["header", "image", "descriptor", "check", "read", "rdiff_sig", "rdiff_delta", "fs",
-           "files", "overlay"]
 # Inputs per target: the pure parsers run thousands per second, the file-backed targets a few
 # hundred; FUZZ_SECONDS caps each either way. PLOOPFS_FUZZ_RUNS overrides them all.
 RUNS = {"header": 50000, "descriptor": 20000, "rdiff_sig": 20000, "rdiff_delta": 50000,
         "image": 3000, "check": 3000, "read": 3000, "fs": 1000, "files": 2000, "overlay": 3000}
+TARGETS = list(RUNS)
 FUZZ_RUNS = os.environ.get("PLOOPFS_FUZZ_RUNS")
 FUZZ_SECONDS = int(os.environ.get("PLOOPFS_FUZZ_SECONDS", "10"))
 FUZZ_SEED = int(os.environ.get("PLOOPFS_FUZZ_SEED", "1"))  # fixed: the same inputs every run
